@@ -1,0 +1,263 @@
+//! The function a user submits ([`FunctionSubmission`]) and the normalised form the parser
+//! hands to the rest of the pipeline ([`FunctionSpec`]).
+//!
+//! The submission is deliberately loose (plain strings, optional sections) so the parser can
+//! report every problem at once; the spec is strict (newtypes, defaults filled in) so no later
+//! stage validates again.
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::{FunctionName, Runtime};
+
+/// Unknown fields, kept so that an older stage forwards what a newer producer added.
+pub type Extra = BTreeMap<String, Value>;
+
+/// The data of `function.created` and `function.updated`: what a user hands over.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FunctionSubmission {
+    /// The function's name (DNS-1123 label, at most 63 characters).
+    pub name: String,
+    /// The runtime id, e.g. `nodejs22` or `python3.12`.
+    pub runtime: String,
+    /// The entry point, in the runtime's form (`index.handler`, `app.handler`, …).
+    pub handler: String,
+    /// Where the code is.
+    pub source: SourceSubmission,
+    /// Environment variables for the running function.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// Resources of one instance; defaults apply when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourcesSubmission>,
+    /// Autoscaling bounds; defaults apply when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scaling: Option<ScalingSubmission>,
+    /// Build settings; defaults apply when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build: Option<BuildSubmission>,
+    /// The events the function subscribes to: one broker Trigger per entry.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub triggers: Vec<TriggerFilter>,
+    /// Fields this version does not know, kept.
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+/// Where a submitted function's code is.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "kind", rename_all = "camelCase")]
+pub enum SourceSubmission {
+    /// Files carried in the event itself (small functions).
+    Inline {
+        /// The files, each with a relative path.
+        files: Vec<InlineFile>,
+    },
+    /// An archive or prefix in S3-compatible storage: `s3://bucket/key`.
+    S3 {
+        /// The `s3://bucket/key` URL.
+        url: String,
+    },
+    /// A git repository over https at a ref (branch, tag or commit).
+    Git {
+        /// The `https://` clone URL.
+        url: String,
+        /// The branch, tag or commit to build. Pin a commit for reproducible digests.
+        #[serde(rename = "ref")]
+        reference: String,
+    },
+}
+
+/// One file of an inline source.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct InlineFile {
+    /// Relative path inside the function's directory, `/`-separated.
+    pub path: String,
+    /// The content, as text or base64 according to `encoding`.
+    pub content: String,
+    /// How `content` is encoded; UTF-8 text by default.
+    #[serde(default)]
+    pub encoding: ContentEncoding,
+}
+
+/// The encoding of an inline file's content.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ContentEncoding {
+    /// UTF-8 text.
+    #[default]
+    Utf8,
+    /// Standard base64 (RFC 4648) of arbitrary bytes.
+    Base64,
+}
+
+/// Submitted resources; absent fields take the defaults of [`Resources`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ResourcesSubmission {
+    /// Memory of one instance in MiB (128–10240).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_mib: Option<i64>,
+    /// CPU of one instance in millicores (50–8000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_millis: Option<i64>,
+    /// Longest time one invocation may take, in seconds (1–900).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_seconds: Option<i64>,
+}
+
+/// Submitted autoscaling bounds; absent fields take the defaults of [`Scaling`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ScalingSubmission {
+    /// Fewest instances (0–100; 0 scales to zero).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_scale: Option<i64>,
+    /// Most instances (1–1000, at least `minScale`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_scale: Option<i64>,
+    /// Requests one instance serves at once (0 = unlimited, up to 1000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<i64>,
+}
+
+/// Submitted build settings; absent fields take the defaults of [`BuildSettings`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BuildSubmission {
+    /// Deadline of one build in seconds (60–3600).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_seconds: Option<i64>,
+}
+
+/// One Trigger of a function: exact-match CloudEvent attributes, as the RabbitMQ broker
+/// implements them (`spec.filter.attributes`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TriggerFilter {
+    /// Attribute name → the exact value it must have. Every listed attribute must match.
+    pub attributes: BTreeMap<String, String>,
+    /// Anything else (such as `filters`) is refused by the parser, never silently ignored.
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+/// The normalised function: validated, defaults filled in, source in canonical form.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FunctionSpec {
+    /// The function's name.
+    pub name: FunctionName,
+    /// The runtime.
+    pub runtime: Runtime,
+    /// The entry point, validated for the runtime's form.
+    pub handler: String,
+    /// The code, normalised.
+    pub source: Source,
+    /// Environment variables, sorted by name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// Resources of one instance.
+    pub resources: Resources,
+    /// Autoscaling bounds.
+    pub scaling: Scaling,
+    /// Build settings.
+    pub build: BuildSettings,
+    /// The function's Triggers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub triggers: Vec<TriggerFilter>,
+    /// Fields of the submission this version does not know, kept.
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+/// A normalised source.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "kind", rename_all = "camelCase")]
+pub enum Source {
+    /// Inline files sorted by path, with normalised paths.
+    Inline {
+        /// The files.
+        files: Vec<InlineFile>,
+    },
+    /// An object or prefix in S3-compatible storage.
+    S3 {
+        /// The bucket.
+        bucket: String,
+        /// The key (or prefix ending in `/`).
+        key: String,
+    },
+    /// A git repository.
+    Git {
+        /// The normalised `https://` URL.
+        url: String,
+        /// The ref to build.
+        #[serde(rename = "ref")]
+        reference: String,
+    },
+}
+
+/// Resources of one instance of a function.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Resources {
+    /// Memory in MiB.
+    pub memory_mib: u32,
+    /// CPU in millicores.
+    pub cpu_millis: u32,
+    /// Invocation timeout in seconds.
+    pub timeout_seconds: u32,
+}
+
+impl Default for Resources {
+    fn default() -> Self {
+        Self {
+            memory_mib: 256,
+            cpu_millis: 250,
+            timeout_seconds: 30,
+        }
+    }
+}
+
+/// Autoscaling bounds of a function.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Scaling {
+    /// Fewest instances.
+    pub min_scale: u32,
+    /// Most instances.
+    pub max_scale: u32,
+    /// Concurrent requests per instance (0 = unlimited).
+    pub concurrency: u32,
+}
+
+impl Default for Scaling {
+    fn default() -> Self {
+        Self {
+            min_scale: 0,
+            max_scale: 10,
+            concurrency: 0,
+        }
+    }
+}
+
+/// Build settings of a function.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BuildSettings {
+    /// Build deadline in seconds.
+    pub timeout_seconds: u32,
+}
+
+impl Default for BuildSettings {
+    fn default() -> Self {
+        Self {
+            timeout_seconds: 900,
+        }
+    }
+}

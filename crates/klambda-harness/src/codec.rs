@@ -1,0 +1,299 @@
+//! CloudEvents over HTTP (v1.0.2): request → `Event` listing every problem, `Event` → binary mode.
+//!
+//! Written here rather than taken from the SDK's axum extractor because that extractor stops at
+//! the first problem and answers plain text; a producer fixing a broken event wants every
+//! problem at once, as RFC 7807 problem details.
+
+use base64::Engine as _;
+use bytes::Bytes;
+use chrono::{DateTime, SecondsFormat, Utc};
+use cloudevents::event::{Data, ExtensionValue};
+use cloudevents::{AttributesReader, Event, EventBuilder, EventBuilderV10};
+use http::header::CONTENT_TYPE;
+use http::{HeaderMap, HeaderName, HeaderValue};
+use klambda_events::data::Problem;
+use klambda_events::envelope::is_json;
+use percent_encoding::{AsciiSet, CONTROLS, percent_decode_str, utf8_percent_encode};
+use serde_json::{Map, Value};
+
+/// Why a request does not carry one valid CloudEvent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DecodeFailure {
+    /// `application/cloudevents-batch`: Knative does not use batches; we refuse them.
+    Batch,
+    /// Every problem found.
+    Invalid(Vec<Problem>),
+}
+
+const REQUIRED: [&str; 4] = ["id", "source", "specversion", "type"];
+
+/// Characters percent-encoded in binary-mode header values: controls, space, `"`, `%` and DEL;
+/// non-ASCII bytes are always encoded.
+const HEADER_VALUE: &AsciiSet = &CONTROLS.add(b' ').add(b'"').add(b'%').add(0x7f);
+
+/// Decodes the event in a request, in binary or structured mode by its `Content-Type`.
+pub fn decode(headers: &HeaderMap, body: Bytes) -> Result<Event, DecodeFailure> {
+    let content_type = headers
+        .get(CONTENT_TYPE)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).trim().to_owned());
+    let essence = content_type.as_deref().map(|ct| {
+        ct.split(';')
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_ascii_lowercase()
+    });
+    match essence.as_deref() {
+        Some(ct) if ct.starts_with("application/cloudevents-batch") => Err(DecodeFailure::Batch),
+        Some(ct) if ct.starts_with("application/cloudevents") => decode_structured(&body),
+        _ => decode_binary(headers, content_type, body),
+    }
+}
+
+/// Attributes gathered from either mode before validation.
+#[derive(Default)]
+struct Draft {
+    attributes: Vec<(String, Value)>,
+    datacontenttype: Option<String>,
+    data: Option<Data>,
+    problems: Vec<Problem>,
+}
+
+impl Draft {
+    fn problem(&mut self, field: impl Into<String>, reason: impl Into<String>) {
+        self.problems.push(Problem::new(field, reason));
+    }
+
+    fn string(&self, name: &str) -> Option<&str> {
+        self.attributes
+            .iter()
+            .find(|(n, _)| n == name)
+            .and_then(|(_, v)| v.as_str())
+    }
+
+    /// Validates the gathered attributes and builds the event, or returns every problem.
+    fn finish(self) -> Result<Event, DecodeFailure> {
+        let mut problems = self.problems.clone();
+        let mut problem = |field: &str, reason: String| problems.push(Problem::new(field, reason));
+        for name in REQUIRED {
+            match self.attributes.iter().find(|(n, _)| n == name) {
+                None => problem(name, format!("the required attribute {name} is missing")),
+                Some((_, Value::String(s))) if s.is_empty() => {
+                    problem(name, format!("{name} must not be empty"))
+                }
+                Some((_, Value::String(_))) => {}
+                Some(_) => problem(name, format!("{name} must be a string")),
+            }
+        }
+        if let Some(version) = self.string("specversion")
+            && !version.is_empty()
+            && version != "1.0"
+        {
+            let reason = format!("specversion {version:?} is not supported; use \"1.0\"");
+            problem("specversion", reason);
+        }
+        let mut time = None;
+        let mut dataschema = None;
+        let mut extensions = Vec::new();
+        for (name, value) in &self.attributes {
+            if name.is_empty()
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+            {
+                problem(name, "attribute names use only a-z and 0-9".into());
+                continue;
+            }
+            match (name.as_str(), value) {
+                ("id" | "source" | "specversion" | "type", _) => {}
+                ("subject", Value::String(s)) if s.is_empty() => {
+                    problem("subject", "subject must not be empty when present".into())
+                }
+                ("subject" | "datacontenttype", Value::String(_)) => {}
+                ("time", Value::String(s)) => match DateTime::parse_from_rfc3339(s) {
+                    Ok(t) => time = Some(t.with_timezone(&Utc)),
+                    Err(e) => problem("time", format!("{s:?} is not an RFC 3339 time: {e}")),
+                },
+                ("dataschema", Value::String(s)) => match url::Url::parse(s) {
+                    Ok(u) => dataschema = Some(u),
+                    Err(e) => problem("dataschema", format!("{s:?} is not an absolute URI: {e}")),
+                },
+                ("subject" | "time" | "dataschema" | "datacontenttype", _) => {
+                    problem(name, "must be a string".into())
+                }
+                (_, Value::String(s)) => extensions.push((name, ExtensionValue::String(s.clone()))),
+                (_, Value::Bool(b)) => extensions.push((name, ExtensionValue::Boolean(*b))),
+                (_, Value::Number(n)) if n.is_i64() => extensions.push((
+                    name,
+                    ExtensionValue::Integer(n.as_i64().unwrap_or_default()),
+                )),
+                (_, _) => problem(
+                    name,
+                    "extension values are strings, integers or booleans".into(),
+                ),
+            }
+        }
+        if !problems.is_empty() {
+            return Err(DecodeFailure::Invalid(problems));
+        }
+        let mut builder = EventBuilderV10::new()
+            .id(self.string_owned("id"))
+            .source(self.string_owned("source"))
+            .ty(self.string_owned("type"));
+        if let Some(subject) = self.string("subject") {
+            builder = builder.subject(subject.to_owned());
+        }
+        if let Some(time) = time {
+            builder = builder.time(time);
+        }
+        for (name, value) in extensions {
+            builder = builder.extension(name, value);
+        }
+        let mut event = builder
+            .build()
+            .map_err(|e| DecodeFailure::Invalid(vec![Problem::new("", e.to_string())]))?;
+        cloudevents::AttributesWriter::set_datacontenttype(&mut event, self.datacontenttype);
+        cloudevents::AttributesWriter::set_dataschema(&mut event, dataschema);
+        if let Some(data) = self.data {
+            event.set_data_unchecked(data);
+        }
+        Ok(event)
+    }
+
+    fn string_owned(&self, name: &str) -> String {
+        self.string(name).unwrap_or_default().to_owned()
+    }
+}
+
+fn decode_binary(
+    headers: &HeaderMap,
+    content_type: Option<String>,
+    body: Bytes,
+) -> Result<Event, DecodeFailure> {
+    let mut draft = Draft::default();
+    for (name, value) in headers {
+        let Some(attribute) = name.as_str().strip_prefix("ce-") else {
+            continue;
+        };
+        let raw = String::from_utf8_lossy(value.as_bytes());
+        match percent_decode_str(&raw).decode_utf8() {
+            Ok(text) => draft
+                .attributes
+                .push((attribute.to_owned(), Value::String(text.into_owned()))),
+            Err(_) => draft.problem(
+                attribute,
+                format!("header ce-{attribute} is not percent-encoded UTF-8"),
+            ),
+        }
+    }
+    if draft.string("datacontenttype").is_some() {
+        draft.problem(
+            "datacontenttype",
+            "in binary mode the Content-Type header carries datacontenttype; drop ce-datacontenttype",
+        );
+    }
+    if !body.is_empty() {
+        if content_type.as_deref().is_none_or(is_json)
+            && let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&body)
+        {
+            draft.problem("data", format!("the body is not valid JSON: {e}"));
+        }
+        draft.data = Some(Data::Binary(body.to_vec()));
+    }
+    draft.datacontenttype = content_type;
+    draft.finish()
+}
+
+fn decode_structured(body: &[u8]) -> Result<Event, DecodeFailure> {
+    let mut draft = Draft::default();
+    let object: Map<String, Value> = match serde_json::from_slice(body) {
+        Ok(Value::Object(map)) => map,
+        Ok(_) => {
+            draft.problem("", "a structured-mode body is a JSON object");
+            return Err(DecodeFailure::Invalid(draft.problems.clone()));
+        }
+        Err(e) => {
+            draft.problem("", format!("the body is not valid JSON: {e}"));
+            return Err(DecodeFailure::Invalid(draft.problems.clone()));
+        }
+    };
+    let mut data = None;
+    let mut data_base64 = None;
+    for (name, value) in object {
+        match name.as_str() {
+            "data" => data = Some(value),
+            "data_base64" => data_base64 = Some(value),
+            "datacontenttype" => match value {
+                Value::String(ct) => draft.datacontenttype = Some(ct),
+                _ => draft.problem("datacontenttype", "must be a string"),
+            },
+            _ => draft.attributes.push((name, value)),
+        }
+    }
+    let json_data = draft.datacontenttype.as_deref().is_none_or(is_json);
+    match (data, data_base64) {
+        (Some(_), Some(_)) => draft.problem("data", "data and data_base64 are exclusive; send one"),
+        (Some(Value::String(text)), None) if !json_data => draft.data = Some(Data::String(text)),
+        (Some(value), None) => draft.data = Some(Data::Json(value)),
+        (None, Some(Value::String(encoded))) => {
+            match base64::engine::general_purpose::STANDARD.decode(encoded.as_bytes()) {
+                Ok(bytes) => draft.data = Some(Data::Binary(bytes)),
+                Err(e) => draft.problem("data_base64", format!("not valid base64: {e}")),
+            }
+        }
+        (None, Some(_)) => draft.problem("data_base64", "must be a base64 string"),
+        (None, None) => {}
+    }
+    draft.finish()
+}
+
+/// The data of an event as bytes, the way binary mode carries it.
+pub fn data_bytes(event: &Event) -> Bytes {
+    match event.data() {
+        None => Bytes::new(),
+        Some(Data::Binary(bytes)) => Bytes::copy_from_slice(bytes),
+        Some(Data::String(text)) => Bytes::copy_from_slice(text.as_bytes()),
+        Some(Data::Json(value)) => Bytes::from(serde_json::to_vec(value).unwrap_or_default()),
+    }
+}
+
+/// Binary-mode headers and body for `event`.
+pub fn encode_binary(event: &Event) -> (HeaderMap, Bytes) {
+    let mut headers = HeaderMap::new();
+    let mut put = |name: &str, value: &str| {
+        let encoded = utf8_percent_encode(value, HEADER_VALUE).to_string();
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(format!("ce-{name}").as_bytes()),
+            HeaderValue::from_str(&encoded),
+        ) {
+            headers.insert(name, value);
+        }
+    };
+    put("specversion", "1.0");
+    put("id", event.id());
+    put("source", event.source());
+    put("type", event.ty());
+    if let Some(subject) = event.subject() {
+        put("subject", subject);
+    }
+    if let Some(time) = event.time() {
+        put("time", &time.to_rfc3339_opts(SecondsFormat::AutoSi, true));
+    }
+    if let Some(schema) = event.dataschema() {
+        put("dataschema", schema.as_str());
+    }
+    for (name, value) in event.iter_extensions() {
+        put(name, &value.to_string());
+    }
+    if let Some(ct) = event.datacontenttype()
+        && let Ok(value) = HeaderValue::from_str(ct)
+    {
+        headers.insert(CONTENT_TYPE, value);
+    }
+    (headers, data_bytes(event))
+}
+
+/// The event as a structured-mode JSON object (what the status reporter stores and serves).
+pub fn to_structured(event: &Event) -> Value {
+    serde_json::to_value(event).unwrap_or(Value::Null)
+}

@@ -1,0 +1,389 @@
+//! Stage configuration from the environment (what Knative injects: `PORT`, `K_SINK`, …) and
+//! command-line flags, validated at start: one error lists every bad or missing setting.
+//!
+//! Settings are read through [`ConfigSource`] so tests pass a map and never touch the process
+//! environment. Secrets are [`Secret`]s, which never print.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::time::Duration;
+
+use url::Url;
+
+/// Where settings come from.
+pub trait ConfigSource {
+    /// The raw value of `key`, if set.
+    fn get(&self, key: &str) -> Option<String>;
+}
+
+/// The process environment.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Env;
+
+impl ConfigSource for Env {
+    fn get(&self, key: &str) -> Option<String> {
+        std::env::var(key).ok()
+    }
+}
+
+impl ConfigSource for HashMap<String, String> {
+    fn get(&self, key: &str) -> Option<String> {
+        HashMap::get(self, key).cloned()
+    }
+}
+
+impl<const N: usize> ConfigSource for [(&str, &str); N] {
+    fn get(&self, key: &str) -> Option<String> {
+        self.iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| (*v).to_owned())
+    }
+}
+
+/// Flags layered over another source: `--port 9000` overrides `PORT`.
+#[derive(Debug, Clone)]
+pub struct WithFlags<S> {
+    flags: HashMap<String, String>,
+    base: S,
+}
+
+/// The flags a stage binary takes, and the setting each one overrides.
+pub const FLAGS: &[(&str, &str, &str)] = &[
+    ("--port", "PORT", "TCP port to listen on (default 8080)"),
+    (
+        "--sink",
+        "K_SINK",
+        "broker ingress URL for side events (http://…)",
+    ),
+    (
+        "--body-limit-bytes",
+        "KLAMBDA_BODY_LIMIT_BYTES",
+        "largest request body (default 1048576)",
+    ),
+    (
+        "--shutdown-grace-seconds",
+        "KLAMBDA_SHUTDOWN_GRACE_SECONDS",
+        "how long SIGTERM waits for in-flight requests (default 30)",
+    ),
+    (
+        "--log-format",
+        "KLAMBDA_LOG_FORMAT",
+        "json (default) or text",
+    ),
+    (
+        "--otlp-endpoint",
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTLP/gRPC endpoint for traces",
+    ),
+];
+
+/// What the command line asked for.
+#[derive(Debug)]
+pub enum Command<S> {
+    /// Run with these settings.
+    Run(WithFlags<S>),
+    /// Print the usage and exit.
+    Help,
+}
+
+impl<S: ConfigSource> WithFlags<S> {
+    /// Parses `args` (without the program name) over `base`.
+    pub fn parse(
+        args: impl IntoIterator<Item = String>,
+        base: S,
+    ) -> Result<Command<S>, ConfigError> {
+        let mut flags = HashMap::new();
+        let mut problems = Vec::new();
+        let mut args = args.into_iter();
+        while let Some(arg) = args.next() {
+            if arg == "--help" || arg == "-h" {
+                return Ok(Command::Help);
+            }
+            let (name, inline) = match arg.split_once('=') {
+                Some((n, v)) => (n.to_owned(), Some(v.to_owned())),
+                None => (arg.clone(), None),
+            };
+            let Some((_, key, _)) = FLAGS.iter().find(|(flag, _, _)| *flag == name) else {
+                problems.push(format!("unknown argument {arg:?}; see --help"));
+                continue;
+            };
+            match inline.or_else(|| args.next()) {
+                Some(value) => {
+                    flags.insert((*key).to_owned(), value);
+                }
+                None => problems.push(format!("{name} needs a value")),
+            }
+        }
+        if problems.is_empty() {
+            Ok(Command::Run(Self { flags, base }))
+        } else {
+            Err(ConfigError { problems })
+        }
+    }
+}
+
+impl<S: ConfigSource> ConfigSource for WithFlags<S> {
+    fn get(&self, key: &str) -> Option<String> {
+        self.flags.get(key).cloned().or_else(|| self.base.get(key))
+    }
+}
+
+/// The usage text of a stage binary.
+pub fn usage(stage: &str) -> String {
+    let mut text = format!(
+        "{stage}: a knative-lambda stage. Serves CloudEvents on POST /, with /health, /ready, /metrics.\n\
+         Runs as an AWS Lambda when AWS_LAMBDA_RUNTIME_API is set.\n\nFlags (each overrides its environment variable):\n"
+    );
+    for (flag, key, help) in FLAGS {
+        text.push_str(&format!("  {flag:<26} {key:<32} {help}\n"));
+    }
+    text.push_str(
+        "\nAlso: RUST_LOG (log filter, default info), OTEL_EXPORTER_OTLP_HEADERS (secret).\n",
+    );
+    text
+}
+
+/// A value that must never appear in logs or error messages.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    /// The secret itself, for the one place that needs it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// How logs are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One JSON object per line (production).
+    Json,
+    /// Human-readable lines (local runs).
+    Text,
+}
+
+/// A stage's validated settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The port to listen on.
+    pub port: u16,
+    /// Where side events go; none means they are dropped.
+    pub sink: Option<Url>,
+    /// The largest request body accepted.
+    pub body_limit: usize,
+    /// How long SIGTERM waits for in-flight requests.
+    pub shutdown_grace: Duration,
+    /// The log format.
+    pub log_format: LogFormat,
+    /// The log filter (`RUST_LOG` syntax).
+    pub log_filter: String,
+    /// Where to export traces, if anywhere.
+    pub otlp_endpoint: Option<Url>,
+    /// Headers for the OTLP exporter (often an API key).
+    pub otlp_headers: Option<Secret>,
+    /// Set when running inside AWS Lambda.
+    pub lambda_runtime_api: Option<String>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            port: 8080,
+            sink: None,
+            body_limit: 1024 * 1024,
+            shutdown_grace: Duration::from_secs(30),
+            log_format: LogFormat::Json,
+            log_filter: "info".into(),
+            otlp_endpoint: None,
+            otlp_headers: None,
+            lambda_runtime_api: None,
+        }
+    }
+}
+
+/// Every problem with the configuration, listed together.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid configuration:\n  - {}", problems.join("\n  - "))]
+pub struct ConfigError {
+    /// One line per problem, naming the setting.
+    pub problems: Vec<String>,
+}
+
+impl Settings {
+    /// Reads and validates every setting from `source`.
+    pub fn from_source(source: &impl ConfigSource) -> Result<Self, ConfigError> {
+        let mut problems = Vec::new();
+        let mut settings = Settings::default();
+        let non_empty = |key: &str| source.get(key).filter(|v| !v.trim().is_empty());
+
+        if let Some(port) = non_empty("PORT") {
+            match port.trim().parse::<u16>() {
+                Ok(p) => settings.port = p,
+                Err(_) => problems.push(format!("PORT={port:?} is not a port number (0-65535)")),
+            }
+        }
+        if let Some(sink) = non_empty("K_SINK") {
+            match Url::parse(sink.trim()) {
+                Ok(url) if url.scheme() == "http" && url.host().is_some() => settings.sink = Some(url),
+                Ok(url) => problems.push(format!(
+                    "K_SINK={url} must be an http:// URL with a host (the in-cluster broker ingress)"
+                )),
+                Err(e) => problems.push(format!("K_SINK={sink:?} is not a URL: {e}")),
+            }
+        }
+        if let Some(limit) = non_empty("KLAMBDA_BODY_LIMIT_BYTES") {
+            match limit.trim().parse::<usize>() {
+                Ok(n) if (1024..=64 * 1024 * 1024).contains(&n) => settings.body_limit = n,
+                _ => problems.push(format!(
+                    "KLAMBDA_BODY_LIMIT_BYTES={limit:?} must be a byte count from 1024 to 67108864"
+                )),
+            }
+        }
+        if let Some(grace) = non_empty("KLAMBDA_SHUTDOWN_GRACE_SECONDS") {
+            match grace.trim().parse::<u64>() {
+                Ok(n) if n <= 3600 => settings.shutdown_grace = Duration::from_secs(n),
+                _ => problems.push(format!(
+                    "KLAMBDA_SHUTDOWN_GRACE_SECONDS={grace:?} must be whole seconds from 0 to 3600"
+                )),
+            }
+        }
+        match non_empty("KLAMBDA_LOG_FORMAT").as_deref().map(str::trim) {
+            None | Some("json") => {}
+            Some("text") => settings.log_format = LogFormat::Text,
+            Some(other) => {
+                problems.push(format!("KLAMBDA_LOG_FORMAT={other:?} must be json or text"))
+            }
+        }
+        if let Some(filter) = non_empty("RUST_LOG") {
+            match tracing_subscriber::EnvFilter::try_new(&filter) {
+                Ok(_) => settings.log_filter = filter,
+                Err(e) => problems.push(format!("RUST_LOG={filter:?} is not a log filter: {e}")),
+            }
+        }
+        if let Some(endpoint) = non_empty("OTEL_EXPORTER_OTLP_ENDPOINT") {
+            match Url::parse(endpoint.trim()) {
+                Ok(url) if matches!(url.scheme(), "http" | "https") => {
+                    settings.otlp_endpoint = Some(url)
+                }
+                _ => problems.push(format!(
+                    "OTEL_EXPORTER_OTLP_ENDPOINT={endpoint:?} must be an http:// or https:// URL"
+                )),
+            }
+        }
+        if let Some(headers) = non_empty("OTEL_EXPORTER_OTLP_HEADERS") {
+            let well_formed = headers.split(',').all(|pair| {
+                pair.split_once('=')
+                    .is_some_and(|(k, _)| !k.trim().is_empty())
+            });
+            if well_formed {
+                settings.otlp_headers = Some(Secret::new(headers));
+            } else {
+                // Never echo the value: it usually holds an API key.
+                problems.push(
+                    "OTEL_EXPORTER_OTLP_HEADERS must be key=value pairs separated by commas (value not shown)"
+                        .into(),
+                );
+            }
+        }
+        settings.lambda_runtime_api = non_empty("AWS_LAMBDA_RUNTIME_API");
+
+        if problems.is_empty() {
+            Ok(settings)
+        } else {
+            Err(ConfigError { problems })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_apply_when_nothing_is_set() {
+        let settings = Settings::from_source(&[("UNRELATED", "1")]).unwrap();
+        assert_eq!(settings.port, 8080);
+        assert_eq!(settings.body_limit, 1024 * 1024);
+        assert!(settings.sink.is_none());
+        assert_eq!(settings.log_format, LogFormat::Json);
+    }
+
+    #[test]
+    fn every_problem_is_listed_at_once() {
+        let error = Settings::from_source(&[
+            ("PORT", "eighty"),
+            ("K_SINK", "ftp://broker"),
+            ("KLAMBDA_BODY_LIMIT_BYTES", "12"),
+            ("KLAMBDA_LOG_FORMAT", "xml"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "nope"),
+        ])
+        .unwrap_err();
+        assert_eq!(error.problems.len(), 5, "{error}");
+        for key in [
+            "PORT",
+            "K_SINK",
+            "KLAMBDA_BODY_LIMIT_BYTES",
+            "KLAMBDA_LOG_FORMAT",
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+        ] {
+            assert!(
+                error.to_string().contains(key),
+                "{key} missing from {error}"
+            );
+        }
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let settings =
+            Settings::from_source(&[("OTEL_EXPORTER_OTLP_HEADERS", "api-key=hunter2")]).unwrap();
+        assert!(!format!("{settings:?}").contains("hunter2"));
+        assert_eq!(
+            settings.otlp_headers.as_ref().map(Secret::expose),
+            Some("api-key=hunter2")
+        );
+
+        let error =
+            Settings::from_source(&[("OTEL_EXPORTER_OTLP_HEADERS", "hunter2")]).unwrap_err();
+        assert!(!error.to_string().contains("hunter2"), "{error}");
+    }
+
+    #[test]
+    fn flags_override_the_environment() {
+        let args = ["--port", "9001", "--sink=http://broker.local/ns/b"].map(String::from);
+        let Command::Run(source) = WithFlags::parse(args, [("PORT", "8081")]).unwrap() else {
+            panic!("expected Run");
+        };
+        let settings = Settings::from_source(&source).unwrap();
+        assert_eq!(settings.port, 9001);
+        assert_eq!(settings.sink.unwrap().as_str(), "http://broker.local/ns/b");
+    }
+
+    #[test]
+    fn unknown_flags_and_missing_values_are_problems() {
+        let args = ["--colour", "red", "--port"].map(String::from);
+        let error = WithFlags::parse(args, Env).unwrap_err();
+        assert_eq!(error.problems.len(), 3, "{error}");
+        assert!(matches!(
+            WithFlags::parse(["--help".to_owned()], Env),
+            Ok(Command::Help)
+        ));
+    }
+}

@@ -1,0 +1,46 @@
+//! What a handler gets besides its event: a way to publish side events, traced and counted.
+
+use std::sync::Arc;
+
+use cloudevents::Event;
+
+use crate::metrics::Metrics;
+use crate::publisher::Publisher;
+use crate::trace::{self, TraceParent};
+
+/// The per-event context a [`crate::Handler`] receives.
+#[derive(Clone)]
+pub struct Context {
+    pub(crate) publisher: Arc<dyn Publisher>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) trace: Option<TraceParent>,
+    pub(crate) span: tracing::Span,
+}
+
+impl Context {
+    /// Publishes a side event (e.g. `*.started`) to the broker, in the input's trace.
+    ///
+    /// Best effort by design: a side event reports progress, the reply carries the contract, so
+    /// a broker hiccup here is logged and counted (`klambda_stage_side_events_total{outcome=
+    /// "failed"}`) but does not fail the handling and cause a redelivery.
+    pub async fn publish(&self, mut event: Event) {
+        let trace = trace::for_emitted(
+            self.trace,
+            &self.span,
+            cloudevents::AttributesReader::id(&event),
+        );
+        trace::stamp(&mut event, trace);
+        match self.publisher.publish(event).await {
+            Ok(()) => self.metrics.side_event("published"),
+            Err(error) => {
+                self.metrics.side_event("failed");
+                tracing::warn!(%error, "side event not published");
+            }
+        }
+    }
+
+    /// The trace context of the input event, if it had one.
+    pub fn trace(&self) -> Option<TraceParent> {
+        self.trace
+    }
+}

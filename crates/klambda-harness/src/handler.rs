@@ -1,0 +1,105 @@
+//! What a stage implements: [`Handler`], its [`Outcome`] and its [`HandlerError`].
+
+use std::future::Future;
+
+use cloudevents::Event;
+use http::StatusCode;
+use klambda_events::catalogue::{Stage, find};
+use klambda_events::data::Problem;
+use klambda_events::envelope::DecodeError;
+
+use crate::context::Context;
+
+/// A stage's event handler. The harness decodes, routes, traces and measures; the handler only
+/// turns one input event into its outcome.
+///
+/// **Invariant:** `handle` is idempotent: the same input gives the same outcome, whatever ran
+/// before, so the broker may redeliver and users may replay.
+pub trait Handler: Send + Sync + 'static {
+    /// The stage this handler is.
+    fn stage(&self) -> Stage;
+
+    /// Whether this stage takes events of `event_type`. By default, the types the catalogue
+    /// names this stage as consumer of; anything else was misrouted.
+    fn accepts(&self, event_type: &str) -> bool {
+        find(event_type).is_some_and(|spec| spec.consumer == Some(self.stage()))
+    }
+
+    /// Handles one event.
+    fn handle(
+        &self,
+        event: Event,
+        context: &Context,
+    ) -> impl Future<Output = Result<Outcome, HandlerError>> + Send;
+
+    /// Whether the stage's own dependencies are reachable (the harness checks the publisher).
+    fn ready(&self) -> impl Future<Output = Result<(), String>> + Send {
+        async { Ok(()) }
+    }
+}
+
+/// What handling an event led to.
+#[derive(Debug, Clone, PartialEq)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one Outcome per request, moved straight into the response; boxing buys nothing"
+)]
+pub enum Outcome {
+    /// The next event: answered as `200` with the event, which the broker routes on.
+    Reply(Event),
+    /// Nothing follows: answered as `202` with no body.
+    Done,
+}
+
+/// A failure, with its retry decision.
+#[derive(Debug, thiserror::Error)]
+pub enum HandlerError {
+    /// The event cannot be handled as sent: `400`, not retried, dead-lettered.
+    #[error("the event is invalid: {}", summary(.0))]
+    Invalid(Vec<Problem>),
+    /// A dependency is unavailable: `503`, retried by the broker with backoff.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// Something failed that may succeed on retry: `500`, retried by the broker.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+fn summary(problems: &[Problem]) -> String {
+    problems
+        .iter()
+        .map(|p| format!("{}: {}", p.field, p.reason))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+impl HandlerError {
+    /// The HTTP status the harness answers with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            HandlerError::Invalid(_) => StatusCode::BAD_REQUEST,
+            HandlerError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            HandlerError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// Whether the broker retries it (per Knative's delivery rules for the status above).
+    pub fn is_retryable(&self) -> bool {
+        !matches!(self, HandlerError::Invalid(_))
+    }
+
+    /// A bounded label for metrics.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            HandlerError::Invalid(_) => "invalid",
+            HandlerError::Unavailable(_) => "unavailable",
+            HandlerError::Internal(_) => "internal",
+        }
+    }
+}
+
+impl From<DecodeError> for HandlerError {
+    fn from(error: DecodeError) -> Self {
+        HandlerError::Invalid(vec![Problem::new("data", error.to_string())])
+    }
+}

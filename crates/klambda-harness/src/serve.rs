@@ -1,0 +1,149 @@
+//! Running a stage: [`serve`] on a bound listener until a shutdown future completes (tests bind
+//! port 0 and pass their own), and [`run`], the whole `main` of a stage binary.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+
+use crate::config::{Command, ConfigError, ConfigSource, Env, Settings, WithFlags, usage};
+use crate::handler::Handler;
+use crate::harness::Harness;
+use crate::telemetry;
+
+/// Exit code for bad configuration (EX_USAGE), so orchestrators tell it from a crash.
+pub const EXIT_CONFIG: u8 = 64;
+/// Exit code when the stage could not start or failed while serving (EX_SOFTWARE).
+pub const EXIT_FAILURE: u8 = 70;
+
+/// Serves `harness` on `listener` until `shutdown` completes, then stops accepting and lets
+/// in-flight requests finish for at most `grace`.
+pub async fn serve<H: Handler>(
+    listener: TcpListener,
+    harness: Harness<H>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    grace: Duration,
+) -> std::io::Result<()> {
+    let (begun, draining) = tokio::sync::oneshot::channel::<()>();
+    let server = axum::serve(listener, harness.router()).with_graceful_shutdown(async move {
+        shutdown.await;
+        tracing::info!("shutting down: draining in-flight requests");
+        let _ = begun.send(());
+    });
+    tokio::select! {
+        result = server => result,
+        () = async {
+            if draining.await.is_ok() {
+                tokio::time::sleep(grace).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        } => {
+            tracing::warn!(?grace, "shutdown grace elapsed with requests still in flight");
+            Ok(())
+        }
+    }
+}
+
+/// Completes on SIGTERM (what Knative sends) or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}
+
+/// The whole `main` of a stage binary: reads flags and environment, builds the stage with
+/// `make` (which reads its own settings from the same source), then serves it over HTTP, or as
+/// an AWS Lambda when `AWS_LAMBDA_RUNTIME_API` is set. Bad configuration exits 64 listing every
+/// problem.
+pub fn run<H, F>(service: &'static str, make: F) -> ExitCode
+where
+    H: Handler,
+    F: FnOnce(&dyn ConfigSource) -> Result<H, ConfigError>,
+{
+    let source = match WithFlags::parse(std::env::args().skip(1), Env) {
+        Ok(Command::Run(source)) => source,
+        Ok(Command::Help) => {
+            print!("{}", usage(service));
+            return ExitCode::SUCCESS;
+        }
+        Err(error) => {
+            eprintln!("{service}: {error}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let settings = Settings::from_source(&source);
+    let handler = make(&source);
+    let (settings, handler) = match (settings, handler) {
+        (Ok(settings), Ok(handler)) => (settings, handler),
+        (settings, handler) => {
+            let mut problems = Vec::new();
+            for error in [settings.err(), handler.err()].into_iter().flatten() {
+                problems.extend(error.problems);
+            }
+            eprintln!("{service}: {}", ConfigError { problems });
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("{service}: could not start the async runtime: {error}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    runtime.block_on(async move {
+        let telemetry = match telemetry::init(service, &settings) {
+            Ok(telemetry) => telemetry,
+            Err(error) => {
+                eprintln!("{service}: {error}");
+                return ExitCode::from(EXIT_FAILURE);
+            }
+        };
+        let harness = Harness::from_settings(handler, &settings);
+        let result = if settings.lambda_runtime_api.is_some() {
+            tracing::info!(service, "serving as an AWS Lambda function");
+            crate::lambda::run(harness).await.map_err(|e| e.to_string())
+        } else {
+            let address = SocketAddr::from(([0, 0, 0, 0], settings.port));
+            match TcpListener::bind(address).await {
+                Ok(listener) => {
+                    tracing::info!(service, %address, sink = ?settings.sink.as_ref().map(|u| u.as_str()), "serving");
+                    serve(listener, harness, shutdown_signal(), settings.shutdown_grace)
+                        .await
+                        .map_err(|e| e.to_string())
+                }
+                Err(error) => Err(format!("could not listen on {address}: {error}")),
+            }
+        };
+        telemetry.shutdown();
+        match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                tracing::error!(%error, "stopped");
+                eprintln!("{service}: {error}");
+                ExitCode::from(EXIT_FAILURE)
+            }
+        }
+    })
+}

@@ -1,0 +1,11 @@
+//! Test helpers shared by every knative-lambda crate, so no test copies another's setup.
+//!
+//! # Layout
+//! - [`manifests`]: load YAML manifests and check them against the real Knative CRD schemas in
+//!   `../shared/schemas` (validation and the API server's pruning of undeclared fields).
+//! - [`http`]: serve a router on a port-0 listener and talk to it over real HTTP.
+//! - [`repo`]: paths of the repository and of the shared folder beside it.
+
+pub mod http;
+pub mod manifests;
+pub mod repo;

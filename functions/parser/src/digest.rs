@@ -1,0 +1,52 @@
+//! The content digest: sha256 over the normalised source, the runtime and its template version.
+//!
+//! The input is a length-prefixed canonical encoding, not JSON, so it does not depend on field
+//! order, whitespace or how a file's content was encoded in the submission. Handler, env,
+//! resources and triggers are deliberately left out: they change the deployment, not the image,
+//! so changing them redeploys without rebuilding.
+
+use klambda_events::spec::{ContentEncoding, Source};
+use klambda_events::{ContentDigest, Runtime};
+use sha2::{Digest as _, Sha256};
+
+const DOMAIN: &[u8] = b"knative-lambda content digest v1\n";
+
+/// The digest of `source` built for `runtime`.
+pub fn content_digest(runtime: Runtime, source: &Source) -> ContentDigest {
+    let mut hash = Sha256::new();
+    hash.update(DOMAIN);
+    field(&mut hash, runtime.id().as_bytes());
+    field(&mut hash, runtime.template_version().as_bytes());
+    match source {
+        Source::Inline { files } => {
+            field(&mut hash, b"inline");
+            hash.update((files.len() as u64).to_be_bytes());
+            for file in files {
+                field(&mut hash, file.path.as_bytes());
+                match file.encoding {
+                    ContentEncoding::Utf8 => field(&mut hash, file.content.as_bytes()),
+                    ContentEncoding::Base64 => field(
+                        &mut hash,
+                        &crate::source::decode_base64(&file.content).unwrap_or_default(),
+                    ),
+                }
+            }
+        }
+        Source::S3 { bucket, key } => {
+            field(&mut hash, b"s3");
+            field(&mut hash, bucket.as_bytes());
+            field(&mut hash, key.as_bytes());
+        }
+        Source::Git { url, reference } => {
+            field(&mut hash, b"git");
+            field(&mut hash, url.as_bytes());
+            field(&mut hash, reference.as_bytes());
+        }
+    }
+    ContentDigest::from_sha256(hash)
+}
+
+fn field(hash: &mut Sha256, bytes: &[u8]) {
+    hash.update((bytes.len() as u64).to_be_bytes());
+    hash.update(bytes);
+}

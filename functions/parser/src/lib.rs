@@ -1,0 +1,167 @@
+//! The parser stage: validates and normalises a function submission.
+//!
+//! - **Consumes** `io.knative.lambda.function.created` and `io.knative.lambda.function.updated`
+//!   (data: `FunctionSubmission`).
+//! - **Replies** `io.knative.lambda.parser.completed` with the normalised `FunctionSpec` and its
+//!   content digest, or `io.knative.lambda.parser.failed` listing every problem.
+//! - **Side events**: `io.knative.lambda.parser.started`.
+//! - **Side effects**: none. No network, no storage: the parser is a pure function of its input,
+//!   so a replay gives the identical reply (same id, same data).
+//!
+//! A submission that is not even a JSON object of the right shape still gets `parser.failed`
+//! (the user's mistake, reported to the user); an event whose `dataschema` names a version this
+//! parser does not read is refused with 400 and dead-lettered, to be redriven after an upgrade.
+//!
+//! # Layout
+//! - [`validate`]: submission → spec, every problem listed.
+//! - [`source`]: inline files, `s3://` and git sources.
+//! - [`ssrf`]: which hosts a git source may name.
+//! - [`digest`]: the content digest.
+//! - [`limits`]: the bounds a submission must stay within.
+
+pub mod digest;
+pub mod limits;
+pub mod source;
+pub mod ssrf;
+pub mod validate;
+
+use std::sync::OnceLock;
+
+use cloudevents::{AttributesReader, Event};
+use klambda_events::catalogue::{
+    FunctionCreated, FunctionUpdated, ParserCompleted, ParserFailed, ParserStarted, find,
+};
+use klambda_events::data::{Operation, ParseFailure, ParseStart, ParsedFunction, Problem};
+use klambda_events::envelope::DecodeError;
+use klambda_events::{Envelope, EventType, Stage, decode};
+use klambda_harness::{Context, Handler, HandlerError, Outcome};
+
+pub use limits::Limits;
+pub use validate::parse;
+
+/// The parser stage's handler.
+#[derive(Debug, Clone, Default)]
+pub struct Parser {
+    limits: Limits,
+}
+
+impl Parser {
+    /// A parser with the default [`Limits`].
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A parser with other limits.
+    pub fn with_limits(limits: Limits) -> Self {
+        Self { limits }
+    }
+
+    /// The reply to `event`: `parser.completed` or `parser.failed`.
+    fn reply(&self, event: &Event, operation: Operation) -> Result<Event, HandlerError> {
+        let submission = match operation {
+            Operation::Create => decode::<FunctionCreated>(event),
+            Operation::Update => decode::<FunctionUpdated>(event),
+        };
+        let result = match submission {
+            Ok(submission) => parse(&submission, &self.limits),
+            Err(DecodeError::UnsupportedVersion { .. } | DecodeError::WrongType { .. }) => {
+                return Err(submission.err().map(HandlerError::from).unwrap_or_else(|| {
+                    HandlerError::Internal("unreachable: decode failed without an error".into())
+                }));
+            }
+            Err(error) => Err(structural_problems(event, &error)),
+        };
+        let name = name_hint(event);
+        Ok(match result {
+            Ok((spec, digest)) => {
+                let subject = spec.name.to_string();
+                Envelope::answering(event, Stage::Parser, ParserCompleted::TYPE)
+                    .subject(subject)
+                    .encode::<ParserCompleted>(&ParsedFunction {
+                        operation,
+                        spec,
+                        digest,
+                    })
+            }
+            Err(problems) => {
+                let mut envelope = Envelope::answering(event, Stage::Parser, ParserFailed::TYPE);
+                if let Some(name) = &name {
+                    envelope = envelope.subject(name.clone());
+                }
+                envelope.encode::<ParserFailed>(&ParseFailure {
+                    function: name,
+                    operation,
+                    problems,
+                })
+            }
+        })
+    }
+}
+
+impl Handler for Parser {
+    fn stage(&self) -> Stage {
+        Stage::Parser
+    }
+
+    async fn handle(&self, event: Event, context: &Context) -> Result<Outcome, HandlerError> {
+        let operation = if event.ty() == FunctionUpdated::TYPE {
+            Operation::Update
+        } else {
+            Operation::Create
+        };
+        let started = Envelope::answering(&event, Stage::Parser, ParserStarted::TYPE)
+            .encode::<ParserStarted>(&ParseStart {
+                function: name_hint(&event),
+                operation,
+            });
+        context.publish(started).await;
+        self.reply(&event, operation).map(Outcome::Reply)
+    }
+}
+
+/// The submitted name, read leniently, for labelling replies to broken submissions.
+fn name_hint(event: &Event) -> Option<String> {
+    let value: serde_json::Value = match event.data()? {
+        cloudevents::event::Data::Json(value) => value.clone(),
+        cloudevents::event::Data::Binary(bytes) => serde_json::from_slice(bytes).ok()?,
+        cloudevents::event::Data::String(text) => serde_json::from_str(text).ok()?,
+    };
+    value
+        .get("name")?
+        .as_str()
+        .map(|s| s.chars().take(253).collect())
+}
+
+/// Every structural problem of undecodable data, from the submission's JSON Schema; serde stops
+/// at the first, users want them all.
+fn structural_problems(event: &Event, error: &DecodeError) -> Vec<Problem> {
+    static VALIDATOR: OnceLock<Option<jsonschema::Validator>> = OnceLock::new();
+    let fallback = || vec![Problem::new("data", error.to_string())];
+    let value: serde_json::Value = match event.data() {
+        Some(cloudevents::event::Data::Json(value)) => value.clone(),
+        Some(cloudevents::event::Data::Binary(bytes)) => match serde_json::from_slice(bytes) {
+            Ok(value) => value,
+            Err(_) => return fallback(),
+        },
+        _ => return fallback(),
+    };
+    let validator = VALIDATOR.get_or_init(|| {
+        let spec = find(FunctionCreated::TYPE)?;
+        let schema = serde_json::to_value(spec.schema()).ok()?;
+        jsonschema::validator_for(&schema).ok()
+    });
+    let problems: Vec<Problem> = validator
+        .iter()
+        .flat_map(|v| v.iter_errors(&value))
+        .map(|e| {
+            let pointer = e.instance_path().to_string();
+            let field = pointer.trim_start_matches('/').replace('/', ".");
+            Problem::new(field, e.to_string())
+        })
+        .collect();
+    if problems.is_empty() {
+        fallback()
+    } else {
+        problems
+    }
+}

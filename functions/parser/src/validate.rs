@@ -1,0 +1,435 @@
+//! Turning a [`FunctionSubmission`] into a [`FunctionSpec`], listing every problem on the way.
+
+use std::collections::BTreeMap;
+
+use klambda_events::data::Problem;
+use klambda_events::spec::{
+    BuildSettings, FunctionSubmission, Resources, Scaling, Source, TriggerFilter,
+};
+use klambda_events::{ContentDigest, FunctionName, FunctionSpec, Language, Runtime};
+
+use crate::digest::content_digest;
+use crate::limits::Limits;
+use crate::source;
+
+/// Characters that mean something to a shell. Handlers reach the runtime shim's start command,
+/// so none may appear in one, whatever the runtime.
+const SHELL_METACHARACTERS: &str = ";|&$`<>(){}[]!*?~'\"\\#=%,";
+
+/// Validates and normalises `submission`: the spec and its digest, or every problem found.
+pub fn parse(
+    submission: &FunctionSubmission,
+    limits: &Limits,
+) -> Result<(FunctionSpec, ContentDigest), Vec<Problem>> {
+    let mut problems = Vec::new();
+    let name = FunctionName::new(submission.name.clone())
+        .map_err(|e| problems.push(Problem::new("name", format!("{:?} {e}", submission.name))))
+        .ok();
+    let runtime = Runtime::find(&submission.runtime);
+    if runtime.is_none() {
+        problems.push(Problem::new(
+            "runtime",
+            format!(
+                "unknown runtime {:?}; known: {}",
+                submission.runtime,
+                Runtime::known_ids().join(", ")
+            ),
+        ));
+    }
+    let source = source::normalise(&submission.source, limits, &mut problems);
+    check_handler(
+        &submission.handler,
+        runtime.map(|r| r.language()),
+        source.as_ref(),
+        &mut problems,
+    );
+    check_env(&submission.env, limits, &mut problems);
+    let resources = resources(submission, &mut problems);
+    let scaling = scaling(submission, &mut problems);
+    let build = build(submission, &mut problems);
+    check_triggers(&submission.triggers, limits, &mut problems);
+
+    match (name, runtime, source) {
+        (Some(name), Some(runtime), Some(source)) if problems.is_empty() => {
+            let digest = content_digest(runtime, &source);
+            let spec = FunctionSpec {
+                name,
+                runtime,
+                handler: submission.handler.clone(),
+                source,
+                env: submission.env.clone(),
+                resources,
+                scaling,
+                build,
+                triggers: submission.triggers.clone(),
+                extra: submission.extra.clone(),
+            };
+            Ok((spec, digest))
+        }
+        _ => Err(problems),
+    }
+}
+
+/// The handler's form: metacharacters and length whatever the runtime, then the runtime's own
+/// form when the runtime is known.
+fn check_handler(
+    handler: &str,
+    language: Option<Language>,
+    source: Option<&Source>,
+    problems: &mut Vec<Problem>,
+) {
+    let mut problem = |reason: String| problems.push(Problem::new("handler", reason));
+    if handler.is_empty() {
+        return problem("the handler is empty".into());
+    }
+    if let Some(c) = handler.chars().find(|c| SHELL_METACHARACTERS.contains(*c)) {
+        return problem(format!("contains the shell metacharacter {c:?}"));
+    }
+    if let Some(c) = handler
+        .chars()
+        .find(|c| c.is_whitespace() || c.is_control())
+    {
+        return problem(format!(
+            "contains the whitespace or control character {c:?}"
+        ));
+    }
+    if handler.len() > 128 {
+        return problem("the handler is longer than 128 characters".into());
+    }
+    let Some(language) = language else {
+        return;
+    };
+    let ident = |s: &str, extra: &[char]| {
+        let mut chars = s.chars();
+        chars
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || extra.contains(&c))
+            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || extra.contains(&c))
+    };
+    // For inline sources the file the handler names must be there.
+    let files: Option<Vec<&str>> = match source {
+        Some(Source::Inline { files }) => Some(files.iter().map(|f| f.path.as_str()).collect()),
+        _ => None,
+    };
+    match language {
+        Language::Node => {
+            let Some((module, export)) = handler.rsplit_once('.') else {
+                return problem(format!(
+                    "{handler:?} is not file.export (e.g. index.handler)"
+                ));
+            };
+            let module_ok = !module.is_empty()
+                && !module.starts_with('/')
+                && module.split('/').all(|p| {
+                    !p.is_empty()
+                        && p != ".."
+                        && p != "."
+                        && p.chars()
+                            .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
+                });
+            if !module_ok || !ident(export, &['$']) {
+                return problem(format!(
+                    "{handler:?} is not file.export (e.g. index.handler or src/app.main)"
+                ));
+            }
+            if let Some(files) = files {
+                let candidates = ["js", "mjs", "cjs"].map(|ext| format!("{module}.{ext}"));
+                if !candidates.iter().any(|c| files.contains(&c.as_str())) {
+                    problem(format!(
+                        "no {module}.js, {module}.mjs or {module}.cjs in the source for handler {handler:?}"
+                    ));
+                }
+            }
+        }
+        Language::Python => {
+            let parts: Vec<&str> = handler.split('.').collect();
+            if parts.len() < 2 || !parts.iter().all(|p| ident(p, &[])) {
+                return problem(format!(
+                    "{handler:?} is not module.function (e.g. app.handler)"
+                ));
+            }
+            if let Some(files) = files {
+                let module = parts[..parts.len() - 1].join("/");
+                let file = format!("{module}.py");
+                if !files.contains(&file.as_str()) {
+                    problem(format!("no {file} in the source for handler {handler:?}"));
+                }
+            }
+        }
+        Language::Go => {
+            if !handler.starts_with(|c: char| c.is_ascii_uppercase()) || !ident(handler, &[]) {
+                problem(format!(
+                    "{handler:?} is not an exported Go function name (e.g. Handle)"
+                ));
+            }
+        }
+        Language::Rust => {
+            let ok = handler.len() <= 64
+                && handler.starts_with(|c: char| c.is_ascii_lowercase())
+                && handler
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
+            if !ok {
+                problem(format!(
+                    "{handler:?} is not a Rust binary name (lowercase letters, digits, '_' and '-')"
+                ));
+            }
+        }
+    }
+}
+
+/// Names the platform or the runtime shim sets, or that change how the shim itself starts.
+const RESERVED_ENV: &[&str] = &[
+    "PORT",
+    "PATH",
+    "HOME",
+    "_HANDLER",
+    "LAMBDA_TASK_ROOT",
+    "LAMBDA_RUNTIME_DIR",
+    "LD_PRELOAD",
+    "LD_LIBRARY_PATH",
+    "LD_AUDIT",
+];
+const RESERVED_ENV_PREFIXES: &[&str] = &["K_", "KLAMBDA_", "AWS_LAMBDA_", "KNATIVE_"];
+
+fn check_env(env: &BTreeMap<String, String>, limits: &Limits, problems: &mut Vec<Problem>) {
+    if env.len() > limits.max_env_vars {
+        problems.push(Problem::new(
+            "env",
+            format!(
+                "{} variables; at most {} are allowed",
+                env.len(),
+                limits.max_env_vars
+            ),
+        ));
+    }
+    let mut total = 0usize;
+    for (name, value) in env {
+        let field = format!("env.{name}");
+        total += name.len() + value.len();
+        let valid_name = name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid_name {
+            problems.push(Problem::new(
+                field,
+                "names use letters, digits and '_' and do not start with a digit",
+            ));
+            continue;
+        }
+        if name.len() > limits.max_env_name_bytes {
+            problems.push(Problem::new(
+                field.clone(),
+                format!(
+                    "the name is longer than {} bytes",
+                    limits.max_env_name_bytes
+                ),
+            ));
+        }
+        if RESERVED_ENV.contains(&name.as_str())
+            || RESERVED_ENV_PREFIXES.iter().any(|p| name.starts_with(p))
+        {
+            problems.push(Problem::new(
+                field.clone(),
+                "is reserved: the platform or the runtime sets it",
+            ));
+        }
+        if value.contains('\0') {
+            problems.push(Problem::new(field.clone(), "the value contains a NUL byte"));
+        }
+        if value.len() > limits.max_env_value_bytes {
+            problems.push(Problem::new(
+                field,
+                format!(
+                    "the value is {} bytes; at most {} are allowed",
+                    value.len(),
+                    limits.max_env_value_bytes
+                ),
+            ));
+        }
+    }
+    if total > limits.max_env_total_bytes {
+        problems.push(Problem::new(
+            "env",
+            format!(
+                "names and values total {total} bytes; at most {} are allowed",
+                limits.max_env_total_bytes
+            ),
+        ));
+    }
+}
+
+/// `value` (or `default` when absent) if within `range`, else a problem at `field`.
+fn bounded(
+    value: Option<i64>,
+    default: u32,
+    range: std::ops::RangeInclusive<u32>,
+    field: &str,
+    unit: &str,
+    problems: &mut Vec<Problem>,
+) -> u32 {
+    match value {
+        None => default,
+        Some(v) => match u32::try_from(v) {
+            Ok(v) if range.contains(&v) => v,
+            _ => {
+                problems.push(Problem::new(
+                    field,
+                    format!(
+                        "{v} {unit} is out of range {}–{}",
+                        range.start(),
+                        range.end()
+                    ),
+                ));
+                default
+            }
+        },
+    }
+}
+
+fn resources(submission: &FunctionSubmission, problems: &mut Vec<Problem>) -> Resources {
+    let given = submission.resources.clone().unwrap_or_default();
+    let default = Resources::default();
+    Resources {
+        memory_mib: bounded(
+            given.memory_mib,
+            default.memory_mib,
+            128..=10240,
+            "resources.memoryMib",
+            "MiB",
+            problems,
+        ),
+        cpu_millis: bounded(
+            given.cpu_millis,
+            default.cpu_millis,
+            50..=8000,
+            "resources.cpuMillis",
+            "millicores",
+            problems,
+        ),
+        timeout_seconds: bounded(
+            given.timeout_seconds,
+            default.timeout_seconds,
+            1..=900,
+            "resources.timeoutSeconds",
+            "seconds",
+            problems,
+        ),
+    }
+}
+
+fn scaling(submission: &FunctionSubmission, problems: &mut Vec<Problem>) -> Scaling {
+    let given = submission.scaling.clone().unwrap_or_default();
+    let default = Scaling::default();
+    let scaling = Scaling {
+        min_scale: bounded(
+            given.min_scale,
+            default.min_scale,
+            0..=100,
+            "scaling.minScale",
+            "instances",
+            problems,
+        ),
+        max_scale: bounded(
+            given.max_scale,
+            default.max_scale,
+            1..=1000,
+            "scaling.maxScale",
+            "instances",
+            problems,
+        ),
+        concurrency: bounded(
+            given.concurrency,
+            default.concurrency,
+            0..=1000,
+            "scaling.concurrency",
+            "requests",
+            problems,
+        ),
+    };
+    if scaling.min_scale > scaling.max_scale {
+        problems.push(Problem::new(
+            "scaling",
+            format!(
+                "minScale {} is above maxScale {}",
+                scaling.min_scale, scaling.max_scale
+            ),
+        ));
+    }
+    scaling
+}
+
+fn build(submission: &FunctionSubmission, problems: &mut Vec<Problem>) -> BuildSettings {
+    let given = submission.build.clone().unwrap_or_default();
+    BuildSettings {
+        timeout_seconds: bounded(
+            given.timeout_seconds,
+            BuildSettings::default().timeout_seconds,
+            60..=3600,
+            "build.timeoutSeconds",
+            "seconds",
+            problems,
+        ),
+    }
+}
+
+fn check_triggers(triggers: &[TriggerFilter], limits: &Limits, problems: &mut Vec<Problem>) {
+    if triggers.len() > limits.max_triggers {
+        problems.push(Problem::new(
+            "triggers",
+            format!(
+                "{} triggers; at most {} are allowed",
+                triggers.len(),
+                limits.max_triggers
+            ),
+        ));
+    }
+    for (i, trigger) in triggers.iter().enumerate() {
+        let field = format!("triggers[{i}]");
+        for key in trigger.extra.keys() {
+            let reason = if key == "filters" {
+                "filters (CESQL/dialect filters) are ignored by the RabbitMQ broker, so the Trigger would receive every event; use attributes (exact match)".to_owned()
+            } else {
+                format!("unknown field {key:?}; a trigger has only attributes")
+            };
+            problems.push(Problem::new(format!("{field}.{key}"), reason));
+        }
+        if trigger.attributes.is_empty() {
+            problems.push(Problem::new(
+                format!("{field}.attributes"),
+                "no attributes: the Trigger would receive every event on the broker; name at least one (usually type)",
+            ));
+        }
+        for (name, value) in &trigger.attributes {
+            let at = format!("{field}.attributes.{name}");
+            let valid_name = !name.is_empty()
+                && name.len() <= 20
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+            if !valid_name {
+                problems.push(Problem::new(
+                    at.clone(),
+                    "CloudEvents attribute names are 1–20 characters of a-z and 0-9",
+                ));
+            } else if name == "data" {
+                problems.push(Problem::new(
+                    at.clone(),
+                    "data is not an attribute; filters match attributes only",
+                ));
+            }
+            if value.is_empty() {
+                problems.push(Problem::new(at, "an empty value does not mean 'any' on the RabbitMQ broker; give the exact value or drop the attribute"));
+            } else if value.chars().any(char::is_control) || value.len() > 256 {
+                problems.push(Problem::new(
+                    at,
+                    "values are at most 256 characters with no control characters",
+                ));
+            }
+        }
+        if triggers[..i].iter().any(|earlier| {
+            earlier.attributes == trigger.attributes && !trigger.attributes.is_empty()
+        }) {
+            problems.push(Problem::new(field, "duplicates an earlier trigger"));
+        }
+    }
+}

@@ -1,0 +1,129 @@
+//! The real `parser` binary: configuration errors exit 64 listing every problem, `--help`, JSON
+//! logs carrying the event id, and SIGTERM stopping it cleanly.
+
+use std::io::{BufRead as _, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+use klambda_test_support::http::{get, post};
+
+const BIN: &str = env!("CARGO_BIN_EXE_parser");
+
+#[test]
+fn bad_configuration_exits_64_listing_every_problem() -> Result<()> {
+    let output = Command::new(BIN)
+        .env("PORT", "eighty")
+        .env("K_SINK", "ftp://broker")
+        .env("OTEL_EXPORTER_OTLP_HEADERS", "hunter2")
+        .output()?;
+    assert_eq!(output.status.code(), Some(64));
+    let stderr = String::from_utf8(output.stderr)?;
+    for key in ["PORT", "K_SINK", "OTEL_EXPORTER_OTLP_HEADERS"] {
+        assert!(stderr.contains(key), "{key} not in {stderr}");
+    }
+    assert!(
+        !stderr.contains("hunter2"),
+        "a secret was printed: {stderr}"
+    );
+
+    let output = Command::new(BIN).arg("--no-such-flag").output()?;
+    assert_eq!(output.status.code(), Some(64));
+    Ok(())
+}
+
+#[test]
+fn help_prints_the_flags() -> Result<()> {
+    let output = Command::new(BIN).arg("--help").output()?;
+    assert!(output.status.success());
+    let stdout = String::from_utf8(output.stdout)?;
+    assert!(
+        stdout.contains("--port") && stdout.contains("K_SINK"),
+        "{stdout}"
+    );
+    Ok(())
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+#[tokio::test]
+async fn serves_logs_json_and_stops_on_sigterm() -> Result<()> {
+    let port = free_port()?;
+    let mut child = Command::new(BIN)
+        .arg("--port")
+        .arg(port.to_string())
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let base = format!("http://127.0.0.1:{port}");
+    let started = Instant::now();
+    loop {
+        if get(&format!("{base}/health"))
+            .await
+            .is_ok_and(|r| r.status == 200)
+        {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill();
+            bail!("the parser did not answer /health within 10 s");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let reply = post(&format!("{base}/"), &[
+        ("ce-specversion", "1.0"), ("ce-id", "bin-1"), ("ce-source", "/t"),
+        ("ce-type", "io.knative.lambda.function.created"), ("content-type", "application/json"),
+    ], r#"{"name":"hello","runtime":"python3.12","handler":"app.handler","source":{"kind":"inline","files":[{"path":"app.py","content":"def handler(e, c): return e"}]}}"#).await?;
+    assert_eq!(reply.status, 200);
+    assert_eq!(
+        reply.header("ce-type"),
+        "io.knative.lambda.parser.completed"
+    );
+
+    let status = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()?;
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let exit = loop {
+        if let Some(exit) = child.try_wait()? {
+            break exit;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            bail!("the parser did not stop within 10 s of SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(exit.success(), "exit status {exit:?}");
+
+    // Every log line is JSON; the handling line carries the event id, type and function.
+    let stdout = child.stdout.take().context("stdout")?;
+    let lines: Vec<serde_json::Value> = BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .map(|line| serde_json::from_str(&line).with_context(|| format!("not JSON: {line}")))
+        .collect::<Result<_>>()?;
+    let handled = lines
+        .iter()
+        .find(|l| l["message"] == "replied")
+        .with_context(|| format!("no 'replied' line in {lines:?}"))?;
+    assert_eq!(handled["span"]["event_id"], "bin-1");
+    assert_eq!(
+        handled["span"]["event_type"],
+        "io.knative.lambda.function.created"
+    );
+    assert_eq!(handled["reply_type"], "io.knative.lambda.parser.completed");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["message"] == "shutting down: draining in-flight requests")
+    );
+    Ok(())
+}

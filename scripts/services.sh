@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Makes sure the local services the tests talk to are running: RabbitMQ (127.0.0.1:5672) and
+# PostgreSQL (127.0.0.1:5432). Starts a stopped one; fails with what to do when it cannot.
+set -euo pipefail
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+wait_port() { # name port seconds
+  for _ in $(seq 1 "$3"); do port_open "$2" && return 0; sleep 1; done
+  return 1
+}
+
+ensure_rabbitmq() {
+  port_open 5672 && return 0
+  if ! command -v rabbitmq-server >/dev/null; then
+    echo "RabbitMQ is not running on 127.0.0.1:5672 and is not installed." >&2
+    echo "Install it with: apt-get install -y rabbitmq-server" >&2
+    return 1
+  fi
+  echo "starting RabbitMQ…" >&2
+  rabbitmq-server -detached >/dev/null 2>&1 || true
+  if ! wait_port rabbitmq 5672 60; then
+    echo "RabbitMQ did not start within 60 s; see /var/log/rabbitmq/ and run: rabbitmq-server -detached" >&2
+    return 1
+  fi
+}
+
+ensure_postgres() {
+  port_open 5432 && return 0
+  if ! command -v pg_ctlcluster >/dev/null; then
+    echo "PostgreSQL is not running on 127.0.0.1:5432 and is not installed." >&2
+    echo "Install it with: apt-get install -y postgresql" >&2
+    return 1
+  fi
+  echo "starting PostgreSQL…" >&2
+  pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | sort -V | tail -n 1)" main start || true
+  if ! wait_port postgres 5432 30; then
+    echo "PostgreSQL did not start within 30 s; run: pg_ctlcluster --skip-systemctl-redirect \$(ls /etc/postgresql) main start" >&2
+    return 1
+  fi
+}
+
+ensure_rabbitmq
+ensure_postgres

@@ -1,0 +1,250 @@
+//! The choreography in `eventing/` against the event contract in `klambda-events`.
+//!
+//! Fails when a consumed type has no Trigger, when two stages consume one type, when a Trigger
+//! routes a type nobody declared as consumed (or an unknown type), when a filter uses what the
+//! RabbitMQ broker ignores (`spec.filters`, empty values), and when a manifest would be refused
+//! or silently pruned by the API server.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::{Context as _, Result};
+use klambda_events::catalogue::find;
+use klambda_events::{CATALOGUE, Stage};
+use klambda_test_support::manifests::{CrdSchemas, load_yaml};
+use klambda_test_support::repo;
+use serde_json::Value;
+
+struct Trigger {
+    file: String,
+    name: String,
+    filter: BTreeMap<String, String>,
+    subscriber: String,
+    raw: Value,
+}
+
+fn yaml_files(dir: &str) -> Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    let mut stack = vec![repo::root().join(dir)];
+    while let Some(dir) = stack.pop() {
+        for entry in
+            std::fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))?
+        {
+            let path = entry?.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "yaml") {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+fn triggers() -> Result<Vec<Trigger>> {
+    let mut triggers = Vec::new();
+    for path in yaml_files("eventing")? {
+        for doc in load_yaml(&path)? {
+            if doc["kind"] != "Trigger" {
+                continue;
+            }
+            let filter = doc["spec"]["filter"]["attributes"]
+                .as_object()
+                .map(|m| {
+                    m.iter()
+                        .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            triggers.push(Trigger {
+                file: path.display().to_string(),
+                name: doc["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+                filter,
+                subscriber: doc["spec"]["subscriber"]["ref"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+                raw: doc,
+            });
+        }
+    }
+    Ok(triggers)
+}
+
+fn stage_named(name: &str) -> Option<Stage> {
+    Stage::ALL.into_iter().find(|s| s.service_name() == name)
+}
+
+#[test]
+fn every_consumed_type_has_exactly_one_trigger_to_its_consumer() -> Result<()> {
+    let triggers = triggers()?;
+    let mut problems = Vec::new();
+    for spec in CATALOGUE.iter().filter(|s| s.consumer.is_some()) {
+        let routes: Vec<&Trigger> = triggers
+            .iter()
+            .filter(|t| t.filter.get("type").map(String::as_str) == Some(spec.type_name))
+            .collect();
+        if routes.len() != 1 {
+            problems.push(format!(
+                "{} has {} Triggers, needs exactly one",
+                spec.type_name,
+                routes.len()
+            ));
+        }
+    }
+    for trigger in &triggers {
+        let Some(stage) = stage_named(&trigger.subscriber) else {
+            problems.push(format!(
+                "{}: subscriber {:?} is not a stage",
+                trigger.file, trigger.subscriber
+            ));
+            continue;
+        };
+        match trigger.filter.get("type") {
+            None if stage == Stage::StatusReporter => {}
+            None => problems.push(format!(
+                "{}: only the status reporter may receive every event; {} needs a type filter",
+                trigger.file, trigger.subscriber
+            )),
+            Some(ty) => match find(ty) {
+                None => problems.push(format!("{}: unknown event type {ty}", trigger.file)),
+                Some(spec) if spec.consumer != Some(stage) => problems.push(format!(
+                    "{}: routes {ty} to {}, but the catalogue says its consumer is {:?}",
+                    trigger.file, trigger.subscriber, spec.consumer
+                )),
+                Some(_) => {}
+            },
+        }
+    }
+    assert!(problems.is_empty(), "{problems:#?}");
+    Ok(())
+}
+
+#[test]
+fn no_type_is_consumed_by_two_stages() -> Result<()> {
+    let mut consumers: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    let triggers = triggers()?;
+    for trigger in &triggers {
+        if let Some(ty) = trigger.filter.get("type") {
+            consumers.entry(ty).or_default().push(&trigger.subscriber);
+        }
+    }
+    let shared: Vec<_> = consumers
+        .iter()
+        .filter(|(_, stages)| stages.len() > 1)
+        .collect();
+    assert!(
+        shared.is_empty(),
+        "types routed to more than one stage: {shared:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn the_status_reporter_sees_every_event() -> Result<()> {
+    let catch_all: Vec<_> = triggers()?
+        .into_iter()
+        .filter(|t| t.subscriber == "status-reporter" && t.filter.is_empty())
+        .map(|t| t.name)
+        .collect();
+    assert_eq!(
+        catch_all.len(),
+        1,
+        "one unfiltered Trigger to status-reporter: {catch_all:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn filters_use_only_what_the_rabbitmq_broker_implements() -> Result<()> {
+    let mut problems = Vec::new();
+    for trigger in triggers()? {
+        if !trigger.raw["spec"]["filters"].is_null() {
+            problems.push(format!(
+                "{}: spec.filters is ignored by the RabbitMQ broker",
+                trigger.file
+            ));
+        }
+        for (key, value) in &trigger.filter {
+            if value.is_empty() {
+                problems.push(format!(
+                    "{}: filter {key} is empty; it does not mean 'any'",
+                    trigger.file
+                ));
+            }
+        }
+        let annotation =
+            &trigger.raw["metadata"]["annotations"]["rabbitmq.eventing.knative.dev/parallelism"];
+        if annotation
+            .as_str()
+            .and_then(|v| v.parse::<u32>().ok())
+            .is_none_or(|n| n == 0)
+        {
+            problems.push(format!(
+                "{}: parallelism annotation must be a positive integer",
+                trigger.file
+            ));
+        }
+    }
+    assert!(problems.is_empty(), "{problems:#?}");
+    Ok(())
+}
+
+#[test]
+fn every_manifest_passes_the_crd_schemas() -> Result<()> {
+    let schemas = CrdSchemas::knative()?;
+    let mut problems = Vec::new();
+    let mut checked = 0;
+    for path in yaml_files("eventing")?
+        .into_iter()
+        .chain(yaml_files("deploy")?)
+    {
+        for doc in load_yaml(&path)? {
+            let api_version = doc["apiVersion"].as_str().unwrap_or_default();
+            let kind = doc["kind"].as_str().unwrap_or_default();
+            if kind == "Kustomization" {
+                continue;
+            }
+            if !schemas.knows(api_version, kind) {
+                problems.push(format!(
+                    "{}: no schema to check {api_version} {kind} against",
+                    path.display()
+                ));
+                continue;
+            }
+            checked += 1;
+            for problem in schemas.check(&doc)? {
+                problems.push(format!("{}: {problem}", path.display()));
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{problems:#?}");
+    assert!(checked >= 10, "only {checked} manifests were checked");
+    Ok(())
+}
+
+#[test]
+fn kustomization_lists_every_manifest() -> Result<()> {
+    let kustomization = load_yaml(&repo::root().join("eventing/kustomization.yaml"))?;
+    let listed: Vec<String> = kustomization[0]["resources"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r.as_str().map(str::to_owned))
+        .collect();
+    let root = repo::root().join("eventing");
+    for path in yaml_files("eventing")? {
+        let relative = path.strip_prefix(&root)?.display().to_string();
+        if relative != "kustomization.yaml" {
+            assert!(
+                listed.contains(&relative),
+                "eventing/kustomization.yaml does not list {relative}"
+            );
+        }
+    }
+    Ok(())
+}
