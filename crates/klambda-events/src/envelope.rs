@@ -4,6 +4,9 @@
 //! and no `time`: replaying an input produces the identical reply, so every receiver's
 //! `source` + `id` dedupe works across replays.
 
+use std::collections::HashMap;
+use std::sync::OnceLock;
+
 use cloudevents::event::Data;
 use cloudevents::{AttributesReader, Event, EventBuilder, EventBuilderV10};
 use sha2::{Digest as _, Sha256};
@@ -152,13 +155,33 @@ impl Envelope {
             .id(self.id.clone())
             .source(self.source.clone())
             .ty(T::TYPE)
-            .data_with_schema(JSON, dataschema_uri(T::TYPE, T::VERSION), body);
+            .data(JSON, body);
         if let Some(subject) = &self.subject {
             builder = builder.subject(subject.clone());
         }
         // `build` fails only on an empty source or type; both are set above. Falling back to an
         // empty event (which every receiver refuses) beats a panic taking the stage down.
-        builder.build().unwrap_or_default()
+        let mut event: Event = builder.build().unwrap_or_default();
+        cloudevents::AttributesWriter::set_dataschema(&mut event, dataschema_url::<T>());
+        event
+    }
+}
+
+/// The parsed `dataschema` URL of `T`, parsed once per type: encoding is on every stage's hot
+/// path and URL parsing is a measurable part of it (docs/BENCHMARKS.md).
+fn dataschema_url<T: EventType>() -> Option<url::Url> {
+    static URLS: OnceLock<HashMap<&'static str, url::Url>> = OnceLock::new();
+    let urls = URLS.get_or_init(|| {
+        crate::CATALOGUE
+            .iter()
+            .filter_map(|spec| Some((spec.type_name, url::Url::parse(&spec.dataschema()).ok()?)))
+            .collect()
+    });
+    match urls.get(T::TYPE) {
+        Some(url) if T::VERSION == crate::catalogue::find(T::TYPE).map_or(0, |s| s.version) => {
+            Some(url.clone())
+        }
+        _ => url::Url::parse(&dataschema_uri(T::TYPE, T::VERSION)).ok(),
     }
 }
 

@@ -198,7 +198,8 @@ fn decode_binary(
         {
             draft.problem("data", format!("the body is not valid JSON: {e}"));
         }
-        draft.data = Some(Data::Binary(body.to_vec()));
+        // `Vec::from(Bytes)` reuses the buffer when it is not shared: no copy of the body.
+        draft.data = Some(Data::Binary(Vec::from(body)));
     }
     draft.datacontenttype = content_type;
     draft.finish()
@@ -247,7 +248,7 @@ fn decode_structured(body: &[u8]) -> Result<Event, DecodeFailure> {
     draft.finish()
 }
 
-/// The data of an event as bytes, the way binary mode carries it.
+/// The data of an event as bytes, the way binary mode carries it (copied).
 pub fn data_bytes(event: &Event) -> Bytes {
     match event.data() {
         None => Bytes::new(),
@@ -257,40 +258,60 @@ pub fn data_bytes(event: &Event) -> Bytes {
     }
 }
 
-/// Binary-mode headers and body for `event`.
+/// Binary-mode headers and body for `event`, borrowing it (the body is copied).
 pub fn encode_binary(event: &Event) -> (HeaderMap, Bytes) {
-    let mut headers = HeaderMap::new();
-    let mut put = |name: &str, value: &str| {
-        let encoded = utf8_percent_encode(value, HEADER_VALUE).to_string();
-        if let (Ok(name), Ok(value)) = (
-            HeaderName::from_bytes(format!("ce-{name}").as_bytes()),
-            HeaderValue::from_str(&encoded),
-        ) {
+    (binary_headers(event), data_bytes(event))
+}
+
+/// Binary-mode headers and body for `event`, moving its data into the body without a copy.
+pub fn into_binary(mut event: Event) -> (HeaderMap, Bytes) {
+    let headers = binary_headers(&event);
+    let body = match event.take_data().2 {
+        None => Bytes::new(),
+        Some(Data::Binary(bytes)) => Bytes::from(bytes),
+        Some(Data::String(text)) => Bytes::from(text),
+        Some(Data::Json(value)) => Bytes::from(serde_json::to_vec(&value).unwrap_or_default()),
+    };
+    (headers, body)
+}
+
+/// The `ce-*` headers (and `Content-Type`) of `event` in binary mode.
+fn binary_headers(event: &Event) -> HeaderMap {
+    let mut headers = HeaderMap::with_capacity(8);
+    let mut put = |name: HeaderName, value: &str| {
+        // Borrows when nothing needs escaping, which is the common case.
+        let encoded: std::borrow::Cow<'_, str> = utf8_percent_encode(value, HEADER_VALUE).into();
+        if let Ok(value) = HeaderValue::from_str(&encoded) {
             headers.insert(name, value);
         }
     };
-    put("specversion", "1.0");
-    put("id", event.id());
-    put("source", event.source());
-    put("type", event.ty());
+    put(HeaderName::from_static("ce-specversion"), "1.0");
+    put(HeaderName::from_static("ce-id"), event.id());
+    put(HeaderName::from_static("ce-source"), event.source());
+    put(HeaderName::from_static("ce-type"), event.ty());
     if let Some(subject) = event.subject() {
-        put("subject", subject);
+        put(HeaderName::from_static("ce-subject"), subject);
     }
     if let Some(time) = event.time() {
-        put("time", &time.to_rfc3339_opts(SecondsFormat::AutoSi, true));
+        put(
+            HeaderName::from_static("ce-time"),
+            &time.to_rfc3339_opts(SecondsFormat::AutoSi, true),
+        );
     }
     if let Some(schema) = event.dataschema() {
-        put("dataschema", schema.as_str());
+        put(HeaderName::from_static("ce-dataschema"), schema.as_str());
     }
     for (name, value) in event.iter_extensions() {
-        put(name, &value.to_string());
+        if let Ok(name) = HeaderName::from_bytes(format!("ce-{name}").as_bytes()) {
+            put(name, &value.to_string());
+        }
     }
     if let Some(ct) = event.datacontenttype()
         && let Ok(value) = HeaderValue::from_str(ct)
     {
         headers.insert(CONTENT_TYPE, value);
     }
-    (headers, data_bytes(event))
+    headers
 }
 
 /// The event as a structured-mode JSON object (what the status reporter stores and serves).

@@ -234,20 +234,21 @@ async fn receive<H: Handler>(State(harness): State<Harness<H>>, request: Request
         }
     };
     match harness.dispatch_traced(event, header(TRACEPARENT)).await {
-        Ok(Outcome::Reply(reply)) => event_response(&reply),
+        Ok(Outcome::Reply(reply)) => event_response(reply),
         Ok(Outcome::Done) => StatusCode::ACCEPTED.into_response(),
         Err(error) => error_response(&error),
     }
 }
 
 /// `200` with `event` in binary mode (and its `traceparent` as an HTTP header too).
-pub(crate) fn event_response(event: &Event) -> Response {
-    let (headers, body) = codec::encode_binary(event);
+fn event_response(event: Event) -> Response {
+    let trace = event
+        .extension(TRACEPARENT)
+        .and_then(|t| HeaderValue::from_str(&t.to_string()).ok());
+    let (headers, body) = codec::into_binary(event);
     let mut response = (StatusCode::OK, Body::from(body)).into_response();
-    if let Some(trace) = event.extension(TRACEPARENT)
-        && let Ok(value) = HeaderValue::from_str(&trace.to_string())
-    {
-        response.headers_mut().insert(TRACEPARENT, value);
+    if let Some(trace) = trace {
+        response.headers_mut().insert(TRACEPARENT, trace);
     }
     response.headers_mut().extend(headers);
     response

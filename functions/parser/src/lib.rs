@@ -56,47 +56,32 @@ impl Parser {
         Self { limits }
     }
 
-    /// The reply to `event`: `parser.completed` or `parser.failed`.
-    fn reply(&self, event: &Event, operation: Operation) -> Result<Event, HandlerError> {
+    /// Decodes and validates the submission in `event`: the submitted name (when readable) and
+    /// the spec with its digest, or every problem. Contract mismatches are errors (dead-lettered).
+    fn parse_event(
+        &self,
+        event: &Event,
+        operation: Operation,
+    ) -> Result<(Option<String>, ParseResult), HandlerError> {
         let submission = match operation {
             Operation::Create => decode::<FunctionCreated>(event),
             Operation::Update => decode::<FunctionUpdated>(event),
         };
-        let result = match submission {
-            Ok(submission) => parse(&submission, &self.limits),
-            Err(DecodeError::UnsupportedVersion { .. } | DecodeError::WrongType { .. }) => {
-                return Err(submission.err().map(HandlerError::from).unwrap_or_else(|| {
-                    HandlerError::Internal("unreachable: decode failed without an error".into())
-                }));
-            }
-            Err(error) => Err(structural_problems(event, &error)),
-        };
-        let name = name_hint(event);
-        Ok(match result {
-            Ok((spec, digest)) => {
-                let subject = spec.name.to_string();
-                Envelope::answering(event, Stage::Parser, ParserCompleted::TYPE)
-                    .subject(subject)
-                    .encode::<ParserCompleted>(&ParsedFunction {
-                        operation,
-                        spec,
-                        digest,
-                    })
-            }
-            Err(problems) => {
-                let mut envelope = Envelope::answering(event, Stage::Parser, ParserFailed::TYPE);
-                if let Some(name) = &name {
-                    envelope = envelope.subject(name.clone());
-                }
-                envelope.encode::<ParserFailed>(&ParseFailure {
-                    function: name,
-                    operation,
-                    problems,
-                })
-            }
-        })
+        match submission {
+            Ok(submission) => Ok((
+                Some(submission.name.clone()),
+                parse(submission, &self.limits),
+            )),
+            Err(
+                error @ (DecodeError::UnsupportedVersion { .. } | DecodeError::WrongType { .. }),
+            ) => Err(error.into()),
+            Err(error) => Ok((name_hint(event), Err(structural_problems(event, &error)))),
+        }
     }
 }
+
+type ParseResult =
+    Result<(klambda_events::FunctionSpec, klambda_events::ContentDigest), Vec<Problem>>;
 
 impl Handler for Parser {
     fn stage(&self) -> Stage {
@@ -109,13 +94,37 @@ impl Handler for Parser {
         } else {
             Operation::Create
         };
+        let (name, result) = self.parse_event(&event, operation)?;
         let started = Envelope::answering(&event, Stage::Parser, ParserStarted::TYPE)
             .encode::<ParserStarted>(&ParseStart {
-                function: name_hint(&event),
+                function: name.clone(),
                 operation,
             });
         context.publish(started).await;
-        self.reply(&event, operation).map(Outcome::Reply)
+        let reply = match result {
+            Ok((spec, digest)) => {
+                let subject = spec.name.to_string();
+                Envelope::answering(&event, Stage::Parser, ParserCompleted::TYPE)
+                    .subject(subject)
+                    .encode::<ParserCompleted>(&ParsedFunction {
+                        operation,
+                        spec,
+                        digest,
+                    })
+            }
+            Err(problems) => {
+                let mut envelope = Envelope::answering(&event, Stage::Parser, ParserFailed::TYPE);
+                if let Some(name) = &name {
+                    envelope = envelope.subject(name.clone());
+                }
+                envelope.encode::<ParserFailed>(&ParseFailure {
+                    function: name,
+                    operation,
+                    problems,
+                })
+            }
+        };
+        Ok(Outcome::Reply(reply))
     }
 }
 

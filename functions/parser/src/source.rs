@@ -12,15 +12,15 @@ use crate::ssrf::refused_host;
 
 /// Validates `source`, pushing every problem; returns the normalised source when it is valid.
 pub fn normalise(
-    source: &SourceSubmission,
+    source: SourceSubmission,
     limits: &Limits,
     problems: &mut Vec<Problem>,
 ) -> Option<Source> {
     let before = problems.len();
     let source = match source {
         SourceSubmission::Inline { files } => inline(files, limits, problems),
-        SourceSubmission::S3 { url } => s3(url, problems),
-        SourceSubmission::Git { url, reference } => git(url, reference, problems),
+        SourceSubmission::S3 { url } => s3(&url, problems),
+        SourceSubmission::Git { url, reference } => git(&url, &reference, problems),
     };
     (problems.len() == before).then_some(source).flatten()
 }
@@ -30,7 +30,7 @@ pub fn decode_base64(text: &str) -> Result<Vec<u8>, base64::DecodeError> {
     base64::engine::general_purpose::STANDARD.decode(text.as_bytes())
 }
 
-fn inline(files: &[InlineFile], limits: &Limits, problems: &mut Vec<Problem>) -> Option<Source> {
+fn inline(files: Vec<InlineFile>, limits: &Limits, problems: &mut Vec<Problem>) -> Option<Source> {
     if files.is_empty() {
         problems.push(Problem::new(
             "source.files",
@@ -52,7 +52,7 @@ fn inline(files: &[InlineFile], limits: &Limits, problems: &mut Vec<Problem>) ->
     let mut seen = BTreeSet::new();
     let mut total = 0usize;
     let mut normalised = Vec::with_capacity(files.len());
-    for (i, file) in files.iter().enumerate() {
+    for (i, file) in files.into_iter().enumerate() {
         let field = |what: &str| format!("source.files[{i}].{what}");
         let path = match normalise_path(&file.path, limits) {
             Ok(path) => path,
@@ -68,10 +68,21 @@ fn inline(files: &[InlineFile], limits: &Limits, problems: &mut Vec<Problem>) ->
             ));
             continue;
         }
-        let bytes = match file.encoding {
-            ContentEncoding::Utf8 => file.content.clone().into_bytes(),
+        // Text stays text, whatever encoding it arrived in, so the digest and the event size do
+        // not depend on how the client chose to encode it.
+        let (content, encoding, size) = match file.encoding {
+            ContentEncoding::Utf8 => {
+                let size = file.content.len();
+                (file.content, ContentEncoding::Utf8, size)
+            }
             ContentEncoding::Base64 => match decode_base64(&file.content) {
-                Ok(bytes) => bytes,
+                Ok(bytes) => {
+                    let size = bytes.len();
+                    match String::from_utf8(bytes) {
+                        Ok(text) => (text, ContentEncoding::Utf8, size),
+                        Err(_) => (file.content, ContentEncoding::Base64, size),
+                    }
+                }
                 Err(e) => {
                     problems.push(Problem::new(
                         field("content"),
@@ -81,20 +92,11 @@ fn inline(files: &[InlineFile], limits: &Limits, problems: &mut Vec<Problem>) ->
                 }
             },
         };
-        total = total.saturating_add(bytes.len());
-        // Text stays text, whatever encoding it arrived in, so the digest and the event size do
-        // not depend on how the client chose to encode it.
-        let file = match String::from_utf8(bytes) {
-            Ok(text) => InlineFile {
-                path,
-                content: text,
-                encoding: ContentEncoding::Utf8,
-            },
-            Err(e) => InlineFile {
-                path,
-                content: base64::engine::general_purpose::STANDARD.encode(e.as_bytes()),
-                encoding: ContentEncoding::Base64,
-            },
+        total = total.saturating_add(size);
+        let file = InlineFile {
+            path,
+            content,
+            encoding,
         };
         normalised.push(file);
     }

@@ -4,7 +4,8 @@ use std::collections::BTreeMap;
 
 use klambda_events::data::Problem;
 use klambda_events::spec::{
-    BuildSettings, FunctionSubmission, Resources, Scaling, Source, TriggerFilter,
+    BuildSettings, BuildSubmission, FunctionSubmission, Resources, ResourcesSubmission, Scaling,
+    ScalingSubmission, Source, TriggerFilter,
 };
 use klambda_events::{ContentDigest, FunctionName, FunctionSpec, Language, Runtime};
 
@@ -18,7 +19,7 @@ const SHELL_METACHARACTERS: &str = ";|&$`<>(){}[]!*?~'\"\\#=%,";
 
 /// Validates and normalises `submission`: the spec and its digest, or every problem found.
 pub fn parse(
-    submission: &FunctionSubmission,
+    submission: FunctionSubmission,
     limits: &Limits,
 ) -> Result<(FunctionSpec, ContentDigest), Vec<Problem>> {
     let mut problems = Vec::new();
@@ -36,7 +37,7 @@ pub fn parse(
             ),
         ));
     }
-    let source = source::normalise(&submission.source, limits, &mut problems);
+    let source = source::normalise(submission.source, limits, &mut problems);
     check_handler(
         &submission.handler,
         runtime.map(|r| r.language()),
@@ -44,9 +45,9 @@ pub fn parse(
         &mut problems,
     );
     check_env(&submission.env, limits, &mut problems);
-    let resources = resources(submission, &mut problems);
-    let scaling = scaling(submission, &mut problems);
-    let build = build(submission, &mut problems);
+    let resources = resources(submission.resources, &mut problems);
+    let scaling = scaling(submission.scaling, &mut problems);
+    let build = build(submission.build, &mut problems);
     check_triggers(&submission.triggers, limits, &mut problems);
 
     match (name, runtime, source) {
@@ -55,14 +56,14 @@ pub fn parse(
             let spec = FunctionSpec {
                 name,
                 runtime,
-                handler: submission.handler.clone(),
+                handler: submission.handler,
                 source,
-                env: submission.env.clone(),
+                env: submission.env,
                 resources,
                 scaling,
                 build,
-                triggers: submission.triggers.clone(),
-                extra: submission.extra.clone(),
+                triggers: submission.triggers,
+                extra: submission.extra,
             };
             Ok((spec, digest))
         }
@@ -286,8 +287,8 @@ fn bounded(
     }
 }
 
-fn resources(submission: &FunctionSubmission, problems: &mut Vec<Problem>) -> Resources {
-    let given = submission.resources.clone().unwrap_or_default();
+fn resources(given: Option<ResourcesSubmission>, problems: &mut Vec<Problem>) -> Resources {
+    let given = given.unwrap_or_default();
     let default = Resources::default();
     Resources {
         memory_mib: bounded(
@@ -317,8 +318,8 @@ fn resources(submission: &FunctionSubmission, problems: &mut Vec<Problem>) -> Re
     }
 }
 
-fn scaling(submission: &FunctionSubmission, problems: &mut Vec<Problem>) -> Scaling {
-    let given = submission.scaling.clone().unwrap_or_default();
+fn scaling(given: Option<ScalingSubmission>, problems: &mut Vec<Problem>) -> Scaling {
+    let given = given.unwrap_or_default();
     let default = Scaling::default();
     let scaling = Scaling {
         min_scale: bounded(
@@ -358,8 +359,8 @@ fn scaling(submission: &FunctionSubmission, problems: &mut Vec<Problem>) -> Scal
     scaling
 }
 
-fn build(submission: &FunctionSubmission, problems: &mut Vec<Problem>) -> BuildSettings {
-    let given = submission.build.clone().unwrap_or_default();
+fn build(given: Option<BuildSubmission>, problems: &mut Vec<Problem>) -> BuildSettings {
+    let given = given.unwrap_or_default();
     BuildSettings {
         timeout_seconds: bounded(
             given.timeout_seconds,

@@ -55,7 +55,7 @@ fn check(name: &str, submission: Value, fields: &[&str]) {
         Ok(s) => s,
         Err(e) => panic!("{name}: the row is not a well-formed submission: {e}"),
     };
-    let mut actual: Vec<String> = match parse(&submission, &Limits::default()) {
+    let mut actual: Vec<String> = match parse(submission, &Limits::default()) {
         Ok(_) => Vec::new(),
         Err(problems) => {
             for p in &problems {
@@ -612,7 +612,7 @@ fn normalisation_fills_defaults_and_sorts_files() {
         {"path": "index.js", "content": "aGk=", "encoding": "base64"}
     ])))
     .unwrap();
-    let (spec, _) = parse(&submission, &Limits::default()).unwrap();
+    let (spec, _) = parse(submission, &Limits::default()).unwrap();
     let Source::Inline { files } = &spec.source else {
         panic!("inline expected")
     };
@@ -629,7 +629,7 @@ fn normalisation_fills_defaults_and_sorts_files() {
 fn the_digest_depends_on_source_and_runtime_only() {
     let digest = |doc: Value| {
         let submission: FunctionSubmission = serde_json::from_value(doc).unwrap();
-        parse(&submission, &Limits::default()).unwrap().1
+        parse(submission, &Limits::default()).unwrap().1
     };
     let base = digest(node());
     // Stable across file order, encoding and path spelling.
