@@ -20,6 +20,13 @@ fn fixture(spec: &EventSpec) -> Result<Value> {
     Ok(serde_json::from_str(&text)?)
 }
 
+/// The compiled JSON Schema of a type's data.
+fn validator(spec: &EventSpec) -> Result<jsonschema::Validator> {
+    let schema = serde_json::to_value(spec.schema())?;
+    jsonschema::validator_for(&schema)
+        .map_err(|e| anyhow::anyhow!("schema of {} is invalid: {e}", spec.type_name))
+}
+
 /// Decodes the fixture as `T` through a real CloudEvent, re-encodes it, and compares.
 fn round_trip<T: EventType>() -> Result<()> {
     let spec = klambda_events::catalogue::find(T::TYPE).context("type not in catalogue")?;
@@ -63,9 +70,7 @@ fn every_fixture_round_trips_through_its_type() -> Result<()> {
 #[test]
 fn every_fixture_validates_against_its_schema() -> Result<()> {
     for spec in CATALOGUE {
-        let schema = serde_json::to_value(spec.schema())?;
-        let validator = jsonschema::validator_for(&schema)
-            .map_err(|e| anyhow::anyhow!("schema of {} is invalid: {e}", spec.type_name))?;
+        let validator = validator(spec)?;
         let doc = fixture(spec)?;
         let errors: Vec<String> = validator.iter_errors(&doc).map(|e| e.to_string()).collect();
         assert!(errors.is_empty(), "{}: {errors:?}", spec.type_name);
@@ -77,9 +82,7 @@ fn every_fixture_validates_against_its_schema() -> Result<()> {
 fn schemas_refuse_documents_missing_required_fields() -> Result<()> {
     // A schema that accepts anything would pass the test above; make sure they bite.
     for spec in CATALOGUE {
-        let schema = serde_json::to_value(spec.schema())?;
-        let validator = jsonschema::validator_for(&schema)
-            .map_err(|e| anyhow::anyhow!("schema of {} is invalid: {e}", spec.type_name))?;
+        let validator = validator(spec)?;
         assert!(
             !validator.is_valid(&serde_json::json!({})),
             "{} accepts an empty object",

@@ -9,6 +9,7 @@ use klambda_events::data::Problem;
 use klambda_events::envelope::DecodeError;
 
 use crate::context::Context;
+use crate::problem::ProblemDetails;
 
 /// A stage's event handler. The harness decodes, routes, traces and measures; the handler only
 /// turns one input event into its outcome.
@@ -86,6 +87,27 @@ impl HandlerError {
     /// Whether the broker retries it (per Knative's delivery rules for the status above).
     pub fn is_retryable(&self) -> bool {
         !matches!(self, HandlerError::Invalid(_))
+    }
+
+    /// The RFC 7807 body answered with this error (over HTTP and to in-process callers alike).
+    pub fn problem(&self) -> ProblemDetails {
+        match self {
+            HandlerError::Invalid(problems) => ProblemDetails::new(
+                self.status(),
+                "invalid-event",
+                "The event cannot be handled",
+                "the event was refused and will not be retried; fix it and send it again",
+            )
+            .with_problems(problems.clone()),
+            HandlerError::Unavailable(reason) | HandlerError::Internal(reason) => {
+                ProblemDetails::new(
+                    self.status(),
+                    self.metric_label(),
+                    "Temporary failure",
+                    format!("{reason}; the broker will retry this event"),
+                )
+            }
+        }
     }
 
     /// A bounded label for metrics.

@@ -255,22 +255,7 @@ fn event_response(event: Event) -> Response {
 }
 
 fn error_response(error: &HandlerError) -> Response {
-    match error {
-        HandlerError::Invalid(problems) => ProblemDetails::new(
-            error.status(),
-            "invalid-event",
-            "The event cannot be handled",
-            "the event was refused and will not be retried; fix it and send it again",
-        )
-        .with_problems(problems.clone()),
-        HandlerError::Unavailable(reason) | HandlerError::Internal(reason) => ProblemDetails::new(
-            error.status(),
-            error.metric_label(),
-            "Temporary failure",
-            format!("{reason}; the broker will retry this event"),
-        ),
-    }
-    .into_response()
+    error.problem().into_response()
 }
 
 async fn health() -> Response {

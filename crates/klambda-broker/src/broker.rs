@@ -1,0 +1,205 @@
+//! The embedded broker: routes every published event to the queue of each matching Trigger;
+//! per-Trigger workers deliver with Knative's retry, backoff and timeout rules; replies are
+//! published back in; failures end in the dead-letter store.
+//!
+//! **Invariant:** an event accepted by [`Broker::publish`] ends in exactly one of: delivered
+//! (accepted, or replied and the reply published), or dead-lettered, for every Trigger it
+//! matched, unless the process exits first. This broker is in memory; durability across
+//! restarts is what the RabbitMQ broker adds.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+
+use cloudevents::{AttributesReader as _, Event};
+use tokio::sync::{Mutex, Notify, mpsc};
+
+use crate::dead_letter::{DeadLetter, DeadLetters, with_error_attributes};
+use crate::delivery::is_retryable;
+use crate::subscriber::{Answer, Subscriber};
+use crate::trigger::Trigger;
+
+/// Why a broker could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Triggers name subscribers that were not registered.
+    #[error("no subscriber registered for: {}", .0.join(", "))]
+    UnknownSubscribers(Vec<String>),
+}
+
+struct Route {
+    trigger: Trigger,
+    queue: mpsc::UnboundedSender<Event>,
+}
+
+struct Inner {
+    routes: Vec<Route>,
+    dead_letters: DeadLetters,
+    /// Events enqueued and not yet finished (delivered or dead-lettered).
+    pending: AtomicUsize,
+    idle: Notify,
+}
+
+/// An in-process broker wired from Triggers.
+#[derive(Clone)]
+pub struct Broker {
+    inner: Arc<Inner>,
+}
+
+impl Broker {
+    /// Starts one queue and `parallelism` workers per Trigger. Must run inside a Tokio runtime.
+    /// Every Trigger's subscriber must be in `subscribers` (by Service name).
+    pub fn start(
+        triggers: Vec<Trigger>,
+        subscribers: &HashMap<String, Arc<dyn Subscriber>>,
+    ) -> Result<Self, StartError> {
+        let mut missing: Vec<String> = triggers
+            .iter()
+            .filter(|t| !subscribers.contains_key(&t.subscriber))
+            .map(|t| format!("{} (Trigger {})", t.subscriber, t.name))
+            .collect();
+        if !missing.is_empty() {
+            missing.sort();
+            return Err(StartError::UnknownSubscribers(missing));
+        }
+        let mut receivers = Vec::new();
+        let mut routes = Vec::new();
+        for trigger in triggers {
+            let (queue, receiver) = mpsc::unbounded_channel();
+            receivers.push((trigger.clone(), receiver));
+            routes.push(Route { trigger, queue });
+        }
+        let inner = Arc::new(Inner {
+            routes,
+            dead_letters: DeadLetters::default(),
+            pending: AtomicUsize::new(0),
+            idle: Notify::new(),
+        });
+        for (trigger, receiver) in receivers {
+            let subscriber = Arc::clone(&subscribers[&trigger.subscriber]);
+            let receiver = Arc::new(Mutex::new(receiver));
+            for _ in 0..trigger.parallelism {
+                tokio::spawn(worker(
+                    Arc::downgrade(&inner),
+                    trigger.clone(),
+                    Arc::clone(&subscriber),
+                    Arc::clone(&receiver),
+                ));
+            }
+        }
+        Ok(Self { inner })
+    }
+
+    /// Accepts `event` and queues it for every matching Trigger; returns how many matched.
+    pub fn publish(&self, event: Event) -> usize {
+        publish(&self.inner, event)
+    }
+
+    /// The dead letters so far.
+    pub fn dead_letters(&self) -> Vec<DeadLetter> {
+        self.inner.dead_letters.list()
+    }
+
+    /// Completes when nothing is queued or in flight (replies included).
+    pub async fn idle(&self) {
+        loop {
+            let notified = self.inner.idle.notified();
+            if self.inner.pending.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+fn publish(inner: &Inner, event: Event) -> usize {
+    let mut matched = 0;
+    for route in inner.routes.iter().filter(|r| r.trigger.matches(&event)) {
+        inner.pending.fetch_add(1, Ordering::SeqCst);
+        if route.queue.send(event.clone()).is_ok() {
+            matched += 1;
+        } else {
+            finish(inner);
+        }
+    }
+    tracing::debug!(event_id = %event.id(), event_type = %event.ty(), matched, "published");
+    matched
+}
+
+fn finish(inner: &Inner) {
+    if inner.pending.fetch_sub(1, Ordering::SeqCst) == 1 {
+        inner.idle.notify_waiters();
+    }
+}
+
+async fn worker(
+    inner: Weak<Inner>,
+    trigger: Trigger,
+    subscriber: Arc<dyn Subscriber>,
+    receiver: Arc<Mutex<mpsc::UnboundedReceiver<Event>>>,
+) {
+    loop {
+        // With parallelism 1 one worker holds the queue: FIFO, head-of-line blocking while a
+        // delivery is retried, as on the RabbitMQ broker.
+        let next = receiver.lock().await.recv().await;
+        let Some(event) = next else { return };
+        let outcome = deliver(&trigger, subscriber.as_ref(), event).await;
+        let Some(inner) = inner.upgrade() else { return };
+        match outcome {
+            Delivered::Reply(reply) => {
+                // The reply is published before the original counts as done, so `idle` never
+                // sees a gap between them.
+                publish(&inner, reply);
+            }
+            Delivered::Accepted => {}
+            Delivered::DeadLetter(letter) => {
+                tracing::warn!(trigger = %letter.trigger, attempts = letter.attempts, event_id = %letter.event.id(), "dead-lettered");
+                inner.dead_letters.push(letter);
+            }
+        }
+        finish(&inner);
+    }
+}
+
+enum Delivered {
+    Reply(Event),
+    Accepted,
+    DeadLetter(DeadLetter),
+}
+
+async fn deliver(trigger: &Trigger, subscriber: &dyn Subscriber, event: Event) -> Delivered {
+    let delivery = &trigger.delivery;
+    let attempts = delivery.attempts();
+    let mut attempt = 1;
+    loop {
+        let answer = match delivery.timeout {
+            None => subscriber.deliver(event.clone()).await,
+            Some(limit) => {
+                match tokio::time::timeout(limit, subscriber.deliver(event.clone())).await {
+                    Ok(answer) => answer,
+                    Err(_) => Answer::Failed {
+                        status: None,
+                        body: format!("no answer within {limit:?}").into(),
+                    },
+                }
+            }
+        };
+        match answer {
+            Answer::Reply(reply) => return Delivered::Reply(reply),
+            Answer::Accepted => return Delivered::Accepted,
+            Answer::Failed { status, body } => {
+                if !is_retryable(status) || attempt >= attempts {
+                    let event = with_error_attributes(event, &subscriber.address(), status, &body);
+                    return Delivered::DeadLetter(DeadLetter {
+                        trigger: trigger.name.clone(),
+                        attempts: attempt,
+                        event,
+                    });
+                }
+                tracing::debug!(trigger = %trigger.name, attempt, ?status, "delivery failed; retrying");
+                tokio::time::sleep(delivery.backoff(attempt)).await;
+                attempt += 1;
+            }
+        }
+    }
+}

@@ -1,0 +1,218 @@
+//! Knative's delivery rules (`spec.delivery` of a Broker or Trigger), as the embedded broker
+//! applies them: which answers are retried, how long to wait before each retry, how long one
+//! attempt may take.
+//!
+//! From the Knative data-plane spec and eventing-rabbitmq (see `../shared/EVENTING.md`):
+//! retried on no response / transport error, 5xx, 404, 408, 409 and 429; the wait before retry
+//! `n` (1-based) is `delay × n` (linear) or `delay × 2^n` (exponential); attempts = retry + 1.
+//! Other 4xx are not retried and, unlike eventing-rabbitmq (which acks and drops them), are
+//! dead-lettered so nothing is lost.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+/// How the wait between attempts grows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackoffPolicy {
+    /// `delay × n`.
+    Linear,
+    /// `delay × 2^n`.
+    Exponential,
+}
+
+/// The delivery settings that apply to one Trigger.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    /// Retries after the first attempt.
+    pub retry: u32,
+    /// How the wait grows.
+    pub backoff_policy: BackoffPolicy,
+    /// The base wait.
+    pub backoff_delay: Duration,
+    /// The longest one attempt may take (`None`: no limit beyond the subscriber's own).
+    pub timeout: Option<Duration>,
+}
+
+impl Default for Delivery {
+    /// Knative's cluster defaults, used when neither the Trigger nor the Broker says anything.
+    fn default() -> Self {
+        Self {
+            retry: 10,
+            backoff_policy: BackoffPolicy::Exponential,
+            backoff_delay: Duration::from_millis(200),
+            timeout: None,
+        }
+    }
+}
+
+impl Delivery {
+    /// The wait before retry `n` (1-based).
+    pub fn backoff(&self, n: u32) -> Duration {
+        match self.backoff_policy {
+            BackoffPolicy::Linear => self.backoff_delay.saturating_mul(n),
+            BackoffPolicy::Exponential => self
+                .backoff_delay
+                .saturating_mul(2u32.saturating_pow(n.min(30))),
+        }
+    }
+
+    /// Total attempts: the first plus the retries.
+    pub fn attempts(&self) -> u32 {
+        self.retry.saturating_add(1)
+    }
+
+    /// Reads a `spec.delivery` object. Absent fields take Knative's defaults.
+    pub fn from_spec(spec: &Value) -> Result<Self, String> {
+        let mut delivery = Delivery::default();
+        if let Some(retry) = spec.get("retry") {
+            delivery.retry = retry
+                .as_u64()
+                .and_then(|r| u32::try_from(r).ok())
+                .ok_or_else(|| format!("delivery.retry {retry} is not a non-negative integer"))?;
+        }
+        match spec.get("backoffPolicy").and_then(Value::as_str) {
+            None | Some("exponential") => {}
+            Some("linear") => delivery.backoff_policy = BackoffPolicy::Linear,
+            Some(other) => {
+                return Err(format!(
+                    "delivery.backoffPolicy {other:?} is not linear or exponential"
+                ));
+            }
+        }
+        if let Some(delay) = spec.get("backoffDelay").and_then(Value::as_str) {
+            delivery.backoff_delay = iso8601_duration(delay).ok_or_else(|| {
+                format!("delivery.backoffDelay {delay:?} is not an ISO-8601 duration")
+            })?;
+        }
+        if let Some(timeout) = spec.get("timeout").and_then(Value::as_str) {
+            delivery.timeout = Some(iso8601_duration(timeout).ok_or_else(|| {
+                format!("delivery.timeout {timeout:?} is not an ISO-8601 duration")
+            })?);
+        }
+        Ok(delivery)
+    }
+}
+
+/// Whether an HTTP answer is retried (`None`: no answer at all, a transport error or timeout).
+pub fn is_retryable(status: Option<u16>) -> bool {
+    match status {
+        None => true,
+        Some(code) => code >= 500 || matches!(code, 404 | 408 | 409 | 429),
+    }
+}
+
+/// Parses an ISO-8601 duration of days, hours, minutes and (fractional) seconds, the subset
+/// Knative uses: `PT0.2S`, `PT1M30S`, `P1DT2H`.
+pub fn iso8601_duration(text: &str) -> Option<Duration> {
+    let rest = text.strip_prefix('P')?;
+    if rest.is_empty() {
+        return None;
+    }
+    let (date, time) = match rest.split_once('T') {
+        Some((date, time)) if !time.is_empty() => (date, Some(time)),
+        Some(_) => return None,
+        None => (rest, None),
+    };
+    let mut seconds = 0f64;
+    let mut parse = |part: &str, units: &[(char, f64)]| -> Option<()> {
+        let mut number = String::new();
+        let mut seen = 0;
+        for c in part.chars() {
+            if c.is_ascii_digit() || c == '.' {
+                number.push(c);
+                continue;
+            }
+            let position = units.iter().position(|(unit, _)| *unit == c)?;
+            if position < seen || number.is_empty() {
+                return None;
+            }
+            seen = position + 1;
+            seconds += number.parse::<f64>().ok()? * units[position].1;
+            number.clear();
+        }
+        number.is_empty().then_some(())
+    };
+    parse(date, &[('D', 86_400.0)])?;
+    if let Some(time) = time {
+        parse(time, &[('H', 3600.0), ('M', 60.0), ('S', 1.0)])?;
+    }
+    Duration::try_from_secs_f64(seconds).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_durations_knative_uses() {
+        let cases = [
+            ("PT0.2S", Some(200)),
+            ("PT1S", Some(1000)),
+            ("PT1M30S", Some(90_000)),
+            ("PT2H", Some(7_200_000)),
+            ("P1D", Some(86_400_000)),
+            ("P1DT1S", Some(86_401_000)),
+            ("", None),
+            ("P", None),
+            ("PT", None),
+            ("1S", None),
+            ("PT1X", None),
+            ("PTS", None),
+            ("PT1S2M", None),
+        ];
+        for (text, millis) in cases {
+            assert_eq!(
+                iso8601_duration(text).map(|d| d.as_millis() as u64),
+                millis,
+                "{text:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn backoff_follows_the_knative_formulas() {
+        let mut delivery = Delivery {
+            retry: 3,
+            backoff_policy: BackoffPolicy::Linear,
+            backoff_delay: Duration::from_millis(100),
+            timeout: None,
+        };
+        let waits: Vec<u128> = (1..=3).map(|n| delivery.backoff(n).as_millis()).collect();
+        assert_eq!(waits, [100, 200, 300]);
+        delivery.backoff_policy = BackoffPolicy::Exponential;
+        let waits: Vec<u128> = (1..=3).map(|n| delivery.backoff(n).as_millis()).collect();
+        assert_eq!(waits, [200, 400, 800]);
+        assert_eq!(delivery.attempts(), 4);
+    }
+
+    #[test]
+    fn retries_exactly_the_retryable_answers() {
+        for status in [
+            None,
+            Some(500),
+            Some(503),
+            Some(404),
+            Some(408),
+            Some(409),
+            Some(429),
+        ] {
+            assert!(is_retryable(status), "{status:?}");
+        }
+        for status in [Some(400), Some(401), Some(403), Some(413), Some(422)] {
+            assert!(!is_retryable(status), "{status:?}");
+        }
+    }
+
+    #[test]
+    fn reads_a_delivery_spec() {
+        let spec = serde_json::json!({"retry": 5, "backoffPolicy": "linear", "backoffDelay": "PT0.5S", "timeout": "PT10S"});
+        let delivery = Delivery::from_spec(&spec).unwrap();
+        assert_eq!(delivery.retry, 5);
+        assert_eq!(delivery.backoff_policy, BackoffPolicy::Linear);
+        assert_eq!(delivery.backoff_delay, Duration::from_millis(500));
+        assert_eq!(delivery.timeout, Some(Duration::from_secs(10)));
+        assert!(Delivery::from_spec(&serde_json::json!({"backoffPolicy": "random"})).is_err());
+        assert!(Delivery::from_spec(&serde_json::json!({"retry": -1})).is_err());
+    }
+}

@@ -1,0 +1,172 @@
+//! The real parser on the embedded broker, wired from the Trigger manifests in `eventing/`:
+//! the choreography as data, running. Stages not built yet are recorders.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use anyhow::Result;
+use cloudevents::{AttributesReader as _, Event};
+use klambda_broker::subscriber::BoxFuture;
+use klambda_broker::{Answer, Broker, InProcess, Ingress, Subscriber, trigger};
+use klambda_events::catalogue::{FunctionCreated, ParserCompleted};
+use klambda_events::spec::FunctionSubmission;
+use klambda_events::{Envelope, EventType, Stage, decode};
+use klambda_harness::Harness;
+use klambda_test_support::repo;
+use parser::Parser;
+
+/// A stage stand-in that records what the broker delivers to it.
+#[derive(Clone, Default)]
+struct Recorder(Arc<Mutex<Vec<Event>>>);
+
+impl Recorder {
+    fn types(&self) -> Vec<String> {
+        self.0
+            .lock()
+            .map(|e| e.iter().map(|e| e.ty().to_owned()).collect())
+            .unwrap_or_default()
+    }
+    fn events(&self) -> Vec<Event> {
+        self.0.lock().map(|e| e.clone()).unwrap_or_default()
+    }
+}
+
+impl Subscriber for Recorder {
+    fn address(&self) -> String {
+        "test://recorder".into()
+    }
+    fn deliver(&self, event: Event) -> BoxFuture<'_, Answer> {
+        if let Ok(mut events) = self.0.lock() {
+            events.push(event);
+        }
+        Box::pin(async { Answer::Accepted })
+    }
+}
+
+struct Pipeline {
+    broker: Broker,
+    recorders: HashMap<Stage, Recorder>,
+}
+
+fn start() -> Result<Pipeline> {
+    let ingress = Ingress::new();
+    let parser = Harness::new(Parser::new()).with_publisher(Arc::new(ingress.clone()));
+    let mut subscribers: HashMap<String, Arc<dyn Subscriber>> = HashMap::new();
+    subscribers.insert("parser".into(), Arc::new(InProcess::new(parser, "parser")));
+    let mut recorders = HashMap::new();
+    for stage in Stage::ALL.into_iter().filter(|s| *s != Stage::Parser) {
+        let recorder = Recorder::default();
+        subscribers.insert(stage.service_name().into(), Arc::new(recorder.clone()));
+        recorders.insert(stage, recorder);
+    }
+    let triggers = trigger::load(&repo::root().join("eventing"), "klambda")?;
+    let broker = Broker::start(triggers, &subscribers)?;
+    ingress.connect(&broker);
+    Ok(Pipeline { broker, recorders })
+}
+
+fn submission(name: &str) -> Result<FunctionSubmission> {
+    Ok(serde_json::from_value(serde_json::json!({
+        "name": name, "runtime": "python3.12", "handler": "app.handler",
+        "source": {"kind": "inline", "files": [{"path": "app.py", "content": "def handler(event, context):\n    return event\n"}]}
+    }))?)
+}
+
+fn created(id: &str, data: &FunctionSubmission) -> Event {
+    Envelope::new(id, "/klambda-cli")
+        .subject(data.name.clone())
+        .encode::<FunctionCreated>(data)
+}
+
+#[tokio::test]
+async fn a_submission_flows_from_the_broker_through_the_parser_to_the_next_stage() -> Result<()> {
+    let pipeline = start()?;
+    pipeline
+        .broker
+        .publish(created("sub-1", &submission("hello")?));
+    pipeline.broker.idle().await;
+
+    let uploader = &pipeline.recorders[&Stage::ContextUploader];
+    assert_eq!(uploader.types(), [ParserCompleted::TYPE]);
+    let parsed = decode::<ParserCompleted>(&uploader.events()[0])?;
+    assert_eq!(parsed.spec.name.as_str(), "hello");
+
+    // The status reporter's catch-all Trigger saw the whole story, side event included.
+    let mut seen = pipeline.recorders[&Stage::StatusReporter].types();
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            "io.knative.lambda.function.created",
+            "io.knative.lambda.parser.completed",
+            "io.knative.lambda.parser.started",
+        ]
+    );
+    assert!(pipeline.broker.dead_letters().is_empty());
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_invalid_submission_stops_at_the_parser_with_its_reasons_recorded() -> Result<()> {
+    let pipeline = start()?;
+    let mut bad = submission("Bad Name")?;
+    bad.handler = "app.handler; curl evil".into();
+    pipeline.broker.publish(created("sub-2", &bad));
+    pipeline.broker.idle().await;
+    assert!(
+        pipeline.recorders[&Stage::ContextUploader]
+            .types()
+            .is_empty()
+    );
+    assert!(
+        pipeline.recorders[&Stage::StatusReporter]
+            .types()
+            .contains(&"io.knative.lambda.parser.failed".to_owned())
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn replaying_the_input_three_times_gives_identical_replies() -> Result<()> {
+    let pipeline = start()?;
+    let input = created("sub-3", &submission("replayed")?);
+    for _ in 0..3 {
+        pipeline.broker.publish(input.clone());
+    }
+    pipeline.broker.idle().await;
+    let replies = pipeline.recorders[&Stage::ContextUploader].events();
+    assert_eq!(replies.len(), 3);
+    // Same id, same data: the next stage dedupes on source + id, and its work is keyed by digest.
+    assert!(
+        replies.iter().all(|r| *r == replies[0]),
+        "replies differ: {replies:#?}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_contract_mismatch_is_dead_lettered_with_the_parsers_answer() -> Result<()> {
+    let pipeline = start()?;
+    let mut newer = created("sub-4", &submission("newer")?);
+    cloudevents::AttributesWriter::set_dataschema(
+        &mut newer,
+        Some(url::Url::parse(
+            "urn:knative-lambda:schema:io.knative.lambda.function.created:v2",
+        )?),
+    );
+    pipeline.broker.publish(newer);
+    pipeline.broker.idle().await;
+    let letters = pipeline.broker.dead_letters();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].attempts, 1, "a 400 is not retried");
+    let attr = |name: &str| {
+        letters[0]
+            .event
+            .extension(name)
+            .map(|v| v.to_string())
+            .unwrap_or_default()
+    };
+    assert_eq!(attr("knativeerrorcode"), "400");
+    assert_eq!(attr("knativeerrordest"), "inprocess://parser");
+    Ok(())
+}
