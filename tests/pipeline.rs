@@ -2,6 +2,7 @@
 //! the choreography as data, running. Stages not built yet are recorders.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use anyhow::Result;
@@ -9,11 +10,14 @@ use cloudevents::{AttributesReader as _, Event};
 use klambda_broker::subscriber::BoxFuture;
 use klambda_broker::{Answer, Broker, InProcess, Ingress, Subscriber, trigger};
 use klambda_events::catalogue::{FunctionCreated, ParserCompleted};
+use klambda_events::data::Phase;
 use klambda_events::spec::FunctionSubmission;
 use klambda_events::{Envelope, EventType, Stage, decode};
 use klambda_harness::Harness;
 use klambda_test_support::repo;
 use parser::Parser;
+use status_reporter::StatusReporter;
+use status_reporter::store::StatusStore;
 
 /// A stage stand-in that records what the broker delivers to it.
 #[derive(Clone, Default)]
@@ -46,6 +50,19 @@ impl Subscriber for Recorder {
 struct Pipeline {
     broker: Broker,
     recorders: HashMap<Stage, Recorder>,
+    store: Arc<dyn StatusStore>,
+}
+
+static RUN: AtomicUsize = AtomicUsize::new(0);
+
+impl Pipeline {
+    async fn logged_types(&self, function: &str) -> Result<Vec<String>> {
+        let events = self.store.function_events(function, 1000).await?;
+        Ok(events
+            .iter()
+            .map(|e| e.json()["type"].as_str().unwrap_or_default().to_owned())
+            .collect())
+    }
 }
 
 fn start() -> Result<Pipeline> {
@@ -53,8 +70,26 @@ fn start() -> Result<Pipeline> {
     let parser = Harness::new(Parser::new()).with_publisher(Arc::new(ingress.clone()));
     let mut subscribers: HashMap<String, Arc<dyn Subscriber>> = HashMap::new();
     subscribers.insert("parser".into(), Arc::new(InProcess::new(parser, "parser")));
+    // The real status reporter, on a fresh SQLite file.
+    let db = std::env::temp_dir().join(format!(
+        "klambda-pipeline-{}-{}.db",
+        std::process::id(),
+        RUN.fetch_add(1, Ordering::SeqCst)
+    ));
+    let store: Arc<dyn StatusStore> = Arc::from(status_reporter::store::open(&format!(
+        "sqlite:{}",
+        db.display()
+    ))?);
+    let reporter = Harness::new(StatusReporter::new(Arc::clone(&store)));
+    subscribers.insert(
+        "status-reporter".into(),
+        Arc::new(InProcess::new(reporter, "status-reporter")),
+    );
     let mut recorders = HashMap::new();
-    for stage in Stage::ALL.into_iter().filter(|s| *s != Stage::Parser) {
+    for stage in Stage::ALL
+        .into_iter()
+        .filter(|s| !matches!(s, Stage::Parser | Stage::StatusReporter))
+    {
         let recorder = Recorder::default();
         subscribers.insert(stage.service_name().into(), Arc::new(recorder.clone()));
         recorders.insert(stage, recorder);
@@ -62,7 +97,11 @@ fn start() -> Result<Pipeline> {
     let triggers = trigger::load(&repo::root().join("eventing"), "klambda")?;
     let broker = Broker::start(triggers, &subscribers)?;
     ingress.connect(&broker);
-    Ok(Pipeline { broker, recorders })
+    Ok(Pipeline {
+        broker,
+        recorders,
+        store,
+    })
 }
 
 fn submission(name: &str) -> Result<FunctionSubmission> {
@@ -91,17 +130,27 @@ async fn a_submission_flows_from_the_broker_through_the_parser_to_the_next_stage
     let parsed = decode::<ParserCompleted>(&uploader.events()[0])?;
     assert_eq!(parsed.spec.name.as_str(), "hello");
 
-    // The status reporter's catch-all Trigger saw the whole story, side event included.
-    let mut seen = pipeline.recorders[&Stage::StatusReporter].types();
+    // The status reporter's catch-all Trigger saw the whole story, side event and its own
+    // status.updated replies included; `idle` returning proves those replies did not loop.
+    let mut seen = pipeline.logged_types("hello").await?;
     seen.sort();
+    seen.dedup();
     assert_eq!(
         seen,
         [
             "io.knative.lambda.function.created",
             "io.knative.lambda.parser.completed",
             "io.knative.lambda.parser.started",
+            "io.knative.lambda.status.updated",
         ]
     );
+    let state = pipeline
+        .store
+        .function("hello")
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no state for hello"))?;
+    assert_eq!(state.phase, Phase::Building);
+    assert_eq!(state.digest.as_deref(), Some(parsed.digest.as_str()));
     assert!(pipeline.broker.dead_letters().is_empty());
     Ok(())
 }
@@ -118,10 +167,25 @@ async fn an_invalid_submission_stops_at_the_parser_with_its_reasons_recorded() -
             .types()
             .is_empty()
     );
+    // The name is invalid, so there is no function state; the failure is in the log by id.
+    let failed_id = Envelope::answering(
+        &created("sub-2", &bad),
+        Stage::Parser,
+        "io.knative.lambda.parser.failed",
+    )
+    .id()
+    .to_owned();
+    let failed = pipeline
+        .store
+        .event(&failed_id)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("parser.failed not recorded"))?;
     assert!(
-        pipeline.recorders[&Stage::StatusReporter]
-            .types()
-            .contains(&"io.knative.lambda.parser.failed".to_owned())
+        failed.json()["data"]["problems"]
+            .as_array()
+            .is_some_and(|p| p.len() == 2),
+        "{}",
+        failed.body
     );
     Ok(())
 }

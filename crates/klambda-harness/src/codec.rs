@@ -315,6 +315,17 @@ fn binary_headers(event: &Event) -> HeaderMap {
 }
 
 /// The event as a structured-mode JSON object (what the status reporter stores and serves).
+/// JSON data received in binary mode is carried as `data`, not as `data_base64`.
 pub fn to_structured(event: &Event) -> Value {
-    serde_json::to_value(event).unwrap_or(Value::Null)
+    let mut event = event.clone();
+    let json_data = match event.data() {
+        Some(Data::Binary(bytes)) if event.datacontenttype().is_none_or(is_json) => {
+            serde_json::from_slice::<Value>(bytes).ok()
+        }
+        _ => None,
+    };
+    if let Some(value) = json_data {
+        event.set_data_unchecked(value);
+    }
+    serde_json::to_value(&event).unwrap_or(Value::Null)
 }

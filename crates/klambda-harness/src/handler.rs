@@ -33,6 +33,12 @@ pub trait Handler: Send + Sync + 'static {
         context: &Context,
     ) -> impl Future<Output = Result<Outcome, HandlerError>> + Send;
 
+    /// Routes the stage serves besides the harness's own (`POST /`, `/health`, `/ready`,
+    /// `/metrics`), such as the status reporter's query API. None by default.
+    fn routes(&self) -> axum::Router {
+        axum::Router::new()
+    }
+
     /// Whether the stage's own dependencies are reachable (the harness checks the publisher).
     fn ready(&self) -> impl Future<Output = Result<(), String>> + Send {
         async { Ok(()) }

@@ -83,8 +83,13 @@ impl<H: Handler> Harness<H> {
         &self.metrics
     }
 
-    /// The HTTP interface: `POST /`, `GET /health`, `GET /ready`, `GET /metrics`.
+    /// The HTTP interface: `POST /`, `GET /health`, `GET /ready`, `GET /metrics`, and the
+    /// stage's own [`Handler::routes`].
     pub fn router(&self) -> Router {
+        self.handler.routes().merge(self.stage_router())
+    }
+
+    fn stage_router(&self) -> Router {
         Router::new()
             .route("/", post(receive::<H>))
             .route("/health", get(health))

@@ -1,0 +1,123 @@
+//! The status API: `GET /functions`, `GET /functions/{name}`, `GET /functions/{name}/events`,
+//! `GET /events/{id}`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use http::StatusCode;
+use http::header::CONTENT_TYPE;
+use klambda_harness::problem::ProblemDetails;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::fold::FunctionState;
+use crate::store::{StatusStore, StoreError};
+
+/// The routes, over `store`.
+pub fn routes(store: Arc<dyn StatusStore>) -> Router {
+    Router::new()
+        .route("/functions", get(functions))
+        .route("/functions/{name}", get(function))
+        .route("/functions/{name}/events", get(function_events))
+        .route("/events/{id}", get(event))
+        .with_state(store)
+}
+
+/// A function as the API shows it: its state and the stage timings derived from it.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct FunctionView {
+    #[serde(flatten)]
+    state: FunctionState,
+    timings_ms: BTreeMap<&'static str, i64>,
+}
+
+impl From<FunctionState> for FunctionView {
+    fn from(state: FunctionState) -> Self {
+        let timings_ms = state.timings_ms();
+        Self { state, timings_ms }
+    }
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct EventView {
+    seq: i64,
+    received_at: String,
+    event: Value,
+}
+
+#[derive(Debug, Deserialize)]
+struct Page {
+    limit: Option<i64>,
+}
+
+fn unavailable(error: &StoreError) -> Response {
+    ProblemDetails::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "store-unavailable",
+        "Status store unavailable",
+        error.to_string(),
+    )
+    .into_response()
+}
+
+fn not_found(what: String) -> Response {
+    ProblemDetails::new(StatusCode::NOT_FOUND, "not-found", "Not found", what).into_response()
+}
+
+async fn functions(State(store): State<Arc<dyn StatusStore>>) -> Response {
+    match store.functions().await {
+        Ok(states) => {
+            let views: Vec<FunctionView> = states.into_iter().map(FunctionView::from).collect();
+            axum::Json(views).into_response()
+        }
+        Err(error) => unavailable(&error),
+    }
+}
+
+async fn function(State(store): State<Arc<dyn StatusStore>>, Path(name): Path<String>) -> Response {
+    match store.function(&name).await {
+        Ok(Some(state)) => axum::Json(FunctionView::from(state)).into_response(),
+        Ok(None) => not_found(format!("no function named {name:?} has been seen")),
+        Err(error) => unavailable(&error),
+    }
+}
+
+async fn function_events(
+    State(store): State<Arc<dyn StatusStore>>,
+    Path(name): Path<String>,
+    Query(page): Query<Page>,
+) -> Response {
+    let limit = page.limit.unwrap_or(1000).clamp(1, 10_000);
+    match store.function_events(&name, limit).await {
+        Ok(events) => {
+            let views: Vec<EventView> = events
+                .iter()
+                .map(|e| EventView {
+                    seq: e.seq,
+                    received_at: e.received_at.to_rfc3339(),
+                    event: e.json(),
+                })
+                .collect();
+            axum::Json(views).into_response()
+        }
+        Err(error) => unavailable(&error),
+    }
+}
+
+async fn event(State(store): State<Arc<dyn StatusStore>>, Path(id): Path<String>) -> Response {
+    match store.event(&id).await {
+        Ok(Some(stored)) => (
+            [(CONTENT_TYPE, "application/cloudevents+json")],
+            stored.body,
+        )
+            .into_response(),
+        Ok(None) => not_found(format!("no event with id {id:?} has been recorded")),
+        Err(error) => unavailable(&error),
+    }
+}

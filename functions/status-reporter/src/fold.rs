@@ -1,0 +1,190 @@
+//! Folding platform events into a function's state: a pure function, so the rules are tested as
+//! a table and the stores only persist what it returns.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use cloudevents::{AttributesReader as _, Event};
+use klambda_events::catalogue::*;
+use klambda_events::data::Phase;
+use klambda_events::{EventType, FunctionName, TYPE_PREFIX, decode};
+use serde::{Deserialize, Serialize};
+
+/// What the status reporter knows about one function.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FunctionState {
+    /// The function.
+    pub name: FunctionName,
+    /// Its phase.
+    pub phase: Phase,
+    /// The revision serving or being rolled out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
+    /// The content digest of the latest submission that parsed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    /// The image (or local artifact) built for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Where it is served.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// The last error, while failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// The type of the last event folded in.
+    pub last_event_type: String,
+    /// When the last event was received.
+    pub updated_at: DateTime<Utc>,
+    /// When each event type was first received for the current submission (reset by
+    /// `function.created` / `function.updated`), from which stage timings are derived.
+    pub marks: BTreeMap<String, DateTime<Utc>>,
+}
+
+impl FunctionState {
+    /// Milliseconds each stage took for the current submission, where both ends were seen.
+    pub fn timings_ms(&self) -> BTreeMap<&'static str, i64> {
+        let mark = |suffix: &str| self.marks.get(&format!("{TYPE_PREFIX}{suffix}")).copied();
+        let submitted = mark("function.created")
+            .into_iter()
+            .chain(mark("function.updated"))
+            .max();
+        let spans = [
+            (
+                "parse",
+                submitted,
+                mark("parser.completed").or(mark("parser.failed")),
+            ),
+            (
+                "context",
+                mark("parser.completed"),
+                mark("context.uploaded"),
+            ),
+            (
+                "build",
+                mark("context.uploaded"),
+                mark("build.completed").or(mark("build.failed")),
+            ),
+            (
+                "deploy",
+                mark("build.completed"),
+                mark("service.ready").or(mark("service.failed")),
+            ),
+            ("total", submitted, mark("service.ready")),
+        ];
+        spans
+            .into_iter()
+            .filter_map(|(stage, from, to)| Some((stage, (to? - from?).num_milliseconds())))
+            .filter(|(_, ms)| *ms >= 0)
+            .collect()
+    }
+}
+
+/// The function an event is about: its `subject`, when that is a valid function name.
+pub fn function_of(event: &Event) -> Option<FunctionName> {
+    if !event.ty().starts_with(TYPE_PREFIX) {
+        return None;
+    }
+    FunctionName::new(event.subject()?).ok()
+}
+
+/// The state after `event`, or `None` when the event does not change it (unknown types,
+/// `status.updated` itself, `health.check`).
+pub fn fold(
+    state: Option<FunctionState>,
+    event: &Event,
+    received_at: DateTime<Utc>,
+) -> Option<FunctionState> {
+    let name = function_of(event)?;
+    let ty = event.ty();
+    if ty == StatusUpdated::TYPE
+        || ty == HealthCheck::TYPE
+        || klambda_events::catalogue::find(ty).is_none()
+    {
+        return None;
+    }
+    let mut next = state.unwrap_or_else(|| FunctionState {
+        name: name.clone(),
+        phase: Phase::Parsing,
+        revision: None,
+        digest: None,
+        image: None,
+        url: None,
+        last_error: None,
+        last_event_type: String::new(),
+        updated_at: received_at,
+        marks: BTreeMap::new(),
+    });
+    let is = |t: &str| ty == t;
+    if is(FunctionCreated::TYPE) || is(FunctionUpdated::TYPE) {
+        next.marks.clear();
+        next.phase = Phase::Parsing;
+        next.last_error = None;
+    } else if is(ParserCompleted::TYPE) {
+        next.phase = Phase::Building;
+        if let Ok(data) = decode::<ParserCompleted>(event) {
+            next.digest = Some(data.digest.to_string());
+        }
+    } else if is(ParserFailed::TYPE) {
+        next.phase = Phase::Failed;
+        next.last_error = decode::<ParserFailed>(event).ok().map(|f| {
+            f.problems
+                .iter()
+                .map(|p| format!("{}: {}", p.field, p.reason))
+                .collect::<Vec<_>>()
+                .join("; ")
+        });
+    } else if is(ContextUploaded::TYPE) || is(BuildStarted::TYPE) {
+        next.phase = Phase::Building;
+    } else if is(BuildCompleted::TYPE) {
+        next.phase = Phase::Deploying;
+        if let Ok(data) = decode::<BuildCompleted>(event) {
+            next.image = Some(data.image);
+            next.digest = Some(data.digest.to_string());
+        }
+    } else if is(BuildFailed::TYPE) {
+        next.phase = Phase::Failed;
+        next.last_error = decode::<BuildFailed>(event)
+            .ok()
+            .map(|f| format!("build failed ({:?}): {}", f.cause, f.reason));
+    } else if is(BuildTimeout::TYPE) {
+        next.phase = Phase::Failed;
+        next.last_error = decode::<BuildTimeout>(event)
+            .ok()
+            .map(|t| format!("build timed out after {} s", t.deadline_seconds));
+    } else if is(BuildCancelled::TYPE) || is(BuildStopped::TYPE) {
+        next.phase = Phase::Failed;
+        next.last_error = decode::<BuildCancelled>(event)
+            .or_else(|_| decode::<BuildStopped>(event))
+            .ok()
+            .map(|end| format!("build ended: {}", end.reason));
+    } else if is(ServiceCreated::TYPE) || is(ServiceUpdated::TYPE) {
+        next.phase = Phase::Deploying;
+        let revision = decode::<ServiceCreated>(event).or_else(|_| decode::<ServiceUpdated>(event));
+        if let Ok(revision) = revision {
+            next.revision = Some(revision.revision);
+        }
+    } else if is(ServiceReady::TYPE) {
+        next.phase = Phase::Ready;
+        next.last_error = None;
+        if let Ok(ready) = decode::<ServiceReady>(event) {
+            next.revision = Some(ready.revision);
+            next.url = Some(ready.url);
+        }
+    } else if is(ServiceFailed::TYPE) {
+        next.phase = Phase::Failed;
+        next.last_error = decode::<ServiceFailed>(event)
+            .ok()
+            .map(|f| format!("{}: {}", f.reason, f.message));
+    } else if is(ServiceDeleted::TYPE) {
+        next.phase = Phase::Deleted;
+        next.url = None;
+    }
+    // Other platform types (parser.started, function.deleted, build.cancel, function.rollback)
+    // are recorded in the log and marked, without changing the phase.
+    next.marks.entry(ty.to_owned()).or_insert(received_at);
+    next.last_event_type = ty.to_owned();
+    next.updated_at = received_at;
+    Some(next)
+}

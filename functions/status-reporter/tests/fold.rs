@@ -1,0 +1,150 @@
+//! The fold as a table: a function's life as events, and the phase after each.
+
+use chrono::{Duration, TimeZone as _, Utc};
+use cloudevents::{Event, EventBuilder as _, EventBuilderV10};
+use klambda_events::data::Phase;
+use serde_json::json;
+use status_reporter::fold::{FunctionState, fold};
+
+fn event(suffix: &str, subject: &str, data: serde_json::Value) -> Event {
+    EventBuilderV10::new()
+        .id(format!("{suffix}-id"))
+        .source("/t")
+        .ty(format!("io.knative.lambda.{suffix}"))
+        .subject(subject)
+        .data("application/json", data)
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+const DIGEST: &str = "sha256:2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae";
+
+#[test]
+fn a_functions_life() {
+    let digest = json!(DIGEST);
+    let build =
+        json!({"function": "hello", "buildId": "b-0123456789abcdef01234567", "digest": digest});
+    let steps: Vec<(Event, Option<Phase>)> = vec![
+        (
+            event("function.created", "hello", json!({})),
+            Some(Phase::Parsing),
+        ),
+        (
+            event("parser.started", "hello", json!({})),
+            Some(Phase::Parsing),
+        ),
+        (
+            event("context.uploaded", "hello", json!({})),
+            Some(Phase::Building),
+        ),
+        (
+            event("build.started", "hello", build.clone()),
+            Some(Phase::Building),
+        ),
+        (
+            event(
+                "build.timeout",
+                "hello",
+                json!({"function": "hello", "buildId": "b-0123456789abcdef01234567", "digest": digest, "deadlineSeconds": 900}),
+            ),
+            Some(Phase::Failed),
+        ),
+        (
+            event("function.updated", "hello", json!({})),
+            Some(Phase::Parsing),
+        ),
+        (
+            event(
+                "service.created",
+                "hello",
+                json!({"function": "hello", "revision": "hello-00001", "image": "img@sha256:1", "digest": digest}),
+            ),
+            Some(Phase::Deploying),
+        ),
+        (
+            event(
+                "service.ready",
+                "hello",
+                json!({"function": "hello", "revision": "hello-00001", "url": "http://hello"}),
+            ),
+            Some(Phase::Ready),
+        ),
+        (
+            event(
+                "service.failed",
+                "hello",
+                json!({"function": "hello", "reason": "RevisionFailed", "message": "crash loop"}),
+            ),
+            Some(Phase::Failed),
+        ),
+        (
+            event("service.deleted", "hello", json!({"function": "hello"})),
+            Some(Phase::Deleted),
+        ),
+        // Not state changes: the status reporter's own events, probes, strangers, bad names.
+        (event("status.updated", "hello", json!({})), None),
+        (event("health.check", "hello", json!({"origin": "t"})), None),
+        (event("no.such.type", "hello", json!({})), None),
+        (event("function.created", "Not A Name", json!({})), None),
+    ];
+    let start = Utc
+        .with_ymd_and_hms(2026, 11, 23, 10, 0, 0)
+        .single()
+        .unwrap_or_default();
+    let mut state: Option<FunctionState> = None;
+    for (i, (event, expected)) in steps.into_iter().enumerate() {
+        let at = start + Duration::seconds(i as i64);
+        let next = fold(state.clone(), &event, at);
+        assert_eq!(
+            next.as_ref().map(|s| s.phase),
+            expected,
+            "step {i}: {:?}",
+            cloudevents::AttributesReader::ty(&event)
+        );
+        if let Some(next) = next {
+            if expected == Some(Phase::Failed) {
+                assert!(
+                    next.last_error.is_some(),
+                    "step {i}: a failure records its error"
+                );
+            }
+            state = Some(next);
+        }
+    }
+    let state = state.unwrap_or_else(|| panic!("state"));
+    assert_eq!(state.revision.as_deref(), Some("hello-00001"));
+    assert_eq!(state.url, None, "deleted functions have no URL");
+}
+
+#[test]
+fn timings_come_from_the_current_submission() {
+    let start = Utc
+        .with_ymd_and_hms(2026, 11, 23, 10, 0, 0)
+        .single()
+        .unwrap_or_default();
+    let mut state = None;
+    for (suffix, ms) in [
+        ("function.created", 0),
+        ("parser.completed", 40),
+        ("context.uploaded", 90),
+        ("build.completed", 1090),
+        ("service.ready", 1590),
+    ] {
+        let data = if suffix == "build.completed" {
+            json!({"image": "img"})
+        } else {
+            json!({})
+        };
+        state = fold(
+            state,
+            &event(suffix, "hello", data),
+            start + Duration::milliseconds(ms),
+        );
+    }
+    let timings = state.map(|s| s.timings_ms()).unwrap_or_default();
+    assert_eq!(timings.get("parse"), Some(&40));
+    assert_eq!(timings.get("context"), Some(&50));
+    assert_eq!(timings.get("build"), Some(&1000));
+    assert_eq!(timings.get("deploy"), Some(&500));
+    assert_eq!(timings.get("total"), Some(&1590));
+}
