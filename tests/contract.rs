@@ -248,3 +248,38 @@ fn kustomization_lists_every_manifest() -> Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn the_brokers_dead_letter_sink_is_a_route_the_status_reporter_serves() -> Result<()> {
+    let broker = load_yaml(&repo::root().join("eventing/broker.yaml"))?
+        .into_iter()
+        .find(|doc| doc["kind"] == "Broker")
+        .context("eventing/broker.yaml has a Broker")?;
+    let sink = &broker["spec"]["delivery"]["deadLetterSink"];
+    assert_eq!(sink["ref"]["name"], Stage::StatusReporter.service_name());
+    assert_eq!(sink["uri"], status_reporter::api::DEAD_LETTER_PATH);
+    Ok(())
+}
+
+#[test]
+fn deploy_kustomization_lists_every_stage_manifest() -> Result<()> {
+    let kustomization = load_yaml(&repo::root().join("deploy/kustomization.yaml"))?;
+    let listed: Vec<&str> = kustomization[0]["resources"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r.as_str())
+        .collect();
+    for path in yaml_files("deploy/stages")? {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let relative = format!("stages/{name}");
+        assert!(
+            listed.contains(&relative.as_str()),
+            "deploy/kustomization.yaml does not list {relative}"
+        );
+    }
+    Ok(())
+}

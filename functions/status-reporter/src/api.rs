@@ -7,7 +7,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use http::StatusCode;
 use http::header::CONTENT_TYPE;
 use klambda_harness::problem::ProblemDetails;
@@ -17,9 +17,13 @@ use serde_json::Value;
 use crate::fold::FunctionState;
 use crate::store::{StatusStore, StoreError};
 
+/// Where the Broker's `deadLetterSink` delivers (`eventing/broker.yaml`).
+pub const DEAD_LETTER_PATH: &str = "/dead-letters";
+
 /// The routes, over `store`.
 pub fn routes(store: Arc<dyn StatusStore>) -> Router {
     Router::new()
+        .route(DEAD_LETTER_PATH, post(dead_letter).get(dead_letters))
         .route("/functions", get(functions))
         .route("/functions/{name}", get(function))
         .route("/functions/{name}/events", get(function_events))
@@ -96,14 +100,7 @@ async fn function_events(
     let limit = page.limit.unwrap_or(1000).clamp(1, 10_000);
     match store.function_events(&name, limit).await {
         Ok(events) => {
-            let views: Vec<EventView> = events
-                .iter()
-                .map(|e| EventView {
-                    seq: e.seq,
-                    received_at: e.received_at.to_rfc3339(),
-                    event: e.json(),
-                })
-                .collect();
+            let views: Vec<EventView> = events.iter().map(EventView::from).collect();
             axum::Json(views).into_response()
         }
         Err(error) => unavailable(&error),
@@ -119,5 +116,63 @@ async fn event(State(store): State<Arc<dyn StatusStore>>, Path(id): Path<String>
             .into_response(),
         Ok(None) => not_found(format!("no event with id {id:?} has been recorded")),
         Err(error) => unavailable(&error),
+    }
+}
+
+/// The dead-letter sink: keeps the event with its `knativeerror*` attributes. Answers 202 only
+/// once it is stored, 503 otherwise, so the broker keeps it until it is.
+async fn dead_letter(
+    State(store): State<Arc<dyn StatusStore>>,
+    headers: http::HeaderMap,
+    body: bytes::Bytes,
+) -> Response {
+    let event = match klambda_harness::codec::decode(&headers, body) {
+        Ok(event) => event,
+        Err(failure) => {
+            let problems = match failure {
+                klambda_harness::codec::DecodeFailure::Invalid(problems) => problems,
+                klambda_harness::codec::DecodeFailure::Batch => {
+                    vec![klambda_events::data::Problem::new(
+                        "",
+                        "batch mode is not supported; send one event per request",
+                    )]
+                }
+            };
+            return ProblemDetails::new(
+                StatusCode::BAD_REQUEST,
+                "invalid-cloudevent",
+                "Invalid CloudEvent",
+                "the dead letter is not a valid CloudEvent",
+            )
+            .with_problems(problems)
+            .into_response();
+        }
+    };
+    match store.record_dead_letter(&event, chrono::Utc::now()).await {
+        Ok(_) => StatusCode::ACCEPTED.into_response(),
+        Err(error) => unavailable(&error),
+    }
+}
+
+async fn dead_letters(
+    State(store): State<Arc<dyn StatusStore>>,
+    Query(page): Query<Page>,
+) -> Response {
+    let limit = page.limit.unwrap_or(1000).clamp(1, 10_000);
+    match store.dead_letters(limit).await {
+        Ok(letters) => {
+            axum::Json(letters.iter().map(EventView::from).collect::<Vec<_>>()).into_response()
+        }
+        Err(error) => unavailable(&error),
+    }
+}
+
+impl From<&crate::store::StoredEvent> for EventView {
+    fn from(stored: &crate::store::StoredEvent) -> Self {
+        Self {
+            seq: stored.seq,
+            received_at: stored.received_at.to_rfc3339(),
+            event: stored.json(),
+        }
     }
 }

@@ -8,7 +8,8 @@
 //!   otherwise, always for `status.updated` itself (so its catch-all Trigger cannot loop) and for
 //!   replays (already recorded: no effect).
 //! - **Serves** `GET /functions`, `GET /functions/{name}`, `GET /functions/{name}/events`,
-//!   `GET /events/{id}`.
+//!   `GET /events/{id}`, and is the Broker's dead-letter sink: `POST /dead-letters` keeps the
+//!   event with its `knativeerror*` attributes, `GET /dead-letters` lists them.
 //! - **Store**: SQLite by default (`DATABASE_URL=sqlite:klambda-status.db`), PostgreSQL when
 //!   `DATABASE_URL` is a postgres URL.
 //!

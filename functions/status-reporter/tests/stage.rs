@@ -203,3 +203,39 @@ async fn an_unreachable_store_is_retryable_and_not_ready() -> Result<()> {
     assert_eq!(get(&server.url("/ready")).await?.status, 503);
     Ok(())
 }
+
+#[tokio::test]
+async fn is_the_brokers_dead_letter_sink() -> Result<()> {
+    let server = start().await?;
+    let url = server.url(status_reporter::api::DEAD_LETTER_PATH);
+    let headers = [
+        ("ce-specversion", "1.0"),
+        ("ce-id", "d-1"),
+        ("ce-source", "/cli"),
+        ("ce-type", "io.knative.lambda.function.created"),
+        ("content-type", "application/json"),
+        (
+            "ce-knativeerrordest",
+            "http://parser.knative-lambda.svc.cluster.local",
+        ),
+        ("ce-knativeerrorcode", "500"),
+        ("ce-knativeerrordata", "Ym9vbQ=="),
+    ];
+    assert_eq!(post(&url, &headers, "{\"name\":\"x\"}").await?.status, 202);
+    // A redelivery of the same dead letter is kept once.
+    assert_eq!(post(&url, &headers, "{\"name\":\"x\"}").await?.status, 202);
+    let letters = get(&url).await?.json()?;
+    let letters = letters.as_array().cloned().unwrap_or_default();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0]["event"]["knativeerrorcode"], "500");
+    assert_eq!(
+        letters[0]["event"]["knativeerrordest"],
+        "http://parser.knative-lambda.svc.cluster.local"
+    );
+    assert_eq!(letters[0]["event"]["data"]["name"], "x");
+
+    let invalid = post(&url, &[("content-type", "application/json")], "{}").await?;
+    assert_eq!(invalid.status, 400);
+    assert_eq!(invalid.header("content-type"), "application/problem+json");
+    Ok(())
+}

@@ -95,6 +95,15 @@ pub trait StatusStore: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<Vec<StoredEvent>, StoreError>>;
     /// The first event recorded with this id.
     fn event<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<StoredEvent>, StoreError>>;
+    /// Keeps a dead-lettered event (with its `knativeerror*` attributes); false when this
+    /// event was already dead-lettered from the same destination.
+    fn record_dead_letter<'a>(
+        &'a self,
+        event: &'a Event,
+        received_at: DateTime<Utc>,
+    ) -> BoxFuture<'a, Result<bool, StoreError>>;
+    /// Dead letters, oldest first, at most `limit`.
+    fn dead_letters(&self, limit: i64) -> BoxFuture<'_, Result<Vec<StoredEvent>, StoreError>>;
     /// Whether the database answers.
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>>;
 }

@@ -32,6 +32,10 @@ impl Dialect {
                 "CREATE INDEX IF NOT EXISTS events_by_function ON events (function, seq)",
                 "CREATE INDEX IF NOT EXISTS events_by_id ON events (id, seq)",
                 "CREATE TABLE IF NOT EXISTS functions (name TEXT PRIMARY KEY, state TEXT NOT NULL)",
+                "CREATE TABLE IF NOT EXISTS dead_letters (
+                    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+                    source TEXT NOT NULL, id TEXT NOT NULL, destination TEXT NOT NULL,
+                    received_at TEXT NOT NULL, body TEXT NOT NULL, UNIQUE (source, id, destination))",
             ],
             Dialect::Postgres => &[
                 "CREATE TABLE IF NOT EXISTS events (
@@ -41,6 +45,10 @@ impl Dialect {
                 "CREATE INDEX IF NOT EXISTS events_by_function ON events (function, seq)",
                 "CREATE INDEX IF NOT EXISTS events_by_id ON events (id, seq)",
                 "CREATE TABLE IF NOT EXISTS functions (name TEXT PRIMARY KEY, state TEXT NOT NULL)",
+                "CREATE TABLE IF NOT EXISTS dead_letters (
+                    seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                    source TEXT NOT NULL, id TEXT NOT NULL, destination TEXT NOT NULL,
+                    received_at TEXT NOT NULL, body TEXT NOT NULL, UNIQUE (source, id, destination))",
             ],
         }
     }
@@ -226,6 +234,43 @@ impl StatusStore for SqlStore {
             .fetch_optional(self.ready().await?)
             .await?;
             row.as_ref().map(stored).transpose()
+        })
+    }
+
+    fn record_dead_letter<'a>(
+        &'a self,
+        event: &'a Event,
+        received_at: DateTime<Utc>,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(async move {
+            let destination = event
+                .extension("knativeerrordest")
+                .map(|v| v.to_string())
+                .unwrap_or_default();
+            let inserted = sqlx::query(
+                "INSERT INTO dead_letters (source, id, destination, received_at, body)
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (source, id, destination) DO NOTHING RETURNING seq",
+            )
+            .bind(event.source().to_string())
+            .bind(event.id().to_owned())
+            .bind(destination)
+            .bind(received_at.to_rfc3339())
+            .bind(structured(event))
+            .fetch_optional(self.ready().await?)
+            .await?;
+            Ok(inserted.is_some())
+        })
+    }
+
+    fn dead_letters(&self, limit: i64) -> BoxFuture<'_, Result<Vec<StoredEvent>, StoreError>> {
+        Box::pin(async move {
+            let rows = sqlx::query(
+                "SELECT seq, received_at, body FROM dead_letters ORDER BY seq LIMIT $1",
+            )
+            .bind(limit)
+            .fetch_all(self.ready().await?)
+            .await?;
+            rows.iter().map(stored).collect()
         })
     }
 
