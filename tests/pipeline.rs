@@ -7,13 +7,16 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::Result;
 use cloudevents::{AttributesReader as _, Event};
+use context_uploader::ContextUploader;
 use klambda_broker::subscriber::BoxFuture;
 use klambda_broker::{Answer, Broker, InProcess, Ingress, Subscriber, trigger};
-use klambda_events::catalogue::{FunctionCreated, ParserCompleted};
+use klambda_events::catalogue::ContextUploaded;
+use klambda_events::catalogue::FunctionCreated;
 use klambda_events::data::Phase;
 use klambda_events::spec::FunctionSubmission;
 use klambda_events::{Envelope, EventType, Stage, decode};
 use klambda_harness::Harness;
+use klambda_storage::LocalDir;
 use klambda_test_support::repo;
 use parser::Parser;
 use status_reporter::StatusReporter;
@@ -85,11 +88,24 @@ fn start() -> Result<Pipeline> {
         "status-reporter".into(),
         Arc::new(InProcess::new(reporter, "status-reporter")),
     );
+    // The real context-uploader, on a fresh local object store.
+    let objects = std::env::temp_dir().join(format!(
+        "klambda-pipeline-objects-{}-{}",
+        std::process::id(),
+        RUN.fetch_add(1, Ordering::SeqCst)
+    ));
+    let uploader = Harness::new(ContextUploader::new(Arc::new(LocalDir::new(objects))));
+    subscribers.insert(
+        "context-uploader".into(),
+        Arc::new(InProcess::new(uploader, "context-uploader")),
+    );
     let mut recorders = HashMap::new();
-    for stage in Stage::ALL
-        .into_iter()
-        .filter(|s| !matches!(s, Stage::Parser | Stage::StatusReporter))
-    {
+    for stage in Stage::ALL.into_iter().filter(|s| {
+        !matches!(
+            s,
+            Stage::Parser | Stage::StatusReporter | Stage::ContextUploader
+        )
+    }) {
         let recorder = Recorder::default();
         subscribers.insert(stage.service_name().into(), Arc::new(recorder.clone()));
         recorders.insert(stage, recorder);
@@ -125,10 +141,17 @@ async fn a_submission_flows_from_the_broker_through_the_parser_to_the_next_stage
         .publish(created("sub-1", &submission("hello")?));
     pipeline.broker.idle().await;
 
-    let uploader = &pipeline.recorders[&Stage::ContextUploader];
-    assert_eq!(uploader.types(), [ParserCompleted::TYPE]);
-    let parsed = decode::<ParserCompleted>(&uploader.events()[0])?;
+    // parser → context-uploader → the job launcher's Trigger.
+    let launcher = &pipeline.recorders[&Stage::JobLauncher];
+    assert_eq!(launcher.types(), [ContextUploaded::TYPE]);
+    let parsed = decode::<ContextUploaded>(&launcher.events()[0])?;
     assert_eq!(parsed.spec.name.as_str(), "hello");
+    let context = parsed
+        .context
+        .uri
+        .strip_prefix("file://")
+        .unwrap_or_default();
+    assert_eq!(std::fs::metadata(context)?.len(), parsed.context.size);
 
     // The status reporter's catch-all Trigger saw the whole story, side event and its own
     // status.updated replies included; `idle` returning proves those replies did not loop.
@@ -138,6 +161,7 @@ async fn a_submission_flows_from_the_broker_through_the_parser_to_the_next_stage
     assert_eq!(
         seen,
         [
+            "io.knative.lambda.context.uploaded",
             "io.knative.lambda.function.created",
             "io.knative.lambda.parser.completed",
             "io.knative.lambda.parser.started",
@@ -162,11 +186,7 @@ async fn an_invalid_submission_stops_at_the_parser_with_its_reasons_recorded() -
     bad.handler = "app.handler; curl evil".into();
     pipeline.broker.publish(created("sub-2", &bad));
     pipeline.broker.idle().await;
-    assert!(
-        pipeline.recorders[&Stage::ContextUploader]
-            .types()
-            .is_empty()
-    );
+    assert!(pipeline.recorders[&Stage::JobLauncher].types().is_empty());
     // The name is invalid, so there is no function state; the failure is in the log by id.
     let failed_id = Envelope::answering(
         &created("sub-2", &bad),
@@ -198,7 +218,7 @@ async fn replaying_the_input_three_times_gives_identical_replies() -> Result<()>
         pipeline.broker.publish(input.clone());
     }
     pipeline.broker.idle().await;
-    let replies = pipeline.recorders[&Stage::ContextUploader].events();
+    let replies = pipeline.recorders[&Stage::JobLauncher].events();
     assert_eq!(replies.len(), 3);
     // Same id, same data: the next stage dedupes on source + id, and its work is keyed by digest.
     assert!(

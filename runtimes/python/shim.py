@@ -1,0 +1,152 @@
+"""knative-lambda Python shim: serves a Lambda-style handler as a CloudEvents HTTP service.
+
+See runtimes/README.md for the contract. Standard library only.
+"""
+import base64
+import concurrent.futures
+import importlib
+import json
+import os
+import signal
+import sys
+import threading
+import time
+import urllib.parse
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+PORT = int(os.environ.get("PORT", "8080"))
+ROOT = os.environ.get("KLAMBDA_FUNCTION_ROOT", os.getcwd())
+HANDLER = os.environ.get("KLAMBDA_HANDLER", "app.handler")
+FUNCTION_NAME = os.environ.get("KLAMBDA_FUNCTION_NAME", "function")
+TIMEOUT = float(os.environ.get("KLAMBDA_TIMEOUT_SECONDS", "30"))
+MAX_BODY = 1024 * 1024
+
+
+def encode_header(value):
+    """CloudEvents binary mode: percent-encode space, '"', '%' and bytes outside U+0021-U+007E."""
+    return "".join(
+        chr(b) if 0x20 < b < 0x7F and b not in (0x22, 0x25) else f"%{b:02X}"
+        for b in str(value).encode("utf-8")
+    )
+
+
+def load_handler():
+    sys.path.insert(0, os.path.join(ROOT, ".deps"))
+    sys.path.insert(0, ROOT)
+    module_name, _, function_name = HANDLER.rpartition(".")
+    module = importlib.import_module(module_name)
+    handler = getattr(module, function_name, None)
+    if not callable(handler):
+        raise RuntimeError(f"{module_name} has no function named {function_name}")
+    return handler
+
+
+class Context:
+    def __init__(self, attributes, deadline):
+        self.aws_request_id = attributes["id"]
+        self.function_name = FUNCTION_NAME
+        self.cloudevent = attributes
+        self._deadline = deadline
+
+    def get_remaining_time_in_millis(self):
+        return max(0, int((self._deadline - time.monotonic()) * 1000))
+
+
+def make_server(handler):
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=16)
+
+    class Shim(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def problem(self, status, title, detail):
+            body = json.dumps({"type": "about:blank", "title": title, "status": status, "detail": detail}).encode()
+            self.send_response(status)
+            self.send_header("content-type", "application/problem+json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self):
+            if self.path != "/health":
+                return self.problem(404, "Not found", self.path)
+            body = b'{"status":"alive"}'
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def read_event(self, body):
+            content_type = self.headers.get("content-type", "")
+            if content_type.startswith("application/cloudevents-batch"):
+                raise ValueError("batch mode is not supported")
+            if content_type.startswith("application/cloudevents"):
+                attributes = json.loads(body)
+                data = attributes.pop("data", None)
+                encoded = attributes.pop("data_base64", None)
+                return attributes, (base64.b64decode(encoded) if encoded is not None else data)
+            attributes = {
+                name[3:].lower(): urllib.parse.unquote(value)
+                for name, value in self.headers.items()
+                if name.lower().startswith("ce-")
+            }
+            data = None
+            if body:
+                data = json.loads(body) if (not content_type or "json" in content_type) else body.decode()
+            return attributes, data
+
+        def do_POST(self):
+            if self.path != "/":
+                return self.problem(405, "Method not allowed", "POST / with a CloudEvent")
+            length = int(self.headers.get("content-length") or 0)
+            if length > MAX_BODY:
+                return self.problem(413, "Payload too large", f"limit {MAX_BODY} bytes")
+            try:
+                attributes, data = self.read_event(self.rfile.read(length))
+            except Exception as error:  # noqa: BLE001 - any decoding failure is the client's
+                return self.problem(400, "Invalid CloudEvent", str(error))
+            for required in ("id", "source", "type", "specversion"):
+                if not attributes.get(required):
+                    return self.problem(400, "Invalid CloudEvent", f"missing {required}")
+            context = Context(attributes, time.monotonic() + TIMEOUT)
+            future = pool.submit(handler, data, context)
+            try:
+                result = future.result(timeout=TIMEOUT)
+            except concurrent.futures.TimeoutError:
+                return self.problem(504, "Handler timeout", f"handler ran past {TIMEOUT} s")
+            except Exception as error:  # noqa: BLE001 - the handler's error is the answer
+                return self.problem(500, "Handler error", str(error))
+            if result is None:
+                self.send_response(202)
+                self.send_header("content-length", "0")
+                self.end_headers()
+                return
+            body = json.dumps(result).encode()
+            self.send_response(200)
+            self.send_header("ce-specversion", "1.0")
+            self.send_header("ce-id", encode_header(f"{attributes['id']}.response"))
+            self.send_header("ce-source", encode_header(f"/functions/{FUNCTION_NAME}"))
+            self.send_header("ce-type", encode_header(f"{attributes['type']}.response"))
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    return ThreadingHTTPServer(("0.0.0.0", PORT), Shim)
+
+
+def main():
+    try:
+        handler = load_handler()
+    except Exception as error:  # noqa: BLE001 - report and exit non-zero
+        print(f"cannot start: {error}", file=sys.stderr)
+        sys.exit(1)
+    server = make_server(handler)
+    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
+    print(json.dumps({"message": "serving", "port": PORT, "handler": HANDLER}), flush=True)
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()
