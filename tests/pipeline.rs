@@ -8,15 +8,17 @@ use std::sync::{Arc, Mutex};
 use anyhow::Result;
 use cloudevents::{AttributesReader as _, Event};
 use context_uploader::ContextUploader;
+use job_launcher::JobLauncher;
+use job_launcher::builder::local::LocalBuilder;
 use klambda_broker::subscriber::BoxFuture;
 use klambda_broker::{Answer, Broker, InProcess, Ingress, Subscriber, trigger};
-use klambda_events::catalogue::ContextUploaded;
+use klambda_events::catalogue::BuildCompleted;
 use klambda_events::catalogue::FunctionCreated;
 use klambda_events::data::Phase;
 use klambda_events::spec::FunctionSubmission;
 use klambda_events::{Envelope, EventType, Stage, decode};
 use klambda_harness::Harness;
-use klambda_storage::LocalDir;
+use klambda_storage::{LocalDir, ObjectStore};
 use klambda_test_support::repo;
 use parser::Parser;
 use status_reporter::StatusReporter;
@@ -27,6 +29,21 @@ use status_reporter::store::StatusStore;
 struct Recorder(Arc<Mutex<Vec<Event>>>);
 
 impl Recorder {
+    /// Waits until at least `n` events arrived (builds finish after the broker goes idle).
+    async fn wait_for(&self, n: usize) -> Result<()> {
+        let started = std::time::Instant::now();
+        while self.events().len() < n {
+            if started.elapsed() > std::time::Duration::from_secs(60) {
+                anyhow::bail!(
+                    "only {} of {n} events arrived within 60 s",
+                    self.events().len()
+                );
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        Ok(())
+    }
+
     fn types(&self) -> Vec<String> {
         self.0
             .lock()
@@ -94,18 +111,25 @@ fn start() -> Result<Pipeline> {
         std::process::id(),
         RUN.fetch_add(1, Ordering::SeqCst)
     ));
-    let uploader = Harness::new(ContextUploader::new(Arc::new(LocalDir::new(objects))));
+    let work = objects.join("builds");
+    let objects: Arc<dyn ObjectStore> = Arc::new(LocalDir::new(objects.join("store")));
+    let uploader = Harness::new(ContextUploader::new(Arc::clone(&objects)));
     subscribers.insert(
         "context-uploader".into(),
         Arc::new(InProcess::new(uploader, "context-uploader")),
     );
+    // The real job launcher with the local builder, on the same object store; its build
+    // outcomes go into the broker through the ingress, as Job events would on the cluster.
+    let builder = Arc::new(LocalBuilder::new(Arc::clone(&objects), work));
+    let launcher = Harness::new(JobLauncher::new(builder, Arc::clone(&objects)))
+        .with_publisher(Arc::new(ingress.clone()));
+    subscribers.insert(
+        "job-launcher".into(),
+        Arc::new(InProcess::new(launcher, "job-launcher")),
+    );
     let mut recorders = HashMap::new();
-    for stage in Stage::ALL.into_iter().filter(|s| {
-        !matches!(
-            s,
-            Stage::Parser | Stage::StatusReporter | Stage::ContextUploader
-        )
-    }) {
+    {
+        let stage = Stage::ServiceDeployer;
         let recorder = Recorder::default();
         subscribers.insert(stage.service_name().into(), Arc::new(recorder.clone()));
         recorders.insert(stage, recorder);
@@ -141,19 +165,22 @@ async fn a_submission_flows_from_the_broker_through_the_parser_to_the_next_stage
         .publish(created("sub-1", &submission("hello")?));
     pipeline.broker.idle().await;
 
-    // parser → context-uploader → the job launcher's Trigger.
-    let launcher = &pipeline.recorders[&Stage::JobLauncher];
-    assert_eq!(launcher.types(), [ContextUploaded::TYPE]);
-    let parsed = decode::<ContextUploaded>(&launcher.events()[0])?;
+    // parser → context-uploader → job-launcher (a real local build) → the deployer's Trigger.
+    let deployer = &pipeline.recorders[&Stage::ServiceDeployer];
+    deployer.wait_for(1).await?;
+    pipeline.broker.idle().await;
+    assert_eq!(deployer.types(), [BuildCompleted::TYPE]);
+    let parsed = decode::<BuildCompleted>(&deployer.events()[0])?;
     assert_eq!(parsed.spec.name.as_str(), "hello");
-    let context = parsed
-        .context
-        .uri
-        .strip_prefix("file://")
-        .unwrap_or_default();
-    assert_eq!(std::fs::metadata(context)?.len(), parsed.context.size);
+    assert!(!parsed.cached);
+    let artifact = parsed.image.strip_prefix("local:").unwrap_or_default();
+    assert!(
+        std::path::Path::new(artifact)
+            .join("function/app.py")
+            .is_file()
+    );
 
-    // The status reporter's catch-all Trigger saw the whole story, side event and its own
+    // The status reporter's catch-all Trigger saw the whole story, side events and its own
     // status.updated replies included; `idle` returning proves those replies did not loop.
     let mut seen = pipeline.logged_types("hello").await?;
     seen.sort();
@@ -161,6 +188,8 @@ async fn a_submission_flows_from_the_broker_through_the_parser_to_the_next_stage
     assert_eq!(
         seen,
         [
+            "io.knative.lambda.build.completed",
+            "io.knative.lambda.build.started",
             "io.knative.lambda.context.uploaded",
             "io.knative.lambda.function.created",
             "io.knative.lambda.parser.completed",
@@ -173,7 +202,7 @@ async fn a_submission_flows_from_the_broker_through_the_parser_to_the_next_stage
         .function("hello")
         .await?
         .ok_or_else(|| anyhow::anyhow!("no state for hello"))?;
-    assert_eq!(state.phase, Phase::Building);
+    assert_eq!(state.phase, Phase::Deploying);
     assert_eq!(state.digest.as_deref(), Some(parsed.digest.as_str()));
     assert!(pipeline.broker.dead_letters().is_empty());
     Ok(())
@@ -186,7 +215,11 @@ async fn an_invalid_submission_stops_at_the_parser_with_its_reasons_recorded() -
     bad.handler = "app.handler; curl evil".into();
     pipeline.broker.publish(created("sub-2", &bad));
     pipeline.broker.idle().await;
-    assert!(pipeline.recorders[&Stage::JobLauncher].types().is_empty());
+    assert!(
+        pipeline.recorders[&Stage::ServiceDeployer]
+            .types()
+            .is_empty()
+    );
     // The name is invalid, so there is no function state; the failure is in the log by id.
     let failed_id = Envelope::answering(
         &created("sub-2", &bad),
@@ -217,14 +250,22 @@ async fn replaying_the_input_three_times_gives_identical_replies() -> Result<()>
     for _ in 0..3 {
         pipeline.broker.publish(input.clone());
     }
+    let deployer = &pipeline.recorders[&Stage::ServiceDeployer];
+    deployer.wait_for(1).await?;
     pipeline.broker.idle().await;
-    let replies = pipeline.recorders[&Stage::JobLauncher].events();
-    assert_eq!(replies.len(), 3);
-    // Same id, same data: the next stage dedupes on source + id, and its work is keyed by digest.
-    assert!(
-        replies.iter().all(|r| *r == replies[0]),
-        "replies differ: {replies:#?}"
+    // Exactly one build ran; any replay that arrived after it finished was a cache hit, and
+    // every build.completed names the same image.
+    let completed: Vec<_> = deployer
+        .events()
+        .iter()
+        .map(decode::<BuildCompleted>)
+        .collect::<Result<_, _>>()?;
+    assert_eq!(
+        completed.iter().filter(|c| !c.cached).count(),
+        1,
+        "{completed:#?}"
     );
+    assert!(completed.iter().all(|c| c.image == completed[0].image));
     Ok(())
 }
 

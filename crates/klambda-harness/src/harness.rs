@@ -78,6 +78,11 @@ impl<H: Handler> Harness<H> {
         self
     }
 
+    /// The handler this harness serves.
+    pub fn handler(&self) -> &H {
+        &self.handler
+    }
+
     /// The stage's metrics.
     pub fn metrics(&self) -> &Metrics {
         &self.metrics

@@ -30,6 +30,15 @@ pub enum TemplateError {
     },
 }
 
+/// A per-file syntax check: `command` followed by the file's path.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Check {
+    /// The command.
+    pub command: Vec<String>,
+    /// The file extensions it applies to.
+    pub extensions: Vec<String>,
+}
+
 /// `runtimes/<language>/runtime.json`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -44,6 +53,8 @@ pub struct Descriptor {
     pub dependency_file: String,
     /// The install command, run in the function's directory.
     pub install: Vec<String>,
+    /// The syntax check run on each source file before the build counts as done.
+    pub check: Check,
     /// The shim's file name.
     pub shim: String,
     /// The container's start command.

@@ -13,6 +13,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
+use serde::{Deserialize, Serialize};
 
 /// A boxed future, so stages hold `Arc<dyn ObjectStore>`.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -31,6 +32,24 @@ pub enum StorageError {
         /// What failed.
         source: std::io::Error,
     },
+}
+
+/// The key of a content digest's build context (`hex` = the digest's hex part).
+pub fn context_key(hex: &str) -> String {
+    format!("contexts/{hex}.tar.gz")
+}
+
+/// The key of a content digest's build record, written by the builder once an image exists;
+/// its presence is the cache hit that skips upload and build.
+pub fn image_record_key(hex: &str) -> String {
+    format!("images/{hex}.json")
+}
+
+/// What the builder records for a built digest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageRecord {
+    /// The image pinned by digest, or the local artifact (`local:/path`).
+    pub image: String,
 }
 
 /// Object storage.

@@ -26,27 +26,19 @@ use klambda_events::{BuildId, ContentDigest, Envelope, EventType, Stage, decode}
 use klambda_harness::{ConfigError, ConfigSource, Context, Handler, HandlerError, Outcome};
 use klambda_runtimes::Template;
 use klambda_runtimes::context::{SourceFile, build};
-use klambda_storage::{LocalDir, ObjectStore};
-use serde::{Deserialize, Serialize};
+use klambda_storage::{ImageRecord, LocalDir, ObjectStore};
 
 /// The object store used when `KLAMBDA_STORE_DIR` is not set.
 pub const DEFAULT_STORE_DIR: &str = "klambda-store";
 
 /// The key of a digest's build context.
 pub fn context_key(digest: &ContentDigest) -> String {
-    format!("contexts/{}.tar.gz", digest.hex())
+    klambda_storage::context_key(digest.hex())
 }
 
-/// The key of a digest's build record, written by the builder once an image exists.
+/// The key of a digest's build record.
 pub fn image_record_key(digest: &ContentDigest) -> String {
-    format!("images/{}.json", digest.hex())
-}
-
-/// What the builder records for a built digest (`images/<digest>.json`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ImageRecord {
-    /// The image pinned by digest (or the local artifact).
-    pub image: String,
+    klambda_storage::image_record_key(digest.hex())
 }
 
 /// The context-uploader's handler.

@@ -6,11 +6,12 @@ use std::sync::Arc;
 
 use anyhow::{Context as _, Result};
 use cloudevents::{AttributesReader as _, Event};
-use context_uploader::{ContextUploader, ImageRecord, context_key, image_record_key};
+use context_uploader::{ContextUploader, context_key, image_record_key};
 use klambda_events::catalogue::{BuildCompleted, BuildFailed, ContextUploaded, ParserCompleted};
 use klambda_events::data::{Operation, ParsedFunction};
 use klambda_events::{ContentDigest, Envelope, EventType, FunctionSpec, decode};
 use klambda_harness::{HandlerError, Harness, Outcome};
+use klambda_storage::ImageRecord;
 use klambda_storage::{LocalDir, ObjectStore as _};
 
 fn store_dir(name: &str) -> std::path::PathBuf {

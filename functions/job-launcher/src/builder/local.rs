@@ -1,0 +1,197 @@
+//! The local builder: unpacks the context in a work directory, checks each source file's syntax
+//! with the runtime's checker, installs dependencies with the runtime's own tool, all under the
+//! build's deadline and cancellable; the artifact is the directory (`local:/path`).
+//!
+//! Known limit: a deadline or a cancel kills the running tool (npm, pip), not processes that
+//! tool spawned itself (an npm `preinstall` script): those end on their own. On Kubernetes the
+//! Kaniko builder runs in a pod that is deleted whole.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use klambda_events::data::BuildFailureCause;
+use klambda_runtimes::Template;
+use klambda_storage::ObjectStore;
+use tokio::sync::oneshot;
+
+use super::{BoxFuture, BuildOutcome, BuildRequest, Builder};
+
+/// Lines of output kept in `build.failed`.
+const EXCERPT_LINES: usize = 20;
+
+/// Builds on this machine.
+#[derive(Clone)]
+pub struct LocalBuilder {
+    store: Arc<dyn ObjectStore>,
+    work: PathBuf,
+}
+
+impl LocalBuilder {
+    /// A builder reading contexts from `store` and building under `work`.
+    pub fn new(store: Arc<dyn ObjectStore>, work: impl Into<PathBuf>) -> Self {
+        Self {
+            store,
+            work: work.into(),
+        }
+    }
+
+    async fn run(&self, request: &BuildRequest) -> BuildOutcome {
+        let failed = |cause, reason: String, log: Option<String>| BuildOutcome::Failed {
+            cause,
+            reason,
+            log_excerpt: log,
+        };
+        let template = match Template::of(request.spec.runtime) {
+            Ok(template) => template,
+            Err(error) => return failed(BuildFailureCause::Unknown, error.to_string(), None),
+        };
+        let key = klambda_storage::context_key(request.digest.hex());
+        let archive = match self.store.get(&key).await {
+            Ok(Some(bytes)) => bytes,
+            Ok(None) => {
+                return failed(
+                    BuildFailureCause::Unknown,
+                    format!("the build context {key} is missing"),
+                    None,
+                );
+            }
+            Err(error) => return failed(BuildFailureCause::Unknown, error.to_string(), None),
+        };
+        let dir = self.work.join(request.build_id.as_str());
+        // A previous attempt of this build may have left a partial directory.
+        let _ = tokio::fs::remove_dir_all(&dir).await;
+        let unpacked = {
+            let dir = dir.clone();
+            tokio::task::spawn_blocking(move || unpack(&archive, &dir)).await
+        };
+        match unpacked {
+            Ok(Ok(())) => {}
+            Ok(Err(reason)) => return failed(BuildFailureCause::Unknown, reason, None),
+            Err(error) => return failed(BuildFailureCause::Unknown, error.to_string(), None),
+        }
+        let function = dir.join("function");
+        let descriptor = template.descriptor();
+        for file in sources(&function, &descriptor.check.extensions) {
+            let mut command = descriptor.check.command.clone();
+            command.push(file.display().to_string());
+            if let Err((reason, log)) = run(&command, &function).await {
+                return failed(BuildFailureCause::CompileError, reason, Some(log));
+            }
+        }
+        if function.join(&descriptor.dependency_file).is_file()
+            && let Err((reason, log)) = run(&descriptor.install, &function).await
+        {
+            return failed(BuildFailureCause::DependencyResolution, reason, Some(log));
+        }
+        BuildOutcome::Completed {
+            image: format!("local:{}", dir.display()),
+        }
+    }
+}
+
+impl Builder for LocalBuilder {
+    fn build(
+        &self,
+        request: BuildRequest,
+        cancel: oneshot::Receiver<String>,
+    ) -> BoxFuture<BuildOutcome> {
+        let builder = self.clone();
+        Box::pin(async move {
+            let deadline = request.spec.build.timeout_seconds;
+            let build = builder.run(&request);
+            tokio::select! {
+                outcome = tokio::time::timeout(Duration::from_secs(u64::from(deadline)), build) => {
+                    outcome.unwrap_or(BuildOutcome::TimedOut { deadline_seconds: deadline })
+                }
+                Ok(reason) = cancel => BuildOutcome::Cancelled { reason },
+            }
+            // Dropping the build future kills its child process (kill_on_drop).
+        })
+    }
+}
+
+/// Unpacks our own context archive, refusing anything but regular files inside `dir`.
+fn unpack(archive: &[u8], dir: &Path) -> Result<(), String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(archive));
+    let entries = tar
+        .entries()
+        .map_err(|e| format!("reading the context: {e}"))?;
+    for entry in entries {
+        let mut entry = entry.map_err(|e| format!("reading the context: {e}"))?;
+        if entry.header().entry_type() != tar::EntryType::Regular {
+            return Err("the context holds something other than regular files".into());
+        }
+        // `unpack_in` refuses paths that would leave `dir`.
+        let inside = entry
+            .unpack_in(dir)
+            .map_err(|e| format!("unpacking the context: {e}"))?;
+        if !inside {
+            return Err("the context holds a path outside its directory".into());
+        }
+    }
+    Ok(())
+}
+
+/// Source files with one of `extensions` under `root`, sorted, skipping installed dependencies.
+fn sources(root: &Path, extensions: &[String]) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if path.is_dir() {
+                if name != "node_modules" && name != ".deps" && name != "__pycache__" {
+                    stack.push(path);
+                }
+            } else if extensions.iter().any(|ext| name.ends_with(ext.as_str())) {
+                found.push(path);
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+/// Runs `argv` in `dir`; on failure, a one-line reason and the last lines of output.
+async fn run(argv: &[String], dir: &Path) -> Result<(), (String, String)> {
+    let Some((program, args)) = argv.split_first() else {
+        return Err((
+            "the runtime descriptor has an empty command".into(),
+            String::new(),
+        ));
+    };
+    let mut command = tokio::process::Command::new(program);
+    command
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let child = command.spawn().map_err(|e| {
+        (
+            format!("{program} could not run ({e}); is it installed?"),
+            String::new(),
+        )
+    })?;
+    let output = child
+        .wait_with_output()
+        .await
+        .map_err(|e| (format!("{program} failed to run: {e}"), String::new()))?;
+    if output.status.success() {
+        return Ok(());
+    }
+    let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&output.stderr));
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let excerpt = lines[lines.len().saturating_sub(EXCERPT_LINES)..].join("\n");
+    let reason = format!("`{}` failed with {}", argv.join(" "), output.status);
+    Err((reason, excerpt))
+}

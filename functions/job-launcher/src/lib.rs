@@ -1,0 +1,250 @@
+//! The job-launcher stage: starts builds and turns their outcomes into events.
+//!
+//! - **Consumes** `io.knative.lambda.context.uploaded` and `io.knative.lambda.build.cancel`.
+//! - **Replies** `build.started` when a build starts (or is already running: a replay does not
+//!   start a second one), or `build.completed` with `cached: true` when the digest was already
+//!   built.
+//! - **Emits** when the build ends: `build.completed` (the image or local artifact),
+//!   `build.failed` (classified cause and the end of the log), `build.timeout`, or
+//!   `build.cancelled` after a `build.cancel`. On Kubernetes these come from Job status events;
+//!   the local builder reports them directly, the same events either way.
+//! - **Side effects**: runs the build; on success writes the build record
+//!   `images/<digest>.json`, which makes later submissions of the same digest cache hits.
+//!
+//! # Layout
+//! - [`builder`]: the `Builder` trait and the local builder.
+
+pub mod builder;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use cloudevents::Event;
+use klambda_events::catalogue::{
+    BuildCancel, BuildCancelled, BuildCompleted, BuildFailed, BuildStarted, BuildTimeout,
+    ContextUploaded,
+};
+use klambda_events::data::{BuildEnd, BuildFailure, BuildStart, BuildTimedOut, BuiltImage};
+use klambda_events::{BuildId, Envelope, EventType, FunctionName, Stage, decode};
+use klambda_harness::{ConfigError, ConfigSource, Context, Handler, HandlerError, Outcome};
+use klambda_storage::{ImageRecord, LocalDir, ObjectStore, image_record_key};
+use tokio::sync::oneshot;
+
+use crate::builder::local::LocalBuilder;
+use crate::builder::{BuildOutcome, BuildRequest, Builder};
+
+/// Running builds: id → (function, the way to cancel it).
+type Running = Arc<Mutex<HashMap<BuildId, (FunctionName, oneshot::Sender<String>)>>>;
+
+/// The job-launcher's handler.
+#[derive(Clone)]
+pub struct JobLauncher {
+    builder: Arc<dyn Builder>,
+    store: Arc<dyn ObjectStore>,
+    running: Running,
+}
+
+impl JobLauncher {
+    /// A launcher running builds with `builder`, recording them in `store`.
+    pub fn new(builder: Arc<dyn Builder>, store: Arc<dyn ObjectStore>) -> Self {
+        Self {
+            builder,
+            store,
+            running: Arc::default(),
+        }
+    }
+
+    /// A launcher with the local builder over `KLAMBDA_STORE_DIR` (default `klambda-store`),
+    /// building under `KLAMBDA_BUILD_DIR` (default `klambda-builds`).
+    pub fn from_config(config: &dyn ConfigSource) -> Result<Self, ConfigError> {
+        let setting = |key: &str, default: &str| {
+            config
+                .get(key)
+                .filter(|v| !v.trim().is_empty())
+                .unwrap_or_else(|| default.to_owned())
+        };
+        let store: Arc<dyn ObjectStore> =
+            Arc::new(LocalDir::new(setting("KLAMBDA_STORE_DIR", "klambda-store")));
+        let work = PathBuf::from(setting("KLAMBDA_BUILD_DIR", "klambda-builds"));
+        Ok(Self::new(
+            Arc::new(LocalBuilder::new(Arc::clone(&store), work)),
+            store,
+        ))
+    }
+
+    /// How many builds are running now.
+    pub fn running(&self) -> usize {
+        self.running.lock().map(|r| r.len()).unwrap_or_default()
+    }
+
+    async fn start(&self, event: Event, context: &Context) -> Result<Outcome, HandlerError> {
+        let uploaded = decode::<ContextUploaded>(&event)?;
+        let name = uploaded.spec.name.clone();
+        let build_id = BuildId::derive(&name, &uploaded.digest);
+        let envelope = |ty: &str| {
+            Envelope::answering(&event, Stage::JobLauncher, ty).subject(name.to_string())
+        };
+
+        let record = self
+            .store
+            .get(&image_record_key(uploaded.digest.hex()))
+            .await
+            .map_err(|e| HandlerError::Unavailable(e.to_string()))?;
+        if let Some(record) = record {
+            let record: ImageRecord = serde_json::from_slice(&record)
+                .map_err(|e| HandlerError::Internal(format!("unreadable build record: {e}")))?;
+            let reply = envelope(BuildCompleted::TYPE).encode::<BuildCompleted>(&BuiltImage {
+                spec: uploaded.spec,
+                digest: uploaded.digest,
+                build_id,
+                image: record.image,
+                cached: true,
+            });
+            return Ok(Outcome::Reply(reply));
+        }
+
+        let started = envelope(BuildStarted::TYPE).encode::<BuildStarted>(&BuildStart {
+            function: name.clone(),
+            build_id: build_id.clone(),
+            digest: uploaded.digest.clone(),
+        });
+        let (cancel, cancelled) = oneshot::channel();
+        {
+            let mut running = self.running.lock().map_err(|_| {
+                HandlerError::Internal("the running-builds table is poisoned".into())
+            })?;
+            if running.contains_key(&build_id) {
+                // A replay while the build runs: same answer, no second build.
+                return Ok(Outcome::Reply(started));
+            }
+            running.insert(build_id.clone(), (name.clone(), cancel));
+        }
+        let request = BuildRequest {
+            spec: uploaded.spec.clone(),
+            digest: uploaded.digest.clone(),
+            build_id: build_id.clone(),
+            context: uploaded.context.clone(),
+        };
+        let build = self.builder.build(request, cancelled);
+        let launcher = self.clone();
+        let context = context.clone();
+        tokio::spawn(async move {
+            let outcome = build.await;
+            if let Ok(mut running) = launcher.running.lock() {
+                running.remove(&build_id);
+            }
+            let ended = launcher
+                .outcome_event(&event, uploaded, build_id, outcome)
+                .await;
+            context.publish(ended).await;
+        });
+        Ok(Outcome::Reply(started))
+    }
+
+    /// The event announcing how a build ended (writing the build record on success).
+    async fn outcome_event(
+        &self,
+        input: &Event,
+        uploaded: klambda_events::data::BuildContext,
+        build_id: BuildId,
+        outcome: BuildOutcome,
+    ) -> Event {
+        let name = uploaded.spec.name.clone();
+        let envelope =
+            |ty: &str| Envelope::answering(input, Stage::JobLauncher, ty).subject(name.to_string());
+        match outcome {
+            BuildOutcome::Completed { image } => {
+                let record = ImageRecord {
+                    image: image.clone(),
+                };
+                let key = image_record_key(uploaded.digest.hex());
+                if let Err(error) = self
+                    .store
+                    .put(
+                        &key,
+                        Bytes::from(serde_json::to_vec(&record).unwrap_or_default()),
+                    )
+                    .await
+                {
+                    // The build stands; only the cache misses next time.
+                    tracing::warn!(%error, "build record not written");
+                }
+                envelope(BuildCompleted::TYPE).encode::<BuildCompleted>(&BuiltImage {
+                    spec: uploaded.spec,
+                    digest: uploaded.digest,
+                    build_id,
+                    image,
+                    cached: false,
+                })
+            }
+            BuildOutcome::Failed {
+                cause,
+                reason,
+                log_excerpt,
+            } => envelope(BuildFailed::TYPE).encode::<BuildFailed>(&BuildFailure {
+                function: name.clone(),
+                build_id,
+                digest: uploaded.digest,
+                cause,
+                reason,
+                log_excerpt,
+            }),
+            BuildOutcome::TimedOut { deadline_seconds } => envelope(BuildTimeout::TYPE)
+                .encode::<BuildTimeout>(&BuildTimedOut {
+                    function: name.clone(),
+                    build_id,
+                    digest: uploaded.digest,
+                    deadline_seconds,
+                }),
+            BuildOutcome::Cancelled { reason } => envelope(BuildCancelled::TYPE)
+                .encode::<BuildCancelled>(&BuildEnd {
+                    function: name.clone(),
+                    build_id,
+                    reason,
+                }),
+        }
+    }
+
+    fn cancel(&self, event: &Event) -> Result<Outcome, HandlerError> {
+        let request = decode::<BuildCancel>(event)?;
+        let reason = request.reason.clone().map_or_else(
+            || "cancelled by request".to_owned(),
+            |r| format!("cancelled by request: {r}"),
+        );
+        let mut running = self
+            .running
+            .lock()
+            .map_err(|_| HandlerError::Internal("the running-builds table is poisoned".into()))?;
+        let targets: Vec<BuildId> = running
+            .iter()
+            .filter(|(id, (function, _))| {
+                *function == request.function && request.build_id.as_ref().is_none_or(|b| b == *id)
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in &targets {
+            if let Some((_, cancel)) = running.remove(id) {
+                // The build task reports build.cancelled when it stops.
+                let _ = cancel.send(reason.clone());
+            }
+        }
+        tracing::info!(function = %request.function, cancelled = targets.len(), "build.cancel handled");
+        Ok(Outcome::Done)
+    }
+}
+
+impl Handler for JobLauncher {
+    fn stage(&self) -> Stage {
+        Stage::JobLauncher
+    }
+
+    async fn handle(&self, event: Event, context: &Context) -> Result<Outcome, HandlerError> {
+        if cloudevents::AttributesReader::ty(&event) == BuildCancel::TYPE {
+            self.cancel(&event)
+        } else {
+            self.start(event, context).await
+        }
+    }
+}
