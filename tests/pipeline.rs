@@ -1,81 +1,100 @@
-//! The real parser on the embedded broker, wired from the Trigger manifests in `eventing/`:
-//! the choreography as data, running. Stages not built yet are recorders.
+//! The whole pipeline in one process: the five real stages on the embedded broker wired from
+//! the Trigger manifests in `eventing/` (the choreography as data, running), with the local
+//! object store, builder and runner. A Python function goes from submission to a running,
+//! invocable revision.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use anyhow::Result;
-use cloudevents::{AttributesReader as _, Event};
+use anyhow::{Context as _, Result, bail};
+use cloudevents::Event;
 use context_uploader::ContextUploader;
 use job_launcher::JobLauncher;
 use job_launcher::builder::local::LocalBuilder;
-use klambda_broker::subscriber::BoxFuture;
-use klambda_broker::{Answer, Broker, InProcess, Ingress, Subscriber, trigger};
-use klambda_events::catalogue::BuildCompleted;
+use klambda_broker::{Broker, InProcess, Ingress, Subscriber, trigger};
 use klambda_events::catalogue::FunctionCreated;
 use klambda_events::data::Phase;
 use klambda_events::spec::FunctionSubmission;
-use klambda_events::{Envelope, EventType, Stage, decode};
-use klambda_harness::Harness;
+use klambda_events::{Envelope, EventType as _, Stage};
+use klambda_harness::{Handler, Harness};
 use klambda_storage::{LocalDir, ObjectStore};
+use klambda_test_support::http::post;
 use klambda_test_support::repo;
 use parser::Parser;
+use service_deployer::ServiceDeployer;
+use service_deployer::deployer::local::LocalRunner;
 use status_reporter::StatusReporter;
+use status_reporter::fold::FunctionState;
 use status_reporter::store::StatusStore;
-
-/// A stage stand-in that records what the broker delivers to it.
-#[derive(Clone, Default)]
-struct Recorder(Arc<Mutex<Vec<Event>>>);
-
-impl Recorder {
-    /// Waits until at least `n` events arrived (builds finish after the broker goes idle).
-    async fn wait_for(&self, n: usize) -> Result<()> {
-        let started = std::time::Instant::now();
-        while self.events().len() < n {
-            if started.elapsed() > std::time::Duration::from_secs(60) {
-                anyhow::bail!(
-                    "only {} of {n} events arrived within 60 s",
-                    self.events().len()
-                );
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
-        Ok(())
-    }
-
-    fn types(&self) -> Vec<String> {
-        self.0
-            .lock()
-            .map(|e| e.iter().map(|e| e.ty().to_owned()).collect())
-            .unwrap_or_default()
-    }
-    fn events(&self) -> Vec<Event> {
-        self.0.lock().map(|e| e.clone()).unwrap_or_default()
-    }
-}
-
-impl Subscriber for Recorder {
-    fn address(&self) -> String {
-        "test://recorder".into()
-    }
-    fn deliver(&self, event: Event) -> BoxFuture<'_, Answer> {
-        if let Ok(mut events) = self.0.lock() {
-            events.push(event);
-        }
-        Box::pin(async { Answer::Accepted })
-    }
-}
-
-struct Pipeline {
-    broker: Broker,
-    recorders: HashMap<Stage, Recorder>,
-    store: Arc<dyn StatusStore>,
-}
 
 static RUN: AtomicUsize = AtomicUsize::new(0);
 
+struct Pipeline {
+    broker: Broker,
+    store: Arc<dyn StatusStore>,
+}
+
+/// A stage in-process, by its Service name, with its side events going into the broker.
+fn stage<H: Handler>(handler: H, ingress: &Ingress) -> (String, Arc<dyn Subscriber>) {
+    let name = handler.stage().service_name();
+    let harness = Harness::new(handler).with_publisher(Arc::new(ingress.clone()));
+    (name.to_owned(), Arc::new(InProcess::new(harness, name)))
+}
+
+fn start() -> Result<Pipeline> {
+    let root = std::env::temp_dir().join(format!(
+        "klambda-pipeline-{}-{}",
+        std::process::id(),
+        RUN.fetch_add(1, Ordering::SeqCst)
+    ));
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(&root)?;
+    let objects: Arc<dyn ObjectStore> = Arc::new(LocalDir::new(root.join("store")));
+    let store: Arc<dyn StatusStore> = Arc::from(status_reporter::store::open(&format!(
+        "sqlite:{}",
+        root.join("status.db").display()
+    ))?);
+    let ingress = Ingress::new();
+    let builder = Arc::new(LocalBuilder::new(Arc::clone(&objects), root.join("builds")));
+    let subscribers: HashMap<String, Arc<dyn Subscriber>> = [
+        stage(Parser::new(), &ingress),
+        stage(ContextUploader::new(Arc::clone(&objects)), &ingress),
+        stage(JobLauncher::new(builder, Arc::clone(&objects)), &ingress),
+        stage(ServiceDeployer::new(Arc::new(LocalRunner::new())), &ingress),
+        stage(StatusReporter::new(Arc::clone(&store)), &ingress),
+    ]
+    .into_iter()
+    .collect();
+    let triggers = trigger::load(&repo::root().join("eventing"), "klambda")?;
+    let broker = Broker::start(triggers, &subscribers)?;
+    ingress.connect(&broker);
+    Ok(Pipeline { broker, store })
+}
+
 impl Pipeline {
+    /// Waits until `name` reaches a final phase (builds and deploys finish after the broker's
+    /// queues drain), then until the broker is idle.
+    async fn settled(&self, name: &str) -> Result<FunctionState> {
+        let started = Instant::now();
+        loop {
+            if let Some(state) = self.store.function(name).await?
+                && matches!(state.phase, Phase::Ready | Phase::Failed)
+            {
+                self.broker.idle().await;
+                return Ok(state);
+            }
+            if started.elapsed() > Duration::from_secs(90) {
+                bail!(
+                    "{name} did not settle within 90 s: {:?}",
+                    self.store.function(name).await?
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
     async fn logged_types(&self, function: &str) -> Result<Vec<String>> {
         let events = self.store.function_events(function, 1000).await?;
         Ok(events
@@ -85,69 +104,10 @@ impl Pipeline {
     }
 }
 
-fn start() -> Result<Pipeline> {
-    let ingress = Ingress::new();
-    let parser = Harness::new(Parser::new()).with_publisher(Arc::new(ingress.clone()));
-    let mut subscribers: HashMap<String, Arc<dyn Subscriber>> = HashMap::new();
-    subscribers.insert("parser".into(), Arc::new(InProcess::new(parser, "parser")));
-    // The real status reporter, on a fresh SQLite file.
-    let db = std::env::temp_dir().join(format!(
-        "klambda-pipeline-{}-{}.db",
-        std::process::id(),
-        RUN.fetch_add(1, Ordering::SeqCst)
-    ));
-    let store: Arc<dyn StatusStore> = Arc::from(status_reporter::store::open(&format!(
-        "sqlite:{}",
-        db.display()
-    ))?);
-    let reporter = Harness::new(StatusReporter::new(Arc::clone(&store)));
-    subscribers.insert(
-        "status-reporter".into(),
-        Arc::new(InProcess::new(reporter, "status-reporter")),
-    );
-    // The real context-uploader, on a fresh local object store.
-    let objects = std::env::temp_dir().join(format!(
-        "klambda-pipeline-objects-{}-{}",
-        std::process::id(),
-        RUN.fetch_add(1, Ordering::SeqCst)
-    ));
-    let work = objects.join("builds");
-    let objects: Arc<dyn ObjectStore> = Arc::new(LocalDir::new(objects.join("store")));
-    let uploader = Harness::new(ContextUploader::new(Arc::clone(&objects)));
-    subscribers.insert(
-        "context-uploader".into(),
-        Arc::new(InProcess::new(uploader, "context-uploader")),
-    );
-    // The real job launcher with the local builder, on the same object store; its build
-    // outcomes go into the broker through the ingress, as Job events would on the cluster.
-    let builder = Arc::new(LocalBuilder::new(Arc::clone(&objects), work));
-    let launcher = Harness::new(JobLauncher::new(builder, Arc::clone(&objects)))
-        .with_publisher(Arc::new(ingress.clone()));
-    subscribers.insert(
-        "job-launcher".into(),
-        Arc::new(InProcess::new(launcher, "job-launcher")),
-    );
-    let mut recorders = HashMap::new();
-    {
-        let stage = Stage::ServiceDeployer;
-        let recorder = Recorder::default();
-        subscribers.insert(stage.service_name().into(), Arc::new(recorder.clone()));
-        recorders.insert(stage, recorder);
-    }
-    let triggers = trigger::load(&repo::root().join("eventing"), "klambda")?;
-    let broker = Broker::start(triggers, &subscribers)?;
-    ingress.connect(&broker);
-    Ok(Pipeline {
-        broker,
-        recorders,
-        store,
-    })
-}
-
-fn submission(name: &str) -> Result<FunctionSubmission> {
+fn submission(name: &str, body: &str) -> Result<FunctionSubmission> {
     Ok(serde_json::from_value(serde_json::json!({
-        "name": name, "runtime": "python3.12", "handler": "app.handler",
-        "source": {"kind": "inline", "files": [{"path": "app.py", "content": "def handler(event, context):\n    return event\n"}]}
+        "name": name, "runtime": "python3.11", "handler": "app.handler",
+        "source": {"kind": "inline", "files": [{"path": "app.py", "content": format!("def handler(event, context):\n    return {body}\n")}]}
     }))?)
 }
 
@@ -157,53 +117,68 @@ fn created(id: &str, data: &FunctionSubmission) -> Event {
         .encode::<FunctionCreated>(data)
 }
 
-#[tokio::test]
-async fn a_submission_flows_from_the_broker_through_the_parser_to_the_next_stage() -> Result<()> {
-    let pipeline = start()?;
-    pipeline
-        .broker
-        .publish(created("sub-1", &submission("hello")?));
-    pipeline.broker.idle().await;
-
-    // parser → context-uploader → job-launcher (a real local build) → the deployer's Trigger.
-    let deployer = &pipeline.recorders[&Stage::ServiceDeployer];
-    deployer.wait_for(1).await?;
-    pipeline.broker.idle().await;
-    assert_eq!(deployer.types(), [BuildCompleted::TYPE]);
-    let parsed = decode::<BuildCompleted>(&deployer.events()[0])?;
-    assert_eq!(parsed.spec.name.as_str(), "hello");
-    assert!(!parsed.cached);
-    let artifact = parsed.image.strip_prefix("local:").unwrap_or_default();
-    assert!(
-        std::path::Path::new(artifact)
-            .join("function/app.py")
-            .is_file()
+async fn invoke(url: &str) -> Result<serde_json::Value> {
+    let reply = post(
+        &format!("{url}/"),
+        &[
+            ("ce-specversion", "1.0"),
+            ("ce-id", "inv-1"),
+            ("ce-source", "/tests"),
+            ("ce-type", "com.example.ping"),
+            ("content-type", "application/json"),
+        ],
+        "{\"name\":\"world\"}",
+    )
+    .await?;
+    anyhow::ensure!(
+        reply.status == 200,
+        "invoke answered {}: {:?}",
+        reply.status,
+        reply.body
     );
+    reply.json()
+}
 
-    // The status reporter's catch-all Trigger saw the whole story, side events and its own
-    // status.updated replies included; `idle` returning proves those replies did not loop.
+#[tokio::test]
+async fn a_function_goes_from_submission_to_a_running_revision() -> Result<()> {
+    let pipeline = start()?;
+    pipeline.broker.publish(created(
+        "sub-1",
+        &submission("hello", "{'hello': event['name']}")?,
+    ));
+    let state = pipeline.settled("hello").await?;
+    assert_eq!(state.phase, Phase::Ready, "{state:?}");
+    assert_eq!(state.revision.as_deref(), Some("hello-00001"));
+    let url = state.url.clone().context("a ready function has a URL")?;
+    assert_eq!(invoke(&url).await?, serde_json::json!({"hello": "world"}));
+
+    // Every stage's events, in the status reporter's log; `idle` returning proves its own
+    // status.updated replies did not loop through its catch-all Trigger.
     let mut seen = pipeline.logged_types("hello").await?;
     seen.sort();
     seen.dedup();
-    assert_eq!(
-        seen,
-        [
-            "io.knative.lambda.build.completed",
-            "io.knative.lambda.build.started",
-            "io.knative.lambda.context.uploaded",
-            "io.knative.lambda.function.created",
-            "io.knative.lambda.parser.completed",
-            "io.knative.lambda.parser.started",
-            "io.knative.lambda.status.updated",
-        ]
-    );
-    let state = pipeline
-        .store
-        .function("hello")
-        .await?
-        .ok_or_else(|| anyhow::anyhow!("no state for hello"))?;
-    assert_eq!(state.phase, Phase::Deploying);
-    assert_eq!(state.digest.as_deref(), Some(parsed.digest.as_str()));
+    let expected: Vec<String> = [
+        "build.completed",
+        "build.started",
+        "context.uploaded",
+        "function.created",
+        "parser.completed",
+        "parser.started",
+        "service.created",
+        "service.ready",
+        "status.updated",
+    ]
+    .iter()
+    .map(|s| format!("io.knative.lambda.{s}"))
+    .collect();
+    assert_eq!(seen, expected);
+    let timings = state.timings_ms();
+    for stage in ["parse", "context", "build", "deploy", "total"] {
+        assert!(
+            timings.contains_key(stage),
+            "no {stage} timing in {timings:?}"
+        );
+    }
     assert!(pipeline.broker.dead_letters().is_empty());
     Ok(())
 }
@@ -211,73 +186,75 @@ async fn a_submission_flows_from_the_broker_through_the_parser_to_the_next_stage
 #[tokio::test]
 async fn an_invalid_submission_stops_at_the_parser_with_its_reasons_recorded() -> Result<()> {
     let pipeline = start()?;
-    let mut bad = submission("Bad Name")?;
+    let mut bad = submission("Bad Name", "event")?;
     bad.handler = "app.handler; curl evil".into();
-    pipeline.broker.publish(created("sub-2", &bad));
+    let input = created("sub-2", &bad);
+    pipeline.broker.publish(input.clone());
     pipeline.broker.idle().await;
-    assert!(
-        pipeline.recorders[&Stage::ServiceDeployer]
-            .types()
-            .is_empty()
-    );
     // The name is invalid, so there is no function state; the failure is in the log by id.
-    let failed_id = Envelope::answering(
-        &created("sub-2", &bad),
-        Stage::Parser,
-        "io.knative.lambda.parser.failed",
-    )
-    .id()
-    .to_owned();
+    let failed_id = Envelope::answering(&input, Stage::Parser, "io.knative.lambda.parser.failed")
+        .id()
+        .to_owned();
     let failed = pipeline
         .store
         .event(&failed_id)
         .await?
-        .ok_or_else(|| anyhow::anyhow!("parser.failed not recorded"))?;
-    assert!(
-        failed.json()["data"]["problems"]
-            .as_array()
-            .is_some_and(|p| p.len() == 2),
+        .context("parser.failed recorded")?;
+    assert_eq!(
+        failed.json()["data"]["problems"].as_array().map(Vec::len),
+        Some(2),
         "{}",
         failed.body
     );
+    assert!(pipeline.store.functions().await?.is_empty());
     Ok(())
 }
 
 #[tokio::test]
-async fn replaying_the_input_three_times_gives_identical_replies() -> Result<()> {
+async fn replaying_the_submission_builds_and_deploys_exactly_once() -> Result<()> {
     let pipeline = start()?;
-    let input = created("sub-3", &submission("replayed")?);
+    let input = created("sub-3", &submission("replayed", "event")?);
     for _ in 0..3 {
         pipeline.broker.publish(input.clone());
     }
-    let deployer = &pipeline.recorders[&Stage::ServiceDeployer];
-    deployer.wait_for(1).await?;
+    let state = pipeline.settled("replayed").await?;
+    assert_eq!(state.phase, Phase::Ready);
+    // Let any late replay finish too.
+    tokio::time::sleep(Duration::from_millis(300)).await;
     pipeline.broker.idle().await;
-    // Exactly one build ran; any replay that arrived after it finished was a cache hit, and
-    // every build.completed names the same image.
-    let completed: Vec<_> = deployer
-        .events()
+    let events = pipeline.store.function_events("replayed", 1000).await?;
+    let of_type = |suffix: &str| {
+        events
+            .iter()
+            .filter(|e| e.json()["type"] == format!("io.knative.lambda.{suffix}"))
+            .count()
+    };
+    // Replies are identical (same id), so the log keeps each once; one real build, one revision.
+    assert_eq!(of_type("parser.completed"), 1);
+    let real_builds = events
         .iter()
-        .map(decode::<BuildCompleted>)
-        .collect::<Result<_, _>>()?;
-    assert_eq!(
-        completed.iter().filter(|c| !c.cached).count(),
-        1,
-        "{completed:#?}"
-    );
-    assert!(completed.iter().all(|c| c.image == completed[0].image));
+        .filter(|e| {
+            e.json()["type"] == "io.knative.lambda.build.completed"
+                && e.json()["data"]["cached"] == false
+        })
+        .count();
+    assert_eq!(real_builds, 1);
+    assert_eq!(of_type("service.created"), 1);
+    assert_eq!(of_type("service.updated"), 0);
+    assert_eq!(state.revision.as_deref(), Some("replayed-00001"));
     Ok(())
 }
 
 #[tokio::test]
 async fn a_contract_mismatch_is_dead_lettered_with_the_parsers_answer() -> Result<()> {
     let pipeline = start()?;
-    let mut newer = created("sub-4", &submission("newer")?);
+    let mut newer = created("sub-4", &submission("newer", "event")?);
     cloudevents::AttributesWriter::set_dataschema(
         &mut newer,
-        Some(url::Url::parse(
-            "urn:knative-lambda:schema:io.knative.lambda.function.created:v2",
-        )?),
+        Some(url::Url::parse(&format!(
+            "urn:knative-lambda:schema:{}:v2",
+            FunctionCreated::TYPE
+        ))?),
     );
     pipeline.broker.publish(newer);
     pipeline.broker.idle().await;

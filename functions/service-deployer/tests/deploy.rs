@@ -1,0 +1,244 @@
+//! The service-deployer with the local runner, on real Node.js builds: create, invoke, replay,
+//! update (new revision before the old stops), rollback, restart after a crash, delete, and a
+//! function that cannot start.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+use cloudevents::{AttributesReader as _, Event};
+use context_uploader::ContextUploader;
+use job_launcher::builder::local::LocalBuilder;
+use job_launcher::builder::{BuildOutcome, BuildRequest, Builder as _};
+use klambda_events::catalogue::{
+    BuildCompleted, ContextUploaded, FunctionDeleted, FunctionRollback, ParserCompleted,
+    ServiceCreated, ServiceDeleted, ServiceFailed, ServiceReady, ServiceUpdated,
+};
+use klambda_events::data::{
+    BuiltImage, FunctionDeletion, Operation, ParsedFunction, RollbackRequest,
+};
+use klambda_events::{BuildId, Envelope, EventType, FunctionName, decode};
+use klambda_harness::publisher::Memory;
+use klambda_harness::{Harness, Outcome};
+use klambda_storage::{LocalDir, ObjectStore};
+use klambda_test_support::http::{get, post};
+use service_deployer::ServiceDeployer;
+use service_deployer::deployer::local::LocalRunner;
+
+struct Rig {
+    root: std::path::PathBuf,
+    store: Arc<dyn ObjectStore>,
+    deployer: Harness<ServiceDeployer>,
+    side: Memory,
+}
+
+fn rig(name: &str) -> Rig {
+    let root = std::env::temp_dir().join(format!("klambda-deploy-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let store: Arc<dyn ObjectStore> = Arc::new(LocalDir::new(root.join("store")));
+    let side = Memory::default();
+    let deployer = Harness::new(ServiceDeployer::new(Arc::new(LocalRunner::new())))
+        .with_publisher(Arc::new(side.clone()));
+    Rig {
+        root,
+        store,
+        deployer,
+        side,
+    }
+}
+
+/// Builds `code` as the function `name` and returns its `build.completed`.
+async fn built(rig: &Rig, name: &str, code: &str) -> Result<Event> {
+    let submission = serde_json::json!({"name": name, "runtime": "nodejs20", "handler": "index.handler",
+        "source": {"kind": "inline", "files": [{"path": "index.js", "content": code}]}});
+    let (spec, digest) = parser::parse(
+        serde_json::from_value(submission)?,
+        &parser::Limits::default(),
+    )
+    .map_err(|p| anyhow::anyhow!("{p:?}"))?;
+    let parsed = Envelope::new(format!("p-{}", digest.hex()), "/knative-lambda/parser")
+        .subject(name)
+        .encode::<ParserCompleted>(&ParsedFunction {
+            operation: Operation::Create,
+            spec,
+            digest,
+        });
+    let Outcome::Reply(uploaded) = Harness::new(ContextUploader::new(Arc::clone(&rig.store)))
+        .dispatch(parsed)
+        .await?
+    else {
+        bail!("no context");
+    };
+    let uploaded = decode::<ContextUploaded>(&uploaded)?;
+    let build_id = BuildId::derive(&uploaded.spec.name, &uploaded.digest);
+    let builder = LocalBuilder::new(Arc::clone(&rig.store), rig.root.join("work"));
+    let (_keep, cancel) = tokio::sync::oneshot::channel();
+    let outcome = builder
+        .build(
+            BuildRequest {
+                spec: uploaded.spec.clone(),
+                digest: uploaded.digest.clone(),
+                build_id: build_id.clone(),
+                context: uploaded.context.clone(),
+            },
+            cancel,
+        )
+        .await;
+    let BuildOutcome::Completed { image } = outcome else {
+        bail!("build failed: {outcome:?}")
+    };
+    Ok(Envelope::new(
+        format!("b-{}", uploaded.digest.hex()),
+        "/knative-lambda/job-launcher",
+    )
+    .subject(name)
+    .encode::<BuildCompleted>(&BuiltImage {
+        spec: uploaded.spec,
+        digest: uploaded.digest,
+        build_id,
+        image,
+        cached: false,
+    }))
+}
+
+async fn reply(rig: &Rig, event: Event) -> Result<Event> {
+    match rig.deployer.dispatch(event).await? {
+        Outcome::Reply(reply) => Ok(reply),
+        Outcome::Done => bail!("no reply"),
+    }
+}
+
+async fn invoke(url: &str, mode: &str) -> Result<klambda_test_support::http::Reply> {
+    post(
+        &format!("{url}/"),
+        &[
+            ("ce-specversion", "1.0"),
+            ("ce-id", "i-1"),
+            ("ce-source", "/t"),
+            ("ce-type", "t.invoke"),
+            ("content-type", "application/json"),
+        ],
+        format!("{{\"mode\":\"{mode}\"}}"),
+    )
+    .await
+}
+
+const V1: &str = "exports.handler = async (e) => { if (e.mode === 'crash') process.exit(1); return { version: 1 }; };";
+const V2: &str = "exports.handler = async (e) => ({ version: 2 });";
+
+#[tokio::test]
+async fn create_update_rollback_restart_delete() -> Result<()> {
+    let rig = rig("life");
+    let v1 = built(&rig, "hello", V1).await?;
+    let ready = reply(&rig, v1.clone()).await?;
+    assert_eq!(ready.ty(), ServiceReady::TYPE, "{ready:?}");
+    let first = decode::<ServiceReady>(&ready)?;
+    assert_eq!(first.revision, "hello-00001");
+    assert_eq!(
+        rig.side
+            .events()
+            .iter()
+            .map(|e| e.ty().to_owned())
+            .collect::<Vec<_>>(),
+        [ServiceCreated::TYPE]
+    );
+    assert_eq!(
+        invoke(&first.url, "").await?.json()?,
+        serde_json::json!({"version": 1})
+    );
+
+    // A replay: the same answer, no new revision, no new side event.
+    assert_eq!(reply(&rig, v1).await?, ready);
+    assert_eq!(rig.side.events().len(), 1);
+
+    // A crash: the runner restarts it on the same URL.
+    let _ = invoke(&first.url, "crash").await;
+    let started = Instant::now();
+    loop {
+        if invoke(&first.url, "").await.is_ok_and(|r| r.status == 200) {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(15) {
+            bail!("the crashed function was not restarted");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // An update: a new revision serves, the old one is stopped.
+    let v2 = reply(&rig, built(&rig, "hello", V2).await?).await?;
+    let second = decode::<ServiceReady>(&v2)?;
+    assert_eq!(second.revision, "hello-00002");
+    assert_eq!(
+        rig.side.events().last().map(|e| e.ty().to_owned()),
+        Some(ServiceUpdated::TYPE.to_owned())
+    );
+    assert_eq!(
+        invoke(&second.url, "").await?.json()?,
+        serde_json::json!({"version": 2})
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        get(&format!("{}/health", first.url)).await.is_err(),
+        "the old revision still answers"
+    );
+
+    // Rollback: the previous revision serves again.
+    let name = FunctionName::new("hello")?;
+    let rollback = Envelope::new("r-1", "/cli")
+        .subject("hello")
+        .encode::<FunctionRollback>(&RollbackRequest {
+            name: name.clone(),
+            to_revision: None,
+            extra: Default::default(),
+        });
+    let back = decode::<ServiceReady>(&reply(&rig, rollback).await?)?;
+    assert_eq!(back.revision, "hello-00001");
+    assert_eq!(
+        invoke(&back.url, "").await?.json()?,
+        serde_json::json!({"version": 1})
+    );
+
+    // Delete: nothing answers any more.
+    let delete = Envelope::new("d-1", "/cli")
+        .subject("hello")
+        .encode::<FunctionDeleted>(&FunctionDeletion {
+            name,
+            extra: Default::default(),
+        });
+    assert_eq!(reply(&rig, delete).await?.ty(), ServiceDeleted::TYPE);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        get(&format!("{}/health", back.url)).await.is_err(),
+        "a deleted function still answers"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_function_that_cannot_start_fails_with_its_output() -> Result<()> {
+    let rig = rig("broken");
+    let broken = built(&rig, "broken", "exports.somethingElse = 1;").await?;
+    let failed = reply(&rig, broken).await?;
+    assert_eq!(failed.ty(), ServiceFailed::TYPE, "{failed:?}");
+    let failure = decode::<ServiceFailed>(&failed)?;
+    assert_eq!(failure.reason, "RevisionFailed");
+    assert!(
+        failure
+            .message
+            .contains("does not export a function named handler"),
+        "{}",
+        failure.message
+    );
+    // Nothing to roll back to.
+    let rollback = Envelope::new("r-2", "/cli")
+        .subject("broken")
+        .encode::<FunctionRollback>(&RollbackRequest {
+            name: FunctionName::new("broken")?,
+            to_revision: None,
+            extra: Default::default(),
+        });
+    let missing = decode::<ServiceFailed>(&reply(&rig, rollback).await?)
+        .context("rollback without revisions")?;
+    assert_eq!(missing.reason, "RevisionMissing");
+    Ok(())
+}
