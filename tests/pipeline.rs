@@ -1,31 +1,22 @@
-//! The whole pipeline in one process: the five real stages on the embedded broker wired from
-//! the Trigger manifests in `eventing/` (the choreography as data, running), with the local
-//! object store, builder and runner. A Python function goes from submission to a running,
+//! The whole pipeline in one process, as `klambda up` runs it: the five real stages on the
+//! embedded broker wired from the Trigger manifests in `eventing/` (the choreography as data,
+//! running), with the local object store, builder and runner. A Python function goes from submission to a running,
 //! invocable revision.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 use cloudevents::Event;
-use context_uploader::ContextUploader;
-use job_launcher::JobLauncher;
-use job_launcher::builder::local::LocalBuilder;
-use klambda_broker::{Broker, InProcess, Ingress, Subscriber, trigger};
+use klambda_broker::Broker;
+use klambda_cli::embedded;
 use klambda_events::catalogue::FunctionCreated;
 use klambda_events::data::Phase;
 use klambda_events::spec::FunctionSubmission;
 use klambda_events::{Envelope, EventType as _, Stage};
-use klambda_harness::{Handler, Harness};
-use klambda_storage::{LocalDir, ObjectStore};
 use klambda_test_support::http::post;
 use klambda_test_support::repo;
-use parser::Parser;
-use service_deployer::ServiceDeployer;
-use service_deployer::deployer::local::LocalRunner;
-use status_reporter::StatusReporter;
 use status_reporter::fold::FunctionState;
 use status_reporter::store::StatusStore;
 
@@ -36,41 +27,23 @@ struct Pipeline {
     store: Arc<dyn StatusStore>,
 }
 
-/// A stage in-process, by its Service name, with its side events going into the broker.
-fn stage<H: Handler>(handler: H, ingress: &Ingress) -> (String, Arc<dyn Subscriber>) {
-    let name = handler.stage().service_name();
-    let harness = Harness::new(handler).with_publisher(Arc::new(ingress.clone()));
-    (name.to_owned(), Arc::new(InProcess::new(harness, name)))
-}
-
+/// The embedded platform (what `klambda up` runs) on a fresh data directory.
 fn start() -> Result<Pipeline> {
-    let root = std::env::temp_dir().join(format!(
+    let data_dir = std::env::temp_dir().join(format!(
         "klambda-pipeline-{}-{}",
         std::process::id(),
         RUN.fetch_add(1, Ordering::SeqCst)
     ));
-    let _ = std::fs::remove_dir_all(&root);
-    std::fs::create_dir_all(&root)?;
-    let objects: Arc<dyn ObjectStore> = Arc::new(LocalDir::new(root.join("store")));
-    let store: Arc<dyn StatusStore> = Arc::from(status_reporter::store::open(&format!(
-        "sqlite:{}",
-        root.join("status.db").display()
-    ))?);
-    let ingress = Ingress::new();
-    let builder = Arc::new(LocalBuilder::new(Arc::clone(&objects), root.join("builds")));
-    let subscribers: HashMap<String, Arc<dyn Subscriber>> = [
-        stage(Parser::new(), &ingress),
-        stage(ContextUploader::new(Arc::clone(&objects)), &ingress),
-        stage(JobLauncher::new(builder, Arc::clone(&objects)), &ingress),
-        stage(ServiceDeployer::new(Arc::new(LocalRunner::new())), &ingress),
-        stage(StatusReporter::new(Arc::clone(&store)), &ingress),
-    ]
-    .into_iter()
-    .collect();
-    let triggers = trigger::load(&repo::root().join("eventing"), "klambda")?;
-    let broker = Broker::start(triggers, &subscribers)?;
-    ingress.connect(&broker);
-    Ok(Pipeline { broker, store })
+    let _ = std::fs::remove_dir_all(&data_dir);
+    let platform = embedded::Platform::start(&embedded::Settings {
+        data_dir,
+        eventing_dir: repo::root().join("eventing"),
+        database_url: None,
+    })?;
+    Ok(Pipeline {
+        broker: platform.broker,
+        store: platform.store,
+    })
 }
 
 impl Pipeline {

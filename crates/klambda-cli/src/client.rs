@@ -1,0 +1,482 @@
+//! The client commands, talking HTTP to a running platform (`klambda up`, or the broker ingress
+//! and status reporter of a cluster).
+
+use std::path::Path;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context as _, Result, bail};
+use base64::Engine as _;
+use bytes::Bytes;
+use http::Request;
+use http_body_util::{BodyExt as _, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use klambda_events::catalogue::{
+    FunctionCreated, FunctionDeleted, FunctionRollback, FunctionUpdated,
+};
+use klambda_events::data::{FunctionDeletion, RollbackRequest};
+use klambda_events::spec::FunctionSubmission;
+use klambda_events::{Envelope, FunctionName};
+use serde_json::Value;
+
+/// The files never packaged from a function directory.
+const SKIPPED: &[&str] = &[
+    "klambda.json",
+    "node_modules",
+    ".git",
+    "__pycache__",
+    ".deps",
+    ".venv",
+];
+
+/// How output is printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    /// Lines for people.
+    Text,
+    /// One JSON document (or one per line while following).
+    Json,
+}
+
+/// A platform's HTTP endpoint.
+#[derive(Debug, Clone)]
+pub struct Platform {
+    endpoint: String,
+    client: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+}
+
+/// An HTTP answer.
+struct Answer {
+    status: u16,
+    headers: http::HeaderMap,
+    body: Bytes,
+}
+
+impl Platform {
+    /// The platform at `endpoint` (e.g. `http://127.0.0.1:8080`).
+    pub fn new(endpoint: &str) -> Self {
+        Self {
+            endpoint: endpoint.trim_end_matches('/').to_owned(),
+            client: Client::builder(TokioExecutor::new()).build_http(),
+        }
+    }
+
+    async fn send(&self, request: Request<Full<Bytes>>) -> Result<Answer> {
+        let uri = request.uri().to_string();
+        let response = self.client.request(request).await.with_context(|| {
+            format!("cannot reach {uri}: is the platform running? Start it with `klambda up`")
+        })?;
+        let (parts, body) = response.into_parts();
+        Ok(Answer {
+            status: parts.status.as_u16(),
+            headers: parts.headers,
+            body: body.collect().await?.to_bytes(),
+        })
+    }
+
+    async fn get(&self, path: &str) -> Result<Answer> {
+        self.send(Request::get(format!("{}{path}", self.endpoint)).body(Full::new(Bytes::new()))?)
+            .await
+    }
+
+    async fn get_json(&self, path: &str) -> Result<Option<Value>> {
+        let answer = self.get(path).await?;
+        match answer.status {
+            200 => Ok(Some(serde_json::from_slice(&answer.body)?)),
+            404 => Ok(None),
+            status => bail!(
+                "{path} answered {status}: {}",
+                String::from_utf8_lossy(&answer.body)
+            ),
+        }
+    }
+
+    /// Publishes an event to the broker ingress.
+    async fn publish(&self, event: &cloudevents::Event) -> Result<()> {
+        let body = serde_json::to_vec(&klambda_harness::codec::to_structured(event))?;
+        let request = Request::post(format!("{}/", self.endpoint))
+            .header("content-type", "application/cloudevents+json")
+            .body(Full::new(Bytes::from(body)))?;
+        let answer = self.send(request).await?;
+        if answer.status != 202 {
+            bail!(
+                "the broker refused the event ({}): {}",
+                answer.status,
+                String::from_utf8_lossy(&answer.body)
+            );
+        }
+        Ok(())
+    }
+
+    /// The highest event sequence recorded for `name` so far (0 when none).
+    async fn last_seq(&self, name: &str) -> Result<i64> {
+        let events = self
+            .get_json(&format!("/functions/{name}/events?limit=10000"))
+            .await?;
+        Ok(events
+            .and_then(|e| {
+                e.as_array()
+                    .and_then(|a| a.last().map(|l| l["seq"].as_i64().unwrap_or(0)))
+            })
+            .unwrap_or(0))
+    }
+
+    /// Prints `name`'s events after `since` as they arrive, until one of `ends` (exit code 0)
+    /// or a failure type (exit code 1).
+    async fn follow(&self, name: &str, since: i64, ends: &[&str], output: Output) -> Result<i32> {
+        let started = Instant::now();
+        let mut seen = since;
+        loop {
+            let events = self
+                .get_json(&format!("/functions/{name}/events?limit=10000"))
+                .await?
+                .unwrap_or(Value::Array(Vec::new()));
+            for entry in events.as_array().into_iter().flatten() {
+                let seq = entry["seq"].as_i64().unwrap_or(0);
+                if seq <= seen {
+                    continue;
+                }
+                seen = seq;
+                let event = &entry["event"];
+                let ty = event["type"].as_str().unwrap_or_default();
+                let short = ty.strip_prefix(klambda_events::TYPE_PREFIX).unwrap_or(ty);
+                if short == "status.updated" {
+                    continue;
+                }
+                match output {
+                    Output::Json => println!("{}", serde_json::to_string(entry)?),
+                    Output::Text => println!(
+                        "{:>8} ms  {short:<18} {}",
+                        started.elapsed().as_millis(),
+                        detail(short, &event["data"])
+                    ),
+                }
+                if ends.contains(&short) {
+                    return Ok(0);
+                }
+                if matches!(
+                    short,
+                    "parser.failed"
+                        | "build.failed"
+                        | "build.timeout"
+                        | "build.cancelled"
+                        | "service.failed"
+                ) {
+                    return Ok(1);
+                }
+            }
+            if started.elapsed() > Duration::from_secs(600) {
+                bail!(
+                    "{name} did not finish within 10 minutes; `klambda events {name}` shows where it is"
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// The interesting part of an event's data, for one line.
+fn detail(short: &str, data: &Value) -> String {
+    let text = |key: &str| data[key].as_str().unwrap_or_default().to_owned();
+    match short {
+        "parser.completed" => format!(
+            "digest {}",
+            data["digest"]
+                .as_str()
+                .unwrap_or_default()
+                .get(..19)
+                .unwrap_or_default()
+        ),
+        "parser.failed" => data["problems"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|p| {
+                format!(
+                    "\n              {}: {}",
+                    p["field"].as_str().unwrap_or_default(),
+                    p["reason"].as_str().unwrap_or_default()
+                )
+            })
+            .collect(),
+        "context.uploaded" => format!("{} bytes", data["context"]["size"]),
+        "build.started" => text("buildId"),
+        "build.completed" => format!(
+            "{}{}",
+            text("image"),
+            if data["cached"] == true {
+                " (cached)"
+            } else {
+                ""
+            }
+        ),
+        "build.failed" => format!(
+            "{}: {}\n{}",
+            text("cause"),
+            text("reason"),
+            text("logExcerpt")
+        ),
+        "service.created" | "service.updated" => text("revision"),
+        "service.ready" => format!("{} at {}", text("revision"), text("url")),
+        "service.failed" => format!("{}: {}", text("reason"), text("message")),
+        _ => String::new(),
+    }
+}
+
+fn event_id(prefix: &str) -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    format!("{prefix}-{nanos:x}-{}", std::process::id())
+}
+
+/// Reads `dir/klambda.json` and the function's files into a submission.
+pub fn package(dir: &Path) -> Result<FunctionSubmission> {
+    let manifest_path = dir.join("klambda.json");
+    let manifest = std::fs::read_to_string(&manifest_path).with_context(|| {
+        format!(
+            "{} is missing: a function directory needs a manifest with name, runtime and handler",
+            manifest_path.display()
+        )
+    })?;
+    let mut manifest: Value = serde_json::from_str(&manifest)
+        .with_context(|| format!("{} is not valid JSON", manifest_path.display()))?;
+    let mut files = Vec::new();
+    collect(dir, dir, &mut files)?;
+    files.sort_by(|a: &Value, b: &Value| a["path"].as_str().cmp(&b["path"].as_str()));
+    manifest["source"] = serde_json::json!({"kind": "inline", "files": files});
+    serde_json::from_value(manifest).with_context(|| {
+        format!(
+            "{} needs name, runtime and handler",
+            manifest_path.display()
+        )
+    })
+}
+
+fn collect(root: &Path, dir: &Path, out: &mut Vec<Value>) -> Result<()> {
+    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if SKIPPED.contains(&name.as_str()) {
+            continue;
+        }
+        let path = entry.path();
+        if entry.file_type()?.is_dir() {
+            collect(root, &path, out)?;
+        } else if entry.file_type()?.is_file() {
+            let relative = path
+                .strip_prefix(root)?
+                .to_string_lossy()
+                .replace('\\', "/");
+            let bytes = std::fs::read(&path)?;
+            out.push(match String::from_utf8(bytes) {
+                Ok(text) => serde_json::json!({"path": relative, "content": text}),
+                Err(e) => serde_json::json!({"path": relative, "content": base64::engine::general_purpose::STANDARD.encode(e.as_bytes()), "encoding": "base64"}),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// `klambda deploy DIR`: submits the function and follows it until ready or failed.
+pub async fn deploy(platform: &Platform, dir: &Path, output: Output) -> Result<i32> {
+    let submission = package(dir)?;
+    let name = submission.name.clone();
+    let exists = platform
+        .get_json(&format!("/functions/{name}"))
+        .await?
+        .is_some();
+    let since = platform.last_seq(&name).await?;
+    let envelope = Envelope::new(event_id("deploy"), "/klambda-cli").subject(name.clone());
+    let event = if exists {
+        envelope.encode::<FunctionUpdated>(&submission)
+    } else {
+        envelope.encode::<FunctionCreated>(&submission)
+    };
+    platform.publish(&event).await?;
+    if output == Output::Text {
+        println!(
+            "{} {name} ({} files)",
+            if exists { "updating" } else { "creating" },
+            match &submission.source {
+                klambda_events::spec::SourceSubmission::Inline { files } => files.len(),
+                _ => 0,
+            }
+        );
+    }
+    platform
+        .follow(&name, since, &["service.ready"], output)
+        .await
+}
+
+/// `klambda invoke NAME [DATA]`: sends one event to the function and prints its reply.
+pub async fn invoke(platform: &Platform, name: &str, data: &str, event_type: &str) -> Result<i32> {
+    let function = platform
+        .get_json(&format!("/functions/{name}"))
+        .await?
+        .with_context(|| {
+            format!("no function named {name}; deploy it with `klambda deploy DIR`")
+        })?;
+    let url = function["url"].as_str().with_context(|| {
+        format!(
+            "{name} is not serving (phase {}); see `klambda events {name}`",
+            function["phase"]
+        )
+    })?;
+    let _: Value =
+        serde_json::from_str(data).context("DATA must be JSON, e.g. '{\"name\":\"world\"}'")?;
+    let request = Request::post(format!("{url}/"))
+        .header("ce-specversion", "1.0")
+        .header("ce-id", event_id("invoke"))
+        .header("ce-source", "/klambda-cli")
+        .header("ce-type", event_type)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(data.to_owned())))?;
+    let answer = platform.send(request).await?;
+    let text = String::from_utf8_lossy(&answer.body);
+    match answer.status {
+        200 => {
+            let pretty = serde_json::from_slice::<Value>(&answer.body)
+                .and_then(|v| serde_json::to_string_pretty(&v))
+                .unwrap_or_else(|_| text.into_owned());
+            println!("{pretty}");
+            Ok(0)
+        }
+        202 => {
+            eprintln!(
+                "accepted, no reply ({})",
+                answer
+                    .headers
+                    .get("ce-type")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("no event")
+            );
+            Ok(0)
+        }
+        status => {
+            eprintln!("the function answered {status}: {text}");
+            Ok(1)
+        }
+    }
+}
+
+/// `klambda status [NAME]`.
+pub async fn status(platform: &Platform, name: Option<&str>, output: Output) -> Result<i32> {
+    let path = name.map_or_else(|| "/functions".to_owned(), |n| format!("/functions/{n}"));
+    let Some(value) = platform.get_json(&path).await? else {
+        eprintln!("no function named {}", name.unwrap_or_default());
+        return Ok(1);
+    };
+    if output == Output::Json {
+        println!("{}", serde_json::to_string_pretty(&value)?);
+        return Ok(0);
+    }
+    let list = if value.is_array() {
+        value.as_array().cloned().unwrap_or_default()
+    } else {
+        vec![value]
+    };
+    println!(
+        "{:<24} {:<10} {:<16} URL / LAST ERROR",
+        "NAME", "PHASE", "REVISION"
+    );
+    for f in list {
+        let tail = f["url"]
+            .as_str()
+            .or(f["lastError"].as_str())
+            .unwrap_or_default();
+        println!(
+            "{:<24} {:<10} {:<16} {tail}",
+            f["name"].as_str().unwrap_or_default(),
+            f["phase"].as_str().unwrap_or_default(),
+            f["revision"].as_str().unwrap_or("-")
+        );
+    }
+    Ok(0)
+}
+
+/// `klambda events NAME`.
+pub async fn events(platform: &Platform, name: &str, output: Output) -> Result<i32> {
+    let events = platform
+        .get_json(&format!("/functions/{name}/events?limit=10000"))
+        .await?
+        .unwrap_or_default();
+    for entry in events.as_array().into_iter().flatten() {
+        match output {
+            Output::Json => println!("{}", serde_json::to_string(entry)?),
+            Output::Text => {
+                let event = &entry["event"];
+                let ty = event["type"].as_str().unwrap_or_default();
+                let short = ty.strip_prefix(klambda_events::TYPE_PREFIX).unwrap_or(ty);
+                println!(
+                    "{:>5}  {}  {short:<18} {}  {}",
+                    entry["seq"],
+                    entry["receivedAt"].as_str().unwrap_or_default(),
+                    event["id"].as_str().unwrap_or_default(),
+                    detail(short, &event["data"])
+                );
+            }
+        }
+    }
+    Ok(0)
+}
+
+/// `klambda replay EVENT_ID`: publishes a recorded event again, exactly as recorded.
+pub async fn replay(platform: &Platform, id: &str) -> Result<i32> {
+    let answer = platform.get(&format!("/events/{id}")).await?;
+    if answer.status != 200 {
+        bail!("no recorded event with id {id} (`klambda events NAME` lists them)");
+    }
+    let request = Request::post(format!("{}/", platform.endpoint))
+        .header("content-type", "application/cloudevents+json")
+        .body(Full::new(answer.body))?;
+    let answer = platform.send(request).await?;
+    if answer.status != 202 {
+        bail!(
+            "the broker refused the replay ({}): {}",
+            answer.status,
+            String::from_utf8_lossy(&answer.body)
+        );
+    }
+    println!("replayed {id}");
+    Ok(0)
+}
+
+/// `klambda delete NAME`.
+pub async fn delete(platform: &Platform, name: &str, output: Output) -> Result<i32> {
+    let function = FunctionName::new(name).map_err(|e| anyhow::anyhow!("{name:?} {e}"))?;
+    let since = platform.last_seq(name).await?;
+    let event = Envelope::new(event_id("delete"), "/klambda-cli")
+        .subject(name)
+        .encode::<FunctionDeleted>(&FunctionDeletion {
+            name: function,
+            extra: Default::default(),
+        });
+    platform.publish(&event).await?;
+    platform
+        .follow(name, since, &["service.deleted"], output)
+        .await
+}
+
+/// `klambda rollback NAME [--to REVISION]`.
+pub async fn rollback(
+    platform: &Platform,
+    name: &str,
+    to: Option<String>,
+    output: Output,
+) -> Result<i32> {
+    let function = FunctionName::new(name).map_err(|e| anyhow::anyhow!("{name:?} {e}"))?;
+    let since = platform.last_seq(name).await?;
+    let event = Envelope::new(event_id("rollback"), "/klambda-cli")
+        .subject(name)
+        .encode::<FunctionRollback>(&RollbackRequest {
+            name: function,
+            to_revision: to,
+            extra: Default::default(),
+        });
+    platform.publish(&event).await?;
+    platform
+        .follow(name, since, &["service.ready"], output)
+        .await
+}

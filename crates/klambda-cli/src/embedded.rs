@@ -1,0 +1,118 @@
+//! The embedded platform: the broker wired from `eventing/`, the five stages in-process, and
+//! the local backends (object store, builder, runner, status store) under one data directory.
+//! What `klambda up` runs, and what the end-to-end tests start.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context as _, Result};
+use context_uploader::ContextUploader;
+use job_launcher::JobLauncher;
+use job_launcher::builder::local::LocalBuilder;
+use klambda_broker::{Broker, InProcess, Ingress, Subscriber, trigger};
+use klambda_harness::{Handler, Harness};
+use klambda_storage::{LocalDir, ObjectStore};
+use parser::Parser;
+use service_deployer::ServiceDeployer;
+use service_deployer::deployer::local::LocalRunner;
+use status_reporter::StatusReporter;
+use status_reporter::store::StatusStore;
+
+/// The name of the Broker in `eventing/`.
+pub const BROKER: &str = "klambda";
+
+/// Where the embedded platform keeps its data and finds its choreography.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Object store, builds and the status database live here.
+    pub data_dir: PathBuf,
+    /// The Trigger manifests (`eventing/`).
+    pub eventing_dir: PathBuf,
+    /// The status store (`sqlite:…` or `postgres://…`); SQLite in the data dir by default.
+    pub database_url: Option<String>,
+}
+
+/// A running embedded platform.
+#[derive(Clone)]
+pub struct Platform {
+    /// The broker: publish events here.
+    pub broker: Broker,
+    /// The status store the status reporter writes.
+    pub store: Arc<dyn StatusStore>,
+    /// The status reporter's handler (its query routes).
+    pub reporter: StatusReporter,
+}
+
+/// A stage in-process, by its Service name, with its side events going into the broker.
+fn stage<H: Handler>(handler: H, ingress: &Ingress) -> (String, Arc<dyn Subscriber>) {
+    let name = handler.stage().service_name();
+    let harness = Harness::new(handler).with_publisher(Arc::new(ingress.clone()));
+    (name.to_owned(), Arc::new(InProcess::new(harness, name)))
+}
+
+impl Platform {
+    /// Starts everything. Must run inside a Tokio runtime.
+    pub fn start(settings: &Settings) -> Result<Self> {
+        std::fs::create_dir_all(&settings.data_dir).with_context(|| {
+            format!(
+                "creating the data directory {}",
+                settings.data_dir.display()
+            )
+        })?;
+        let data = |name: &str| settings.data_dir.join(name);
+        let objects: Arc<dyn ObjectStore> = Arc::new(LocalDir::new(data("store")));
+        let database_url = settings
+            .database_url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite:{}", data("status.db").display()));
+        let store: Arc<dyn StatusStore> = Arc::from(
+            status_reporter::store::open(&database_url).context("opening the status store")?,
+        );
+        let reporter = StatusReporter::new(Arc::clone(&store));
+        let ingress = Ingress::new();
+        let builder = Arc::new(LocalBuilder::new(Arc::clone(&objects), data("builds")));
+        let subscribers: HashMap<String, Arc<dyn Subscriber>> = [
+            stage(Parser::new(), &ingress),
+            stage(ContextUploader::new(Arc::clone(&objects)), &ingress),
+            stage(JobLauncher::new(builder, Arc::clone(&objects)), &ingress),
+            stage(ServiceDeployer::new(Arc::new(LocalRunner::new())), &ingress),
+            stage(reporter.clone(), &ingress),
+        ]
+        .into_iter()
+        .collect();
+        let triggers = trigger::load(&settings.eventing_dir, BROKER).with_context(|| {
+            format!(
+                "loading the Triggers in {}",
+                settings.eventing_dir.display()
+            )
+        })?;
+        let broker = Broker::start(triggers, &subscribers)?;
+        ingress.connect(&broker);
+        Ok(Self {
+            broker,
+            store,
+            reporter,
+        })
+    }
+}
+
+/// The `eventing/` folder: `$KLAMBDA_EVENTING_DIR`, else `eventing/` in the current directory
+/// or above it (so `klambda up` works from anywhere in a checkout).
+pub fn find_eventing_dir(explicit: Option<&Path>) -> Result<PathBuf> {
+    if let Some(dir) = explicit {
+        return Ok(dir.to_owned());
+    }
+    let mut dir = std::env::current_dir()?;
+    loop {
+        let candidate = dir.join("eventing");
+        if candidate.join("broker.yaml").is_file() {
+            return Ok(candidate);
+        }
+        if !dir.pop() {
+            anyhow::bail!(
+                "no eventing/ folder (with broker.yaml) here or above; run from the knative-lambda checkout or pass --eventing-dir"
+            );
+        }
+    }
+}

@@ -1,0 +1,177 @@
+//! `klambda`: run the platform on one machine and talk to it.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context as _, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use klambda_cli::client::{self, Output, Platform};
+use klambda_cli::{embedded, server};
+
+#[derive(Parser)]
+#[command(
+    name = "klambda",
+    version,
+    about = "A serverless function platform on Knative, or on one machine."
+)]
+struct Cli {
+    /// The platform's endpoint (broker ingress and status API).
+    #[arg(
+        long,
+        global = true,
+        env = "KLAMBDA_ENDPOINT",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    endpoint: String,
+    /// Output format.
+    #[arg(long, short, global = true, value_enum, default_value = "text")]
+    output: Format,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the whole platform here: broker, five stages, local storage, builder and runner.
+    Up {
+        /// Port of the broker ingress and status API.
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+        /// Where builds, contexts and the status database live.
+        #[arg(long, default_value = ".klambda")]
+        data_dir: PathBuf,
+        /// The Trigger manifests (default: eventing/ here or above).
+        #[arg(long)]
+        eventing_dir: Option<PathBuf>,
+        /// Status store (`sqlite:PATH` or `postgres://…`); SQLite in the data dir by default.
+        #[arg(long, env = "DATABASE_URL")]
+        database_url: Option<String>,
+    },
+    /// Deploy the function in DIR (klambda.json + its files) and follow it until ready.
+    Deploy { dir: PathBuf },
+    /// Send an event to a function and print its reply.
+    Invoke {
+        name: String,
+        /// The event data (JSON).
+        #[arg(default_value = "{}")]
+        data: String,
+        /// The event type.
+        #[arg(long = "type", default_value = "klambda.invoke")]
+        event_type: String,
+    },
+    /// Show every function, or one.
+    Status { name: Option<String> },
+    /// Show a function's events.
+    Events { name: String },
+    /// Publish a recorded event again.
+    Replay { event_id: String },
+    /// Delete a function.
+    Delete { name: String },
+    /// Serve a function's previous revision again.
+    Rollback {
+        name: String,
+        /// The revision to return to (default: the one before the current).
+        #[arg(long)]
+        to: Option<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("klambda: could not start the async runtime: {error}");
+            return ExitCode::from(70);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        Err(error) => {
+            eprintln!("klambda: {error:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<i32> {
+    let output = match cli.output {
+        Format::Text => Output::Text,
+        Format::Json => Output::Json,
+    };
+    let platform = Platform::new(&cli.endpoint);
+    match cli.command {
+        Command::Up {
+            port,
+            data_dir,
+            eventing_dir,
+            database_url,
+        } => up(port, data_dir, eventing_dir, database_url).await,
+        Command::Deploy { dir } => client::deploy(&platform, &dir, output).await,
+        Command::Invoke {
+            name,
+            data,
+            event_type,
+        } => client::invoke(&platform, &name, &data, &event_type).await,
+        Command::Status { name } => client::status(&platform, name.as_deref(), output).await,
+        Command::Events { name } => client::events(&platform, &name, output).await,
+        Command::Replay { event_id } => client::replay(&platform, &event_id).await,
+        Command::Delete { name } => client::delete(&platform, &name, output).await,
+        Command::Rollback { name, to } => client::rollback(&platform, &name, to, output).await,
+    }
+}
+
+async fn up(
+    port: u16,
+    data_dir: PathBuf,
+    eventing_dir: Option<PathBuf>,
+    database_url: Option<String>,
+) -> Result<i32> {
+    tracing_init();
+    let settings = embedded::Settings {
+        data_dir,
+        eventing_dir: embedded::find_eventing_dir(eventing_dir.as_deref())?,
+        database_url,
+    };
+    let platform = embedded::Platform::start(&settings)?;
+    let address = SocketAddr::from(([127, 0, 0, 1], port));
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .with_context(|| {
+            format!("cannot listen on {address}; is another klambda up running? Use --port")
+        })?;
+    let address = listener.local_addr()?;
+    println!("klambda is up");
+    println!("  broker ingress  http://{address}/          (POST CloudEvents)");
+    println!("  status          http://{address}/functions");
+    println!("  data            {}", settings.data_dir.display());
+    println!("  triggers        {}", settings.eventing_dir.display());
+    println!("deploy a function: klambda deploy examples/hello-python   (Ctrl-C stops)");
+    axum::serve(listener, server::router(platform))
+        .with_graceful_shutdown(klambda_harness::serve::shutdown_signal())
+        .await?;
+    Ok(0)
+}
+
+/// Logs for `klambda up`: text on stdout, `RUST_LOG` (default `warn`, so the terminal stays
+/// readable for the endpoints and the functions' own output).
+fn tracing_init() {
+    let settings = klambda_harness::Settings {
+        log_format: klambda_harness::config::LogFormat::Text,
+        log_filter: std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".to_owned()),
+        ..klambda_harness::Settings::default()
+    };
+    if let Err(error) = klambda_harness::telemetry::init("klambda", &settings) {
+        eprintln!("klambda: logging is off: {error}");
+    }
+}

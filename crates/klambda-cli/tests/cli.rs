@@ -1,0 +1,181 @@
+//! The real `klambda` binary end to end: `klambda up` on a free port, both examples deployed and
+//! invoked, an unchanged redeploy served from the cache, status, events, replay, delete.
+
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+use klambda_test_support::repo;
+
+const BIN: &str = env!("CARGO_BIN_EXE_klambda");
+
+struct Up {
+    child: Child,
+    endpoint: String,
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        // SIGTERM: `klambda up` stops its functions on the way out.
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+    }
+}
+
+fn up(data: &Path) -> Result<Up> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let child = Command::new(BIN)
+        .args(["up", "--port", &port.to_string(), "--data-dir"])
+        .arg(data)
+        .arg("--eventing-dir")
+        .arg(repo::root().join("eventing"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()?;
+    let up = Up {
+        child,
+        endpoint: format!("http://127.0.0.1:{port}"),
+    };
+    // Wait for an HTTP answer, not a TCP connect: on loopback a connect to a free ephemeral
+    // port can connect to itself and look like a listener.
+    let started = Instant::now();
+    while !Command::new(BIN)
+        .args(["--endpoint", &up.endpoint, "status"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+    {
+        if started.elapsed() > Duration::from_secs(20) {
+            bail!("klambda up did not answer within 20 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(up)
+}
+
+fn klambda(up: &Up, args: &[&str]) -> Result<Output> {
+    let output = Command::new(BIN)
+        .arg("--endpoint")
+        .arg(&up.endpoint)
+        .args(args)
+        .current_dir(repo::root())
+        .output()?;
+    Ok(output)
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+#[test]
+fn deploy_invoke_redeploy_replay_delete() -> Result<()> {
+    let data = std::env::temp_dir().join(format!("klambda-cli-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&data);
+    let up = up(&data)?;
+
+    for (example, name) in [
+        ("examples/hello-python", "hello-python"),
+        ("examples/hello-node", "hello-node"),
+    ] {
+        let deployed = klambda(&up, &["deploy", example])?;
+        assert!(
+            deployed.status.success(),
+            "deploy {example}: {}",
+            text(&deployed)
+        );
+        let log = text(&deployed);
+        for stage in [
+            "parser.completed",
+            "context.uploaded",
+            "build.completed",
+            "service.created",
+            "service.ready",
+        ] {
+            assert!(
+                log.contains(stage),
+                "deploy {example} did not show {stage}:\n{log}"
+            );
+        }
+        let invoked = klambda(&up, &["invoke", name, r#"{"name":"Knative"}"#])?;
+        assert!(
+            invoked.status.success(),
+            "invoke {name}: {}",
+            text(&invoked)
+        );
+        let reply: serde_json::Value =
+            serde_json::from_slice(&invoked.stdout).with_context(|| text(&invoked))?;
+        assert_eq!(reply["message"], "Hello, Knative!", "{reply}");
+    }
+    // The Python example's dependency was installed at build time.
+    let reply = klambda(&up, &["invoke", "hello-python"])?;
+    let reply: serde_json::Value = serde_json::from_slice(&reply.stdout)?;
+    assert_eq!(reply["six"], "1.16.0");
+
+    // An unchanged redeploy: no build (the digest's build record is a cache hit), same revision.
+    let again = klambda(&up, &["deploy", "examples/hello-node"])?;
+    let log = text(&again);
+    assert!(again.status.success(), "{log}");
+    assert!(
+        log.contains("(cached)"),
+        "an unchanged redeploy must not build:\n{log}"
+    );
+    assert!(!log.contains("build.started"), "{log}");
+
+    let status = klambda(&up, &["status", "hello-node", "--output", "json"])?;
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout)?;
+    assert_eq!(status["phase"], "ready");
+    assert_eq!(status["revision"], "hello-node-00001");
+
+    // Replay a recorded submission: the log keeps it once and nothing changes.
+    let events = klambda(&up, &["events", "hello-node", "--output", "json"])?;
+    let first: serde_json::Value = serde_json::from_str(
+        String::from_utf8_lossy(&events.stdout)
+            .lines()
+            .next()
+            .context("events")?,
+    )?;
+    let id = first["event"]["id"].as_str().context("an event id")?;
+    let replayed = klambda(&up, &["replay", id])?;
+    assert!(replayed.status.success(), "{}", text(&replayed));
+
+    let deleted = klambda(&up, &["delete", "hello-node"])?;
+    assert!(deleted.status.success(), "{}", text(&deleted));
+    let status = klambda(&up, &["status", "hello-node", "--output", "json"])?;
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout)?;
+    assert_eq!(status["phase"], "deleted");
+    let gone = klambda(&up, &["invoke", "hello-node"])?;
+    assert!(
+        !gone.status.success(),
+        "a deleted function must not answer: {}",
+        text(&gone)
+    );
+    Ok(())
+}
+
+#[test]
+fn client_commands_say_what_to_do_when_nothing_runs() -> Result<()> {
+    let output = Command::new(BIN)
+        .args(["--endpoint", "http://127.0.0.1:1", "status"])
+        .output()?;
+    assert!(!output.status.success());
+    assert!(text(&output).contains("klambda up"), "{}", text(&output));
+    Ok(())
+}
