@@ -179,3 +179,139 @@ fn client_commands_say_what_to_do_when_nothing_runs() -> Result<()> {
     assert!(text(&output).contains("klambda up"), "{}", text(&output));
     Ok(())
 }
+
+/// Copies an example to a temporary directory so a test can change it.
+fn copy_example(example: &str, to: &Path) -> Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(repo::root().join(example))? {
+        let entry = entry?;
+        std::fs::copy(entry.path(), to.join(entry.file_name()))?;
+    }
+    Ok(())
+}
+
+#[test]
+fn update_rollback_failures_and_stage_replays() -> Result<()> {
+    let data = std::env::temp_dir().join(format!("klambda-cli-life-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&data);
+    let up = up(&data.join("platform"))?;
+    let dir = data.join("fn");
+    copy_example("examples/hello-node", &dir)?;
+    let dir_arg = dir.display().to_string();
+    assert!(klambda(&up, &["deploy", &dir_arg])?.status.success());
+
+    // Replay every stage's input event three times: still one build and one revision.
+    let events = klambda(&up, &["events", "hello-node", "--output", "json"])?;
+    let ids: Vec<String> = String::from_utf8_lossy(&events.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| {
+            let ty = e["event"]["type"].as_str().unwrap_or_default();
+            [
+                "function.created",
+                "parser.completed",
+                "context.uploaded",
+                "build.completed",
+            ]
+            .iter()
+            .any(|s| ty.ends_with(s))
+        })
+        .filter_map(|e| e["event"]["id"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(ids.len(), 4, "{}", String::from_utf8_lossy(&events.stdout));
+    for id in &ids {
+        for _ in 0..3 {
+            assert!(klambda(&up, &["replay", id])?.status.success());
+        }
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let events = klambda(&up, &["events", "hello-node", "--output", "json"])?;
+    let log: Vec<serde_json::Value> = String::from_utf8_lossy(&events.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let real_builds = log
+        .iter()
+        .filter(|e| {
+            e["event"]["type"]
+                .as_str()
+                .unwrap_or_default()
+                .ends_with("build.completed")
+                && e["event"]["data"]["cached"] == false
+        })
+        .count();
+    let revisions = log
+        .iter()
+        .filter(|e| {
+            e["event"]["type"]
+                .as_str()
+                .unwrap_or_default()
+                .ends_with("service.created")
+                || e["event"]["type"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .ends_with("service.updated")
+        })
+        .count();
+    assert_eq!(
+        (real_builds, revisions),
+        (1, 1),
+        "replays must not rebuild or redeploy"
+    );
+
+    // Update the source: a new revision serves the new code.
+    std::fs::write(
+        dir.join("index.js"),
+        "exports.handler = async (e) => { if (e.boom) throw new Error('kaboom'); return { message: 'v2' }; };",
+    )?;
+    let updated = klambda(&up, &["deploy", &dir_arg])?;
+    assert!(updated.status.success(), "{}", text(&updated));
+    assert!(
+        text(&updated).contains("hello-node-00002"),
+        "{}",
+        text(&updated)
+    );
+    let reply: serde_json::Value =
+        serde_json::from_slice(&klambda(&up, &["invoke", "hello-node"])?.stdout)?;
+    assert_eq!(reply["message"], "v2");
+
+    // A throwing handler: an error reply with its message, a failing exit code.
+    let thrown = klambda(&up, &["invoke", "hello-node", r#"{"boom":true}"#])?;
+    assert!(!thrown.status.success());
+    assert!(text(&thrown).contains("kaboom"), "{}", text(&thrown));
+
+    // Rollback: the first revision serves again.
+    let back = klambda(&up, &["rollback", "hello-node"])?;
+    assert!(back.status.success(), "{}", text(&back));
+    let reply: serde_json::Value = serde_json::from_slice(
+        &klambda(&up, &["invoke", "hello-node", r#"{"name":"again"}"#])?.stdout,
+    )?;
+    assert_eq!(reply["message"], "Hello, again!");
+
+    // A syntax error: build.failed with the compiler's message, exit code 1, still serving.
+    std::fs::write(dir.join("index.js"), "exports.handler = async (e) => {")?;
+    let broken = klambda(&up, &["deploy", &dir_arg])?;
+    assert!(!broken.status.success());
+    let log = text(&broken);
+    assert!(
+        log.contains("build.failed") && log.contains("SyntaxError"),
+        "{log}"
+    );
+    let status = klambda(&up, &["status", "hello-node", "--output", "json"])?;
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout)?;
+    assert_eq!(status["phase"], "failed");
+    assert!(
+        status["lastError"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("compileError"),
+        "{status}"
+    );
+    let still = klambda(&up, &["invoke", "hello-node", r#"{"name":"still"}"#])?;
+    assert!(
+        still.status.success(),
+        "the serving revision keeps serving: {}",
+        text(&still)
+    );
+    Ok(())
+}

@@ -145,9 +145,14 @@ pub fn fold(
         }
     } else if is(BuildFailed::TYPE) {
         next.phase = Phase::Failed;
-        next.last_error = decode::<BuildFailed>(event)
-            .ok()
-            .map(|f| format!("build failed ({:?}): {}", f.cause, f.reason));
+        next.last_error = decode::<BuildFailed>(event).ok().map(|f| {
+            // The cause as the contract spells it (`compileError`), not as Rust debug-prints it.
+            let cause = serde_json::to_value(f.cause)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default();
+            format!("build failed ({cause}): {}", f.reason)
+        });
     } else if is(BuildTimeout::TYPE) {
         next.phase = Phase::Failed;
         next.last_error = decode::<BuildTimeout>(event)
