@@ -480,3 +480,35 @@ pub async fn rollback(
         .follow(name, since, &["service.ready"], output)
         .await
 }
+
+/// `klambda logs NAME`: the latest build's log and the serving revision's output.
+pub async fn logs(platform: &Platform, name: &str, output: Output) -> Result<i32> {
+    let logs = platform
+        .get_json(&format!("/functions/{name}/logs"))
+        .await?
+        .with_context(|| format!("no function named {name}"))?;
+    if output == Output::Json {
+        println!("{}", serde_json::to_string_pretty(&logs)?);
+        return Ok(0);
+    }
+    let print = |title: String, lines: &Value| {
+        println!("== {title}");
+        for line in lines.as_array().into_iter().flatten() {
+            println!("{}", line.as_str().unwrap_or_default());
+        }
+    };
+    print(
+        format!("build {}", logs["build"]["id"].as_str().unwrap_or("-")),
+        &logs["build"]["lines"],
+    );
+    print(
+        format!(
+            "runtime {}",
+            logs["runtime"]["revision"]
+                .as_str()
+                .unwrap_or("(not serving)")
+        ),
+        &logs["runtime"]["lines"],
+    );
+    Ok(0)
+}

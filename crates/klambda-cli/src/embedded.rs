@@ -42,6 +42,10 @@ pub struct Platform {
     pub store: Arc<dyn StatusStore>,
     /// The status reporter's handler (its query routes).
     pub reporter: StatusReporter,
+    /// The local runner (its revisions' output, for `klambda logs`).
+    pub runner: Arc<LocalRunner>,
+    /// Where builds happen (`<builds>/<build id>/build.log`).
+    pub builds: PathBuf,
 }
 
 /// A stage in-process, by its Service name, with its side events going into the broker.
@@ -72,11 +76,12 @@ impl Platform {
         let reporter = StatusReporter::new(Arc::clone(&store));
         let ingress = Ingress::new();
         let builder = Arc::new(LocalBuilder::new(Arc::clone(&objects), data("builds")));
+        let runner = Arc::new(LocalRunner::new());
         let subscribers: HashMap<String, Arc<dyn Subscriber>> = [
             stage(Parser::new(), &ingress),
             stage(ContextUploader::new(Arc::clone(&objects)), &ingress),
             stage(JobLauncher::new(builder, Arc::clone(&objects)), &ingress),
-            stage(ServiceDeployer::new(Arc::new(LocalRunner::new())), &ingress),
+            stage(ServiceDeployer::new(Arc::clone(&runner) as _), &ingress),
             stage(reporter.clone(), &ingress),
         ]
         .into_iter()
@@ -93,6 +98,8 @@ impl Platform {
             broker,
             store,
             reporter,
+            runner,
+            builds: data("builds"),
         })
     }
 }

@@ -70,6 +70,8 @@ enum Command {
     Status { name: Option<String> },
     /// Show a function's events.
     Events { name: String },
+    /// Show a function's latest build log and its serving revision's output.
+    Logs { name: String },
     /// Publish a recorded event again.
     Replay { event_id: String },
     /// Delete a function.
@@ -125,6 +127,7 @@ async fn run(cli: Cli) -> Result<i32> {
         } => client::invoke(&platform, &name, &data, &event_type).await,
         Command::Status { name } => client::status(&platform, name.as_deref(), output).await,
         Command::Events { name } => client::events(&platform, &name, output).await,
+        Command::Logs { name } => client::logs(&platform, &name, output).await,
         Command::Replay { event_id } => client::replay(&platform, &event_id).await,
         Command::Delete { name } => client::delete(&platform, &name, output).await,
         Command::Rollback { name, to } => client::rollback(&platform, &name, to, output).await,

@@ -124,6 +124,16 @@ fn deploy_invoke_redeploy_replay_delete() -> Result<()> {
             serde_json::from_slice(&invoked.stdout).with_context(|| text(&invoked))?;
         assert_eq!(reply["message"], "Hello, Knative!", "{reply}");
     }
+    // Logs: the build's pip output and the running shim's own output.
+    let logs = klambda(&up, &["logs", "hello-python"])?;
+    let log = text(&logs);
+    assert!(logs.status.success(), "{log}");
+    assert!(log.contains("== build b-") && log.contains("six"), "{log}");
+    assert!(
+        log.contains("== runtime hello-python-00001") && log.contains("serving"),
+        "{log}"
+    );
+
     // The Python example's dependency was installed at build time.
     let reply = klambda(&up, &["invoke", "hello-python"])?;
     let reply: serde_json::Value = serde_json::from_slice(&reply.stdout)?;

@@ -72,16 +72,17 @@ impl LocalBuilder {
             Err(error) => return failed(BuildFailureCause::Unknown, error.to_string(), None),
         }
         let function = dir.join("function");
+        let log_file = dir.join(BUILD_LOG);
         let descriptor = template.descriptor();
         for file in sources(&function, &descriptor.check.extensions) {
             let mut command = descriptor.check.command.clone();
             command.push(file.display().to_string());
-            if let Err((reason, log)) = run(&command, &function).await {
+            if let Err((reason, log)) = run(&command, &function, &log_file).await {
                 return failed(BuildFailureCause::CompileError, reason, Some(log));
             }
         }
         if function.join(&descriptor.dependency_file).is_file()
-            && let Err((reason, log)) = run(&descriptor.install, &function).await
+            && let Err((reason, log)) = run(&descriptor.install, &function, &log_file).await
         {
             return failed(BuildFailureCause::DependencyResolution, reason, Some(log));
         }
@@ -135,6 +136,19 @@ fn unpack(archive: &[u8], dir: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// Appends to the build log; a log that cannot be written does not fail the build.
+async fn append_log(log: &Path, text: &str) {
+    use tokio::io::AsyncWriteExt as _;
+    let file = tokio::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .await;
+    if let Ok(mut file) = file {
+        let _ = file.write_all(text.as_bytes()).await;
+    }
+}
+
 /// Source files with one of `extensions` under `root`, sorted, skipping installed dependencies.
 fn sources(root: &Path, extensions: &[String]) -> Vec<PathBuf> {
     let mut found = Vec::new();
@@ -159,8 +173,12 @@ fn sources(root: &Path, extensions: &[String]) -> Vec<PathBuf> {
     found
 }
 
-/// Runs `argv` in `dir`; on failure, a one-line reason and the last lines of output.
-async fn run(argv: &[String], dir: &Path) -> Result<(), (String, String)> {
+/// The file in a build's directory holding every command it ran and their output.
+pub const BUILD_LOG: &str = "build.log";
+
+/// Runs `argv` in `dir`, appending the command and its output to `log`; on failure, a one-line
+/// reason and the last lines of output.
+async fn run(argv: &[String], dir: &Path, log: &Path) -> Result<(), (String, String)> {
     let Some((program, args)) = argv.split_first() else {
         return Err((
             "the runtime descriptor has an empty command".into(),
@@ -185,11 +203,12 @@ async fn run(argv: &[String], dir: &Path) -> Result<(), (String, String)> {
         .wait_with_output()
         .await
         .map_err(|e| (format!("{program} failed to run: {e}"), String::new()))?;
+    let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&output.stderr));
+    append_log(log, &format!("$ {}\n{text}", argv.join(" "))).await;
     if output.status.success() {
         return Ok(());
     }
-    let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
-    text.push_str(&String::from_utf8_lossy(&output.stderr));
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
     let excerpt = lines[lines.len().saturating_sub(EXCERPT_LINES)..].join("\n");
     let reason = format!("`{}` failed with {}", argv.join(" "), output.status);

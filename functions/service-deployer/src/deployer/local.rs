@@ -22,8 +22,10 @@ use super::{BoxFuture, Deployer, NotReady, Revision};
 
 /// How long a new revision has to answer `/health`.
 const READY_WITHIN: Duration = Duration::from_secs(30);
-/// Lines of a failed revision's output kept for `service.failed`.
-const TAIL: usize = 20;
+/// Lines of a revision's output kept (for `service.failed` and `klambda logs`).
+const TAIL: usize = 200;
+/// Lines of a failed revision's output put into `service.failed`.
+const FAILURE_LINES: usize = 20;
 
 /// How to start one revision.
 #[derive(Debug, Clone)]
@@ -41,6 +43,7 @@ struct RevisionState {
     config: String,
     launch: Launch,
     stop: Option<oneshot::Sender<()>>,
+    output: Tail,
 }
 
 #[derive(Debug, Default)]
@@ -135,8 +138,8 @@ fn free_port() -> Result<u16, NotReady> {
 /// The last lines a process wrote, shared with the tasks reading its output.
 type Tail = Arc<SyncMutex<VecDeque<String>>>;
 
-/// Starts the process, keeping the last lines of its output.
-fn spawn(launch: &Launch) -> Result<(Child, Tail), String> {
+/// Starts the process, keeping the last lines of its output in `tail`.
+fn spawn(launch: &Launch, tail: &Tail) -> Result<Child, String> {
     let mut child = Command::new(&launch.program)
         .args(&launch.args)
         .envs(launch.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
@@ -147,7 +150,6 @@ fn spawn(launch: &Launch) -> Result<(Child, Tail), String> {
         .kill_on_drop(true)
         .spawn()
         .map_err(|e| format!("{} could not start: {e}", launch.program))?;
-    let tail = Arc::new(SyncMutex::new(VecDeque::new()));
     for stream in [
         child
             .stdout
@@ -161,7 +163,7 @@ fn spawn(launch: &Launch) -> Result<(Child, Tail), String> {
     .into_iter()
     .flatten()
     {
-        let tail = Arc::clone(&tail);
+        let tail = Arc::clone(tail);
         tokio::spawn(async move {
             let mut lines = BufReader::new(stream).lines();
             while let Ok(Some(line)) = lines.next_line().await {
@@ -174,12 +176,17 @@ fn spawn(launch: &Launch) -> Result<(Child, Tail), String> {
             }
         });
     }
-    Ok((child, tail))
+    Ok(child)
 }
 
-fn tail_text(tail: &SyncMutex<VecDeque<String>>) -> String {
+fn tail_lines(tail: &SyncMutex<VecDeque<String>>, last: usize) -> Vec<String> {
     tail.lock()
-        .map(|t| t.iter().cloned().collect::<Vec<_>>().join("\n"))
+        .map(|t| {
+            t.iter()
+                .skip(t.len().saturating_sub(last))
+                .cloned()
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -208,7 +215,7 @@ async fn healthy(child: &mut Child, port: u16) -> Result<(), String> {
 }
 
 /// Keeps a ready revision running: restarts it with backoff if it exits, until stopped.
-fn supervise(launch: Launch, mut child: Child, mut stop: oneshot::Receiver<()>) {
+fn supervise(launch: Launch, tail: Tail, mut child: Child, mut stop: oneshot::Receiver<()>) {
     tokio::spawn(async move {
         let mut backoff = Duration::from_millis(500);
         loop {
@@ -224,8 +231,8 @@ fn supervise(launch: Launch, mut child: Child, mut stop: oneshot::Receiver<()>) 
                         () = tokio::time::sleep(backoff) => {}
                     }
                     backoff = (backoff * 2).min(Duration::from_secs(30));
-                    match spawn(&launch) {
-                        Ok((next, _)) => child = next,
+                    match spawn(&launch, &tail) {
+                        Ok(next) => child = next,
                         Err(error) => tracing::error!(%error, "function process could not restart"),
                     }
                 }
@@ -235,8 +242,8 @@ fn supervise(launch: Launch, mut child: Child, mut stop: oneshot::Receiver<()>) 
 }
 
 /// Starts a revision and waits until it is ready; on success it is supervised.
-async fn start(launch: &Launch, name: &str) -> Result<oneshot::Sender<()>, NotReady> {
-    let (mut child, tail) = spawn(launch).map_err(|message| NotReady {
+async fn start(launch: &Launch, name: &str, tail: &Tail) -> Result<oneshot::Sender<()>, NotReady> {
+    let mut child = spawn(launch, tail).map_err(|message| NotReady {
         revision: Some(name.to_owned()),
         reason: "RevisionFailed".into(),
         message,
@@ -248,11 +255,13 @@ async fn start(launch: &Launch, name: &str) -> Result<oneshot::Sender<()>, NotRe
         return Err(NotReady {
             revision: Some(name.to_owned()),
             reason: "RevisionFailed".into(),
-            message: format!("{problem}\n{}", tail_text(&tail)).trim().to_owned(),
+            message: format!("{problem}\n{}", tail_lines(tail, FAILURE_LINES).join("\n"))
+                .trim()
+                .to_owned(),
         });
     }
     let (stop, stopped) = oneshot::channel();
-    supervise(launch.clone(), child, stopped);
+    supervise(launch.clone(), Arc::clone(tail), child, stopped);
     Ok(stop)
 }
 
@@ -290,7 +299,8 @@ impl Deployer for LocalRunner {
                 revision: Some(name.clone()),
                 ..e
             })?;
-            let stopper = start(&launch, &name).await?;
+            let output = Tail::default();
+            let stopper = start(&launch, &name, &output).await?;
             let first = function.revisions.is_empty();
             let revision = Revision {
                 name,
@@ -309,6 +319,7 @@ impl Deployer for LocalRunner {
                 config,
                 launch,
                 stop: Some(stopper),
+                output,
             });
             function.current = Some(function.revisions.len() - 1);
             Ok(revision)
@@ -354,7 +365,8 @@ impl Deployer for LocalRunner {
             }
             let launch = function.revisions[target].launch.clone();
             let revision_name = function.revisions[target].revision.name.clone();
-            let stopper = start(&launch, &revision_name).await?;
+            let output = Arc::clone(&function.revisions[target].output);
+            let stopper = start(&launch, &revision_name, &output).await?;
             stop(&mut function.revisions[current]);
             function.revisions[target].stop = Some(stopper);
             function.current = Some(target);
@@ -363,6 +375,18 @@ impl Deployer for LocalRunner {
                 first: false,
                 ..function.revisions[target].revision.clone()
             })
+        })
+    }
+
+    fn logs<'a>(&'a self, name: &'a FunctionName) -> BoxFuture<'a, Option<(String, Vec<String>)>> {
+        Box::pin(async move {
+            let functions = self.functions.lock().await;
+            let function = functions.get(name)?;
+            let current = &function.revisions[function.current?];
+            Some((
+                current.revision.name.clone(),
+                tail_lines(&current.output, TAIL),
+            ))
         })
     }
 

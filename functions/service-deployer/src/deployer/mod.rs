@@ -55,6 +55,8 @@ pub trait Deployer: Send + Sync + 'static {
         name: &'a FunctionName,
         to: Option<&'a str>,
     ) -> BoxFuture<'a, Result<Revision, NotReady>>;
+    /// The recent output of the serving revision (`None` when the function is unknown).
+    fn logs<'a>(&'a self, name: &'a FunctionName) -> BoxFuture<'a, Option<(String, Vec<String>)>>;
     /// Stops and forgets every revision; false when there was nothing to delete.
     fn delete<'a>(&'a self, name: &'a FunctionName) -> BoxFuture<'a, bool>;
 }
