@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Makes sure the local services the tests talk to are running: RabbitMQ (127.0.0.1:5672) and
-# PostgreSQL (127.0.0.1:5432). Starts a stopped one; fails with what to do when it cannot.
+# Makes sure what the tests use is here: RabbitMQ (127.0.0.1:5672) and PostgreSQL
+# (127.0.0.1:5432) running, and Node.js and Python 3 with pip (the runtimes the example and test
+# functions are built and run with). Starts or installs what is missing; fails with what to do
+# when it cannot.
 set -euo pipefail
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
@@ -40,5 +42,19 @@ ensure_postgres() {
   fi
 }
 
+ensure_tool() { # command, Debian packages
+  command -v "$1" >/dev/null && return 0
+  echo "$1 is missing; installing $2 from Debian's packages…" >&2
+  if command -v apt-get >/dev/null && { apt-get install -y $2 >/dev/null 2>&1 || { apt-get update >/dev/null 2>&1 && apt-get install -y $2 >/dev/null 2>&1; }; }; then
+    return 0
+  fi
+  echo "could not install $2; install it (apt-get install -y $2) and run again" >&2
+  return 1
+}
+
 ensure_rabbitmq
 ensure_postgres
+ensure_tool node nodejs
+ensure_tool npm npm
+ensure_tool python3 "python3 python3-pip"
+python3 -m pip --version >/dev/null 2>&1 || ensure_tool pip3 python3-pip
