@@ -1,0 +1,138 @@
+//! Traces reach an OTLP collector: the real parser binary, with `OTEL_EXPORTER_OTLP_ENDPOINT`
+//! pointing at an OTLP/gRPC receiver in this test, exports the span of an event it handled, in
+//! the trace of the event's `traceparent`, under its service name.
+
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+use klambda_test_support::http::{get, post};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+
+const BIN: &str = env!("CARGO_BIN_EXE_parser");
+const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+
+/// Keeps every export request it receives.
+#[derive(Clone, Default)]
+struct Collector(Arc<Mutex<Vec<ExportTraceServiceRequest>>>);
+
+#[tonic::async_trait]
+impl TraceService for Collector {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        if let Ok(mut received) = self.0.lock() {
+            received.push(request.into_inner());
+        }
+        Ok(tonic::Response::new(ExportTraceServiceResponse {
+            partial_success: None,
+        }))
+    }
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+#[tokio::test]
+async fn spans_are_exported_in_the_events_trace() -> Result<()> {
+    let collector = Collector::default();
+    let collector_port = free_port()?;
+    let server = tonic::transport::Server::builder()
+        .add_service(TraceServiceServer::new(collector.clone()))
+        .serve(([127, 0, 0, 1], collector_port).into());
+    tokio::spawn(server);
+
+    let port = free_port()?;
+    let mut child = Command::new(BIN)
+        .args(["--port", &port.to_string()])
+        .env(
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            format!("http://127.0.0.1:{collector_port}"),
+        )
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let base = format!("http://127.0.0.1:{port}");
+    let started = Instant::now();
+    while !get(&format!("{base}/health"))
+        .await
+        .is_ok_and(|r| r.status == 200)
+    {
+        if started.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill();
+            bail!("the parser did not start");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let traceparent = format!("00-{TRACE_ID}-00f067aa0ba902b7-01");
+    let reply = post(&format!("{base}/"), &[
+        ("ce-specversion", "1.0"), ("ce-id", "otlp-1"), ("ce-source", "/t"),
+        ("ce-type", "io.knative.lambda.function.created"), ("content-type", "application/json"),
+        ("ce-traceparent", &traceparent),
+    ], r#"{"name":"traced","runtime":"python3.12","handler":"app.handler","source":{"kind":"inline","files":[{"path":"app.py","content":"def handler(e, c): return e"}]}}"#).await?;
+    assert_eq!(reply.status, 200);
+    // The reply continues the same trace, from the exported span.
+    assert!(
+        reply
+            .header("ce-traceparent")
+            .starts_with(&format!("00-{TRACE_ID}-")),
+        "{}",
+        reply.header("ce-traceparent")
+    );
+
+    // SIGTERM flushes the batch exporter on the way out.
+    let status = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()?;
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while child.try_wait()?.is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            bail!("the parser did not stop");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let requests = collector.0.lock().map(|r| r.clone()).unwrap_or_default();
+    let mut services = Vec::new();
+    let mut handled = Vec::new();
+    for request in &requests {
+        for resource_spans in &request.resource_spans {
+            for attribute in resource_spans.resource.iter().flat_map(|r| &r.attributes) {
+                if attribute.key == "service.name" {
+                    services.push(format!("{:?}", attribute.value));
+                }
+            }
+            for scope in &resource_spans.scope_spans {
+                for span in &scope.spans {
+                    if span.name == "handle" {
+                        handled.push(hex::encode(&span.trace_id));
+                    }
+                }
+            }
+        }
+    }
+    assert!(
+        services.iter().any(|s| s.contains("parser")),
+        "service names: {services:?}"
+    );
+    assert_eq!(
+        handled,
+        [TRACE_ID],
+        "the handler's span is exported in the event's trace"
+    );
+    Ok(())
+}
