@@ -243,5 +243,9 @@ async fn a_contract_mismatch_is_dead_lettered_with_the_parsers_answer() -> Resul
     };
     assert_eq!(attr("knativeerrorcode"), "400");
     assert_eq!(attr("knativeerrordest"), "inprocess://parser");
+    // Delivered to the Broker's deadLetterSink too: the status reporter's dead-letter store.
+    let stored = pipeline.store.dead_letters(10).await?;
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].json()["knativeerrorcode"], "400");
     Ok(())
 }

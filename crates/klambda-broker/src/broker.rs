@@ -35,6 +35,8 @@ struct Route {
 struct Inner {
     routes: Vec<Route>,
     dead_letters: DeadLetters,
+    /// Where dead letters are delivered too (the Broker's `deadLetterSink`), if anywhere.
+    dead_letter_sink: Option<Arc<dyn Subscriber>>,
     /// Events enqueued and not yet finished (delivered or dead-lettered).
     pending: AtomicUsize,
     idle: Notify,
@@ -52,6 +54,17 @@ impl Broker {
     pub fn start(
         triggers: Vec<Trigger>,
         subscribers: &HashMap<String, Arc<dyn Subscriber>>,
+    ) -> Result<Self, StartError> {
+        Self::start_with_dead_letter_sink(triggers, subscribers, None)
+    }
+
+    /// Like [`Broker::start`], and every dead letter is also delivered to `sink`, as Knative
+    /// delivers them to the Broker's `deadLetterSink`. A sink that refuses one leaves it in
+    /// [`Broker::dead_letters`]: never lost.
+    pub fn start_with_dead_letter_sink(
+        triggers: Vec<Trigger>,
+        subscribers: &HashMap<String, Arc<dyn Subscriber>>,
+        sink: Option<Arc<dyn Subscriber>>,
     ) -> Result<Self, StartError> {
         let mut missing: Vec<String> = triggers
             .iter()
@@ -72,6 +85,7 @@ impl Broker {
         let inner = Arc::new(Inner {
             routes,
             dead_letters: DeadLetters::default(),
+            dead_letter_sink: sink,
             pending: AtomicUsize::new(0),
             idle: Notify::new(),
         });
@@ -154,6 +168,14 @@ async fn worker(
             Delivered::Accepted => {}
             Delivered::DeadLetter(letter) => {
                 tracing::warn!(trigger = %letter.trigger, attempts = letter.attempts, event_id = %letter.event.id(), "dead-lettered");
+                if let Some(sink) = &inner.dead_letter_sink {
+                    match sink.deliver(letter.event.clone()).await {
+                        Answer::Reply(_) | Answer::Accepted => {}
+                        Answer::Failed { status, .. } => {
+                            tracing::error!(?status, sink = %sink.address(), "the dead-letter sink refused a dead letter; it stays in the broker's list");
+                        }
+                    }
+                }
                 inner.dead_letters.push(letter);
             }
         }

@@ -388,3 +388,39 @@ fn refuses_to_start_with_unknown_subscribers() {
         matches!(result, Err(klambda_broker::StartError::UnknownSubscribers(ref names)) if names[0].contains("nobody"))
     );
 }
+
+#[tokio::test]
+async fn dead_letters_go_to_the_sink_and_stay_listed_when_it_refuses() -> Result<()> {
+    for (sink_answer, label) in [
+        (Answer::Accepted, "accepting"),
+        (failed(503, "down"), "refusing"),
+    ] {
+        let refusing = Scripted::answering(vec![failed(400, "no")]);
+        let sink = Scripted::answering(vec![sink_answer]);
+        let broker = Broker::start_with_dead_letter_sink(
+            vec![trigger("r", "t.r", "r", quick(0))],
+            &subscribers(&[("r", &refusing)]),
+            Some(Arc::new(sink.clone())),
+        )?;
+        broker.publish(event("1", "t.r"));
+        broker.idle().await;
+        assert_eq!(sink.ids(), ["1"], "{label} sink");
+        let received = sink
+            .received
+            .lock()
+            .map(|r| r[0].1.clone())
+            .map_err(|_| anyhow::anyhow!("poisoned"))?;
+        assert_eq!(
+            received
+                .extension("knativeerrorcode")
+                .map(|v| v.to_string()),
+            Some("400".into())
+        );
+        assert_eq!(
+            broker.dead_letters().len(),
+            1,
+            "{label} sink: still listed, never lost"
+        );
+    }
+    Ok(())
+}

@@ -10,7 +10,7 @@ use anyhow::{Context as _, Result};
 use context_uploader::ContextUploader;
 use job_launcher::JobLauncher;
 use job_launcher::builder::local::LocalBuilder;
-use klambda_broker::{Broker, InProcess, Ingress, Subscriber, trigger};
+use klambda_broker::{Answer, Broker, InProcess, Ingress, Subscriber, trigger};
 use klambda_harness::{Handler, Harness};
 use klambda_storage::{LocalDir, ObjectStore};
 use parser::Parser;
@@ -92,7 +92,9 @@ impl Platform {
                 settings.eventing_dir.display()
             )
         })?;
-        let broker = Broker::start(triggers, &subscribers)?;
+        // The Broker's deadLetterSink is the status reporter's dead-letter store, in-process.
+        let sink: Arc<dyn Subscriber> = Arc::new(DeadLetterStore(Arc::clone(&store)));
+        let broker = Broker::start_with_dead_letter_sink(triggers, &subscribers, Some(sink))?;
         ingress.connect(&broker);
         Ok(Self {
             broker,
@@ -100,6 +102,34 @@ impl Platform {
             reporter,
             runner,
             builds: data("builds"),
+        })
+    }
+}
+
+/// The status reporter's dead-letter store as the broker's dead-letter sink (on the cluster:
+/// `POST /dead-letters` of the status-reporter Service, per `eventing/broker.yaml`).
+struct DeadLetterStore(Arc<dyn StatusStore>);
+
+impl Subscriber for DeadLetterStore {
+    fn address(&self) -> String {
+        format!(
+            "inprocess://status-reporter{}",
+            status_reporter::api::DEAD_LETTER_PATH
+        )
+    }
+
+    fn deliver(
+        &self,
+        event: cloudevents::Event,
+    ) -> klambda_broker::subscriber::BoxFuture<'_, Answer> {
+        Box::pin(async move {
+            match self.0.record_dead_letter(&event, chrono::Utc::now()).await {
+                Ok(_) => Answer::Accepted,
+                Err(error) => Answer::Failed {
+                    status: Some(503),
+                    body: bytes::Bytes::from(error.to_string()),
+                },
+            }
         })
     }
 }
