@@ -4,10 +4,11 @@
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Context as _, Result, bail};
-use klambda_test_support::http::{get, post};
+use anyhow::{Context as _, Result};
+use klambda_test_support::http::post;
+use klambda_test_support::process::{free_port, wait_healthy};
 use klambda_test_support::repo;
 
 struct Shim {
@@ -23,9 +24,7 @@ impl Drop for Shim {
 }
 
 async fn start(program: &str, shim: &str, root: &Path, handler: &str) -> Result<Shim> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
+    let port = free_port()?;
     let child = Command::new(program)
         .arg(repo::root().join("runtimes").join(shim))
         .env("PORT", port.to_string())
@@ -37,23 +36,14 @@ async fn start(program: &str, shim: &str, root: &Path, handler: &str) -> Result<
         .stderr(Stdio::inherit())
         .spawn()
         .with_context(|| format!("{program} is needed for the runtime tests: install it (apt-get install nodejs / python3)"))?;
-    let shim = Shim {
+    let mut shim = Shim {
         child,
         base: format!("http://127.0.0.1:{port}"),
     };
-    let started = Instant::now();
-    while !get(&format!("{}/health", shim.base))
+    let health = format!("{}/health", shim.base);
+    wait_healthy(&health, &mut shim.child, Duration::from_secs(15))
         .await
-        .is_ok_and(|r| r.status == 200)
-    {
-        if started.elapsed() > Duration::from_secs(15) {
-            bail!(
-                "the {shim} shim did not become healthy within 15 s",
-                shim = program
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        .with_context(|| format!("the {program} shim did not become healthy"))?;
     Ok(shim)
 }
 

@@ -6,6 +6,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
+use klambda_test_support::process::{free_port, terminate};
 use klambda_test_support::repo;
 
 const BIN: &str = env!("CARGO_BIN_EXE_klambda");
@@ -18,25 +19,12 @@ struct Up {
 impl Drop for Up {
     fn drop(&mut self) {
         // SIGTERM: `klambda up` stops its functions on the way out.
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if matches!(self.child.try_wait(), Ok(Some(_))) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
+        let _ = terminate(&mut self.child, Duration::from_secs(10));
     }
 }
 
 fn up(data: &Path) -> Result<Up> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
+    let port = free_port()?;
     let child = Command::new(BIN)
         .args(["up", "--port", &port.to_string(), "--data-dir"])
         .arg(data)

@@ -24,6 +24,14 @@ pub enum StorageError {
     /// The key is not one the platform writes (refused before touching the store).
     #[error("invalid object key {0:?}: keys are lowercase segments of a-z, 0-9, '.', '_' and '-'")]
     InvalidKey(String),
+    /// A stored object is not what the platform wrote there.
+    #[error("object {key} is corrupt: {reason}")]
+    Corrupt {
+        /// The key.
+        key: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// The store failed; retrying may help.
     #[error("object store {location}: {source}")]
     Io {
@@ -50,6 +58,30 @@ pub fn image_record_key(hex: &str) -> String {
 pub struct ImageRecord {
     /// The image pinned by digest, or the local artifact (`local:/path`).
     pub image: String,
+}
+
+impl ImageRecord {
+    /// The build record of the digest whose hex part is `hex`, if that digest was built.
+    pub async fn load(store: &dyn ObjectStore, hex: &str) -> Result<Option<Self>, StorageError> {
+        let key = image_record_key(hex);
+        match store.get(&key).await? {
+            None => Ok(None),
+            Some(bytes) => {
+                serde_json::from_slice(&bytes)
+                    .map(Some)
+                    .map_err(|e| StorageError::Corrupt {
+                        key,
+                        reason: e.to_string(),
+                    })
+            }
+        }
+    }
+
+    /// Records that the digest whose hex part is `hex` is built.
+    pub async fn save(&self, store: &dyn ObjectStore, hex: &str) -> Result<(), StorageError> {
+        let bytes = serde_json::to_vec(self).unwrap_or_default();
+        store.put(&image_record_key(hex), Bytes::from(bytes)).await
+    }
 }
 
 /// Object storage.

@@ -92,18 +92,10 @@ impl Handler for ContextUploader {
         let name = parsed.spec.name.to_string();
 
         // Already built: skip the upload and the build.
-        if let Some(record) = self
-            .store
-            .get(&image_record_key(&parsed.digest))
+        if let Some(record) = ImageRecord::load(self.store.as_ref(), parsed.digest.hex())
             .await
             .map_err(Self::unavailable)?
         {
-            let record: ImageRecord = serde_json::from_slice(&record).map_err(|e| {
-                HandlerError::Internal(format!(
-                    "the build record for {} is unreadable: {e}",
-                    parsed.digest
-                ))
-            })?;
             let build_id = BuildId::derive(&parsed.spec.name, &parsed.digest);
             let reply = Envelope::answering(&event, Stage::ContextUploader, BuildCompleted::TYPE)
                 .subject(name)

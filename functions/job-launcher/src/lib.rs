@@ -20,7 +20,6 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
 use cloudevents::Event;
 use klambda_events::catalogue::{
     BuildCancel, BuildCancelled, BuildCompleted, BuildFailed, BuildStarted, BuildTimeout,
@@ -29,7 +28,7 @@ use klambda_events::catalogue::{
 use klambda_events::data::{BuildEnd, BuildFailure, BuildStart, BuildTimedOut, BuiltImage};
 use klambda_events::{BuildId, Envelope, EventType, FunctionName, Stage, decode};
 use klambda_harness::{ConfigError, ConfigSource, Context, Handler, HandlerError, Outcome};
-use klambda_storage::{ImageRecord, LocalDir, ObjectStore, image_record_key};
+use klambda_storage::{ImageRecord, LocalDir, ObjectStore};
 use tokio::sync::oneshot;
 
 use crate::builder::local::LocalBuilder;
@@ -87,14 +86,10 @@ impl JobLauncher {
             Envelope::answering(&event, Stage::JobLauncher, ty).subject(name.to_string())
         };
 
-        let record = self
-            .store
-            .get(&image_record_key(uploaded.digest.hex()))
+        let record = ImageRecord::load(self.store.as_ref(), uploaded.digest.hex())
             .await
             .map_err(|e| HandlerError::Unavailable(e.to_string()))?;
         if let Some(record) = record {
-            let record: ImageRecord = serde_json::from_slice(&record)
-                .map_err(|e| HandlerError::Internal(format!("unreadable build record: {e}")))?;
             let reply = envelope(BuildCompleted::TYPE).encode::<BuildCompleted>(&BuiltImage {
                 spec: uploaded.spec,
                 digest: uploaded.digest,
@@ -159,13 +154,8 @@ impl JobLauncher {
                 let record = ImageRecord {
                     image: image.clone(),
                 };
-                let key = image_record_key(uploaded.digest.hex());
-                if let Err(error) = self
-                    .store
-                    .put(
-                        &key,
-                        Bytes::from(serde_json::to_vec(&record).unwrap_or_default()),
-                    )
+                if let Err(error) = record
+                    .save(self.store.as_ref(), uploaded.digest.hex())
                     .await
                 {
                     // The build stands; only the cache misses next time.

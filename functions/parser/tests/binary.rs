@@ -3,10 +3,11 @@
 
 use std::io::{BufRead as _, BufReader};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Context as _, Result, bail};
-use klambda_test_support::http::{get, post};
+use anyhow::{Context as _, Result};
+use klambda_test_support::http::post;
+use klambda_test_support::process::{free_port, terminate, wait_healthy};
 
 const BIN: &str = env!("CARGO_BIN_EXE_parser");
 
@@ -44,12 +45,6 @@ fn help_prints_the_flags() -> Result<()> {
     Ok(())
 }
 
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
 #[tokio::test]
 async fn serves_logs_json_and_stops_on_sigterm() -> Result<()> {
     let port = free_port()?;
@@ -61,20 +56,12 @@ async fn serves_logs_json_and_stops_on_sigterm() -> Result<()> {
         .stderr(Stdio::piped())
         .spawn()?;
     let base = format!("http://127.0.0.1:{port}");
-    let started = Instant::now();
-    loop {
-        if get(&format!("{base}/health"))
-            .await
-            .is_ok_and(|r| r.status == 200)
-        {
-            break;
-        }
-        if started.elapsed() > Duration::from_secs(10) {
-            let _ = child.kill();
-            bail!("the parser did not answer /health within 10 s");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_healthy(
+        &format!("{base}/health"),
+        &mut child,
+        Duration::from_secs(10),
+    )
+    .await?;
     let reply = post(&format!("{base}/"), &[
         ("ce-specversion", "1.0"), ("ce-id", "bin-1"), ("ce-source", "/t"),
         ("ce-type", "io.knative.lambda.function.created"), ("content-type", "application/json"),
@@ -85,22 +72,7 @@ async fn serves_logs_json_and_stops_on_sigterm() -> Result<()> {
         "io.knative.lambda.parser.completed"
     );
 
-    let status = Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .status()?;
-    assert!(status.success());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let exit = loop {
-        if let Some(exit) = child.try_wait()? {
-            break exit;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            bail!("the parser did not stop within 10 s of SIGTERM");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let exit = terminate(&mut child, Duration::from_secs(10))?;
     assert!(exit.success(), "exit status {exit:?}");
 
     // Every log line is JSON; the handling line carries the event id, type and function.

@@ -4,10 +4,11 @@
 
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Result, bail};
-use klambda_test_support::http::{get, post};
+use anyhow::Result;
+use klambda_test_support::http::post;
+use klambda_test_support::process::{free_port, terminate, wait_healthy};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
@@ -37,12 +38,6 @@ impl TraceService for Collector {
     }
 }
 
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
 #[tokio::test]
 async fn spans_are_exported_in_the_events_trace() -> Result<()> {
     let collector = Collector::default();
@@ -64,17 +59,12 @@ async fn spans_are_exported_in_the_events_trace() -> Result<()> {
         .stderr(Stdio::null())
         .spawn()?;
     let base = format!("http://127.0.0.1:{port}");
-    let started = Instant::now();
-    while !get(&format!("{base}/health"))
-        .await
-        .is_ok_and(|r| r.status == 200)
-    {
-        if started.elapsed() > Duration::from_secs(10) {
-            let _ = child.kill();
-            bail!("the parser did not start");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_healthy(
+        &format!("{base}/health"),
+        &mut child,
+        Duration::from_secs(10),
+    )
+    .await?;
     let traceparent = format!("00-{TRACE_ID}-00f067aa0ba902b7-01");
     let reply = post(&format!("{base}/"), &[
         ("ce-specversion", "1.0"), ("ce-id", "otlp-1"), ("ce-source", "/t"),
@@ -92,19 +82,11 @@ async fn spans_are_exported_in_the_events_trace() -> Result<()> {
     );
 
     // SIGTERM flushes the batch exporter on the way out.
-    let status = Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .status()?;
-    assert!(status.success());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while child.try_wait()?.is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            bail!("the parser did not stop");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    // On a blocking thread: the collector runs on this test's runtime and must keep serving
+    // while the parser flushes.
+    let exit = tokio::task::spawn_blocking(move || terminate(&mut child, Duration::from_secs(10)))
+        .await??;
+    assert!(exit.success(), "{exit:?}");
 
     let requests = collector.0.lock().map(|r| r.clone()).unwrap_or_default();
     let mut services = Vec::new();
