@@ -69,7 +69,7 @@ impl Pipeline {
     }
 
     async fn logged_types(&self, function: &str) -> Result<Vec<String>> {
-        let events = self.store.function_events(function, 1000).await?;
+        let events = self.store.function_events(function, 0, 1000).await?;
         Ok(events
             .iter()
             .map(|e| e.json()["type"].as_str().unwrap_or_default().to_owned())
@@ -195,7 +195,7 @@ async fn replaying_the_submission_builds_and_deploys_exactly_once() -> Result<()
     // Let any late replay finish too.
     tokio::time::sleep(Duration::from_millis(300)).await;
     pipeline.broker.idle().await;
-    let events = pipeline.store.function_events("replayed", 1000).await?;
+    let events = pipeline.store.function_events("replayed", 0, 1000).await?;
     let of_type = |suffix: &str| {
         events
             .iter()

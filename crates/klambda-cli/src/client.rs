@@ -108,17 +108,26 @@ impl Platform {
         Ok(())
     }
 
+    /// `name`'s events after sequence number `after`, at most 1000.
+    async fn events_after(&self, name: &str, after: i64) -> Result<Vec<Value>> {
+        let page = self
+            .get_json(&format!(
+                "/functions/{name}/events?after={after}&limit=1000"
+            ))
+            .await?;
+        Ok(page.and_then(|p| p.as_array().cloned()).unwrap_or_default())
+    }
+
     /// The highest event sequence recorded for `name` so far (0 when none).
     async fn last_seq(&self, name: &str) -> Result<i64> {
-        let events = self
-            .get_json(&format!("/functions/{name}/events?limit=10000"))
-            .await?;
-        Ok(events
-            .and_then(|e| {
-                e.as_array()
-                    .and_then(|a| a.last().map(|l| l["seq"].as_i64().unwrap_or(0)))
-            })
-            .unwrap_or(0))
+        let mut last = 0;
+        loop {
+            let page = self.events_after(name, last).await?;
+            match page.last().and_then(|e| e["seq"].as_i64()) {
+                Some(seq) => last = seq,
+                None => return Ok(last),
+            }
+        }
     }
 
     /// Prints `name`'s events after `since` as they arrive, until one of `ends` (exit code 0)
@@ -127,11 +136,9 @@ impl Platform {
         let started = Instant::now();
         let mut seen = since;
         loop {
-            let events = self
-                .get_json(&format!("/functions/{name}/events?limit=10000"))
-                .await?
-                .unwrap_or(Value::Array(Vec::new()));
-            for entry in events.as_array().into_iter().flatten() {
+            // Only what arrived since the last poll: the log is not reread.
+            let events = self.events_after(name, seen).await?;
+            for entry in &events {
                 let seq = entry["seq"].as_i64().unwrap_or(0);
                 if seq <= seen {
                     continue;

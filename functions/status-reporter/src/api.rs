@@ -58,6 +58,8 @@ struct EventView {
 #[derive(Debug, Deserialize)]
 struct Page {
     limit: Option<i64>,
+    /// Only events with a greater `seq` (for following a function without rereading it).
+    after: Option<i64>,
 }
 
 fn unavailable(error: &StoreError) -> Response {
@@ -98,7 +100,10 @@ async fn function_events(
     Query(page): Query<Page>,
 ) -> Response {
     let limit = page.limit.unwrap_or(1000).clamp(1, 10_000);
-    match store.function_events(&name, limit).await {
+    match store
+        .function_events(&name, page.after.unwrap_or(0), limit)
+        .await
+    {
         Ok(events) => {
             let views: Vec<EventView> = events.iter().map(EventView::from).collect();
             axum::Json(views).into_response()

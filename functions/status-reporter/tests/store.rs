@@ -136,14 +136,20 @@ async fn suite(store: Box<dyn StatusStore>) -> Result<()> {
     );
     assert_eq!(store.function("nobody").await?, None);
 
-    let events = store.function_events("hello", 100).await?;
+    let events = store.function_events("hello", 0, 100).await?;
     let types: Vec<String> = events
         .iter()
         .map(|e| e.json()["type"].as_str().unwrap_or_default().to_owned())
         .collect();
     assert_eq!(types, [FunctionCreated::TYPE, ParserCompleted::TYPE]);
     assert!(events[0].seq < events[1].seq);
-    assert_eq!(store.function_events("hello", 1).await?.len(), 1);
+    let later = store.function_events("hello", events[0].seq, 100).await?;
+    assert_eq!(
+        later,
+        events[1..].to_vec(),
+        "after skips what was already read"
+    );
+    assert_eq!(store.function_events("hello", 0, 1).await?.len(), 1);
 
     // The stored event is the structured form of what was received.
     let stored = store.event("c-1").await?.context("c-1 recorded")?;
@@ -193,7 +199,7 @@ async fn concurrent_records_of_one_function_are_all_kept() -> Result<()> {
         for task in tasks {
             assert!(task.await??.new);
         }
-        assert_eq!(store.function_events("busy", 100).await?.len(), 20);
+        assert_eq!(store.function_events("busy", 0, 100).await?.len(), 20);
     }
     drop_schema(&schema).await
 }

@@ -87,10 +87,12 @@ pub trait StatusStore: Send + Sync + 'static {
         &'a self,
         name: &'a str,
     ) -> BoxFuture<'a, Result<Option<FunctionState>, StoreError>>;
-    /// A function's events, oldest first, at most `limit`.
+    /// A function's events recorded after sequence number `after` (0: from the start), oldest
+    /// first, at most `limit`.
     fn function_events<'a>(
         &'a self,
         name: &'a str,
+        after: i64,
         limit: i64,
     ) -> BoxFuture<'a, Result<Vec<StoredEvent>, StoreError>>;
     /// The first event recorded with this id.

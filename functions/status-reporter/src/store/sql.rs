@@ -210,13 +210,15 @@ impl StatusStore for SqlStore {
     fn function_events<'a>(
         &'a self,
         name: &'a str,
+        after: i64,
         limit: i64,
     ) -> BoxFuture<'a, Result<Vec<StoredEvent>, StoreError>> {
         Box::pin(async move {
             let rows = sqlx::query(
-                "SELECT seq, received_at, body FROM events WHERE function = $1 ORDER BY seq LIMIT $2",
+                "SELECT seq, received_at, body FROM events WHERE function = $1 AND seq > $2 ORDER BY seq LIMIT $3",
             )
             .bind(name.to_owned())
+            .bind(after)
             .bind(limit)
             .fetch_all(self.ready().await?)
             .await?;
