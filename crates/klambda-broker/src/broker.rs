@@ -14,8 +14,8 @@ use std::sync::{Arc, Weak};
 use cloudevents::{AttributesReader as _, Event};
 use tokio::sync::{Mutex, Notify, mpsc};
 
-use crate::dead_letter::{DeadLetter, DeadLetters, with_error_attributes};
-use crate::delivery::is_retryable;
+use crate::dead_letter::{DeadLetter, DeadLetters};
+use crate::delivery::{Delivered, deliver};
 use crate::subscriber::{Answer, Subscriber};
 use crate::trigger::Trigger;
 
@@ -180,48 +180,5 @@ async fn worker(
             }
         }
         finish(&inner);
-    }
-}
-
-enum Delivered {
-    Reply(Event),
-    Accepted,
-    DeadLetter(DeadLetter),
-}
-
-async fn deliver(trigger: &Trigger, subscriber: &dyn Subscriber, event: Event) -> Delivered {
-    let delivery = &trigger.delivery;
-    let attempts = delivery.attempts();
-    let mut attempt = 1;
-    loop {
-        let answer = match delivery.timeout {
-            None => subscriber.deliver(event.clone()).await,
-            Some(limit) => {
-                match tokio::time::timeout(limit, subscriber.deliver(event.clone())).await {
-                    Ok(answer) => answer,
-                    Err(_) => Answer::Failed {
-                        status: None,
-                        body: format!("no answer within {limit:?}").into(),
-                    },
-                }
-            }
-        };
-        match answer {
-            Answer::Reply(reply) => return Delivered::Reply(reply),
-            Answer::Accepted => return Delivered::Accepted,
-            Answer::Failed { status, body } => {
-                if !is_retryable(status) || attempt >= attempts {
-                    let event = with_error_attributes(event, &subscriber.address(), status, &body);
-                    return Delivered::DeadLetter(DeadLetter {
-                        trigger: trigger.name.clone(),
-                        attempts: attempt,
-                        event,
-                    });
-                }
-                tracing::debug!(trigger = %trigger.name, attempt, ?status, "delivery failed; retrying");
-                tokio::time::sleep(delivery.backoff(attempt)).await;
-                attempt += 1;
-            }
-        }
     }
 }

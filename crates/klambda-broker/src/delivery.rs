@@ -10,7 +10,12 @@
 
 use std::time::Duration;
 
+use cloudevents::Event;
 use serde_json::Value;
+
+use crate::dead_letter::{DeadLetter, with_error_attributes};
+use crate::subscriber::{Answer, Subscriber};
+use crate::trigger::Trigger;
 
 /// How the wait between attempts grows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -138,6 +143,60 @@ pub fn iso8601_duration(text: &str) -> Option<Duration> {
         parse(time, &[('H', 3600.0), ('M', 60.0), ('S', 1.0)])?;
     }
     Duration::try_from_secs_f64(seconds).ok()
+}
+
+/// How one event's delivery through a Trigger ended.
+pub(crate) enum Delivered {
+    /// The subscriber replied with this event.
+    Reply(Event),
+    /// The subscriber accepted it; nothing follows.
+    Accepted,
+    /// Retries are exhausted or the failure is not retryable.
+    DeadLetter(DeadLetter),
+}
+
+/// Delivers `event` to `subscriber` under `trigger`'s delivery rules: per-attempt timeout,
+/// retry on retryable answers with the policy's backoff, dead letter with Knative's error
+/// attributes at the end.
+pub(crate) async fn deliver(
+    trigger: &Trigger,
+    subscriber: &dyn Subscriber,
+    event: Event,
+) -> Delivered {
+    let delivery = &trigger.delivery;
+    let attempts = delivery.attempts();
+    let mut attempt = 1;
+    loop {
+        let answer = match delivery.timeout {
+            None => subscriber.deliver(event.clone()).await,
+            Some(limit) => {
+                match tokio::time::timeout(limit, subscriber.deliver(event.clone())).await {
+                    Ok(answer) => answer,
+                    Err(_) => Answer::Failed {
+                        status: None,
+                        body: format!("no answer within {limit:?}").into(),
+                    },
+                }
+            }
+        };
+        match answer {
+            Answer::Reply(reply) => return Delivered::Reply(reply),
+            Answer::Accepted => return Delivered::Accepted,
+            Answer::Failed { status, body } => {
+                if !is_retryable(status) || attempt >= attempts {
+                    let event = with_error_attributes(event, &subscriber.address(), status, &body);
+                    return Delivered::DeadLetter(DeadLetter {
+                        trigger: trigger.name.clone(),
+                        attempts: attempt,
+                        event,
+                    });
+                }
+                tracing::debug!(trigger = %trigger.name, attempt, ?status, "delivery failed; retrying");
+                tokio::time::sleep(delivery.backoff(attempt)).await;
+                attempt += 1;
+            }
+        }
+    }
 }
 
 #[cfg(test)]

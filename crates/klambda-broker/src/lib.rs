@@ -1,12 +1,16 @@
-//! The embedded broker: Knative Eventing's Broker and Triggers, in one process.
+//! The broker off the cluster: Knative Eventing's Broker and Triggers in one process
+//! ([`Broker`], in memory) or over RabbitMQ ([`AmqpBroker`], laid out as eventing-rabbitmq
+//! lays it out).
 //!
 //! It reads the same Trigger manifests as the cluster (`eventing/`), matches events with the
 //! RabbitMQ broker's exact-match filters, delivers them to in-process stages or HTTP endpoints
 //! with Knative's retry, backoff and timeout rules, publishes replies back in, and dead-letters
 //! what cannot be delivered with the `knativeerror*` attributes. Used by the embedded mode and by
-//! tests; on a cluster, Knative and RabbitMQ do this job.
+//! tests; on a cluster, Knative and RabbitMQ do this job. Both brokers share the Trigger
+//! loading, the delivery rules and the subscribers.
 //!
 //! # Layout
+//! - [`amqp`]: the RabbitMQ broker: topology, AMQP binary mode, per-Trigger dispatchers.
 //! - [`trigger`]: Triggers loaded from manifests; filter matching.
 //! - [`delivery`]: retry decisions, backoff formulas, ISO-8601 durations.
 //! - [`subscriber`]: delivery targets: in-process harness or HTTP.
@@ -14,6 +18,7 @@
 //! - [`dead_letter`]: failed deliveries with their error attributes.
 //! - [`ingress`]: the broker as the harness's side-event publisher.
 
+pub mod amqp;
 pub mod broker;
 pub mod dead_letter;
 pub mod delivery;
@@ -21,6 +26,7 @@ pub mod ingress;
 pub mod subscriber;
 pub mod trigger;
 
+pub use amqp::{AmqpBroker, AmqpError};
 pub use broker::{Broker, StartError};
 pub use dead_letter::DeadLetter;
 pub use delivery::Delivery;

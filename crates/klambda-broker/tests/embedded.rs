@@ -2,102 +2,19 @@
 //! reply chaining, retry counts and backoff spacing, dead-letter attributes, non-retryable 4xx,
 //! timeouts, HTTP subscribers, ordering at parallelism 1, and the repository's own Triggers.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+mod common;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Result;
 use base64::Engine as _;
-use bytes::Bytes;
-use cloudevents::{AttributesReader as _, Event, EventBuilder as _, EventBuilderV10};
+use cloudevents::AttributesReader as _;
+use common::{Scripted, event, failed, quick, trigger};
 use klambda_broker::delivery::BackoffPolicy;
-use klambda_broker::subscriber::BoxFuture;
-use klambda_broker::{Answer, Broker, Delivery, Http, Subscriber, Trigger, trigger};
+use klambda_broker::{Answer, Broker, Http, Subscriber, trigger};
 use klambda_test_support::repo;
-
-fn event(id: &str, ty: &str) -> Event {
-    EventBuilderV10::new()
-        .id(id)
-        .source("/tests")
-        .ty(ty)
-        .build()
-        .unwrap_or_else(|e| panic!("{e}"))
-}
-
-fn trigger(name: &str, ty: &str, subscriber: &str, delivery: Delivery) -> Trigger {
-    Trigger {
-        name: name.into(),
-        filter: BTreeMap::from([("type".to_owned(), ty.to_owned())]),
-        subscriber: subscriber.into(),
-        delivery,
-        parallelism: 1,
-    }
-}
-
-fn quick(retry: u32) -> Delivery {
-    Delivery {
-        retry,
-        backoff_policy: BackoffPolicy::Linear,
-        backoff_delay: Duration::from_millis(40),
-        timeout: Some(Duration::from_millis(300)),
-    }
-}
-
-/// Records what it receives; answers from a script (then `Accepted` forever).
-#[derive(Clone, Default)]
-struct Scripted {
-    received: Arc<Mutex<Vec<(Instant, Event)>>>,
-    script: Arc<Mutex<Vec<Answer>>>,
-    delay: Duration,
-}
-
-impl Scripted {
-    fn answering(answers: Vec<Answer>) -> Self {
-        Self {
-            script: Arc::new(Mutex::new(answers)),
-            ..Self::default()
-        }
-    }
-    fn ids(&self) -> Vec<String> {
-        self.received
-            .lock()
-            .map(|r| r.iter().map(|(_, e)| e.id().to_owned()).collect())
-            .unwrap_or_default()
-    }
-    fn times(&self) -> Vec<Instant> {
-        self.received
-            .lock()
-            .map(|r| r.iter().map(|(t, _)| *t).collect())
-            .unwrap_or_default()
-    }
-}
-
-impl Subscriber for Scripted {
-    fn address(&self) -> String {
-        "test://scripted".into()
-    }
-    fn deliver(&self, event: Event) -> BoxFuture<'_, Answer> {
-        Box::pin(async move {
-            if let Ok(mut received) = self.received.lock() {
-                received.push((Instant::now(), event));
-            }
-            tokio::time::sleep(self.delay).await;
-            let next = self
-                .script
-                .lock()
-                .ok()
-                .and_then(|mut s| (!s.is_empty()).then(|| s.remove(0)));
-            next.unwrap_or(Answer::Accepted)
-        })
-    }
-}
-
-fn failed(status: u16, body: &str) -> Answer {
-    Answer::Failed {
-        status: Some(status),
-        body: Bytes::from(body.to_owned()),
-    }
-}
 
 fn subscribers(list: &[(&str, &Scripted)]) -> HashMap<String, Arc<dyn Subscriber>> {
     list.iter()

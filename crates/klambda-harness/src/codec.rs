@@ -186,23 +186,48 @@ fn decode_binary(
             ),
         }
     }
-    if draft.string("datacontenttype").is_some() {
-        draft.problem(
-            "datacontenttype",
-            "in binary mode the Content-Type header carries datacontenttype; drop ce-datacontenttype",
-        );
-    }
-    if !body.is_empty() {
-        if content_type.as_deref().is_none_or(is_json)
-            && let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&body)
-        {
-            draft.problem("data", format!("the body is not valid JSON: {e}"));
+    draft.binary(content_type, body)
+}
+
+/// Decodes an event carried in binary mode by another protocol (AMQP): `attributes` are the
+/// bare attribute names and their already-decoded values, `content_type` is `datacontenttype`,
+/// `body` is the data. Every problem is listed, as for HTTP.
+pub fn decode_attributes(
+    attributes: impl IntoIterator<Item = (String, String)>,
+    content_type: Option<String>,
+    body: Bytes,
+) -> Result<Event, DecodeFailure> {
+    let draft = Draft {
+        attributes: attributes
+            .into_iter()
+            .map(|(name, value)| (name, Value::String(value)))
+            .collect(),
+        ..Draft::default()
+    };
+    draft.binary(content_type, body)
+}
+
+impl Draft {
+    /// Finishes a binary-mode event: the data is the body, `content_type` its type.
+    fn binary(mut self, content_type: Option<String>, body: Bytes) -> Result<Event, DecodeFailure> {
+        if self.string("datacontenttype").is_some() {
+            self.problem(
+                "datacontenttype",
+                "in binary mode the Content-Type header carries datacontenttype; drop ce-datacontenttype",
+            );
         }
-        // `Vec::from(Bytes)` reuses the buffer when it is not shared: no copy of the body.
-        draft.data = Some(Data::Binary(Vec::from(body)));
+        if !body.is_empty() {
+            if content_type.as_deref().is_none_or(is_json)
+                && let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&body)
+            {
+                self.problem("data", format!("the body is not valid JSON: {e}"));
+            }
+            // `Vec::from(Bytes)` reuses the buffer when it is not shared: no copy of the body.
+            self.data = Some(Data::Binary(Vec::from(body)));
+        }
+        self.datacontenttype = content_type;
+        self.finish()
     }
-    draft.datacontenttype = content_type;
-    draft.finish()
 }
 
 fn decode_structured(body: &[u8]) -> Result<Event, DecodeFailure> {
@@ -278,40 +303,44 @@ pub fn into_binary(mut event: Event) -> (HeaderMap, Bytes) {
 /// The `ce-*` headers (and `Content-Type`) of `event` in binary mode.
 fn binary_headers(event: &Event) -> HeaderMap {
     let mut headers = HeaderMap::with_capacity(8);
-    let mut put = |name: HeaderName, value: &str| {
+    visit_attributes(event, |name, value| {
         // Borrows when nothing needs escaping, which is the common case.
         let encoded: std::borrow::Cow<'_, str> = utf8_percent_encode(value, HEADER_VALUE).into();
-        if let Ok(value) = HeaderValue::from_str(&encoded) {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(format!("ce-{name}").as_bytes()),
+            HeaderValue::from_str(&encoded),
+        ) {
             headers.insert(name, value);
         }
-    };
-    put(HeaderName::from_static("ce-specversion"), "1.0");
-    put(HeaderName::from_static("ce-id"), event.id());
-    put(HeaderName::from_static("ce-source"), event.source());
-    put(HeaderName::from_static("ce-type"), event.ty());
-    if let Some(subject) = event.subject() {
-        put(HeaderName::from_static("ce-subject"), subject);
-    }
-    if let Some(time) = event.time() {
-        put(
-            HeaderName::from_static("ce-time"),
-            &time.to_rfc3339_opts(SecondsFormat::AutoSi, true),
-        );
-    }
-    if let Some(schema) = event.dataschema() {
-        put(HeaderName::from_static("ce-dataschema"), schema.as_str());
-    }
-    for (name, value) in event.iter_extensions() {
-        if let Ok(name) = HeaderName::from_bytes(format!("ce-{name}").as_bytes()) {
-            put(name, &value.to_string());
-        }
-    }
+    });
     if let Some(ct) = event.datacontenttype()
         && let Ok(value) = HeaderValue::from_str(ct)
     {
         headers.insert(CONTENT_TYPE, value);
     }
     headers
+}
+
+/// Calls `visit` with the bare name and text value of every attribute of `event` that binary
+/// mode carries as a header: all but `datacontenttype` (which travels as the content type) and
+/// the data itself. Shared by HTTP (`ce-` headers) and AMQP (bare header names).
+pub fn visit_attributes(event: &Event, mut visit: impl FnMut(&str, &str)) {
+    visit("specversion", "1.0");
+    visit("id", event.id());
+    visit("source", event.source());
+    visit("type", event.ty());
+    if let Some(subject) = event.subject() {
+        visit("subject", subject);
+    }
+    if let Some(time) = event.time() {
+        visit("time", &time.to_rfc3339_opts(SecondsFormat::AutoSi, true));
+    }
+    if let Some(schema) = event.dataschema() {
+        visit("dataschema", schema.as_str());
+    }
+    for (name, value) in event.iter_extensions() {
+        visit(name, &value.to_string());
+    }
 }
 
 /// The event as a structured-mode JSON object (what the status reporter stores and serves).

@@ -1,0 +1,243 @@
+//! Per-Trigger consumers: each takes deliveries from its queue (manual ack, prefetch 100 or
+//! the parallelism if larger), runs up to `parallelism` deliveries at once (1 keeps the queue's
+//! order, with head-of-line blocking while one is retried, as on the cluster) and settles each
+//! message only once its outcome is safe in RabbitMQ.
+
+use std::future::poll_fn;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cloudevents::AttributesReader as _;
+use futures_core::Stream as _;
+use lapin::message::Delivery as Message;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, BasicRejectOptions,
+};
+use lapin::types::{FieldTable, ShortString};
+use lapin::{Acker, Channel};
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+
+use super::{AmqpBroker, AmqpError, message};
+use crate::delivery::{Delivered, Delivery, deliver};
+use crate::subscriber::Subscriber;
+use crate::trigger::Trigger;
+
+/// eventing-rabbitmq's prefetch: messages held by one consumer before it acks.
+const PREFETCH: u16 = 100;
+/// The first wait before re-opening a broken connection; doubled up to [`MAX_RECONNECT`].
+const FIRST_RECONNECT: Duration = Duration::from_millis(100);
+const MAX_RECONNECT: Duration = Duration::from_secs(5);
+/// The wait before a message whose outcome could not be made safe is handed back.
+const SETTLE_RETRY: Duration = Duration::from_millis(500);
+
+/// What a dispatcher does with an outcome.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// A Trigger queue: replies to the exchange, failures to the dead-letter exchange.
+    Trigger,
+    /// The dead-letter queue: delivered to the sink; refused letters stay queued.
+    DeadLetters,
+}
+
+struct Work {
+    broker: AmqpBroker,
+    queue: String,
+    trigger: Trigger,
+    subscriber: Arc<dyn Subscriber>,
+    role: Role,
+}
+
+/// A running consumer; stops when dropped (its unacked messages return to the queue).
+pub struct Dispatcher {
+    task: JoinHandle<()>,
+}
+
+impl Drop for Dispatcher {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Dispatcher {
+    pub(super) fn trigger(
+        broker: AmqpBroker,
+        trigger: Trigger,
+        subscriber: Arc<dyn Subscriber>,
+    ) -> Self {
+        let queue = broker.topology().trigger_queue(&trigger.name);
+        Self::start(Work {
+            broker,
+            queue,
+            trigger,
+            subscriber,
+            role: Role::Trigger,
+        })
+    }
+
+    pub(super) fn dead_letters(
+        broker: AmqpBroker,
+        sink: Arc<dyn Subscriber>,
+        delivery: Delivery,
+    ) -> Self {
+        let queue = broker.topology().dead_letter_queue();
+        let trigger = Trigger {
+            name: "dead-letter-sink".into(),
+            filter: Default::default(),
+            subscriber: sink.address(),
+            delivery,
+            parallelism: 1,
+        };
+        Self::start(Work {
+            broker,
+            queue,
+            trigger,
+            subscriber: sink,
+            role: Role::DeadLetters,
+        })
+    }
+
+    fn start(work: Work) -> Self {
+        Self {
+            task: tokio::spawn(run(Arc::new(work))),
+        }
+    }
+}
+
+/// Consumes until aborted, re-opening the connection with backoff whenever it breaks.
+async fn run(work: Arc<Work>) {
+    let mut wait = FIRST_RECONNECT;
+    loop {
+        let error = consume(&work, &mut wait).await;
+        tracing::warn!(queue = %work.queue, %error, retry_in = ?wait, "consumer stopped; reconnecting");
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(MAX_RECONNECT);
+    }
+}
+
+async fn consume(work: &Arc<Work>, wait: &mut Duration) -> AmqpError {
+    let channel = match open(work).await {
+        Ok(channel) => channel,
+        Err(error) => return error,
+    };
+    let mut consumer = match channel
+        .basic_consume(
+            ShortString::from(work.queue.as_str()),
+            ShortString::from(""),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+    {
+        Ok(consumer) => consumer,
+        Err(error) => return AmqpError::operation(format!("consuming {}", work.queue))(error),
+    };
+    *wait = FIRST_RECONNECT;
+    tracing::debug!(queue = %work.queue, "consuming");
+    let slots = Arc::new(Semaphore::new(work.trigger.parallelism.max(1)));
+    loop {
+        let next = poll_fn(|cx| Pin::new(&mut consumer).poll_next(cx)).await;
+        let message = match next {
+            Some(Ok(message)) => message,
+            Some(Err(error)) => {
+                return AmqpError::operation(format!("consuming {}", work.queue))(error);
+            }
+            None => {
+                return AmqpError::Closed {
+                    what: format!("the consumer of {}", work.queue),
+                };
+            }
+        };
+        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+            return AmqpError::Closed {
+                what: "the dispatcher's delivery slots".into(),
+            };
+        };
+        if work.trigger.parallelism <= 1 {
+            // In order: the next message waits for this one's outcome.
+            settle(work, message).await;
+            drop(slot);
+        } else {
+            let work = Arc::clone(work);
+            tokio::spawn(async move {
+                settle(&work, message).await;
+                drop(slot);
+            });
+        }
+    }
+}
+
+async fn open(work: &Work) -> Result<Channel, AmqpError> {
+    let channel = work.broker.channel().await?;
+    let prefetch = PREFETCH.max(u16::try_from(work.trigger.parallelism).unwrap_or(u16::MAX));
+    channel
+        .basic_qos(prefetch, BasicQosOptions::default())
+        .await
+        .map_err(AmqpError::operation("setting the prefetch"))?;
+    Ok(channel)
+}
+
+/// Delivers one message and settles it: ack once the outcome is safe, hand it back otherwise.
+async fn settle(work: &Work, message: Message) {
+    let Message {
+        properties,
+        data,
+        acker,
+        redelivered,
+        ..
+    } = message;
+    let event = match message::decode(&properties, data) {
+        Ok(event) => event,
+        Err(problems) => {
+            // Not a CloudEvent: nothing can deliver it. The queue dead-letters what is rejected,
+            // so it is kept (in the dead-letter queue, or parked from there) for an operator.
+            tracing::error!(queue = %work.queue, ?problems, "a message in the queue is not a CloudEvent; rejecting it to the dead letters");
+            let _ = acker.reject(BasicRejectOptions { requeue: false }).await;
+            return;
+        }
+    };
+    tracing::debug!(queue = %work.queue, event_id = %event.id(), redelivered, "delivering");
+    let outcome = deliver(&work.trigger, work.subscriber.as_ref(), event).await;
+    let safe = match (work.role, outcome) {
+        (_, Delivered::Accepted) | (Role::DeadLetters, Delivered::Reply(_)) => Ok(()),
+        (Role::Trigger, Delivered::Reply(reply)) => work.broker.publish(&reply).await,
+        (Role::Trigger, Delivered::DeadLetter(letter)) => {
+            tracing::warn!(trigger = %letter.trigger, attempts = letter.attempts, event_id = %letter.event.id(), "dead-lettered");
+            work.broker
+                .publish_to(
+                    &work.broker.topology().dead_letter_exchange(),
+                    &letter.event,
+                )
+                .await
+        }
+        (Role::DeadLetters, Delivered::DeadLetter(letter)) => {
+            tracing::error!(sink = %work.subscriber.address(), event_id = %letter.event.id(), "the dead-letter sink refused a dead letter; it stays in the dead-letter queue");
+            Err(AmqpError::Nacked {
+                id: letter.event.id().to_owned(),
+                exchange: work.subscriber.address(),
+            })
+        }
+    };
+    match safe {
+        Ok(()) => ack(work, &acker).await,
+        Err(error) => {
+            tracing::warn!(queue = %work.queue, %error, "outcome not safe yet; the message goes back to the queue");
+            tokio::time::sleep(SETTLE_RETRY).await;
+            let _ = acker
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    ..BasicNackOptions::default()
+                })
+                .await;
+        }
+    }
+}
+
+async fn ack(work: &Work, acker: &Acker) {
+    if let Err(error) = acker.ack(BasicAckOptions::default()).await {
+        // The channel broke after the outcome was made safe: RabbitMQ redelivers the message,
+        // and the stage's idempotence makes the second delivery harmless.
+        tracing::warn!(queue = %work.queue, %error, "ack failed; the message will be redelivered");
+    }
+}

@@ -1,0 +1,96 @@
+//! RabbitMQ stopped and started again in the middle of a stream: every event is delivered.
+//!
+//! A file of its own because it stops the RabbitMQ application on this machine
+//! (`rabbitmqctl stop_app` / `start_app`); test binaries run one after another, so no other
+//! test sees it down.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+use common::{Scripted, event, trigger};
+use klambda_broker::amqp::Topology;
+use klambda_broker::{AmqpBroker, Delivery};
+
+fn rabbitmqctl(args: &[&str]) -> Result<()> {
+    let status = Command::new("rabbitmqctl")
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .context("running rabbitmqctl (scripts/services.sh installs RabbitMQ)")?;
+    if !status.success() {
+        bail!("rabbitmqctl {args:?} failed: {status}");
+    }
+    Ok(())
+}
+
+/// Starts the RabbitMQ application again however the test ends.
+struct Restart;
+
+impl Drop for Restart {
+    fn drop(&mut self) {
+        if let Err(error) =
+            rabbitmqctl(&["start_app"]).and_then(|()| rabbitmqctl(&["await_startup"]))
+        {
+            eprintln!("could not start RabbitMQ again: {error}; run scripts/services.sh");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_event_is_delivered_across_a_rabbitmq_restart() -> Result<()> {
+    let url = std::env::var("KLAMBDA_TEST_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
+    let triggers = vec![trigger("steady", "t.steady", "x", Delivery::default())];
+    let topology = Topology::new("klambda", &format!("test-restart-{}", std::process::id()));
+    let broker = AmqpBroker::connect(&url, topology, &triggers)
+        .await
+        .context("RabbitMQ on 127.0.0.1:5672 (run scripts/services.sh)")?;
+    let subscriber = Scripted {
+        delay: Duration::from_millis(5),
+        ..Scripted::default()
+    };
+    let _dispatcher = broker.dispatch(triggers[0].clone(), Arc::new(subscriber.clone()));
+    let total = 300;
+    let producer = {
+        let broker = broker.clone();
+        tokio::spawn(async move {
+            for n in 0..total {
+                let event = event(&format!("{n:04}"), "t.steady");
+                // A producer retries until the broker confirms, as it would without a 202.
+                while broker.publish(&event).await.is_err() {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        })
+    };
+    subscriber.wait_for(50, Duration::from_secs(20)).await;
+    let restart = Restart;
+    tokio::task::spawn_blocking(|| rabbitmqctl(&["stop_app"])).await??;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::task::spawn_blocking(move || drop(restart)).await?;
+    producer.await?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let expected: BTreeSet<String> = (0..total).map(|n| format!("{n:04}")).collect();
+    loop {
+        let seen: BTreeSet<String> = subscriber.ids().into_iter().collect();
+        if seen == expected {
+            break;
+        }
+        if Instant::now() > deadline {
+            let missing: Vec<_> = expected.difference(&seen).take(10).collect();
+            bail!(
+                "{} of {total} never delivered, e.g. {missing:?}",
+                total - seen.len()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    broker.delete(&triggers).await?;
+    Ok(())
+}
