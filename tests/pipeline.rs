@@ -28,20 +28,24 @@ struct Pipeline {
 }
 
 /// The embedded platform (what `klambda up` runs) on a fresh data directory.
-fn start() -> Result<Pipeline> {
+async fn start() -> Result<Pipeline> {
     let data_dir = std::env::temp_dir().join(format!(
         "klambda-pipeline-{}-{}",
         std::process::id(),
         RUN.fetch_add(1, Ordering::SeqCst)
     ));
     let _ = std::fs::remove_dir_all(&data_dir);
-    let platform = embedded::Platform::start(&embedded::Settings {
+    let platform = embedded::Platform::start(&embedded::Settings::new(
         data_dir,
-        eventing_dir: repo::root().join("eventing"),
-        database_url: None,
-    })?;
+        repo::root().join("eventing"),
+    ))
+    .await?;
     Ok(Pipeline {
-        broker: platform.broker,
+        broker: platform
+            .bus
+            .embedded()
+            .cloned()
+            .context("the default bus is the embedded broker")?,
         store: platform.store,
     })
 }
@@ -114,7 +118,7 @@ async fn invoke(url: &str) -> Result<serde_json::Value> {
 
 #[tokio::test]
 async fn a_function_goes_from_submission_to_a_running_revision() -> Result<()> {
-    let pipeline = start()?;
+    let pipeline = start().await?;
     pipeline.broker.publish(created(
         "sub-1",
         &submission("hello", "{'hello': event['name']}")?,
@@ -158,7 +162,7 @@ async fn a_function_goes_from_submission_to_a_running_revision() -> Result<()> {
 
 #[tokio::test]
 async fn an_invalid_submission_stops_at_the_parser_with_its_reasons_recorded() -> Result<()> {
-    let pipeline = start()?;
+    let pipeline = start().await?;
     let mut bad = submission("Bad Name", "event")?;
     bad.handler = "app.handler; curl evil".into();
     let input = created("sub-2", &bad);
@@ -185,7 +189,7 @@ async fn an_invalid_submission_stops_at_the_parser_with_its_reasons_recorded() -
 
 #[tokio::test]
 async fn replaying_the_submission_builds_and_deploys_exactly_once() -> Result<()> {
-    let pipeline = start()?;
+    let pipeline = start().await?;
     let input = created("sub-3", &submission("replayed", "event")?);
     for _ in 0..3 {
         pipeline.broker.publish(input.clone());
@@ -220,7 +224,7 @@ async fn replaying_the_submission_builds_and_deploys_exactly_once() -> Result<()
 
 #[tokio::test]
 async fn a_contract_mismatch_is_dead_lettered_with_the_parsers_answer() -> Result<()> {
-    let pipeline = start()?;
+    let pipeline = start().await?;
     let mut newer = created("sub-4", &submission("newer", "event")?);
     cloudevents::AttributesWriter::set_dataschema(
         &mut newer,

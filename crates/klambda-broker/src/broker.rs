@@ -126,6 +126,28 @@ impl Broker {
     }
 }
 
+impl klambda_harness::publisher::Publisher for Broker {
+    fn publish(
+        &self,
+        event: Event,
+    ) -> klambda_harness::publisher::BoxFuture<
+        '_,
+        Result<(), klambda_harness::publisher::PublishError>,
+    > {
+        Broker::publish(self, event);
+        Box::pin(async { Ok(()) })
+    }
+
+    fn ready(
+        &self,
+    ) -> klambda_harness::publisher::BoxFuture<
+        '_,
+        Result<(), klambda_harness::publisher::PublishError>,
+    > {
+        Box::pin(async { Ok(()) })
+    }
+}
+
 fn publish(inner: &Inner, event: Event) -> usize {
     let mut matched = 0;
     for route in inner.routes.iter().filter(|r| r.trigger.matches(&event)) {

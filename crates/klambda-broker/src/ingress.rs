@@ -1,20 +1,19 @@
-//! The broker as a [`Publisher`], so in-process stages send their side events (`*.started`)
-//! into it, as they would post to the broker ingress at `K_SINK` on the cluster.
+//! A publisher connected after construction, so in-process stages send their side events
+//! (`*.started`) into the broker, as they would post to the broker ingress at `K_SINK` on the
+//! cluster.
 //!
-//! Stages are built before the broker that delivers to them, so the ingress is created first
-//! and connected once the broker has started.
+//! Stages are built before the embedded broker that delivers to them, so the ingress is created
+//! first and connected once the broker has started.
 
 use std::sync::{Arc, OnceLock};
 
 use cloudevents::Event;
 use klambda_harness::publisher::{BoxFuture, PublishError, Publisher};
 
-use crate::Broker;
-
 /// A publisher into a broker that is connected after construction.
 #[derive(Clone, Default)]
 pub struct Ingress {
-    broker: Arc<OnceLock<Broker>>,
+    broker: Arc<OnceLock<Arc<dyn Publisher>>>,
 }
 
 impl Ingress {
@@ -23,14 +22,15 @@ impl Ingress {
         Self::default()
     }
 
-    /// Connects to `broker`; later calls keep the first broker.
-    pub fn connect(&self, broker: &Broker) {
-        let _ = self.broker.set(broker.clone());
+    /// Connects to `broker` (the embedded [`crate::Broker`] or a [`crate::AmqpBroker`]); later
+    /// calls keep the first broker.
+    pub fn connect(&self, broker: Arc<dyn Publisher>) {
+        let _ = self.broker.set(broker);
     }
 
-    fn broker(&self) -> Result<&Broker, PublishError> {
+    fn broker(&self) -> Result<&Arc<dyn Publisher>, PublishError> {
         self.broker.get().ok_or_else(|| PublishError::Unreachable {
-            sink: "embedded broker".into(),
+            sink: "broker".into(),
             reason: "the broker has not started yet".into(),
         })
     }
@@ -38,14 +38,10 @@ impl Ingress {
 
 impl Publisher for Ingress {
     fn publish(&self, event: Event) -> BoxFuture<'_, Result<(), PublishError>> {
-        let result = self.broker().map(|broker| {
-            broker.publish(event);
-        });
-        Box::pin(async move { result })
+        Box::pin(async move { self.broker()?.publish(event).await })
     }
 
     fn ready(&self) -> BoxFuture<'_, Result<(), PublishError>> {
-        let result = self.broker().map(|_| ());
-        Box::pin(async move { result })
+        Box::pin(async move { self.broker()?.ready().await })
     }
 }

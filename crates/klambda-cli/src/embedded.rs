@@ -1,6 +1,10 @@
 //! The embedded platform: the broker wired from `eventing/`, the five stages in-process, and
 //! the local backends (object store, builder, runner, status store) under one data directory.
 //! What `klambda up` runs, and what the end-to-end tests start.
+//!
+//! The broker is in memory by default, or RabbitMQ (`--broker amqp://…`). Over RabbitMQ a
+//! platform may run only some stages (`--stages`): start more processes with the same broker
+//! and instance name to scale a stage, each consuming the same Trigger queues.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -10,7 +14,12 @@ use anyhow::{Context as _, Result};
 use context_uploader::ContextUploader;
 use job_launcher::JobLauncher;
 use job_launcher::builder::local::LocalBuilder;
-use klambda_broker::{Answer, Broker, InProcess, Ingress, Subscriber, trigger};
+use klambda_broker::amqp::{Dispatcher, Topology};
+use klambda_broker::{
+    AmqpBroker, Answer, Broker, Delivery, InProcess, Ingress, Subscriber, trigger,
+};
+use klambda_events::Stage;
+use klambda_harness::publisher::{PublishError, Publisher};
 use klambda_harness::{Handler, Harness};
 use klambda_storage::{LocalDir, ObjectStore};
 use parser::Parser;
@@ -31,13 +40,69 @@ pub struct Settings {
     pub eventing_dir: PathBuf,
     /// The status store (`sqlite:…` or `postgres://…`); SQLite in the data dir by default.
     pub database_url: Option<String>,
+    /// RabbitMQ (`amqp://…`) instead of the in-memory broker.
+    pub broker_url: Option<String>,
+    /// The platform's name in RabbitMQ (the `<uid>` of its exchanges and queues); platforms
+    /// with the same name share the queues.
+    pub instance: String,
+    /// The stages this process runs, by Service name; `None`: all five.
+    pub stages: Option<Vec<String>>,
+}
+
+impl Settings {
+    /// The defaults for `data_dir`: every stage, in-memory broker, SQLite.
+    pub fn new(data_dir: PathBuf, eventing_dir: PathBuf) -> Self {
+        Self {
+            data_dir,
+            eventing_dir,
+            database_url: None,
+            broker_url: None,
+            instance: "local".into(),
+            stages: None,
+        }
+    }
+}
+
+/// The broker a platform publishes into.
+#[derive(Clone)]
+pub enum Bus {
+    /// In memory, in this process.
+    Embedded(Broker),
+    /// RabbitMQ, with this process's dispatchers (they stop when the last clone is dropped).
+    Amqp {
+        /// The broker.
+        broker: AmqpBroker,
+        /// The Trigger queues this process consumes.
+        dispatchers: Arc<Vec<Dispatcher>>,
+    },
+}
+
+impl Bus {
+    /// Publishes `event`; `Ok` once the broker has it (for RabbitMQ: confirmed).
+    pub async fn publish(&self, event: cloudevents::Event) -> Result<(), PublishError> {
+        match self {
+            Self::Embedded(broker) => {
+                broker.publish(event);
+                Ok(())
+            }
+            Self::Amqp { broker, .. } => Publisher::publish(broker, event).await,
+        }
+    }
+
+    /// The in-memory broker, when that is the bus.
+    pub fn embedded(&self) -> Option<&Broker> {
+        match self {
+            Self::Embedded(broker) => Some(broker),
+            Self::Amqp { .. } => None,
+        }
+    }
 }
 
 /// A running embedded platform.
 #[derive(Clone)]
 pub struct Platform {
     /// The broker: publish events here.
-    pub broker: Broker,
+    pub bus: Bus,
     /// The status store the status reporter writes.
     pub store: Arc<dyn StatusStore>,
     /// The status reporter's handler (its query routes).
@@ -57,7 +122,7 @@ fn stage<H: Handler>(handler: H, ingress: &Ingress) -> (String, Arc<dyn Subscrib
 
 impl Platform {
     /// Starts everything. Must run inside a Tokio runtime.
-    pub fn start(settings: &Settings) -> Result<Self> {
+    pub async fn start(settings: &Settings) -> Result<Self> {
         std::fs::create_dir_all(&settings.data_dir).with_context(|| {
             format!(
                 "creating the data directory {}",
@@ -77,7 +142,7 @@ impl Platform {
         let ingress = Ingress::new();
         let builder = Arc::new(LocalBuilder::new(Arc::clone(&objects), data("builds")));
         let runner = Arc::new(LocalRunner::new());
-        let subscribers: HashMap<String, Arc<dyn Subscriber>> = [
+        let mut subscribers: HashMap<String, Arc<dyn Subscriber>> = [
             stage(Parser::new(), &ingress),
             stage(ContextUploader::new(Arc::clone(&objects)), &ingress),
             stage(JobLauncher::new(builder, Arc::clone(&objects)), &ingress),
@@ -86,6 +151,23 @@ impl Platform {
         ]
         .into_iter()
         .collect();
+        if let Some(stages) = &settings.stages {
+            let unknown: Vec<&str> = stages
+                .iter()
+                .filter(|s| !subscribers.contains_key(s.as_str()))
+                .map(String::as_str)
+                .collect();
+            if !unknown.is_empty() {
+                let mut known: Vec<&str> = subscribers.keys().map(String::as_str).collect();
+                known.sort();
+                anyhow::bail!(
+                    "unknown stage(s) {}; the stages are {}",
+                    unknown.join(", "),
+                    known.join(", ")
+                );
+            }
+            subscribers.retain(|name, _| stages.contains(name));
+        }
         let triggers = trigger::load(&settings.eventing_dir, BROKER).with_context(|| {
             format!(
                 "loading the Triggers in {}",
@@ -94,10 +176,41 @@ impl Platform {
         })?;
         // The Broker's deadLetterSink is the status reporter's dead-letter store, in-process.
         let sink: Arc<dyn Subscriber> = Arc::new(DeadLetterStore(Arc::clone(&store)));
-        let broker = Broker::start_with_dead_letter_sink(triggers, &subscribers, Some(sink))?;
-        ingress.connect(&broker);
+        let bus = match &settings.broker_url {
+            None => {
+                anyhow::ensure!(
+                    settings.stages.is_none(),
+                    "running only some stages needs a shared broker: add --broker amqp://…"
+                );
+                let broker =
+                    Broker::start_with_dead_letter_sink(triggers, &subscribers, Some(sink))?;
+                ingress.connect(Arc::new(broker.clone()));
+                Bus::Embedded(broker)
+            }
+            Some(url) => {
+                let topology = Topology::new(BROKER, &settings.instance);
+                let broker = AmqpBroker::connect(url, topology, &triggers).await?;
+                ingress.connect(Arc::new(broker.clone()));
+                let mut dispatchers: Vec<Dispatcher> = triggers
+                    .into_iter()
+                    .filter_map(|trigger| {
+                        let subscriber = Arc::clone(subscribers.get(&trigger.subscriber)?);
+                        Some(broker.dispatch(trigger, subscriber))
+                    })
+                    .collect();
+                // The process that runs the status reporter also drains the dead letters into
+                // its store.
+                if subscribers.contains_key(Stage::StatusReporter.service_name()) {
+                    dispatchers.push(broker.dispatch_dead_letters(sink, Delivery::default()));
+                }
+                Bus::Amqp {
+                    broker,
+                    dispatchers: Arc::new(dispatchers),
+                }
+            }
+        };
         Ok(Self {
-            broker,
+            bus,
             store,
             reporter,
             runner,

@@ -53,6 +53,16 @@ enum Command {
         /// Status store (`sqlite:PATH` or `postgres://…`); SQLite in the data dir by default.
         #[arg(long, env = "DATABASE_URL")]
         database_url: Option<String>,
+        /// RabbitMQ (`amqp://user:password@host:5672/vhost`) instead of the in-memory broker.
+        #[arg(long, env = "KLAMBDA_BROKER_URL")]
+        broker: Option<String>,
+        /// This platform's name in RabbitMQ; processes with the same name share the queues.
+        #[arg(long, default_value = "local")]
+        instance: String,
+        /// Run only these stages (comma-separated Service names; needs --broker), e.g. a second
+        /// `--stages parser` process to scale the parser.
+        #[arg(long, value_delimiter = ',')]
+        stages: Option<Vec<String>>,
     },
     /// Deploy the function in DIR (klambda.json + its files) and follow it until ready.
     Deploy { dir: PathBuf },
@@ -118,7 +128,22 @@ async fn run(cli: Cli) -> Result<i32> {
             data_dir,
             eventing_dir,
             database_url,
-        } => up(port, data_dir, eventing_dir, database_url).await,
+            broker,
+            instance,
+            stages,
+        } => {
+            let settings = embedded::Settings {
+                database_url,
+                broker_url: broker,
+                instance,
+                stages,
+                ..embedded::Settings::new(
+                    data_dir,
+                    embedded::find_eventing_dir(eventing_dir.as_deref())?,
+                )
+            };
+            up(port, settings).await
+        }
         Command::Deploy { dir } => client::deploy(&platform, &dir, output).await,
         Command::Invoke {
             name,
@@ -134,19 +159,9 @@ async fn run(cli: Cli) -> Result<i32> {
     }
 }
 
-async fn up(
-    port: u16,
-    data_dir: PathBuf,
-    eventing_dir: Option<PathBuf>,
-    database_url: Option<String>,
-) -> Result<i32> {
+async fn up(port: u16, settings: embedded::Settings) -> Result<i32> {
     tracing_init();
-    let settings = embedded::Settings {
-        data_dir,
-        eventing_dir: embedded::find_eventing_dir(eventing_dir.as_deref())?,
-        database_url,
-    };
-    let platform = embedded::Platform::start(&settings)?;
+    let platform = embedded::Platform::start(&settings).await?;
     let address = SocketAddr::from(([127, 0, 0, 1], port));
     let listener = tokio::net::TcpListener::bind(address)
         .await
@@ -159,6 +174,17 @@ async fn up(
     println!("  status          http://{address}/functions");
     println!("  data            {}", settings.data_dir.display());
     println!("  triggers        {}", settings.eventing_dir.display());
+    match &platform.bus {
+        embedded::Bus::Embedded(_) => println!("  broker          in memory"),
+        embedded::Bus::Amqp { broker, .. } => println!(
+            "  broker          {} (exchange {})",
+            broker.address(),
+            broker.topology().exchange()
+        ),
+    }
+    if let Some(stages) = &settings.stages {
+        println!("  stages          {}", stages.join(", "));
+    }
     println!("deploy a function: klambda deploy examples/hello-python   (Ctrl-C stops)");
     axum::serve(listener, server::router(platform))
         .with_graceful_shutdown(klambda_harness::serve::shutdown_signal())

@@ -1,5 +1,6 @@
 //! `klambda up`'s HTTP face, one port: `POST /` is the broker ingress (a CloudEvent in, `202`
-//! once it is queued for every matching Trigger), the status API is the status reporter's
+//! once it is queued for every matching Trigger: for RabbitMQ, once the publish is confirmed;
+//! `500` when it could not be), the status API is the status reporter's
 //! (`/functions…`, `/events/{id}`, `/dead-letters`), `GET /functions/{name}/logs` gives the
 //! latest build's log and the serving revision's output, `GET /health` says it is up.
 
@@ -31,11 +32,16 @@ pub fn router(platform: Platform) -> Router {
 
 async fn ingress(State(platform): State<Platform>, headers: HeaderMap, body: Bytes) -> Response {
     match codec::decode(&headers, body) {
-        Ok(event) => {
-            let matched = platform.broker.publish(event);
-            tracing::debug!(matched, "accepted");
-            StatusCode::ACCEPTED.into_response()
-        }
+        Ok(event) => match platform.bus.publish(event).await {
+            Ok(()) => StatusCode::ACCEPTED.into_response(),
+            Err(error) => ProblemDetails::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "publish-failed",
+                "The broker did not take the event",
+                format!("{error}; nothing was accepted, send it again"),
+            )
+            .into_response(),
+        },
         Err(failure) => {
             let problems = match failure {
                 DecodeFailure::Invalid(problems) => problems,

@@ -1,0 +1,105 @@
+//! The whole pipeline over the real RabbitMQ on this machine, as `klambda up --broker amqp://…`
+//! runs it, with the parser scaled out into a second platform process: both examples are
+//! deployed with the CLI's own `deploy` and answer an invocation.
+//!
+//! Needs RabbitMQ on 127.0.0.1:5672 (guest/guest; `scripts/services.sh` starts it) or
+//! `$KLAMBDA_TEST_AMQP_URL`.
+
+use anyhow::{Context as _, Result};
+use klambda_broker::trigger;
+use klambda_cli::client::{self, Output};
+use klambda_cli::embedded::{self, BROKER, Bus, Platform};
+use klambda_events::data::Phase;
+use klambda_test_support::http::{TestServer, post};
+use klambda_test_support::repo;
+
+fn url() -> String {
+    std::env::var("KLAMBDA_TEST_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+async fn platform(instance: &str, role: &str, stages: Vec<&str>) -> Result<Platform> {
+    let data_dir = std::env::temp_dir().join(format!("klambda-{instance}-{role}"));
+    let _ = std::fs::remove_dir_all(&data_dir);
+    let settings = embedded::Settings {
+        broker_url: Some(url()),
+        instance: instance.to_owned(),
+        stages: Some(stages.into_iter().map(str::to_owned).collect()),
+        ..embedded::Settings::new(data_dir, repo::root().join("eventing"))
+    };
+    Platform::start(&settings)
+        .await
+        .context("starting a platform on RabbitMQ at 127.0.0.1:5672 (run scripts/services.sh)")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_examples_deploy_over_rabbitmq_with_the_parser_in_its_own_process() -> Result<()> {
+    let instance = format!("test-pipeline-{}", std::process::id());
+    // This process runs every stage but the parser; a second one runs only the parser, and
+    // receives the submissions through RabbitMQ.
+    let main = platform(
+        &instance,
+        "main",
+        vec![
+            "context-uploader",
+            "job-launcher",
+            "service-deployer",
+            "status-reporter",
+        ],
+    )
+    .await?;
+    let parser = platform(&instance, "parser", vec!["parser"]).await?;
+    let server = TestServer::start(klambda_cli::server::router(main.clone())).await?;
+    let endpoint = client::Platform::new(&server.url(""));
+    for (example, name) in [
+        ("hello-python", "hello-python"),
+        ("hello-node", "hello-node"),
+    ] {
+        let code = client::deploy(
+            &endpoint,
+            &repo::root().join("examples").join(example),
+            Output::Json,
+        )
+        .await?;
+        assert_eq!(code, 0, "{example} did not become ready");
+        let state = main
+            .store
+            .function(name)
+            .await?
+            .context("the status reporter knows the function")?;
+        assert_eq!(state.phase, Phase::Ready, "{state:?}");
+        let function = state.url.context("a ready function has a URL")?;
+        let reply = post(
+            &format!("{function}/"),
+            &[
+                ("ce-specversion", "1.0"),
+                ("ce-id", "invoke-1"),
+                ("ce-source", "/tests"),
+                ("ce-type", "com.example.hello"),
+                ("content-type", "application/json"),
+            ],
+            r#"{"name":"rabbit"}"#,
+        )
+        .await?;
+        assert_eq!(reply.status, 200, "{name}: {:?}", reply.body);
+        assert_eq!(reply.json()?["message"], "Hello, rabbit!", "{name}");
+    }
+    // The parser's work came through its own process: its events are in the log.
+    let events = main.store.function_events("hello-node", 0, 100).await?;
+    assert!(
+        events
+            .iter()
+            .any(|e| e.json()["type"] == "io.knative.lambda.parser.completed"),
+        "no parser.completed in {events:?}"
+    );
+    let Bus::Amqp { broker, .. } = &main.bus else {
+        anyhow::bail!("the platform runs on RabbitMQ");
+    };
+    let broker = broker.clone();
+    server.shutdown().await;
+    drop(parser);
+    drop(main);
+    let triggers = trigger::load(&repo::root().join("eventing"), BROKER)?;
+    broker.delete(&triggers).await?;
+    Ok(())
+}
