@@ -253,3 +253,74 @@ async fn a_contract_mismatch_is_dead_lettered_with_the_parsers_answer() -> Resul
     assert_eq!(stored[0].json()["knativeerrorcode"], "400");
     Ok(())
 }
+
+#[tokio::test]
+async fn a_dead_letter_redriven_with_the_cli_goes_through_the_pipeline() -> Result<()> {
+    use klambda_cli::client::{self, Dlq, Output};
+    let data_dir = std::env::temp_dir().join(format!("klambda-redrive-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&data_dir);
+    let platform = embedded::Platform::start(&embedded::Settings::new(
+        data_dir,
+        repo::root().join("eventing"),
+    ))
+    .await?;
+    let server = klambda_test_support::http::TestServer::start(klambda_cli::server::router(
+        platform.clone(),
+    ))
+    .await?;
+    // What the Broker's deadLetterSink receives when the parser was down for every retry.
+    let mut letter = created("sub-5", &submission("redriven", "event")?);
+    letter.set_extension("knativeerrordest", "http://parser.knative-lambda.svc");
+    letter.set_extension("knativeerrorcode", "503");
+    letter.set_extension("knativeerrordata", "ZG93bg==");
+    let (headers, body) = klambda_harness::codec::encode_binary(&letter);
+    let headers: Vec<(String, String)> = headers
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or_default().to_owned()))
+        .collect();
+    let headers: Vec<(&str, &str)> = headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let sunk = post(&server.url("/dead-letters"), &headers, body).await?;
+    assert_eq!(sunk.status, 202, "{:?}", sunk.body);
+
+    let endpoint = client::Platform::new(&server.url(""));
+    assert_eq!(client::dlq(&endpoint, Dlq::List, Output::Json).await?, 0);
+    let stored = platform.store.dead_letters(10).await?;
+    assert_eq!(stored.len(), 1);
+    assert_eq!(
+        client::dlq(&endpoint, Dlq::Show(stored[0].seq), Output::Text).await?,
+        0
+    );
+    assert_eq!(
+        client::dlq(&endpoint, Dlq::Redrive(None), Output::Text).await?,
+        0
+    );
+    assert!(
+        platform.store.dead_letters(10).await?.is_empty(),
+        "a redriven letter is forgotten"
+    );
+    let pipeline = Pipeline {
+        broker: platform
+            .bus
+            .embedded()
+            .cloned()
+            .context("embedded broker")?,
+        store: Arc::clone(&platform.store),
+    };
+    let state = pipeline.settled("redriven").await?;
+    assert_eq!(state.phase, Phase::Ready, "{state:?}");
+    // The redriven event went without the error attributes.
+    let submitted = pipeline.store.event("sub-5").await?.context("recorded")?;
+    assert!(submitted.json().get("knativeerrorcode").is_none());
+    // A letter that does not exist is a clear error.
+    let missing = client::dlq(&endpoint, Dlq::Show(999_999), Output::Text)
+        .await
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(missing.contains("no dead letter 999999"), "{missing}");
+    server.shutdown().await;
+    Ok(())
+}

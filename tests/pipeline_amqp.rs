@@ -92,6 +92,37 @@ async fn both_examples_deploy_over_rabbitmq_with_the_parser_in_its_own_process()
             .any(|e| e.json()["type"] == "io.knative.lambda.parser.completed"),
         "no parser.completed in {events:?}"
     );
+    // A submission the parser refuses outright (a contract version it does not know) is
+    // dead-lettered by the parser's process and lands in the status reporter's store.
+    let refused = post(
+        &server.url("/"),
+        &[
+            ("ce-specversion", "1.0"),
+            ("ce-id", "v2-1"),
+            ("ce-source", "/tests"),
+            ("ce-type", "io.knative.lambda.function.created"),
+            (
+                "ce-dataschema",
+                "urn:knative-lambda:schema:io.knative.lambda.function.created:v2",
+            ),
+            ("content-type", "application/json"),
+        ],
+        r#"{"name":"newer"}"#,
+    )
+    .await?;
+    assert_eq!(refused.status, 202);
+    let mut letters = Vec::new();
+    for _ in 0..400 {
+        letters = main.store.dead_letters(10).await?;
+        if !letters.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert_eq!(letters.len(), 1, "the dead letter reached the store");
+    assert_eq!(letters[0].json()["knativeerrorcode"], "400");
+    assert_eq!(letters[0].json()["knativeerrordest"], "inprocess://parser");
+
     let Bus::Amqp { broker, .. } = &main.bus else {
         anyhow::bail!("the platform runs on RabbitMQ");
     };

@@ -79,6 +79,23 @@ impl Platform {
             .await
     }
 
+    async fn delete(&self, path: &str) -> Result<Answer> {
+        let answer = self
+            .send(
+                Request::delete(format!("{}{path}", self.endpoint))
+                    .body(Full::new(Bytes::new()))?,
+            )
+            .await?;
+        if !(200..300).contains(&answer.status) {
+            bail!(
+                "DELETE {path} answered {}: {}",
+                answer.status,
+                String::from_utf8_lossy(&answer.body)
+            );
+        }
+        Ok(answer)
+    }
+
     async fn get_json(&self, path: &str) -> Result<Option<Value>> {
         let answer = self.get(path).await?;
         match answer.status {
@@ -93,7 +110,13 @@ impl Platform {
 
     /// Publishes an event to the broker ingress.
     async fn publish(&self, event: &cloudevents::Event) -> Result<()> {
-        let body = serde_json::to_vec(&klambda_harness::codec::to_structured(event))?;
+        self.publish_structured(&klambda_harness::codec::to_structured(event))
+            .await
+    }
+
+    /// Publishes an event in structured mode (a JSON object) to the broker ingress.
+    async fn publish_structured(&self, event: &Value) -> Result<()> {
+        let body = serde_json::to_vec(event)?;
         let request = Request::post(format!("{}/", self.endpoint))
             .header("content-type", "application/cloudevents+json")
             .body(Full::new(Bytes::from(body)))?;
@@ -228,6 +251,136 @@ fn detail(short: &str, data: &Value) -> String {
         "service.failed" => format!("{}: {}", text("reason"), text("message")),
         _ => String::new(),
     }
+}
+
+/// What `klambda dlq` does with the dead letters (kept by the status reporter, the Broker's
+/// dead-letter sink).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dlq {
+    /// One line per letter.
+    List,
+    /// One letter, with its error attributes.
+    Show(i64),
+    /// Publish one letter (or all: `None`) to the broker again, without its error attributes,
+    /// and forget it once the broker accepted it.
+    Redrive(Option<i64>),
+    /// Forget every letter.
+    Purge,
+}
+
+/// The attributes the broker adds to a dead letter; a redriven event goes without them.
+const ERROR_ATTRIBUTES: [&str; 3] = ["knativeerrordest", "knativeerrorcode", "knativeerrordata"];
+
+/// `klambda dlq list | show ID | redrive ID|--all | purge`.
+pub async fn dlq(platform: &Platform, command: Dlq, output: Output) -> Result<i32> {
+    match command {
+        Dlq::List => {
+            let letters = platform
+                .get_json("/dead-letters?limit=10000")
+                .await?
+                .unwrap_or_default();
+            if output == Output::Json {
+                println!("{}", serde_json::to_string_pretty(&letters)?);
+                return Ok(0);
+            }
+            let letters = letters.as_array().cloned().unwrap_or_default();
+            if letters.is_empty() {
+                println!("no dead letters");
+                return Ok(0);
+            }
+            println!(
+                "{:>5}  {:<25}  {:<36}  {:<16}  {:>4}  DESTINATION",
+                "ID", "RECEIVED", "TYPE", "SUBJECT", "CODE"
+            );
+            for letter in &letters {
+                let event = &letter["event"];
+                let text = |key: &str| event[key].as_str().unwrap_or("-").to_owned();
+                println!(
+                    "{:>5}  {:<25}  {:<36}  {:<16}  {:>4}  {}",
+                    letter["seq"],
+                    letter["receivedAt"].as_str().unwrap_or_default(),
+                    text("type"),
+                    text("subject"),
+                    text("knativeerrorcode"),
+                    text("knativeerrordest"),
+                );
+            }
+            Ok(0)
+        }
+        Dlq::Show(seq) => {
+            let letter = dead_letter(platform, seq).await?;
+            if output == Output::Json {
+                println!("{}", serde_json::to_string_pretty(&letter)?);
+                return Ok(0);
+            }
+            let event = &letter["event"];
+            let error_data = event["knativeerrordata"]
+                .as_str()
+                .and_then(|b64| {
+                    use base64::Engine as _;
+                    base64::engine::general_purpose::STANDARD.decode(b64).ok()
+                })
+                .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+                .unwrap_or_default();
+            println!("dead letter {seq}, received {}", letter["receivedAt"]);
+            println!("  failed at   {}", event["knativeerrordest"]);
+            println!("  status      {}", event["knativeerrorcode"]);
+            println!("  answer      {error_data}");
+            println!("event:");
+            println!("{}", serde_json::to_string_pretty(event)?);
+            Ok(0)
+        }
+        Dlq::Redrive(only) => {
+            let letters = match only {
+                Some(seq) => vec![dead_letter(platform, seq).await?],
+                None => platform
+                    .get_json("/dead-letters?limit=10000")
+                    .await?
+                    .and_then(|l| l.as_array().cloned())
+                    .unwrap_or_default(),
+            };
+            let mut redriven = 0;
+            for letter in &letters {
+                let seq = letter["seq"].as_i64().context("a dead letter has a seq")?;
+                let mut event = letter["event"].clone();
+                if let Some(attributes) = event.as_object_mut() {
+                    for name in ERROR_ATTRIBUTES {
+                        attributes.remove(name);
+                    }
+                }
+                // Published first, forgotten second: a failure in between redrives it twice
+                // (harmless, stages are idempotent) rather than losing it.
+                platform.publish_structured(&event).await?;
+                platform.delete(&format!("/dead-letters/{seq}")).await?;
+                redriven += 1;
+                if output == Output::Text {
+                    println!("redriven {seq}: {} {}", event["type"], event["id"]);
+                }
+            }
+            if output == Output::Json {
+                println!("{}", serde_json::json!({ "redriven": redriven }));
+            } else if redriven == 0 {
+                println!("no dead letters");
+            }
+            Ok(0)
+        }
+        Dlq::Purge => {
+            let answer = platform.delete("/dead-letters").await?;
+            let removed: Value = serde_json::from_slice(&answer.body)?;
+            match output {
+                Output::Json => println!("{removed}"),
+                Output::Text => println!("purged {} dead letters", removed["removed"]),
+            }
+            Ok(0)
+        }
+    }
+}
+
+async fn dead_letter(platform: &Platform, seq: i64) -> Result<Value> {
+    platform
+        .get_json(&format!("/dead-letters/{seq}"))
+        .await?
+        .with_context(|| format!("no dead letter {seq}; `klambda dlq list` shows them"))
 }
 
 fn event_id(prefix: &str) -> String {

@@ -86,12 +86,40 @@ enum Command {
     Replay { event_id: String },
     /// Delete a function.
     Delete { name: String },
+    /// The dead letters: events the broker could not deliver.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
     /// Serve a function's previous revision again.
     Rollback {
         name: String,
         /// The revision to return to (default: the one before the current).
         #[arg(long)]
         to: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum DlqCommand {
+    /// List them, oldest first.
+    List,
+    /// Show one, with where and why its delivery failed.
+    Show { id: i64 },
+    /// Publish one (or all) to the broker again, and forget it once accepted.
+    Redrive {
+        /// The letter to redrive.
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        id: Option<i64>,
+        /// Redrive every letter.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Forget every dead letter.
+    Purge {
+        /// Yes, forget them all.
+        #[arg(long)]
+        yes: bool,
     },
 }
 
@@ -155,6 +183,19 @@ async fn run(cli: Cli) -> Result<i32> {
         Command::Logs { name } => client::logs(&platform, &name, output).await,
         Command::Replay { event_id } => client::replay(&platform, &event_id).await,
         Command::Delete { name } => client::delete(&platform, &name, output).await,
+        Command::Dlq { command } => {
+            let command = match command {
+                DlqCommand::List => client::Dlq::List,
+                DlqCommand::Show { id } => client::Dlq::Show(id),
+                DlqCommand::Redrive { id, .. } => client::Dlq::Redrive(id),
+                DlqCommand::Purge { yes: false } => {
+                    eprintln!("klambda: purge forgets every dead letter; add --yes to do it");
+                    return Ok(64);
+                }
+                DlqCommand::Purge { yes: true } => client::Dlq::Purge,
+            };
+            client::dlq(&platform, command, output).await
+        }
         Command::Rollback { name, to } => client::rollback(&platform, &name, to, output).await,
     }
 }

@@ -117,3 +117,8 @@ pub async fn post(url: &str, headers: &[(&str, &str)], body: impl Into<Bytes>) -
 pub async fn get(url: &str) -> Result<Reply> {
     send(Request::get(url).body(Full::new(Bytes::new()))?).await
 }
+
+/// DELETEs `url`.
+pub async fn delete(url: &str) -> Result<Reply> {
+    send(Request::delete(url).body(Full::new(Bytes::new()))?).await
+}

@@ -13,6 +13,7 @@ use http::header::CONTENT_TYPE;
 use klambda_harness::problem::ProblemDetails;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use serde_json::json;
 
 use crate::fold::FunctionState;
 use crate::store::{StatusStore, StoreError};
@@ -23,7 +24,16 @@ pub const DEAD_LETTER_PATH: &str = "/dead-letters";
 /// The routes, over `store`.
 pub fn routes(store: Arc<dyn StatusStore>) -> Router {
     Router::new()
-        .route(DEAD_LETTER_PATH, post(dead_letter).get(dead_letters))
+        .route(
+            DEAD_LETTER_PATH,
+            post(dead_letter)
+                .get(dead_letters)
+                .delete(purge_dead_letters),
+        )
+        .route(
+            "/dead-letters/{seq}",
+            get(one_dead_letter).delete(remove_dead_letter),
+        )
         .route("/functions", get(functions))
         .route("/functions/{name}", get(function))
         .route("/functions/{name}/events", get(function_events))
@@ -168,6 +178,38 @@ async fn dead_letters(
         Ok(letters) => {
             axum::Json(letters.iter().map(EventView::from).collect::<Vec<_>>()).into_response()
         }
+        Err(error) => unavailable(&error),
+    }
+}
+
+/// `GET /dead-letters/{seq}`: one letter, with its `knativeerror*` attributes.
+async fn one_dead_letter(
+    State(store): State<Arc<dyn StatusStore>>,
+    Path(seq): Path<i64>,
+) -> Response {
+    match store.dead_letter(seq).await {
+        Ok(Some(letter)) => axum::Json(EventView::from(&letter)).into_response(),
+        Ok(None) => not_found(format!("no dead letter {seq}")),
+        Err(error) => unavailable(&error),
+    }
+}
+
+/// `DELETE /dead-letters/{seq}`: forgets one letter (after it was redriven). 204, or 404.
+async fn remove_dead_letter(
+    State(store): State<Arc<dyn StatusStore>>,
+    Path(seq): Path<i64>,
+) -> Response {
+    match store.remove_dead_letters(Some(seq)).await {
+        Ok(0) => not_found(format!("no dead letter {seq}")),
+        Ok(_) => StatusCode::NO_CONTENT.into_response(),
+        Err(error) => unavailable(&error),
+    }
+}
+
+/// `DELETE /dead-letters`: forgets every letter; answers how many.
+async fn purge_dead_letters(State(store): State<Arc<dyn StatusStore>>) -> Response {
+    match store.remove_dead_letters(None).await {
+        Ok(removed) => axum::Json(json!({ "removed": removed })).into_response(),
         Err(error) => unavailable(&error),
     }
 }

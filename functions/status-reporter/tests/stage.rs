@@ -13,7 +13,7 @@ use klambda_events::data::{
 };
 use klambda_events::{BuildId, ContentDigest, Envelope, EventType, FunctionName, decode};
 use klambda_harness::{Harness, codec};
-use klambda_test_support::http::{Reply, TestServer, get, post};
+use klambda_test_support::http::{Reply, TestServer, delete, get, post};
 use status_reporter::StatusReporter;
 
 async fn start() -> Result<TestServer> {
@@ -237,5 +237,24 @@ async fn is_the_brokers_dead_letter_sink() -> Result<()> {
     let invalid = post(&url, &[("content-type", "application/json")], "{}").await?;
     assert_eq!(invalid.status, 400);
     assert_eq!(invalid.header("content-type"), "application/problem+json");
+
+    // One letter by id, forgotten once (a redrive), then gone.
+    let seq = letters[0]["seq"].as_i64().unwrap_or_default();
+    let one = get(&format!("{url}/{seq}")).await?;
+    assert_eq!(one.status, 200);
+    assert_eq!(one.json()?["event"]["id"], "d-1");
+    assert_eq!(delete(&format!("{url}/{seq}")).await?.status, 204);
+    assert_eq!(delete(&format!("{url}/{seq}")).await?.status, 404);
+    assert_eq!(get(&format!("{url}/{seq}")).await?.status, 404);
+
+    // A purge forgets them all and says how many.
+    for id in ["d-2", "d-3"] {
+        let mut again = headers;
+        again[1] = ("ce-id", id);
+        assert_eq!(post(&url, &again, "{}").await?.status, 202);
+    }
+    let purged = delete(&url).await?;
+    assert_eq!(purged.json()?["removed"], 2);
+    assert_eq!(get(&url).await?.json()?, serde_json::json!([]));
     Ok(())
 }

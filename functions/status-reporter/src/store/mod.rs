@@ -106,6 +106,11 @@ pub trait StatusStore: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<bool, StoreError>>;
     /// Dead letters, oldest first, at most `limit`.
     fn dead_letters(&self, limit: i64) -> BoxFuture<'_, Result<Vec<StoredEvent>, StoreError>>;
+    /// One dead letter by its sequence number.
+    fn dead_letter(&self, seq: i64) -> BoxFuture<'_, Result<Option<StoredEvent>, StoreError>>;
+    /// Removes one dead letter (after a redrive), or all of them (`None`: a purge); returns how
+    /// many were removed.
+    fn remove_dead_letters(&self, seq: Option<i64>) -> BoxFuture<'_, Result<u64, StoreError>>;
     /// Whether the database answers.
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>>;
 }

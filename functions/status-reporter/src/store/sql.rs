@@ -275,6 +275,36 @@ impl StatusStore for SqlStore {
         })
     }
 
+    fn dead_letter(&self, seq: i64) -> BoxFuture<'_, Result<Option<StoredEvent>, StoreError>> {
+        Box::pin(async move {
+            let row = sqlx::query("SELECT seq, received_at, body FROM dead_letters WHERE seq = $1")
+                .bind(seq)
+                .fetch_optional(self.ready().await?)
+                .await?;
+            row.as_ref().map(stored).transpose()
+        })
+    }
+
+    fn remove_dead_letters(&self, seq: Option<i64>) -> BoxFuture<'_, Result<u64, StoreError>> {
+        Box::pin(async move {
+            let pool = self.ready().await?;
+            let done = match seq {
+                Some(seq) => {
+                    sqlx::query("DELETE FROM dead_letters WHERE seq = $1")
+                        .bind(seq)
+                        .execute(pool)
+                        .await?
+                }
+                None => {
+                    sqlx::query("DELETE FROM dead_letters")
+                        .execute(pool)
+                        .await?
+                }
+            };
+            Ok(done.rows_affected())
+        })
+    }
+
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(async move {
             sqlx::query("SELECT 1").execute(self.ready().await?).await?;
