@@ -1,6 +1,7 @@
 //! The RabbitMQ broker against the real RabbitMQ on this machine (127.0.0.1:5672, started by
 //! `scripts/services.sh`): routing by filter, reply chaining, retries and backoff, dead-letter
-//! attributes, non-retryable 4xx, redelivery after a dispatcher dies mid-delivery, ordering at
+//! attributes, non-retryable 4xx, a dead letter that cannot be published staying unacked,
+//! redelivery after a dispatcher dies mid-delivery, ordering at
 //! parallelism 1, concurrency above it, and messages that are not CloudEvents being kept.
 //!
 //! Every test declares its own topology (a unique instance name) and deletes it at the end.
@@ -319,5 +320,33 @@ async fn an_unreachable_rabbitmq_is_a_clear_error() -> Result<()> {
         !error.contains("secret"),
         "the password is not shown: {error}"
     );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_dead_letter_that_cannot_be_published_is_not_acked() -> Result<()> {
+    let triggers = vec![trigger("no-dlx", "t.bad", "x", quick(0))];
+    let broker = broker("no-dlx", &triggers).await;
+    // The dead-letter exchange disappears: publishing a dead letter fails.
+    let connection = Connection::connect(&url(), ConnectionProperties::default()).await?;
+    let channel = connection.create_channel().await?;
+    channel
+        .exchange_delete(
+            broker.topology().dead_letter_exchange().into(),
+            lapin::options::ExchangeDeleteOptions::default(),
+        )
+        .await?;
+    let refusing = Scripted::answering(vec![failed(400, "bad input"); 1000]);
+    let _d = broker.dispatch(triggers[0].clone(), arc(&refusing));
+    broker.publish(&event("1", "t.bad")).await?;
+    // Refused, dead-letter publish failed, handed back, delivered again: never acked and gone.
+    assert!(refusing.wait_for(2, wait()).await >= 2);
+    // Once the exchange is back (the topology declared again), the letter gets through.
+    let sink = Scripted::default();
+    let again = AmqpBroker::connect(&url(), broker.topology().clone(), &triggers).await?;
+    let _dead = again.dispatch_dead_letters(arc(&sink), quick(0));
+    assert!(sink.wait_for(1, wait()).await >= 1);
+    assert_eq!(sink.ids()[0], "1");
+    broker.delete(&triggers).await?;
     Ok(())
 }
