@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Makes sure what the tests use is here: RabbitMQ (127.0.0.1:5672) and PostgreSQL
-# (127.0.0.1:5432) running, and Node.js and Python 3 with pip (the runtimes the example and test
-# functions are built and run with). Starts or installs what is missing; fails with what to do
+# (127.0.0.1:5432) running, the S3-compatible test server s3s-fs installed (tests start their own
+# instances), and Node.js and Python 3 with pip (the runtimes the example and test functions are
+# built and run with). Starts or installs what is missing; fails with what to do
 # when it cannot.
 set -euo pipefail
 
@@ -52,8 +53,20 @@ ensure_tool() { # command, Debian packages
   return 1
 }
 
+# s3s-fs 0.14 (0.15 needs a newer rustc), built once into the machine's tools directory.
+TOOLS=/var/tmp/knative-lambda/tools
+ensure_s3s() {
+  [ -x "$TOOLS/bin/s3s-fs" ] && return 0
+  echo "installing the S3-compatible test server s3s-fs (cargo install, about 2-3 minutes)…" >&2
+  if ! CARGO_TARGET_DIR="$TOOLS/target" cargo install --quiet --locked s3s-fs@0.14.1 --features binary --root "$TOOLS"; then
+    echo "could not install s3s-fs; run: cargo install s3s-fs@0.14.1 --features binary --root $TOOLS" >&2
+    return 1
+  fi
+}
+
 ensure_rabbitmq
 ensure_postgres
+ensure_s3s
 ensure_tool node nodejs
 ensure_tool npm npm
 ensure_tool python3 "python3 python3-pip"

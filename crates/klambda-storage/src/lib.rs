@@ -1,16 +1,31 @@
-//! Object storage for build contexts and build records, behind [`ObjectStore`].
+//! Object storage for build contexts, build records and uploaded sources, behind
+//! [`ObjectStore`].
 //!
-//! The embedded implementation is [`LocalDir`]; the S3-compatible one comes with the storage
-//! issue. Keys are content-addressed by the stages (`contexts/<digest>.tar.gz`,
+//! Two implementations: [`LocalDir`] (the embedded default) and [`S3Store`] (AWS S3, MinIO,
+//! Garage, s3s). Keys are content-addressed by the stages (`contexts/<digest>.tar.gz`,
 //! `images/<digest>.json`), so a write of the same key always carries the same bytes.
 //!
-//! **Invariant:** a reader never sees half an object: writes go to a temporary file in the same
-//! directory and are renamed into place.
+//! **Invariant:** a reader never sees half an object: local writes go to a temporary file renamed
+//! into place; S3 writes are one PUT or a multipart upload that is completed only when every part
+//! is in, and aborted on any failure (no orphaned parts).
+//!
+//! # Layout
+//! - [`local`]: the local directory store, [`LocalDir`].
+//! - [`s3`]: [`S3Store`], with streaming multipart upload and download.
+//! - [`stream`]: [`ChunkWriter`], how synchronous code (tar + gzip) streams an object into a
+//!   store with bounded memory.
+
+pub mod local;
+pub mod s3;
+pub mod stream;
+
+pub use local::LocalDir;
+pub use s3::{S3Settings, S3Store};
+pub use stream::{ChunkWriter, Chunks, chunk_channel};
 
 use std::future::Future;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -30,6 +45,16 @@ pub enum StorageError {
         /// The key.
         key: String,
         /// What is wrong.
+        reason: String,
+    },
+    /// The remote store failed after its retries; retrying later may help.
+    #[error("object store {location}: {operation} failed: {reason}")]
+    Remote {
+        /// The bucket and key.
+        location: String,
+        /// What was being done.
+        operation: &'static str,
+        /// What the store or the network said.
         reason: String,
     },
     /// The store failed; retrying may help.
@@ -90,8 +115,22 @@ pub trait ObjectStore: Send + Sync + 'static {
     fn put<'a>(&'a self, key: &'a str, bytes: Bytes) -> BoxFuture<'a, Result<(), StorageError>>;
     /// The object's size, if it exists.
     fn head<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<u64>, StorageError>>;
-    /// The object, if it exists.
+    /// The object, if it exists (in memory: for small objects such as build records).
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Bytes>, StorageError>>;
+    /// Stores the object `chunks` carry, as they arrive, with bounded memory; returns its size.
+    /// An `Err` chunk, or the sender dropped without [`ChunkWriter::finish`], abandons the
+    /// object: nothing is stored under `key`.
+    fn put_stream<'a>(
+        &'a self,
+        key: &'a str,
+        chunks: Chunks,
+    ) -> BoxFuture<'a, Result<u64, StorageError>>;
+    /// Copies the object into the file `to`, streaming; its size, or `None` if it does not exist.
+    fn download<'a>(
+        &'a self,
+        key: &'a str,
+        to: &'a Path,
+    ) -> BoxFuture<'a, Result<Option<u64>, StorageError>>;
     /// How events refer to the object (`file:///…`, `s3://bucket/key`).
     fn uri(&self, key: &str) -> String;
 }
@@ -112,123 +151,5 @@ pub fn check_key(key: &str) -> Result<(), StorageError> {
         Ok(())
     } else {
         Err(StorageError::InvalidKey(key.to_owned()))
-    }
-}
-
-/// Objects as files under a directory.
-#[derive(Debug, Clone)]
-pub struct LocalDir {
-    root: PathBuf,
-}
-
-static TEMP: AtomicU64 = AtomicU64::new(0);
-
-impl LocalDir {
-    /// A store rooted at `root` (created on first write).
-    pub fn new(root: impl Into<PathBuf>) -> Self {
-        Self { root: root.into() }
-    }
-
-    fn path(&self, key: &str) -> Result<PathBuf, StorageError> {
-        check_key(key)?;
-        Ok(self.root.join(key))
-    }
-}
-
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StorageError + '_ {
-    move |source| StorageError::Io {
-        location: path.display().to_string(),
-        source,
-    }
-}
-
-impl ObjectStore for LocalDir {
-    fn put<'a>(&'a self, key: &'a str, bytes: Bytes) -> BoxFuture<'a, Result<(), StorageError>> {
-        Box::pin(async move {
-            let path = self.path(key)?;
-            let dir = path.parent().unwrap_or(&self.root).to_path_buf();
-            tokio::fs::create_dir_all(&dir).await.map_err(io(&dir))?;
-            let temp = dir.join(format!(
-                ".tmp-{}-{}",
-                std::process::id(),
-                TEMP.fetch_add(1, Ordering::Relaxed)
-            ));
-            if let Err(error) = tokio::fs::write(&temp, &bytes).await {
-                let _ = tokio::fs::remove_file(&temp).await;
-                return Err(io(&temp)(error));
-            }
-            tokio::fs::rename(&temp, &path).await.map_err(io(&path))
-        })
-    }
-
-    fn head<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<u64>, StorageError>> {
-        Box::pin(async move {
-            let path = self.path(key)?;
-            match tokio::fs::metadata(&path).await {
-                Ok(meta) => Ok(Some(meta.len())),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-                Err(e) => Err(io(&path)(e)),
-            }
-        })
-    }
-
-    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Bytes>, StorageError>> {
-        Box::pin(async move {
-            let path = self.path(key)?;
-            match tokio::fs::read(&path).await {
-                Ok(bytes) => Ok(Some(Bytes::from(bytes))),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-                Err(e) => Err(io(&path)(e)),
-            }
-        })
-    }
-
-    fn uri(&self, key: &str) -> String {
-        format!("file://{}", self.root.join(key).display())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn keys_are_checked() {
-        for ok in ["contexts/ab.tar.gz", "images/0f.json", "a"] {
-            assert!(check_key(ok).is_ok(), "{ok}");
-        }
-        for bad in [
-            "", "/abs", "a//b", "../x", "a/../b", "./a", "A", "a b", "a\\b",
-        ] {
-            assert!(check_key(bad).is_err(), "{bad:?}");
-        }
-    }
-
-    #[tokio::test]
-    async fn put_head_get_round_trip_and_replace() -> anyhow::Result<()> {
-        let root = std::env::temp_dir().join(format!("klambda-storage-{}", std::process::id()));
-        let store = LocalDir::new(&root);
-        assert_eq!(store.head("contexts/x.tar.gz").await?, None);
-        assert_eq!(store.get("contexts/x.tar.gz").await?, None);
-        store
-            .put("contexts/x.tar.gz", Bytes::from_static(b"abc"))
-            .await?;
-        assert_eq!(store.head("contexts/x.tar.gz").await?, Some(3));
-        store
-            .put("contexts/x.tar.gz", Bytes::from_static(b"abcd"))
-            .await?;
-        assert_eq!(
-            store.get("contexts/x.tar.gz").await?.as_deref(),
-            Some(&b"abcd"[..])
-        );
-        // No temporary files are left behind.
-        let leftovers: Vec<_> = std::fs::read_dir(root.join("contexts"))?
-            .filter_map(|e| e.ok())
-            .filter(|e| e.file_name().to_string_lossy().starts_with(".tmp"))
-            .collect();
-        assert!(leftovers.is_empty());
-        assert!(store.put("../escape", Bytes::new()).await.is_err());
-        std::fs::remove_dir_all(&root)?;
-        Ok(())
     }
 }

@@ -6,8 +6,10 @@
 //! - [`http`]: serve a router on a port-0 listener and talk to it over real HTTP.
 //! - [`process`]: free ports, waiting for a process to answer, stopping it with SIGTERM.
 //! - [`repo`]: paths of the repository and of the shared folder beside it.
+//! - [`s3`]: a real S3-compatible server (`s3s-fs`) per test.
 
 pub mod http;
 pub mod manifests;
 pub mod process;
 pub mod repo;
+pub mod s3;
