@@ -5,8 +5,10 @@
 //!
 //! # Layout
 //! - [`Template`]: a runtime's descriptor and shim; the rendered Dockerfile.
-//! - [`context`]: the build context as a deterministic tar.gz.
+//! - [`context`]: the build context as a deterministic tar.gz, streamed.
+//! - [`archive`]: unpacking untrusted archives (sources, contexts) safely.
 
+pub mod archive;
 pub mod context;
 
 use std::collections::BTreeMap;
