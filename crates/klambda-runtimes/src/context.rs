@@ -1,8 +1,13 @@
 //! The build context: `Dockerfile`, `runtime/<shim>`, `function/<source files>`, as a tar.gz
 //! that is byte-identical for the same input (sorted entries, fixed mtime, owner and modes, a
 //! gzip header without time or name), so its sha256 can name it and a rebuild can be skipped.
+//!
+//! [`write`] streams: files on disk are read as the archive is written, so a context of any size
+//! goes to storage through a bounded buffer. Compression is gzip level 1: contexts are read once
+//! by the builder, and CPU is what the uploader is short of.
 
-use std::io::Write as _;
+use std::io::Write;
+use std::path::PathBuf;
 
 use flate2::Compression;
 use flate2::write::GzEncoder;
@@ -12,43 +17,80 @@ use crate::Template;
 /// One file of a function's source.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SourceFile {
-    /// Relative path (already validated and normalised by the parser).
+    /// Relative path (already validated and normalised).
     pub path: String,
-    /// Contents.
-    pub bytes: Vec<u8>,
+    /// Where its bytes are.
+    pub content: Content,
 }
 
-/// Builds the context for `files` with `template`; returns the tar.gz bytes.
+/// A source file's bytes: in memory (inline sources) or in a file (unpacked archives).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Content {
+    /// The bytes.
+    Bytes(Vec<u8>),
+    /// A file read while the archive is written.
+    File(PathBuf),
+}
+
+impl SourceFile {
+    /// A file held in memory.
+    pub fn in_memory(path: impl Into<String>, bytes: impl Into<Vec<u8>>) -> Self {
+        Self {
+            path: path.into(),
+            content: Content::Bytes(bytes.into()),
+        }
+    }
+}
+
+/// Builds the context for `files` with `template` in memory; returns the tar.gz bytes.
 pub fn build(template: &Template, files: &[SourceFile]) -> std::io::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    write(template, files, &mut bytes)?;
+    Ok(bytes)
+}
+
+/// Writes the context for `files` with `template` to `out` as it is produced.
+pub fn write(template: &Template, files: &[SourceFile], out: impl Write) -> std::io::Result<()> {
     let dependency_file = &template.descriptor().dependency_file;
     let has_dependencies = files.iter().any(|f| &f.path == dependency_file);
     let (shim_name, shim) = template.shim();
     let dockerfile = template.dockerfile(has_dependencies);
-    let mut entries: Vec<(String, &[u8])> = vec![
-        ("Dockerfile".to_owned(), dockerfile.as_bytes()),
-        (format!("runtime/{shim_name}"), shim.as_bytes()),
+    let dockerfile = Content::Bytes(dockerfile.into_bytes());
+    let shim = Content::Bytes(shim.as_bytes().to_vec());
+    let mut entries: Vec<(String, &Content)> = vec![
+        ("Dockerfile".to_owned(), &dockerfile),
+        (format!("runtime/{shim_name}"), &shim),
     ];
     for file in files {
-        entries.push((format!("function/{}", file.path), &file.bytes));
+        entries.push((format!("function/{}", file.path), &file.content));
     }
     entries.sort_by(|a, b| a.0.cmp(&b.0));
 
     let gzip = flate2::GzBuilder::new()
         .mtime(0)
-        .write(Vec::new(), Compression::default());
+        .write(out, Compression::fast());
     let mut archive = tar::Builder::new(gzip);
     archive.mode(tar::HeaderMode::Deterministic);
-    for (path, bytes) in entries {
+    for (path, content) in entries {
         let mut header = tar::Header::new_gnu();
-        header.set_size(bytes.len() as u64);
         header.set_mode(0o644);
         header.set_mtime(0);
         header.set_uid(0);
         header.set_gid(0);
         header.set_entry_type(tar::EntryType::Regular);
-        archive.append_data(&mut header, &path, bytes)?;
+        match content {
+            Content::Bytes(bytes) => {
+                header.set_size(bytes.len() as u64);
+                archive.append_data(&mut header, &path, bytes.as_slice())?;
+            }
+            Content::File(file) => {
+                let file = std::fs::File::open(file)?;
+                header.set_size(file.metadata()?.len());
+                archive.append_data(&mut header, &path, file)?;
+            }
+        }
     }
-    let mut gzip: GzEncoder<Vec<u8>> = archive.into_inner()?;
+    let mut gzip: GzEncoder<_> = archive.into_inner()?;
     gzip.flush()?;
-    gzip.finish()
+    gzip.finish()?.flush()
 }

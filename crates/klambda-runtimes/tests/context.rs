@@ -7,10 +7,7 @@ use klambda_runtimes::Template;
 use klambda_runtimes::context::{SourceFile, build};
 
 fn file(path: &str, text: &str) -> SourceFile {
-    SourceFile {
-        path: path.into(),
-        bytes: text.as_bytes().to_vec(),
-    }
+    SourceFile::in_memory(path, text.as_bytes())
 }
 
 fn entries(archive: &[u8]) -> Vec<(String, u64, u32, String)> {

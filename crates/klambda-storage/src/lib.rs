@@ -153,3 +153,40 @@ pub fn check_key(key: &str) -> Result<(), StorageError> {
         Err(StorageError::InvalidKey(key.to_owned()))
     }
 }
+
+/// The store a stage's settings name, and the S3 client when it is S3 (for `s3://` sources):
+///
+/// - `KLAMBDA_STORE`: `s3://bucket` or a directory (`KLAMBDA_STORE_DIR` is the older name for a
+///   directory); `default_dir` when neither is set;
+/// - `KLAMBDA_S3_ENDPOINT`: a custom endpoint (MinIO, Garage, s3s), path-style;
+/// - `KLAMBDA_S3_REGION`; credentials come from the standard AWS chain.
+pub fn from_settings(
+    get: impl Fn(&str) -> Option<String>,
+    default_dir: &str,
+) -> Result<(std::sync::Arc<dyn ObjectStore>, Option<S3Store>), String> {
+    let get = |key: &str| {
+        get(key)
+            .map(|v| v.trim().to_owned())
+            .filter(|v| !v.is_empty())
+    };
+    let location = get("KLAMBDA_STORE")
+        .or_else(|| get("KLAMBDA_STORE_DIR"))
+        .unwrap_or_else(|| default_dir.to_owned());
+    if location.starts_with("s3://") {
+        let (bucket, prefix) = s3::parse_url(&location)
+            .ok_or_else(|| format!("KLAMBDA_STORE={location:?} names no bucket (s3://bucket)"))?;
+        if !prefix.is_empty() {
+            return Err(format!(
+                "KLAMBDA_STORE={location:?}: give the bucket only (s3://{bucket}); the platform chooses the keys"
+            ));
+        }
+        let settings = S3Settings {
+            endpoint: get("KLAMBDA_S3_ENDPOINT"),
+            region: get("KLAMBDA_S3_REGION"),
+            ..S3Settings::new(bucket)
+        };
+        let store = S3Store::new(&settings);
+        return Ok((std::sync::Arc::new(store.clone()), Some(store)));
+    }
+    Ok((std::sync::Arc::new(LocalDir::new(location)), None))
+}

@@ -17,7 +17,10 @@ use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region, retry::RetryConfi
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use std::sync::Arc;
+
 use bytes::{Bytes, BytesMut};
+use tokio::sync::OnceCell;
 
 use crate::stream::next;
 use crate::{BoxFuture, Chunks, ObjectStore, StorageError, check_key};
@@ -66,40 +69,56 @@ pub fn parse_url(url: &str) -> Option<(String, String)> {
 /// A bucket in S3-compatible storage.
 #[derive(Clone, Debug)]
 pub struct S3Store {
-    client: Client,
+    /// Made on first use: loading the AWS configuration (credential chain, region) is async,
+    /// and stages are built synchronously from their configuration.
+    client: Arc<OnceCell<Client>>,
+    settings: Arc<S3Settings>,
     bucket: String,
     part_size: usize,
 }
 
+/// The SDK client for `settings`: explicit keys or the standard chain, retries, endpoint.
+async fn make_client(settings: &S3Settings) -> Client {
+    let mut loader = aws_config::defaults(BehaviorVersion::latest());
+    if let Some((id, secret)) = &settings.credentials {
+        loader = loader.credentials_provider(Credentials::new(
+            id.clone(),
+            secret.clone(),
+            None,
+            None,
+            "knative-lambda settings",
+        ));
+    }
+    let shared = loader.load().await;
+    let mut config = aws_sdk_s3::config::Builder::from(&shared)
+        .retry_config(RetryConfig::standard().with_max_attempts(settings.max_attempts.max(1)));
+    if let Some(endpoint) = &settings.endpoint {
+        config = config.endpoint_url(endpoint).force_path_style(true);
+    }
+    match (&settings.region, shared.region()) {
+        (Some(region), _) => config = config.region(Region::new(region.clone())),
+        (None, None) => config = config.region(Region::new("us-east-1")),
+        (None, Some(_)) => {}
+    }
+    Client::from_conf(config.build())
+}
+
 impl S3Store {
-    /// A store for `settings` (loads the AWS configuration; does not contact the endpoint).
-    pub async fn connect(settings: &S3Settings) -> Self {
-        let mut loader = aws_config::defaults(BehaviorVersion::latest());
-        if let Some((id, secret)) = &settings.credentials {
-            loader = loader.credentials_provider(Credentials::new(
-                id.clone(),
-                secret.clone(),
-                None,
-                None,
-                "knative-lambda settings",
-            ));
-        }
-        let shared = loader.load().await;
-        let mut config = aws_sdk_s3::config::Builder::from(&shared)
-            .retry_config(RetryConfig::standard().with_max_attempts(settings.max_attempts.max(1)));
-        if let Some(endpoint) = &settings.endpoint {
-            config = config.endpoint_url(endpoint).force_path_style(true);
-        }
-        match (&settings.region, shared.region()) {
-            (Some(region), _) => config = config.region(Region::new(region.clone())),
-            (None, None) => config = config.region(Region::new("us-east-1")),
-            (None, Some(_)) => {}
-        }
+    /// A store for `settings`; the AWS configuration is loaded on first use.
+    pub fn new(settings: &S3Settings) -> Self {
         Self {
-            client: Client::from_conf(config.build()),
+            client: Arc::new(OnceCell::new()),
+            settings: Arc::new(settings.clone()),
             bucket: settings.bucket.clone(),
             part_size: settings.part_size.max(MIN_PART),
         }
+    }
+
+    /// A store for `settings`, with the AWS configuration loaded now.
+    pub async fn connect(settings: &S3Settings) -> Self {
+        let store = Self::new(settings);
+        store.client().await;
+        store
     }
 
     /// The same client on another bucket (for sources users name as `s3://bucket/key`).
@@ -115,9 +134,11 @@ impl S3Store {
         &self.bucket
     }
 
-    /// The SDK client (tests list multipart uploads through it).
-    pub fn client(&self) -> &Client {
-        &self.client
+    /// The SDK client (tests inspect the bucket through it).
+    pub async fn client(&self) -> &Client {
+        self.client
+            .get_or_init(|| make_client(&self.settings))
+            .await
     }
 
     fn failed<E>(&self, key: &str, operation: &'static str) -> impl FnOnce(E) -> StorageError
@@ -136,7 +157,8 @@ impl S3Store {
     pub async fn list(&self, prefix: &str) -> Result<Vec<(String, u64)>, StorageError> {
         let mut keys = Vec::new();
         let mut pages = self
-            .client
+            .client()
+            .await
             .list_objects_v2()
             .bucket(&self.bucket)
             .prefix(prefix)
@@ -158,7 +180,8 @@ impl S3Store {
     pub async fn download_any(&self, key: &str, to: &Path) -> Result<Option<u64>, StorageError> {
         use tokio::io::AsyncWriteExt as _;
         let response = match self
-            .client
+            .client()
+            .await
             .get_object()
             .bucket(&self.bucket)
             .key(key)
@@ -191,7 +214,8 @@ impl S3Store {
     }
 
     async fn put_bytes(&self, key: &str, bytes: Bytes) -> Result<(), StorageError> {
-        self.client
+        self.client()
+            .await
             .put_object()
             .bucket(&self.bucket)
             .key(key)
@@ -211,7 +235,8 @@ impl S3Store {
         chunks: &mut Chunks,
     ) -> Result<u64, StorageError> {
         let created = self
-            .client
+            .client()
+            .await
             .create_multipart_upload()
             .bucket(&self.bucket)
             .key(key)
@@ -242,7 +267,8 @@ impl S3Store {
                     break;
                 }
             }
-            self.client
+            self.client()
+                .await
                 .complete_multipart_upload()
                 .bucket(&self.bucket)
                 .key(key)
@@ -261,7 +287,8 @@ impl S3Store {
         if result.is_err() {
             // No half objects and no orphaned parts: the upload is abandoned as a whole.
             let aborted = self
-                .client
+                .client()
+                .await
                 .abort_multipart_upload()
                 .bucket(&self.bucket)
                 .key(key)
@@ -283,7 +310,8 @@ impl S3Store {
         bytes: Bytes,
     ) -> Result<CompletedPart, StorageError> {
         let uploaded = self
-            .client
+            .client()
+            .await
             .upload_part()
             .bucket(&self.bucket)
             .key(key)
@@ -312,7 +340,8 @@ impl ObjectStore for S3Store {
         Box::pin(async move {
             check_key(key)?;
             match self
-                .client
+                .client()
+                .await
                 .head_object()
                 .bucket(&self.bucket)
                 .key(key)
@@ -337,7 +366,8 @@ impl ObjectStore for S3Store {
         Box::pin(async move {
             check_key(key)?;
             let response = match self
-                .client
+                .client()
+                .await
                 .get_object()
                 .bucket(&self.bucket)
                 .key(key)

@@ -4,29 +4,33 @@
 //! - **Replies** `io.knative.lambda.context.uploaded` (the context's URI and size), or
 //!   `io.knative.lambda.build.completed` with `cached: true` when an image for the digest was
 //!   already built (the build record `images/<digest>.json` exists), or
-//!   `io.knative.lambda.build.failed` when the function cannot be built here (a runtime without a
-//!   template, a source kind this build cannot fetch yet).
+//!   `io.knative.lambda.build.failed` when the function cannot be built (a runtime without a
+//!   template, a source that is missing, hostile or too big, a git source: not fetched yet).
+//! - **Sources**: inline files; `s3://bucket/key` archives (tar.gz, zip) and `s3://bucket/prefix/`
+//!   trees, unpacked safely (see `klambda_runtimes::archive`) in a work directory removed after.
 //! - **Side effects**: writes `contexts/<digest>.tar.gz` (deterministic: the same digest always
 //!   gives the same bytes), once: a replay finds it and skips the upload.
 //!
-//! Storage failures answer 503 so the broker retries; nothing is half-written (the store
-//! renames complete objects into place).
+//! The context is streamed into the store as it is compressed (bounded memory, multipart on S3).
+//! Storage failures answer 503 so the broker retries; nothing is half-written (the local store
+//! renames complete objects into place; S3 multipart uploads are aborted on failure).
 
 use std::sync::Arc;
 
-use base64::Engine as _;
-use bytes::Bytes;
 use cloudevents::Event;
 use klambda_events::catalogue::{BuildCompleted, BuildFailed, ContextUploaded, ParserCompleted};
 use klambda_events::data::{
-    BuildContext, BuildFailure, BuildFailureCause, BuiltImage, ObjectRef, ParsedFunction, Problem,
+    BuildContext, BuildFailure, BuildFailureCause, BuiltImage, ObjectRef, ParsedFunction,
 };
-use klambda_events::spec::{ContentEncoding, Source};
 use klambda_events::{BuildId, ContentDigest, Envelope, EventType, Stage, decode};
 use klambda_harness::{ConfigError, ConfigSource, Context, Handler, HandlerError, Outcome};
 use klambda_runtimes::Template;
-use klambda_runtimes::context::{SourceFile, build};
-use klambda_storage::{ImageRecord, LocalDir, ObjectStore};
+use klambda_runtimes::context::{self, SourceFile};
+use klambda_storage::{ImageRecord, ObjectStore, S3Store, chunk_channel};
+
+pub mod source;
+
+use source::{Fetched, Sources};
 
 /// The object store used when `KLAMBDA_STORE_DIR` is not set.
 pub const DEFAULT_STORE_DIR: &str = "klambda-store";
@@ -45,21 +49,77 @@ pub fn image_record_key(digest: &ContentDigest) -> String {
 #[derive(Clone)]
 pub struct ContextUploader {
     store: Arc<dyn ObjectStore>,
+    sources: Sources,
 }
 
 impl ContextUploader {
-    /// An uploader writing to `store`.
+    /// An uploader writing to `store`, for inline sources.
     pub fn new(store: Arc<dyn ObjectStore>) -> Self {
-        Self { store }
+        Self {
+            store,
+            sources: Sources::default(),
+        }
     }
 
-    /// An uploader over the local directory `KLAMBDA_STORE_DIR` (default [`DEFAULT_STORE_DIR`]).
+    /// Also fetches `s3://` sources through `s3` (any bucket its credentials reach).
+    pub fn with_s3_sources(mut self, s3: S3Store) -> Self {
+        self.sources.s3 = Some(s3);
+        self
+    }
+
+    /// With other bounds on what an unpacked source may be.
+    pub fn with_source_limits(mut self, limits: klambda_runtimes::archive::Limits) -> Self {
+        self.sources.limits = limits;
+        self
+    }
+
+    /// An uploader over the store `KLAMBDA_STORE` names (`s3://bucket`, with
+    /// `KLAMBDA_S3_ENDPOINT` / `KLAMBDA_S3_REGION`, or a directory; default
+    /// [`DEFAULT_STORE_DIR`]). With S3, `s3://` sources are fetched with the same credentials.
     pub fn from_config(config: &dyn ConfigSource) -> Result<Self, ConfigError> {
-        let dir = config
-            .get("KLAMBDA_STORE_DIR")
-            .filter(|d| !d.trim().is_empty())
-            .unwrap_or_else(|| DEFAULT_STORE_DIR.to_owned());
-        Ok(Self::new(Arc::new(LocalDir::new(dir.trim()))))
+        let (store, s3) = klambda_storage::from_settings(|key| config.get(key), DEFAULT_STORE_DIR)
+            .map_err(|problem| ConfigError {
+                problems: vec![problem],
+            })?;
+        let uploader = Self::new(store);
+        Ok(match s3 {
+            Some(s3) => uploader.with_s3_sources(s3),
+            None => uploader,
+        })
+    }
+
+    /// Renders the context on a blocking thread and streams it into the store as it is
+    /// compressed: at most `IN_FLIGHT` chunks (4 MiB) between the two, whatever its size.
+    async fn upload(
+        &self,
+        key: &str,
+        template: Template,
+        files: Vec<SourceFile>,
+    ) -> Result<u64, HandlerError> {
+        const IN_FLIGHT: usize = 16;
+        let (mut writer, chunks) = chunk_channel(IN_FLIGHT);
+        let producer = tokio::task::spawn_blocking(move || {
+            match context::write(&template, &files, &mut writer) {
+                Ok(()) => writer.finish(),
+                Err(error) => {
+                    let reason = error.to_string();
+                    writer.fail(error);
+                    Err(std::io::Error::other(reason))
+                }
+            }
+        });
+        let stored = self.store.put_stream(key, chunks).await;
+        let produced = producer
+            .await
+            .map_err(|e| HandlerError::Internal(format!("rendering the context: {e}")))?;
+        match (produced, stored) {
+            (_, Ok(size)) => Ok(size),
+            // The producer's own failure explains the store's.
+            (Err(error), Err(_)) => Err(HandlerError::Internal(format!(
+                "rendering the context: {error}"
+            ))),
+            (Ok(()), Err(error)) => Err(Self::unavailable(error)),
+        }
     }
 
     fn unavailable(error: impl std::fmt::Display) -> HandlerError {
@@ -119,47 +179,18 @@ impl Handler for ContextUploader {
                 )));
             }
         };
-        let files = match &parsed.spec.source {
-            Source::Inline { files } => files
-                .iter()
-                .map(|f| {
-                    let bytes = match f.encoding {
-                        ContentEncoding::Utf8 => f.content.as_bytes().to_vec(),
-                        // The parser validated the base64; a failure here is a corrupt event.
-                        ContentEncoding::Base64 => base64::engine::general_purpose::STANDARD
-                            .decode(&f.content)
-                            .map_err(|e| {
-                                HandlerError::Invalid(vec![Problem::new(
-                                    format!("spec.source.files[{}].content", f.path),
-                                    format!("not valid base64: {e}"),
-                                )])
-                            })?,
-                    };
-                    Ok(SourceFile {
-                        path: f.path.clone(),
-                        bytes,
-                    })
-                })
-                .collect::<Result<Vec<_>, HandlerError>>()?,
-            Source::S3 { .. } | Source::Git { .. } => {
-                let reason = "this build context uploader handles inline sources; s3 and git sources are fetched by the S3-backed uploader (not enabled here)".to_owned();
-                return Ok(Outcome::Reply(unbuildable(&event, &parsed, reason)));
-            }
-        };
-
         let key = context_key(&parsed.digest);
         let size = match self.store.head(&key).await.map_err(Self::unavailable)? {
             // The same digest always renders the same bytes: a replay finds it and moves on.
             Some(size) => size,
             None => {
-                let bytes = build(&template, &files)
-                    .map_err(|e| HandlerError::Internal(format!("rendering the context: {e}")))?;
-                let size = bytes.len() as u64;
-                self.store
-                    .put(&key, Bytes::from(bytes))
-                    .await
-                    .map_err(Self::unavailable)?;
-                size
+                let (files, _work) = match self.sources.fetch(&parsed.spec.source).await? {
+                    Fetched::Files(files, work) => (files, work),
+                    Fetched::Refused(reason) => {
+                        return Ok(Outcome::Reply(unbuildable(&event, &parsed, reason)));
+                    }
+                };
+                self.upload(&key, template, files).await?
             }
         };
         let reply = Envelope::answering(&event, Stage::ContextUploader, ContextUploaded::TYPE)

@@ -12,7 +12,8 @@ use klambda_events::data::{Operation, ParsedFunction};
 use klambda_events::{ContentDigest, Envelope, EventType, FunctionSpec, decode};
 use klambda_harness::{HandlerError, Harness, Outcome};
 use klambda_storage::ImageRecord;
-use klambda_storage::{LocalDir, ObjectStore as _};
+use klambda_storage::{LocalDir, ObjectStore as _, S3Settings, S3Store};
+use klambda_test_support::s3::{ACCESS_KEY, S3Server, SECRET_KEY};
 
 fn store_dir(name: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("klambda-uploader-{name}-{}", std::process::id()));
@@ -130,7 +131,13 @@ async fn unbuildable_functions_get_build_failed_with_the_reason() -> Result<()> 
         "source": {"kind": "inline", "files": [{"path": "main.go", "content": "package main"}]}});
     let git = serde_json::json!({"name": "h", "runtime": "python3.12", "handler": "app.handler",
         "source": {"kind": "git", "url": "https://github.com/a/b", "ref": "main"}});
-    for (spec, needle) in [(go, "no build template"), (git, "inline sources")] {
+    let s3 = serde_json::json!({"name": "s", "runtime": "python3.12", "handler": "app.handler",
+        "source": {"kind": "s3", "url": "s3://sources/app.tar.gz"}});
+    for (spec, needle) in [
+        (go, "no build template"),
+        (git, "git sources"),
+        (s3, "needs S3 storage"),
+    ] {
         let (event, _) = parsed(spec)?;
         let reply = reply(&harness, event).await?;
         assert_eq!(reply.ty(), BuildFailed::TYPE);
@@ -155,5 +162,127 @@ async fn a_broken_store_is_retryable() -> Result<()> {
     assert!(matches!(error, HandlerError::Unavailable(_)), "{error}");
     assert!(error.is_retryable());
     std::fs::remove_file(&file)?;
+    Ok(())
+}
+
+/// A tar.gz of `files` (path, content), as a user would upload it.
+fn archive(files: &[(&str, &str)]) -> Result<Vec<u8>> {
+    let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(
+        Vec::new(),
+        flate2::Compression::default(),
+    ));
+    for (path, content) in files {
+        let mut header = tar::Header::new_old();
+        header.as_old_mut().name[..path.len()].copy_from_slice(path.as_bytes());
+        header.set_size(content.len() as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        builder.append(&header, content.as_bytes())?;
+    }
+    Ok(builder.into_inner()?.finish()?)
+}
+
+fn python_from(url: &str) -> serde_json::Value {
+    serde_json::json!({"name": "from-s3", "runtime": "python3.12", "handler": "app.handler",
+        "source": {"kind": "s3", "url": url}})
+}
+
+/// An uploader storing contexts in the bucket `contexts` of `server`, reading sources with the
+/// same credentials.
+fn s3_uploader(server: &S3Server) -> Result<(ContextUploader, S3Store)> {
+    for bucket in ["contexts", "sources"] {
+        server.bucket(bucket)?;
+    }
+    let settings = S3Settings {
+        endpoint: Some(server.endpoint.clone()),
+        credentials: Some((ACCESS_KEY.into(), SECRET_KEY.into())),
+        ..S3Settings::new("contexts")
+    };
+    let store = S3Store::new(&settings);
+    Ok((
+        ContextUploader::new(Arc::new(store.clone())).with_s3_sources(store.clone()),
+        store,
+    ))
+}
+
+#[tokio::test]
+async fn s3_archives_and_prefixes_become_identical_contexts_in_s3() -> Result<()> {
+    let server = S3Server::start("uploader-s3").await?;
+    let (uploader, store) = s3_uploader(&server)?;
+    let sources = store.in_bucket("sources");
+    let app = [
+        ("app.py", "def handler(event, context):\n    return event\n"),
+        ("lib/util.py", "X = 1\n"),
+    ];
+    sources.put("fn/app.tar.gz", archive(&app)?.into()).await?;
+    for (path, content) in app {
+        sources
+            .put(&format!("tree/{path}"), content.as_bytes().to_vec().into())
+            .await?;
+    }
+    let harness = Harness::new(uploader);
+    let mut contexts = Vec::new();
+    for url in ["s3://sources/fn/app.tar.gz", "s3://sources/tree/"] {
+        let (event, digest) = parsed(python_from(url))?;
+        let answer = reply(&harness, event.clone()).await?;
+        assert_eq!(answer.ty(), ContextUploaded::TYPE, "{url}: {answer}");
+        let uploaded = decode::<ContextUploaded>(&answer)?;
+        let key = context_key(&digest);
+        assert_eq!(uploaded.context.uri, format!("s3://contexts/{key}"));
+        let bytes = store.get(&key).await?.context("the context is in S3")?;
+        assert_eq!(uploaded.context.size, bytes.len() as u64);
+        // A replay answers the same.
+        assert_eq!(reply(&harness, event).await?, answer);
+        contexts.push(bytes);
+    }
+    // The same files, whether from an archive or a prefix: byte-identical contexts.
+    assert_eq!(contexts[0], contexts[1]);
+    let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(&contexts[0][..]));
+    let mut paths: Vec<String> = Vec::new();
+    for entry in tar.entries()? {
+        paths.push(entry?.path()?.display().to_string());
+    }
+    assert!(
+        paths.contains(&"function/lib/util.py".to_owned()),
+        "{paths:?}"
+    );
+    // No multipart upload is left open.
+    assert_eq!(server.unfinished_uploads()?, 0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn hostile_or_missing_s3_sources_fail_the_build_with_the_reason() -> Result<()> {
+    let server = S3Server::start("uploader-hostile").await?;
+    let (uploader, store) = s3_uploader(&server)?;
+    let sources = store.in_bucket("sources");
+    sources
+        .put(
+            "fn/slip.tar.gz",
+            archive(&[("../../evil.py", "import os")])?.into(),
+        )
+        .await?;
+    sources
+        .put("fn/plain.txt", b"not an archive".to_vec().into())
+        .await?;
+    let harness = Harness::new(uploader);
+    for (url, needle) in [
+        (
+            "s3://sources/fn/slip.tar.gz",
+            "'..' would leave the directory",
+        ),
+        ("s3://sources/fn/plain.txt", "not a tar.gz or zip"),
+        ("s3://sources/fn/missing.tar.gz", "no such object"),
+        ("s3://sources/empty/", "no objects under this prefix"),
+    ] {
+        let (event, digest) = parsed(python_from(url))?;
+        let answer = reply(&harness, event).await?;
+        assert_eq!(answer.ty(), BuildFailed::TYPE, "{url}");
+        let failure = decode::<BuildFailed>(&answer)?;
+        assert!(failure.reason.contains(needle), "{url}: {}", failure.reason);
+        assert!(failure.reason.contains(url), "{url}: {}", failure.reason);
+        assert_eq!(store.head(&context_key(&digest)).await?, None);
+    }
+    assert!(!std::env::temp_dir().join("evil.py").exists());
     Ok(())
 }

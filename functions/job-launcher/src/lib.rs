@@ -28,7 +28,7 @@ use klambda_events::catalogue::{
 use klambda_events::data::{BuildEnd, BuildFailure, BuildStart, BuildTimedOut, BuiltImage};
 use klambda_events::{BuildId, Envelope, EventType, FunctionName, Stage, decode};
 use klambda_harness::{ConfigError, ConfigSource, Context, Handler, HandlerError, Outcome};
-use klambda_storage::{ImageRecord, LocalDir, ObjectStore};
+use klambda_storage::{ImageRecord, ObjectStore};
 use tokio::sync::oneshot;
 
 use crate::builder::local::LocalBuilder;
@@ -55,7 +55,8 @@ impl JobLauncher {
         }
     }
 
-    /// A launcher with the local builder over `KLAMBDA_STORE_DIR` (default `klambda-store`),
+    /// A launcher with the local builder over the store `KLAMBDA_STORE` names (see
+    /// `klambda_storage::from_settings`; default the directory `klambda-store`),
     /// building under `KLAMBDA_BUILD_DIR` (default `klambda-builds`).
     pub fn from_config(config: &dyn ConfigSource) -> Result<Self, ConfigError> {
         let setting = |key: &str, default: &str| {
@@ -64,8 +65,10 @@ impl JobLauncher {
                 .filter(|v| !v.trim().is_empty())
                 .unwrap_or_else(|| default.to_owned())
         };
-        let store: Arc<dyn ObjectStore> =
-            Arc::new(LocalDir::new(setting("KLAMBDA_STORE_DIR", "klambda-store")));
+        let (store, _) = klambda_storage::from_settings(|key| config.get(key), "klambda-store")
+            .map_err(|problem| ConfigError {
+                problems: vec![problem],
+            })?;
         let work = PathBuf::from(setting("KLAMBDA_BUILD_DIR", "klambda-builds"));
         Ok(Self::new(
             Arc::new(LocalBuilder::new(Arc::clone(&store), work)),
