@@ -59,6 +59,7 @@ async fn both_examples_deploy_over_rabbitmq_with_the_parser_in_its_own_process()
             &endpoint,
             &repo::root().join("examples").join(example),
             Output::Json,
+            None,
         )
         .await?;
         assert_eq!(code, 0, "{example} did not become ready");

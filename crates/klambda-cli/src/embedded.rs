@@ -21,7 +21,7 @@ use klambda_broker::{
 use klambda_events::Stage;
 use klambda_harness::publisher::{PublishError, Publisher};
 use klambda_harness::{Handler, Harness};
-use klambda_storage::{LocalDir, ObjectStore};
+use klambda_storage::{LocalDir, ObjectStore, S3Settings, S3Store};
 use parser::Parser;
 use service_deployer::ServiceDeployer;
 use service_deployer::deployer::local::LocalRunner;
@@ -47,6 +47,8 @@ pub struct Settings {
     pub instance: String,
     /// The stages this process runs, by Service name; `None`: all five.
     pub stages: Option<Vec<String>>,
+    /// S3-compatible storage for contexts and sources instead of the data directory.
+    pub s3: Option<S3Settings>,
 }
 
 impl Settings {
@@ -59,6 +61,7 @@ impl Settings {
             broker_url: None,
             instance: "local".into(),
             stages: None,
+            s3: None,
         }
     }
 }
@@ -130,7 +133,16 @@ impl Platform {
             )
         })?;
         let data = |name: &str| settings.data_dir.join(name);
-        let objects: Arc<dyn ObjectStore> = Arc::new(LocalDir::new(data("store")));
+        let s3 = settings.s3.as_ref().map(S3Store::new);
+        let objects: Arc<dyn ObjectStore> = match &s3 {
+            Some(s3) => Arc::new(s3.clone()),
+            None => Arc::new(LocalDir::new(data("store"))),
+        };
+        let uploader = ContextUploader::new(Arc::clone(&objects));
+        let uploader = match s3 {
+            Some(s3) => uploader.with_s3_sources(s3),
+            None => uploader,
+        };
         let database_url = settings
             .database_url
             .clone()
@@ -144,7 +156,7 @@ impl Platform {
         let runner = Arc::new(LocalRunner::new());
         let mut subscribers: HashMap<String, Arc<dyn Subscriber>> = [
             stage(Parser::new(), &ingress),
-            stage(ContextUploader::new(Arc::clone(&objects)), &ingress),
+            stage(uploader, &ingress),
             stage(JobLauncher::new(builder, Arc::clone(&objects)), &ingress),
             stage(ServiceDeployer::new(Arc::clone(&runner) as _), &ingress),
             stage(reporter.clone(), &ingress),

@@ -63,9 +63,16 @@ enum Command {
         /// `--stages parser` process to scale the parser.
         #[arg(long, value_delimiter = ',')]
         stages: Option<Vec<String>>,
+        #[command(flatten)]
+        store: StoreFlags,
     },
     /// Deploy the function in DIR (klambda.json + its files) and follow it until ready.
-    Deploy { dir: PathBuf },
+    Deploy {
+        dir: PathBuf,
+        /// With --store s3://…, the source is uploaded there and submitted as an s3:// source.
+        #[command(flatten)]
+        store: StoreFlags,
+    },
     /// Send an event to a function and print its reply.
     Invoke {
         name: String,
@@ -98,6 +105,37 @@ enum Command {
         #[arg(long)]
         to: Option<String>,
     },
+}
+
+/// Where contexts and uploaded sources go: S3-compatible storage (credentials from the standard
+/// AWS chain: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, profile, web identity).
+#[derive(clap::Args)]
+struct StoreFlags {
+    /// `s3://bucket` (default: the data directory).
+    #[arg(long = "store", env = "KLAMBDA_STORE")]
+    location: Option<String>,
+    /// A custom S3 endpoint (MinIO, Garage, s3s), path-style addressing.
+    #[arg(long = "s3-endpoint", env = "KLAMBDA_S3_ENDPOINT")]
+    endpoint: Option<String>,
+    /// The S3 region.
+    #[arg(long = "s3-region", env = "KLAMBDA_S3_REGION")]
+    region: Option<String>,
+}
+
+impl StoreFlags {
+    fn s3(&self) -> Result<Option<klambda_storage::S3Settings>> {
+        let Some(location) = &self.location else {
+            return Ok(None);
+        };
+        let (bucket, _) = klambda_storage::s3::parse_url(location)
+            .filter(|(_, prefix)| prefix.is_empty())
+            .with_context(|| format!("--store {location:?}: give an S3 bucket, s3://bucket"))?;
+        Ok(Some(klambda_storage::S3Settings {
+            endpoint: self.endpoint.clone(),
+            region: self.region.clone(),
+            ..klambda_storage::S3Settings::new(bucket)
+        }))
+    }
 }
 
 #[derive(Subcommand)]
@@ -159,12 +197,14 @@ async fn run(cli: Cli) -> Result<i32> {
             broker,
             instance,
             stages,
+            store,
         } => {
             let settings = embedded::Settings {
                 database_url,
                 broker_url: broker,
                 instance,
                 stages,
+                s3: store.s3()?,
                 ..embedded::Settings::new(
                     data_dir,
                     embedded::find_eventing_dir(eventing_dir.as_deref())?,
@@ -172,7 +212,10 @@ async fn run(cli: Cli) -> Result<i32> {
             };
             up(port, settings).await
         }
-        Command::Deploy { dir } => client::deploy(&platform, &dir, output).await,
+        Command::Deploy { dir, store } => {
+            let store = store.s3()?.map(|s3| klambda_storage::S3Store::new(&s3));
+            client::deploy(&platform, &dir, output, store.as_ref()).await
+        }
         Command::Invoke {
             name,
             data,
@@ -215,6 +258,16 @@ async fn up(port: u16, settings: embedded::Settings) -> Result<i32> {
     println!("  status          http://{address}/functions");
     println!("  data            {}", settings.data_dir.display());
     println!("  triggers        {}", settings.eventing_dir.display());
+    if let Some(s3) = &settings.s3 {
+        println!(
+            "  objects         s3://{}{}",
+            s3.bucket,
+            s3.endpoint
+                .as_ref()
+                .map(|e| format!(" at {e}"))
+                .unwrap_or_default()
+        );
+    }
     match &platform.bus {
         embedded::Bus::Embedded(_) => println!("  broker          in memory"),
         embedded::Bus::Amqp { broker, .. } => println!(

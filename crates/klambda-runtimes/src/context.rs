@@ -65,7 +65,13 @@ pub fn write(template: &Template, files: &[SourceFile], out: impl Write) -> std:
         entries.push((format!("function/{}", file.path), &file.content));
     }
     entries.sort_by(|a, b| a.0.cmp(&b.0));
+    write_archive(&entries, out)
+}
 
+/// Writes `entries` (archive path and content, in the order given) as a deterministic tar.gz:
+/// fixed mtime, owner and mode, gzip level 1 without time or name. The same entries always give
+/// the same bytes, so the archive's sha256 can name it.
+pub fn write_archive(entries: &[(String, &Content)], out: impl Write) -> std::io::Result<()> {
     let gzip = flate2::GzBuilder::new()
         .mtime(0)
         .write(out, Compression::fast());
@@ -81,12 +87,12 @@ pub fn write(template: &Template, files: &[SourceFile], out: impl Write) -> std:
         match content {
             Content::Bytes(bytes) => {
                 header.set_size(bytes.len() as u64);
-                archive.append_data(&mut header, &path, bytes.as_slice())?;
+                archive.append_data(&mut header, path, bytes.as_slice())?;
             }
             Content::File(file) => {
                 let file = std::fs::File::open(file)?;
                 header.set_size(file.metadata()?.len());
-                archive.append_data(&mut header, &path, file)?;
+                archive.append_data(&mut header, path, file)?;
             }
         }
     }
