@@ -566,7 +566,8 @@ pub async fn deploy(
                 klambda_events::spec::SourceSubmission::Inline { files } =>
                     format!("{} files", files.len()),
                 klambda_events::spec::SourceSubmission::S3 { url } => url.clone(),
-                klambda_events::spec::SourceSubmission::Git { url, .. } => url.clone(),
+                klambda_events::spec::SourceSubmission::Git { url, .. }
+                | klambda_events::spec::SourceSubmission::Archive { url, .. } => url.clone(),
             }
         );
     }

@@ -70,6 +70,13 @@ pub enum SourceSubmission {
         #[serde(rename = "ref")]
         reference: String,
     },
+    /// A tar.gz or zip archive over https, pinned by the sha256 of its bytes.
+    Archive {
+        /// The `https://` URL of the archive.
+        url: String,
+        /// The lowercase hex sha256 of the archive; a download that differs is refused.
+        sha256: String,
+    },
 }
 
 /// One file of an inline source.
@@ -199,6 +206,13 @@ pub enum Source {
         /// The ref to build.
         #[serde(rename = "ref")]
         reference: String,
+    },
+    /// An archive over https, pinned by its sha256.
+    Archive {
+        /// The normalised `https://` URL.
+        url: String,
+        /// The lowercase hex sha256 of the archive.
+        sha256: String,
     },
 }
 

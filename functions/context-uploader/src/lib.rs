@@ -5,9 +5,10 @@
 //!   `io.knative.lambda.build.completed` with `cached: true` when an image for the digest was
 //!   already built (the build record `images/<digest>.json` exists), or
 //!   `io.knative.lambda.build.failed` when the function cannot be built (a runtime without a
-//!   template, a source that is missing, hostile or too big, a git source: not fetched yet).
+//!   template, a source that is missing, hostile or too big, a git ref that does not exist).
 //! - **Sources**: inline files; `s3://bucket/key` archives (tar.gz, zip) and `s3://bucket/prefix/`
-//!   trees, unpacked safely (see `klambda_runtimes::archive`) in a work directory removed after.
+//!   trees, unpacked safely (see `klambda_runtimes::archive`); git repositories over https at a
+//!   ref, one commit deep; all in a work directory removed after.
 //! - **Side effects**: writes `contexts/<digest>.tar.gz` (deterministic: the same digest always
 //!   gives the same bytes), once: a replay finds it and skips the upload.
 //!
@@ -67,6 +68,19 @@ impl ContextUploader {
         self
     }
 
+    /// Also lets git fetch over these transports (tests use `file`; production is https only).
+    pub fn with_git_protocols(mut self, protocols: &[&str]) -> Self {
+        self.sources.git_protocols = protocols.iter().map(|p| (*p).to_owned()).collect();
+        self
+    }
+
+    /// Also downloads archives over plain http (tests serve them locally; production is https
+    /// only).
+    pub fn with_http_archives(mut self) -> Self {
+        self.sources.http_archives = true;
+        self
+    }
+
     /// With other bounds on what an unpacked source may be.
     pub fn with_source_limits(mut self, limits: klambda_runtimes::archive::Limits) -> Self {
         self.sources.limits = limits;
@@ -90,7 +104,8 @@ impl ContextUploader {
 
     /// Renders the context on a blocking thread and streams it into the store as it is
     /// compressed: at most `IN_FLIGHT` chunks (4 MiB) between the two, whatever its size.
-    async fn upload(
+    /// Returns the context's size. (Public for the storage benchmark.)
+    pub async fn upload(
         &self,
         key: &str,
         template: Template,

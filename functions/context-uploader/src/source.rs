@@ -1,6 +1,9 @@
 //! Fetching a function's source into a work directory: inline files stay in memory; `s3://`
 //! archives (tar.gz, zip) are downloaded and unpacked with the archive limits; `s3://` prefixes
-//! are downloaded object by object under the same path rules. What a source holds that is
+//! are downloaded object by object under the same path rules; git repositories are fetched at
+//! their ref (one commit, no history) with the git CLI, over https only, and their tree is
+//! checked like an archive (no links, bounded size and file count); https archives are
+//! downloaded with a size cap and must match the sha256 the source names. What a source holds that is
 //! unsafe or too big is a refusal (the function cannot be built: `build.failed` with the
 //! reason); a store that fails is a retryable error.
 
@@ -54,6 +57,12 @@ pub struct Sources {
     pub work: PathBuf,
     /// Bounds on what a source may expand to.
     pub limits: Limits,
+    /// The git transports allowed besides https (tests add `file`).
+    pub git_protocols: Vec<String>,
+    /// Whether archives may come over plain http (tests only; production is https only).
+    pub http_archives: bool,
+    /// How long one git fetch or archive download may take.
+    pub git_timeout: std::time::Duration,
 }
 
 impl Default for Sources {
@@ -62,6 +71,9 @@ impl Default for Sources {
             s3: None,
             work: std::env::temp_dir().join("klambda-sources"),
             limits: Limits::default(),
+            git_protocols: Vec::new(),
+            http_archives: false,
+            git_timeout: std::time::Duration::from_secs(300),
         }
     }
 }
@@ -91,10 +103,212 @@ impl Sources {
                     }
                 })
             }
-            Source::Git { url, reference } => Ok(Fetched::Refused(format!(
-                "git sources ({url} at {reference}) are not fetched by this platform yet; upload the source (klambda deploy does) or use an s3:// archive"
+            Source::Archive { url, sha256 } => {
+                let work = WorkDir::new(&self.work).map_err(internal)?;
+                let archive = work.0.join("source.archive");
+                let fetched = match self.download(url, sha256, &archive).await? {
+                    Ok(()) => self.unpack(archive, &work).await?,
+                    Err(reason) => Err(reason),
+                };
+                Ok(match fetched {
+                    Ok(files) => Fetched::Files(files, Some(work)),
+                    Err(reason) => Fetched::Refused(format!("the source {url}: {reason}")),
+                })
+            }
+            Source::Git { url, reference } => {
+                let work = WorkDir::new(&self.work).map_err(internal)?;
+                Ok(match self.git(url, reference, &work).await? {
+                    Ok(files) => Fetched::Files(files, Some(work)),
+                    Err(reason) => {
+                        Fetched::Refused(format!("the source {url} at {reference}: {reason}"))
+                    }
+                })
+            }
+        }
+    }
+
+    /// Downloads `url` into `to`, streaming, at most `max_total_bytes`, and checks its sha256.
+    /// Only https, unless tests allowed plain http. Refusals: an answer that says the archive is
+    /// not there (4xx), a redirect, too big, another hash. Retryable: no answer, 5xx.
+    async fn download(
+        &self,
+        url: &str,
+        sha256: &str,
+        to: &Path,
+    ) -> Result<Result<(), String>, HandlerError> {
+        use http_body_util::BodyExt as _;
+        use sha2::Digest as _;
+        use tokio::io::AsyncWriteExt as _;
+        let uri: http::Uri = match url.parse() {
+            Ok(uri) => uri,
+            Err(error) => return Ok(Err(format!("not a URL: {error}"))),
+        };
+        if uri.scheme_str() != Some("https")
+            && !(self.http_archives && uri.scheme_str() == Some("http"))
+        {
+            return Ok(Err("archives are downloaded over https only".into()));
+        }
+        let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_provider_and_native_roots(provider)
+            .map_err(internal)?
+            .https_or_http()
+            .enable_http1()
+            .build();
+        let client: hyper_util::client::legacy::Client<_, http_body_util::Empty<bytes::Bytes>> =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build(connector);
+        let fetch = async {
+            let response = client
+                .get(uri)
+                .await
+                .map_err(|e| HandlerError::Unavailable(format!("downloading {url}: {e}")))?;
+            let status = response.status();
+            if status.is_redirection() {
+                return Ok(Err(format!(
+                    "the server redirects ({status}); give the final URL"
+                )));
+            }
+            if status.is_client_error() {
+                return Ok(Err(format!("the server answered {status}")));
+            }
+            if !status.is_success() {
+                return Err(HandlerError::Unavailable(format!(
+                    "downloading {url}: the server answered {status}"
+                )));
+            }
+            let mut body = response.into_body();
+            let mut file = tokio::fs::File::create(to).await.map_err(internal)?;
+            let mut hash = sha2::Sha256::new();
+            let mut size = 0u64;
+            while let Some(frame) = body.frame().await {
+                let frame = frame
+                    .map_err(|e| HandlerError::Unavailable(format!("downloading {url}: {e}")))?;
+                if let Ok(data) = frame.into_data() {
+                    size += data.len() as u64;
+                    if size > self.limits.max_total_bytes {
+                        return Ok(Err(format!(
+                            "larger than {} bytes",
+                            self.limits.max_total_bytes
+                        )));
+                    }
+                    hash.update(&data);
+                    file.write_all(&data).await.map_err(internal)?;
+                }
+            }
+            file.flush().await.map_err(internal)?;
+            let got = hex::encode(hash.finalize());
+            Ok(if got == sha256 {
+                Ok(())
+            } else {
+                Err(format!(
+                    "the download's sha256 is {got}, the source names {sha256}; nothing was built"
+                ))
+            })
+        };
+        match tokio::time::timeout(self.git_timeout, fetch).await {
+            Ok(result) => result,
+            Err(_) => Err(HandlerError::Unavailable(format!(
+                "downloading {url} took longer than {:?}",
+                self.git_timeout
             ))),
         }
+    }
+
+    /// Fetches one commit of `url` at `reference` into the work directory. Only https (and the
+    /// configured extra transports) may be used, with no prompts, no user or system git config,
+    /// and a deadline. A ref that does not exist is a refusal; other failures (network) are
+    /// retryable.
+    async fn git(
+        &self,
+        url: &str,
+        reference: &str,
+        work: &WorkDir,
+    ) -> Result<Result<Vec<SourceFile>, String>, HandlerError> {
+        let checkout = work.0.join("src");
+        let mut protocols = vec![
+            "-c".to_owned(),
+            "protocol.allow=never".to_owned(),
+            "-c".to_owned(),
+            "protocol.https.allow=always".to_owned(),
+        ];
+        for extra in &self.git_protocols {
+            protocols.push("-c".into());
+            protocols.push(format!("protocol.{extra}.allow=always"));
+        }
+        let steps: [Vec<String>; 3] = [
+            vec!["init".into(), "-q".into()],
+            [
+                protocols.clone(),
+                vec![
+                    "fetch".into(),
+                    "-q".into(),
+                    "--depth=1".into(),
+                    "--no-tags".into(),
+                    "--".into(),
+                    url.into(),
+                    reference.into(),
+                ],
+            ]
+            .concat(),
+            vec![
+                "-c".into(),
+                "core.symlinks=true".into(),
+                "checkout".into(),
+                "-q".into(),
+                "--detach".into(),
+                "FETCH_HEAD".into(),
+            ],
+        ];
+        std::fs::create_dir_all(&checkout).map_err(internal)?;
+        for args in steps {
+            let mut command = tokio::process::Command::new("git");
+            command
+                .args(&args)
+                .current_dir(&checkout)
+                .env("GIT_TERMINAL_PROMPT", "0")
+                .env("GIT_CONFIG_NOSYSTEM", "1")
+                .env("GIT_CONFIG_GLOBAL", "/dev/null")
+                .env("GIT_LFS_SKIP_SMUDGE", "1")
+                .stdin(std::process::Stdio::null())
+                .kill_on_drop(true);
+            let output = match tokio::time::timeout(self.git_timeout, command.output()).await {
+                Err(_) => {
+                    return Err(HandlerError::Unavailable(format!(
+                        "git {} did not finish within {:?}",
+                        args.iter()
+                            .find(|a| !a.starts_with('-') && !a.contains('='))
+                            .map(String::as_str)
+                            .unwrap_or("git"),
+                        self.git_timeout
+                    )));
+                }
+                Ok(Err(error)) => return Err(internal(format!("running git: {error}"))),
+                Ok(Ok(output)) => output,
+            };
+            if !output.status.success() {
+                let stderr = String::from_utf8_lossy(&output.stderr);
+                let said = stderr.lines().rev().take(3).collect::<Vec<_>>().join(" / ");
+                let permanent = [
+                    "couldn't find remote ref",
+                    "not found",
+                    "does not appear to be a git repository",
+                    "not allowed",
+                    "invalid",
+                ]
+                .iter()
+                .any(|needle| stderr.to_lowercase().contains(needle));
+                return if permanent {
+                    Ok(Err(format!("git could not fetch it: {said}")))
+                } else {
+                    Err(HandlerError::Unavailable(format!(
+                        "git fetch of {url} failed: {said}"
+                    )))
+                };
+            }
+        }
+        let _ = std::fs::remove_dir_all(checkout.join(".git"));
+        Ok(tree(&checkout, &self.limits).map(|paths| on_disk(&checkout, paths)))
     }
 
     async fn archive(
@@ -112,6 +326,15 @@ impl Sources {
         {
             return Ok(Err("no such object".into()));
         }
+        self.unpack(archive, work).await
+    }
+
+    /// Unpacks the downloaded `archive` into the work directory's `src`.
+    async fn unpack(
+        &self,
+        archive: PathBuf,
+        work: &WorkDir,
+    ) -> Result<Result<Vec<SourceFile>, String>, HandlerError> {
         let dest = work.0.join("src");
         let limits = self.limits;
         let unpacked = {
@@ -168,6 +391,49 @@ impl Sources {
         paths.sort();
         Ok(Ok(on_disk(&dest, paths)))
     }
+}
+
+/// The files of a fetched tree, checked as an archive is: no links or special files, bounded
+/// count and size.
+fn tree(root: &Path, limits: &Limits) -> Result<Vec<String>, String> {
+    let mut paths = Vec::new();
+    let mut total = 0u64;
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let entries = std::fs::read_dir(&dir).map_err(|e| e.to_string())?;
+        for entry in entries {
+            let entry = entry.map_err(|e| e.to_string())?;
+            let path = entry.path();
+            let relative = path
+                .strip_prefix(root)
+                .unwrap_or(&path)
+                .to_string_lossy()
+                .into_owned();
+            let kind = entry.file_type().map_err(|e| e.to_string())?;
+            if kind.is_symlink() {
+                return Err(format!(
+                    "{relative:?} is a link; links are not built, commit the file itself"
+                ));
+            }
+            if kind.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            if !kind.is_file() {
+                return Err(format!("{relative:?} is not a regular file"));
+            }
+            total += entry.metadata().map_err(|e| e.to_string())?.len();
+            if total > limits.max_total_bytes {
+                return Err(format!("more than {} bytes", limits.max_total_bytes));
+            }
+            if paths.len() >= limits.max_files {
+                return Err(format!("more than {} files", limits.max_files));
+            }
+            paths.push(relative);
+        }
+    }
+    paths.sort();
+    Ok(paths)
 }
 
 fn on_disk(dir: &Path, paths: Vec<String>) -> Vec<SourceFile> {

@@ -129,15 +129,9 @@ async fn unbuildable_functions_get_build_failed_with_the_reason() -> Result<()> 
     let harness = Harness::new(ContextUploader::new(Arc::new(LocalDir::new(&dir))));
     let go = serde_json::json!({"name": "g", "runtime": "go1.24", "handler": "Handle",
         "source": {"kind": "inline", "files": [{"path": "main.go", "content": "package main"}]}});
-    let git = serde_json::json!({"name": "h", "runtime": "python3.12", "handler": "app.handler",
-        "source": {"kind": "git", "url": "https://github.com/a/b", "ref": "main"}});
     let s3 = serde_json::json!({"name": "s", "runtime": "python3.12", "handler": "app.handler",
         "source": {"kind": "s3", "url": "s3://sources/app.tar.gz"}});
-    for (spec, needle) in [
-        (go, "no build template"),
-        (git, "git sources"),
-        (s3, "needs S3 storage"),
-    ] {
+    for (spec, needle) in [(go, "no build template"), (s3, "needs S3 storage")] {
         let (event, _) = parsed(spec)?;
         let reply = reply(&harness, event).await?;
         assert_eq!(reply.ty(), BuildFailed::TYPE);
@@ -284,5 +278,209 @@ async fn hostile_or_missing_s3_sources_fail_the_build_with_the_reason() -> Resul
         assert_eq!(store.head(&context_key(&digest)).await?, None);
     }
     assert!(!std::env::temp_dir().join("evil.py").exists());
+    Ok(())
+}
+
+/// A git repository on disk with `files` committed on `main`; `links` are committed symlinks.
+fn git_repo(
+    name: &str,
+    files: &[(&str, &str)],
+    links: &[(&str, &str)],
+) -> Result<std::path::PathBuf> {
+    let dir = store_dir(&format!("git-{name}"));
+    std::fs::create_dir_all(&dir)?;
+    let git = |args: &[&str]| -> Result<()> {
+        let status = std::process::Command::new("git")
+            .args(["-c", "user.name=test", "-c", "user.email=test@example.com"])
+            .args(args)
+            .current_dir(&dir)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .context("running git (scripts/services.sh installs it)")?;
+        anyhow::ensure!(status.success(), "git {args:?} failed");
+        Ok(())
+    };
+    git(&["init", "-q", "-b", "main"])?;
+    for (path, content) in files {
+        let path = dir.join(path);
+        std::fs::create_dir_all(path.parent().context("a parent")?)?;
+        std::fs::write(path, content)?;
+    }
+    for (link, target) in links {
+        std::os::unix::fs::symlink(target, dir.join(link))?;
+    }
+    git(&["add", "-A"])?;
+    git(&["commit", "-qm", "function"])?;
+    Ok(dir)
+}
+
+/// A `parser.completed` for a Python function with `source` (built directly: the parser accepts
+/// only https URLs, and these tests serve sources locally).
+fn with_source(id: &str, source: klambda_events::spec::Source) -> Result<Event> {
+    let (event, _) = parsed(serde_json::json!({
+        "name": "fetched", "runtime": "python3.12", "handler": "app.handler",
+        "source": {"kind": "git", "url": "https://git.example.com/fn.git", "ref": "main"}}))?;
+    let mut parsed = decode::<ParserCompleted>(&event)?;
+    // The digest the parser would give this source, so each source has its own context.
+    parsed.digest = parser::digest::content_digest(parsed.spec.runtime, &source);
+    parsed.spec.source = source;
+    Ok(Envelope::new(format!("p-{id}"), "/knative-lambda/parser")
+        .subject("fetched")
+        .encode::<ParserCompleted>(&parsed))
+}
+
+fn from_git(url: &str, reference: &str) -> Result<Event> {
+    with_source(
+        reference,
+        klambda_events::spec::Source::Git {
+            url: url.to_owned(),
+            reference: reference.to_owned(),
+        },
+    )
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+#[tokio::test]
+async fn archives_are_downloaded_checked_against_their_sha256_and_unpacked() -> Result<()> {
+    let good = archive(&[("app.py", "def handler(e, c):\n    return e\n")])?;
+    let served = good.clone();
+    let router = axum::Router::new().route(
+        "/fn.tar.gz",
+        axum::routing::get(move || {
+            let served = served.clone();
+            async move { served }
+        }),
+    );
+    let server = klambda_test_support::http::TestServer::start(router).await?;
+    let dir = store_dir("archive-store");
+    let store = LocalDir::new(&dir);
+    let harness = Harness::new(ContextUploader::new(Arc::new(store.clone())).with_http_archives());
+    let source =
+        |url: String, sha256: String| klambda_events::spec::Source::Archive { url, sha256 };
+    let url = server.url("/fn.tar.gz");
+    let answer = reply(
+        &harness,
+        with_source("good", source(url.clone(), sha256_hex(&good)))?,
+    )
+    .await?;
+    assert_eq!(answer.ty(), ContextUploaded::TYPE, "{answer}");
+
+    let wrong = "0".repeat(64);
+    for (id, event, needle) in [
+        (
+            "tampered",
+            with_source("tampered", source(url.clone(), wrong))?,
+            "the download's sha256 is",
+        ),
+        (
+            "missing",
+            // Another hash: the same hash is the same source, built above.
+            with_source(
+                "missing",
+                source(server.url("/none.tar.gz"), "1".repeat(64)),
+            )?,
+            "answered 404",
+        ),
+    ] {
+        let answer = reply(&harness, event).await?;
+        assert_eq!(answer.ty(), BuildFailed::TYPE, "{id}");
+        let failure = decode::<BuildFailed>(&answer)?;
+        assert!(failure.reason.contains(needle), "{id}: {}", failure.reason);
+    }
+    // In production archives come over https only (a fresh store: nothing cached).
+    let https_only = Harness::new(ContextUploader::new(Arc::new(LocalDir::new(store_dir(
+        "archive-https-only",
+    )))));
+    let answer = reply(
+        &https_only,
+        with_source("plain", source(url, sha256_hex(&good)))?,
+    )
+    .await?;
+    let failure = decode::<BuildFailed>(&answer)?;
+    assert!(failure.reason.contains("https only"), "{}", failure.reason);
+    server.shutdown().await;
+    let _ = std::fs::remove_dir_all(dir);
+    Ok(())
+}
+
+#[tokio::test]
+async fn git_sources_are_fetched_at_their_ref_and_checked() -> Result<()> {
+    let good = git_repo(
+        "good",
+        &[
+            ("app.py", "def handler(e, c):\n    return e\n"),
+            ("lib/util.py", "X = 1\n"),
+        ],
+        &[],
+    )?;
+    let linked = git_repo(
+        "linked",
+        &[("app.py", "x = 1\n")],
+        &[("passwd", "/etc/passwd")],
+    )?;
+    let dir = store_dir("git-store");
+    let store = LocalDir::new(&dir);
+    let harness =
+        Harness::new(ContextUploader::new(Arc::new(store.clone())).with_git_protocols(&["file"]));
+    let answer = reply(
+        &harness,
+        from_git(&format!("file://{}", good.display()), "main")?,
+    )
+    .await?;
+    assert_eq!(answer.ty(), ContextUploaded::TYPE, "{answer}");
+    let uploaded = decode::<ContextUploaded>(&answer)?;
+    let path = uploaded
+        .context
+        .uri
+        .strip_prefix("file://")
+        .context("a local context")?
+        .to_owned();
+    let bytes = std::fs::read(path)?;
+    let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(&bytes[..]));
+    let mut paths: Vec<String> = Vec::new();
+    for entry in tar.entries()? {
+        paths.push(entry?.path()?.display().to_string());
+    }
+    assert!(
+        paths.contains(&"function/lib/util.py".to_owned()),
+        "{paths:?}"
+    );
+    assert!(!paths.iter().any(|p| p.contains(".git")), "{paths:?}");
+
+    for (event, needle) in [
+        (
+            from_git(&format!("file://{}", linked.display()), "main")?,
+            "is a link",
+        ),
+        (
+            from_git(&format!("file://{}", good.display()), "no-such-branch")?,
+            "git could not fetch it",
+        ),
+    ] {
+        let answer = reply(&harness, event).await?;
+        assert_eq!(answer.ty(), BuildFailed::TYPE);
+        let failure = decode::<BuildFailed>(&answer)?;
+        assert!(failure.reason.contains(needle), "{}", failure.reason);
+    }
+    // In production only https is allowed: a file:// URL that reached the uploader is refused
+    // (a fresh store: nothing cached).
+    let https_only = Harness::new(ContextUploader::new(Arc::new(LocalDir::new(store_dir(
+        "git-https-only",
+    )))));
+    let answer = reply(
+        &https_only,
+        from_git(&format!("file://{}", good.display()), "main")?,
+    )
+    .await?;
+    assert_eq!(answer.ty(), BuildFailed::TYPE);
+    let failure = decode::<BuildFailed>(&answer)?;
+    assert!(failure.reason.contains("not allowed"), "{}", failure.reason);
+    for dir in [good, linked, dir] {
+        let _ = std::fs::remove_dir_all(dir);
+    }
     Ok(())
 }

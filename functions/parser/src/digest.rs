@@ -42,6 +42,11 @@ pub fn content_digest(runtime: Runtime, source: &Source) -> ContentDigest {
             field(&mut hash, url.as_bytes());
             field(&mut hash, reference.as_bytes());
         }
+        // The bytes are pinned by their hash: the same archive from any URL is the same source.
+        Source::Archive { sha256, .. } => {
+            field(&mut hash, b"archive");
+            field(&mut hash, sha256.as_bytes());
+        }
     }
     ContentDigest::from_sha256(hash)
 }

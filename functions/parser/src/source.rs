@@ -21,6 +21,7 @@ pub fn normalise(
         SourceSubmission::Inline { files } => inline(files, limits, problems),
         SourceSubmission::S3 { url } => s3(&url, problems),
         SourceSubmission::Git { url, reference } => git(&url, &reference, problems),
+        SourceSubmission::Archive { url, sha256 } => archive(&url, &sha256, problems),
     };
     (problems.len() == before).then_some(source).flatten()
 }
@@ -237,9 +238,30 @@ fn check_key(key: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn git(url: &str, reference: &str, problems: &mut Vec<Problem>) -> Option<Source> {
+fn archive(url: &str, sha256: &str, problems: &mut Vec<Problem>) -> Option<Source> {
     let before = problems.len();
-    let normalised = match Url::parse(url) {
+    let normalised = https_url(
+        url,
+        "archive sources are downloaded over https only",
+        problems,
+    );
+    let sha256 = sha256.trim().to_ascii_lowercase();
+    if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+        problems.push(Problem::new(
+            "source.sha256",
+            "the sha256 of the archive is 64 hex digits (sha256sum prints it)",
+        ));
+    }
+    if problems.len() != before {
+        return None;
+    }
+    normalised.map(|url| Source::Archive { url, sha256 })
+}
+
+/// Checks an `https://` URL a stage will fetch (no credentials, no fragment, a host the SSRF
+/// rules allow) and returns it normalised; `why_https` explains the scheme rule.
+fn https_url(url: &str, why_https: &str, problems: &mut Vec<Problem>) -> Option<String> {
+    match Url::parse(url) {
         Err(e) => {
             problems.push(Problem::new(
                 "source.url",
@@ -251,7 +273,7 @@ fn git(url: &str, reference: &str, problems: &mut Vec<Problem>) -> Option<Source
             let mut problem = |reason: String| problems.push(Problem::new("source.url", reason));
             if parsed.scheme() != "https" {
                 problem(format!(
-                    "scheme {:?} is not allowed; git sources are fetched over https only",
+                    "scheme {:?} is not allowed; {why_https}",
                     parsed.scheme()
                 ));
             }
@@ -271,7 +293,12 @@ fn git(url: &str, reference: &str, problems: &mut Vec<Problem>) -> Option<Source
             }
             Some(parsed.to_string())
         }
-    };
+    }
+}
+
+fn git(url: &str, reference: &str, problems: &mut Vec<Problem>) -> Option<Source> {
+    let before = problems.len();
+    let normalised = https_url(url, "git sources are fetched over https only", problems);
     if let Err(reason) = check_ref(reference) {
         problems.push(Problem::new("source.ref", reason));
     }

@@ -32,6 +32,15 @@ fn git(url: &str) -> Value {
     with("source", json!({"kind": "git", "url": url, "ref": "main"}))
 }
 
+fn archive(url: &str, sha256: &str) -> Value {
+    with(
+        "source",
+        json!({"kind": "archive", "url": url, "sha256": sha256}),
+    )
+}
+
+const SHA: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+
 fn s3(url: &str) -> Value {
     with("source", json!({"kind": "s3", "url": url}))
 }
@@ -116,6 +125,16 @@ fn submissions() {
             &[],
         ),
         ("s3 prefix", s3("s3://my.bucket-1/sources/hello/"), &[]),
+        (
+            "https archive pinned by sha256",
+            archive("https://downloads.example.com/fn-1.2.3.tar.gz", SHA),
+            &[],
+        ),
+        (
+            "https archive, sha256 in capitals",
+            archive("https://downloads.example.com/fn.zip", &SHA.to_uppercase()),
+            &[],
+        ),
         (
             "git commit ref",
             with(
@@ -354,6 +373,22 @@ fn submissions() {
             "s3 wrong scheme",
             s3("https://bucket.s3.amazonaws.com/key"),
             &["source.url"],
+        ),
+        // Archives over https, pinned.
+        (
+            "archive over http",
+            archive("http://downloads.example.com/fn.tar.gz", SHA),
+            &["source.url"],
+        ),
+        (
+            "archive without a real sha256",
+            archive("https://downloads.example.com/fn.tar.gz", "abc"),
+            &["source.sha256"],
+        ),
+        (
+            "archive from the metadata address",
+            archive("https://169.254.169.254/latest/fn.tar.gz", "xyz"),
+            &["source.url", "source.sha256"],
         ),
         // Git sources and SSRF.
         (
