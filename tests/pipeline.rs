@@ -94,28 +94,6 @@ fn created(id: &str, data: &FunctionSubmission) -> Event {
         .encode::<FunctionCreated>(data)
 }
 
-async fn invoke(url: &str) -> Result<serde_json::Value> {
-    let reply = post(
-        &format!("{url}/"),
-        &[
-            ("ce-specversion", "1.0"),
-            ("ce-id", "inv-1"),
-            ("ce-source", "/tests"),
-            ("ce-type", "com.example.ping"),
-            ("content-type", "application/json"),
-        ],
-        "{\"name\":\"world\"}",
-    )
-    .await?;
-    anyhow::ensure!(
-        reply.status == 200,
-        "invoke answered {}: {:?}",
-        reply.status,
-        reply.body
-    );
-    reply.json()
-}
-
 #[tokio::test]
 async fn a_function_goes_from_submission_to_a_running_revision() -> Result<()> {
     let pipeline = start().await?;
@@ -127,7 +105,10 @@ async fn a_function_goes_from_submission_to_a_running_revision() -> Result<()> {
     assert_eq!(state.phase, Phase::Ready, "{state:?}");
     assert_eq!(state.revision.as_deref(), Some("hello-00001"));
     let url = state.url.clone().context("a ready function has a URL")?;
-    assert_eq!(invoke(&url).await?, serde_json::json!({"hello": "world"}));
+    assert_eq!(
+        klambda_tests::invoke(&url, "world").await?,
+        serde_json::json!({"hello": "world"})
+    );
 
     // Every stage's events, in the status reporter's log; `idle` returning proves its own
     // status.updated replies did not loop through its catch-all Trigger.

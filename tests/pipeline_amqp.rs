@@ -70,20 +70,8 @@ async fn both_examples_deploy_over_rabbitmq_with_the_parser_in_its_own_process()
             .context("the status reporter knows the function")?;
         assert_eq!(state.phase, Phase::Ready, "{state:?}");
         let function = state.url.context("a ready function has a URL")?;
-        let reply = post(
-            &format!("{function}/"),
-            &[
-                ("ce-specversion", "1.0"),
-                ("ce-id", "invoke-1"),
-                ("ce-source", "/tests"),
-                ("ce-type", "com.example.hello"),
-                ("content-type", "application/json"),
-            ],
-            r#"{"name":"rabbit"}"#,
-        )
-        .await?;
-        assert_eq!(reply.status, 200, "{name}: {:?}", reply.body);
-        assert_eq!(reply.json()?["message"], "Hello, rabbit!", "{name}");
+        let reply = klambda_tests::invoke(&function, "rabbit").await?;
+        assert_eq!(reply["message"], "Hello, rabbit!", "{name}");
     }
     // The parser's work came through its own process: its events are in the log.
     let events = main.store.function_events("hello-node", 0, 100).await?;

@@ -8,7 +8,7 @@ use klambda_cli::client::{self, Output};
 use klambda_cli::embedded::{self, Platform};
 use klambda_events::data::Phase;
 use klambda_storage::{S3Settings, S3Store};
-use klambda_test_support::http::{TestServer, post};
+use klambda_test_support::http::TestServer;
 use klambda_test_support::repo;
 use klambda_test_support::s3::{ACCESS_KEY, S3Server, SECRET_KEY};
 
@@ -57,20 +57,8 @@ async fn an_example_deploys_through_s3_storage() -> Result<()> {
         "no context in {keys:?}"
     );
     let url = state.url.context("a ready function has a URL")?;
-    let reply = post(
-        &format!("{url}/"),
-        &[
-            ("ce-specversion", "1.0"),
-            ("ce-id", "invoke-s3"),
-            ("ce-source", "/tests"),
-            ("ce-type", "com.example.hello"),
-            ("content-type", "application/json"),
-        ],
-        r#"{"name":"bucket"}"#,
-    )
-    .await?;
-    assert_eq!(reply.status, 200, "{:?}", reply.body);
-    assert_eq!(reply.json()?["message"], "Hello, bucket!");
+    let reply = klambda_tests::invoke(&url, "bucket").await?;
+    assert_eq!(reply["message"], "Hello, bucket!");
     // Deploying the same files again uploads nothing new: the source key is their digest.
     let before = store.list("sources/").await?;
     let again = client::deploy(

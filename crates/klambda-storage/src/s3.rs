@@ -176,10 +176,13 @@ impl S3Store {
         Ok(keys)
     }
 
-    /// Downloads any key (user sources are not limited to the platform's key alphabet).
-    pub async fn download_any(&self, key: &str, to: &Path) -> Result<Option<u64>, StorageError> {
-        use tokio::io::AsyncWriteExt as _;
-        let response = match self
+    /// Starts reading `key`: its body, or `None` when there is no such object.
+    async fn open(
+        &self,
+        key: &str,
+        operation: &'static str,
+    ) -> Result<Option<ByteStream>, StorageError> {
+        match self
             .client()
             .await
             .get_object()
@@ -188,18 +191,29 @@ impl S3Store {
             .send()
             .await
         {
-            Ok(response) => response,
-            Err(error) if error.as_service_error().is_some_and(|e| e.is_no_such_key()) => {
-                return Ok(None);
+            Ok(response) => Ok(Some(response.body)),
+            Err(error)
+                if error
+                    .as_service_error()
+                    .is_some_and(|e| e.is_no_such_key() || e.code() == Some("NoSuchKey")) =>
+            {
+                Ok(None)
             }
-            Err(error) => return Err(self.failed(key, "download")(error)),
+            Err(error) => Err(self.failed(key, operation)(error)),
+        }
+    }
+
+    /// Downloads any key (user sources are not limited to the platform's key alphabet).
+    pub async fn download_any(&self, key: &str, to: &Path) -> Result<Option<u64>, StorageError> {
+        use tokio::io::AsyncWriteExt as _;
+        let Some(mut body) = self.open(key, "download").await? else {
+            return Ok(None);
         };
         let io = |error: std::io::Error| StorageError::Io {
             location: to.display().to_string(),
             source: error,
         };
         let mut file = tokio::fs::File::create(to).await.map_err(io)?;
-        let mut body = response.body;
         let mut size = 0u64;
         while let Some(chunk) = body
             .try_next()
@@ -365,30 +379,10 @@ impl ObjectStore for S3Store {
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Bytes>, StorageError>> {
         Box::pin(async move {
             check_key(key)?;
-            let response = match self
-                .client()
-                .await
-                .get_object()
-                .bucket(&self.bucket)
-                .key(key)
-                .send()
-                .await
-            {
-                Ok(response) => response,
-                Err(error)
-                    if error
-                        .as_service_error()
-                        .is_some_and(|e| e.is_no_such_key() || e.code() == Some("NoSuchKey")) =>
-                {
-                    return Ok(None);
-                }
-                Err(error) => return Err(self.failed(key, "get")(error)),
+            let Some(body) = self.open(key, "get").await? else {
+                return Ok(None);
             };
-            let bytes = response
-                .body
-                .collect()
-                .await
-                .map_err(self.failed(key, "get"))?;
+            let bytes = body.collect().await.map_err(self.failed(key, "get"))?;
             Ok(Some(bytes.into_bytes()))
         })
     }

@@ -46,6 +46,16 @@ fn node() -> serde_json::Value {
     })
 }
 
+/// The entry paths of a context archive, in order.
+fn context_paths(bytes: &[u8]) -> Result<Vec<String>> {
+    let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(bytes));
+    let mut paths = Vec::new();
+    for entry in tar.entries()? {
+        paths.push(entry?.path()?.display().to_string());
+    }
+    Ok(paths)
+}
+
 async fn reply(harness: &Harness<ContextUploader>, event: Event) -> Result<Event> {
     match harness.dispatch(event).await? {
         Outcome::Reply(reply) => Ok(reply),
@@ -66,11 +76,7 @@ async fn uploads_the_context_once_under_its_digest() -> Result<()> {
     let bytes = std::fs::read(&path).context("the context object exists")?;
     assert_eq!(uploaded.context.size, bytes.len() as u64);
 
-    let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(&bytes[..]));
-    let mut paths: Vec<String> = Vec::new();
-    for entry in tar.entries()? {
-        paths.push(entry?.path()?.display().to_string());
-    }
+    let paths = context_paths(&bytes)?;
     assert_eq!(
         paths,
         [
@@ -231,11 +237,7 @@ async fn s3_archives_and_prefixes_become_identical_contexts_in_s3() -> Result<()
     }
     // The same files, whether from an archive or a prefix: byte-identical contexts.
     assert_eq!(contexts[0], contexts[1]);
-    let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(&contexts[0][..]));
-    let mut paths: Vec<String> = Vec::new();
-    for entry in tar.entries()? {
-        paths.push(entry?.path()?.display().to_string());
-    }
+    let paths = context_paths(&contexts[0])?;
     assert!(
         paths.contains(&"function/lib/util.py".to_owned()),
         "{paths:?}"
@@ -440,11 +442,7 @@ async fn git_sources_are_fetched_at_their_ref_and_checked() -> Result<()> {
         .context("a local context")?
         .to_owned();
     let bytes = std::fs::read(path)?;
-    let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(&bytes[..]));
-    let mut paths: Vec<String> = Vec::new();
-    for entry in tar.entries()? {
-        paths.push(entry?.path()?.display().to_string());
-    }
+    let paths = context_paths(&bytes)?;
     assert!(
         paths.contains(&"function/lib/util.py".to_owned()),
         "{paths:?}"
