@@ -1,0 +1,17 @@
+//! The webhook gateway: the platform's second ingress, for CI systems. Buildkite and GitHub
+//! webhooks come in, are authenticated, validated field by field and turned into compact
+//! CloudEvents (`com.buildkite.build.finished`, `com.github.push`, …) that any Trigger can route,
+//! and go onto the broker.
+//!
+//! # Layout
+//! - [`auth`]: Buildkite token and signature (with a replay window), GitHub signature.
+//! - [`payload`]: reading payloads with every problem listed.
+//! - [`sources`]: payloads into CloudEvents; unknown events forwarded as they are.
+//! - [`gateway`]: the routes, security headers, problem details, publishing.
+
+pub mod auth;
+pub mod gateway;
+pub mod payload;
+pub mod sources;
+
+pub use gateway::{Config, router};

@@ -1,0 +1,336 @@
+//! The gateway over real HTTP, with signatures computed here from known secrets: tokens, HMAC
+//! signatures, wrong and stale ones, missing headers, unknown events (forwarded as they are),
+//! malformed and incomplete payloads, oversize bodies, delivery-id dedupe, GitHub pushes, a
+//! broker that is down, and the security headers.
+
+use std::sync::Arc;
+
+use anyhow::Result;
+use cloudevents::{AttributesReader as _, Event};
+use hmac::{KeyInit as _, Mac as _};
+use klambda_harness::config::Secret;
+use klambda_harness::publisher::{BoxFuture, Memory, PublishError, Publisher};
+use klambda_test_support::http::{Reply, TestServer, post};
+use webhook_gateway::Config;
+
+const TOKEN: &str = "bk-token-123";
+const SIGNING_KEY: &str = "bk-signing-key";
+const GITHUB_SECRET: &str = "gh-secret";
+
+fn config() -> Config {
+    let mut config = Config::default();
+    config.buildkite.token = Some(Secret::new(TOKEN));
+    config.buildkite.signing_key = Some(Secret::new(SIGNING_KEY));
+    config.github_secret = Some(Secret::new(GITHUB_SECRET));
+    config.body_limit = 64 * 1024;
+    config
+}
+
+async fn start(publisher: Arc<dyn Publisher>) -> Result<TestServer> {
+    TestServer::start(webhook_gateway::router(config(), publisher)).await
+}
+
+fn hmac_hex(key: &str, parts: &[&[u8]]) -> String {
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key.as_bytes())
+        .unwrap_or_else(|e| panic!("{e}"));
+    for part in parts {
+        mac.update(part);
+    }
+    hex::encode(mac.finalize().into_bytes())
+}
+
+fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+fn build_finished(state: &str) -> String {
+    serde_json::json!({
+        "event": "build.finished",
+        "build": {
+            "id": "01890b6a-1111-2222-3333-444455556666", "number": 42, "state": state,
+            "branch": "main", "commit": "3f2a9c1e0b7d5a6c4e8f9a0b1c2d3e4f5a6b7c8d",
+            "message": "Fix the thing", "web_url": "https://buildkite.com/acme/app/builds/42",
+            "author": {"name": "Ada"}, "created_at": "2026-11-23T10:00:00Z",
+            "started_at": "2026-11-23T10:00:05Z", "finished_at": "2026-11-23T10:03:00Z"
+        },
+        "pipeline": {"slug": "app", "web_url": "https://buildkite.com/acme/app"},
+        "sender": {"name": "Ada"}
+    })
+    .to_string()
+}
+
+async fn buildkite(
+    server: &TestServer,
+    event: &str,
+    auth: &[(&str, String)],
+    body: &str,
+) -> Result<Reply> {
+    let mut headers: Vec<(&str, &str)> = vec![
+        ("content-type", "application/json"),
+        ("x-buildkite-event", event),
+    ];
+    for (name, value) in auth {
+        headers.push((name, value));
+    }
+    post(&server.url("/buildkite"), &headers, body.to_owned()).await
+}
+
+/// Credential headers of one request.
+type Auth = Vec<(&'static str, String)>;
+
+fn token() -> Auth {
+    vec![("x-buildkite-token", TOKEN.to_owned())]
+}
+
+fn signed(body: &str, at: i64, key: &str) -> Auth {
+    let signature = hmac_hex(key, &[at.to_string().as_bytes(), b".", body.as_bytes()]);
+    vec![(
+        "x-buildkite-signature",
+        format!("timestamp={at},signature={signature}"),
+    )]
+}
+
+fn problem_detail(reply: &Reply) -> String {
+    reply.json().map(|p| p.to_string()).unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_build_finished_webhook_becomes_a_compact_cloudevent() -> Result<()> {
+    let memory = Memory::default();
+    let server = start(Arc::new(memory.clone())).await?;
+    let body = build_finished("passed");
+    for auth in [token(), signed(&body, now(), SIGNING_KEY)] {
+        let reply = buildkite(&server, "build.finished", &auth, &body).await?;
+        assert_eq!(reply.status, 202, "{}", problem_detail(&reply));
+        assert_eq!(reply.json()?["type"], "com.buildkite.build.finished");
+    }
+    let events: Vec<Event> = memory.events();
+    assert_eq!(events.len(), 2);
+    let event = &events[0];
+    assert_eq!(event.ty(), "com.buildkite.build.finished");
+    assert_eq!(event.source().to_string(), "https://buildkite.com/acme/app");
+    assert_eq!(event.subject(), Some("42"));
+    let data: serde_json::Value = match event.data() {
+        Some(cloudevents::Data::Json(value)) => value.clone(),
+        other => panic!("JSON data expected, got {other:?}"),
+    };
+    assert_eq!(data["pipeline"], "app");
+    assert_eq!(data["state"], "passed");
+    assert_eq!(data["branch"], "main");
+    assert_eq!(data["commit"], "3f2a9c1e0b7d5a6c4e8f9a0b1c2d3e4f5a6b7c8d");
+    assert_eq!(data["author"], "Ada");
+    assert_eq!(data["finishedAt"], "2026-11-23T10:03:00Z");
+    // The same webhook delivered again is the same event: it dedupes downstream.
+    assert_eq!(events[0].id(), events[1].id());
+    Ok(())
+}
+
+#[tokio::test]
+async fn webhooks_that_are_not_authentic_get_401() -> Result<()> {
+    let memory = Memory::default();
+    let server = start(Arc::new(memory.clone())).await?;
+    let body = build_finished("passed");
+    let cases: Vec<(&str, Auth, &str)> = vec![
+        (
+            "no credential",
+            vec![],
+            "no X-Buildkite-Signature or X-Buildkite-Token",
+        ),
+        (
+            "wrong token",
+            vec![("x-buildkite-token", "nope".into())],
+            "X-Buildkite-Token does not match",
+        ),
+        (
+            "wrong key",
+            signed(&body, now(), "another key"),
+            "X-Buildkite-Signature does not match",
+        ),
+        (
+            "stale",
+            signed(&body, now() - 3600, SIGNING_KEY),
+            "timestamp is",
+        ),
+        (
+            "future",
+            signed(&body, now() + 3600, SIGNING_KEY),
+            "timestamp is",
+        ),
+        (
+            "malformed",
+            vec![("x-buildkite-signature", "sha256=abc".into())],
+            "malformed",
+        ),
+        (
+            "body changed after signing",
+            signed(&build_finished("failed"), now(), SIGNING_KEY),
+            "does not match",
+        ),
+    ];
+    for (case, auth, needle) in cases {
+        let reply = buildkite(&server, "build.finished", &auth, &body).await?;
+        assert_eq!(reply.status, 401, "{case}");
+        assert_eq!(
+            reply.header("content-type"),
+            "application/problem+json",
+            "{case}"
+        );
+        assert!(
+            problem_detail(&reply).contains(needle),
+            "{case}: {}",
+            problem_detail(&reply)
+        );
+    }
+    assert!(
+        memory.events().is_empty(),
+        "nothing unauthenticated is published"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn bad_payloads_get_400_listing_every_field() -> Result<()> {
+    let memory = Memory::default();
+    let server = start(Arc::new(memory.clone())).await?;
+    let incomplete =
+        serde_json::json!({"build": {"number": "forty-two", "branch": ""}, "pipeline": {}})
+            .to_string();
+    let reply = buildkite(&server, "build.finished", &token(), &incomplete).await?;
+    assert_eq!(reply.status, 400);
+    let problems = reply.json()?["problems"].clone();
+    let fields: Vec<&str> = problems
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p["field"].as_str())
+        .collect();
+    for field in [
+        "pipeline.slug",
+        "build.number",
+        "build.id",
+        "build.state",
+        "build.branch",
+        "build.commit",
+    ] {
+        assert!(fields.contains(&field), "{field} not in {fields:?}");
+    }
+    let malformed = buildkite(&server, "build.finished", &token(), "{not json").await?;
+    assert_eq!(malformed.status, 400);
+    assert!(problem_detail(&malformed).contains("not valid JSON"));
+    let no_event = post(
+        &server.url("/buildkite"),
+        &[("x-buildkite-token", TOKEN)],
+        build_finished("passed"),
+    )
+    .await?;
+    assert_eq!(no_event.status, 400);
+    assert!(problem_detail(&no_event).contains("X-Buildkite-Event"));
+    let oversize = buildkite(&server, "build.finished", &token(), &"x".repeat(100 * 1024)).await?;
+    assert_eq!(oversize.status, 413);
+    assert!(memory.events().is_empty());
+    Ok(())
+}
+
+#[tokio::test]
+async fn unknown_events_are_forwarded_as_they_are() -> Result<()> {
+    let memory = Memory::default();
+    let server = start(Arc::new(memory.clone())).await?;
+    let body = r#"{"event":"cluster.token.created","token":{"id":"t1"}}"#;
+    let reply = buildkite(&server, "cluster.token.created", &token(), body).await?;
+    assert_eq!(reply.status, 202, "{}", problem_detail(&reply));
+    let event = &memory.events()[0];
+    assert_eq!(event.ty(), "com.buildkite.cluster.token.created");
+    let bad_name = buildkite(&server, "Build Finished!", &token(), body).await?;
+    assert_eq!(bad_name.status, 400);
+    Ok(())
+}
+
+#[tokio::test]
+async fn github_pushes_are_verified_and_keep_their_delivery_id() -> Result<()> {
+    let memory = Memory::default();
+    let server = start(Arc::new(memory.clone())).await?;
+    let body = serde_json::json!({
+        "ref": "refs/heads/main", "after": "9b2c0e1", "compare": "https://github.com/acme/app/compare/a...b",
+        "repository": {"full_name": "acme/app", "html_url": "https://github.com/acme/app"},
+        "pusher": {"name": "ada"}, "head_commit": {"message": "Ship it", "timestamp": "2026-11-23T10:00:00Z"}
+    })
+    .to_string();
+    let signature = format!("sha256={}", hmac_hex(GITHUB_SECRET, &[body.as_bytes()]));
+    let send = |signature: String, delivery: &'static str| {
+        let url = server.url("/github");
+        let body = body.clone();
+        async move {
+            post(
+                &url,
+                &[
+                    ("x-github-event", "push"),
+                    ("x-github-delivery", delivery),
+                    ("x-hub-signature-256", signature.as_str()),
+                ],
+                body,
+            )
+            .await
+        }
+    };
+    let reply = send(signature.clone(), "72d3162e-cc78-11e3-81ab-4c9367dc0958").await?;
+    assert_eq!(reply.status, 202, "{}", problem_detail(&reply));
+    let event = &memory.events()[0];
+    assert_eq!(event.id(), "72d3162e-cc78-11e3-81ab-4c9367dc0958");
+    assert_eq!(event.ty(), "com.github.push");
+    assert_eq!(event.subject(), Some("refs/heads/main"));
+    assert_eq!(event.source().to_string(), "https://github.com/acme/app");
+    let wrong = send(format!("sha256={}", "0".repeat(64)), "d-2").await?;
+    assert_eq!(wrong.status, 401);
+    let no_delivery = post(
+        &server.url("/github"),
+        &[
+            ("x-github-event", "push"),
+            ("x-hub-signature-256", signature.as_str()),
+        ],
+        body.clone(),
+    )
+    .await?;
+    assert_eq!(no_delivery.status, 400);
+    assert!(problem_detail(&no_delivery).contains("X-GitHub-Delivery"));
+    Ok(())
+}
+
+/// A broker that refuses everything.
+struct Down;
+
+impl Publisher for Down {
+    fn publish(&self, _: Event) -> BoxFuture<'_, Result<(), PublishError>> {
+        Box::pin(async {
+            Err(PublishError::Unreachable {
+                sink: "http://broker".into(),
+                reason: "connection refused".into(),
+            })
+        })
+    }
+    fn ready(&self) -> BoxFuture<'_, Result<(), PublishError>> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+#[tokio::test]
+async fn a_broker_that_is_down_gets_503_with_retry_after_and_security_headers_are_set() -> Result<()>
+{
+    let server = start(Arc::new(Down)).await?;
+    let reply = buildkite(
+        &server,
+        "build.finished",
+        &token(),
+        &build_finished("passed"),
+    )
+    .await?;
+    assert_eq!(reply.status, 503);
+    assert!(!reply.header("retry-after").is_empty());
+    for (name, value) in [
+        ("x-content-type-options", "nosniff"),
+        ("cache-control", "no-store"),
+        ("x-frame-options", "DENY"),
+    ] {
+        assert_eq!(reply.header(name), value, "{name}");
+    }
+    Ok(())
+}
