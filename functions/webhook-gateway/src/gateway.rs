@@ -16,6 +16,7 @@ use klambda_harness::problem::ProblemDetails;
 use klambda_harness::publisher::Publisher;
 
 use crate::auth::{self, AuthError, BuildkiteSecrets};
+use crate::rules::Rules;
 use crate::sources::{Origin, to_event};
 
 /// How the gateway is set up.
@@ -27,6 +28,8 @@ pub struct Config {
     pub github_secret: Option<Secret>,
     /// Larger bodies are refused with 413.
     pub body_limit: usize,
+    /// What passed builds update.
+    pub rules: Rules,
 }
 
 impl Default for Config {
@@ -38,6 +41,7 @@ impl Default for Config {
             },
             github_secret: None,
             body_limit: 1024 * 1024,
+            rules: Rules::default(),
         }
     }
 }
@@ -159,12 +163,24 @@ async fn forward(
     };
     let id = cloud_event.id().to_owned();
     let ty = cloud_event.ty().to_owned();
-    match gateway.publisher.publish(cloud_event).await {
+    // The rules' updates go after the webhook's own event; a redelivery re-sends both with the
+    // same ids, so a failure part-way is repaired by the sender's retry.
+    let updates = gateway.config.rules.fire(&cloud_event);
+    let mut published = gateway.publisher.publish(cloud_event).await;
+    let mut fired = Vec::new();
+    for update in updates {
+        if published.is_err() {
+            break;
+        }
+        fired.push(update.subject().unwrap_or_default().to_owned());
+        published = gateway.publisher.publish(update).await;
+    }
+    match published {
         Ok(()) => {
-            tracing::info!(source = origin.name(), event, delivery = %id, "forwarded");
+            tracing::info!(source = origin.name(), event, delivery = %id, updated = ?fired, "forwarded");
             (
                 StatusCode::ACCEPTED,
-                axum::Json(serde_json::json!({"id": id, "type": ty})),
+                axum::Json(serde_json::json!({"id": id, "type": ty, "updated": fired})),
             )
                 .into_response()
         }

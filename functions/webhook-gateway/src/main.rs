@@ -1,7 +1,8 @@
 //! The webhook-gateway binary: serves [`webhook_gateway::router`] on `$PORT` (8080), publishing
 //! to the broker ingress at `$K_SINK`. Secrets: `KLAMBDA_BUILDKITE_TOKEN`,
 //! `KLAMBDA_BUILDKITE_SIGNING_KEY`, `KLAMBDA_GITHUB_SECRET`; `KLAMBDA_BUILDKITE_TOLERANCE_SECONDS`
-//! (300) bounds signature replays.
+//! (300) bounds signature replays; `KLAMBDA_WEBHOOK_RULES` names a rules file (see
+//! `webhook_gateway::rules`).
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -24,6 +25,15 @@ fn main() -> ExitCode {
             Err(_) => problems.push(format!(
                 "KLAMBDA_BUILDKITE_TOLERANCE_SECONDS={seconds:?} is not a number of seconds"
             )),
+        }
+    }
+    if let Some(path) = var("KLAMBDA_WEBHOOK_RULES") {
+        match std::fs::read_to_string(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|text| webhook_gateway::rules::Rules::parse(&text).map_err(|e| e.to_string()))
+        {
+            Ok(rules) => config.rules = rules,
+            Err(error) => problems.push(format!("KLAMBDA_WEBHOOK_RULES={path}: {error}")),
         }
     }
     let port: u16 = match var("PORT").map(|p| p.parse()) {

@@ -334,3 +334,77 @@ async fn a_broker_that_is_down_gets_503_with_retry_after_and_security_headers_ar
     }
     Ok(())
 }
+
+const RULES: &str = r#"{"rules": [{
+  "name": "deploy-app",
+  "type": "com.buildkite.build.finished",
+  "match": {"pipeline": "app", "branch": "main", "state": "passed"},
+  "function": {"name": "app", "runtime": "nodejs22", "handler": "index.handler",
+               "source": {"kind": "git", "url": "https://github.com/acme/app.git"}}
+}]}"#;
+
+#[tokio::test]
+async fn a_passed_build_fires_a_function_update_the_parser_accepts() -> Result<()> {
+    let memory = Memory::default();
+    let mut config = config();
+    config.rules = webhook_gateway::rules::Rules::parse(RULES)?;
+    let server =
+        TestServer::start(webhook_gateway::router(config, Arc::new(memory.clone()))).await?;
+    let failed = buildkite(
+        &server,
+        "build.finished",
+        &token(),
+        &build_finished("failed"),
+    )
+    .await?;
+    assert_eq!(failed.status, 202);
+    assert_eq!(memory.events().len(), 1, "a failed build updates nothing");
+    let passed = buildkite(
+        &server,
+        "build.finished",
+        &token(),
+        &build_finished("passed"),
+    )
+    .await?;
+    assert_eq!(passed.status, 202);
+    assert_eq!(passed.json()?["updated"], serde_json::json!(["app"]));
+    let events = memory.events();
+    let update = events
+        .iter()
+        .find(|e| e.ty() == "io.knative.lambda.function.updated")
+        .ok_or_else(|| anyhow::anyhow!("no function.updated in {events:?}"))?;
+    let submission = klambda_events::decode::<klambda_events::catalogue::FunctionUpdated>(update)?;
+    let (spec, _) = parser::parse(submission, &parser::Limits::default())
+        .map_err(|problems| anyhow::anyhow!("the parser refused it: {problems:?}"))?;
+    match spec.source {
+        klambda_events::spec::Source::Git { reference, .. } => {
+            assert_eq!(reference, "3f2a9c1e0b7d5a6c4e8f9a0b1c2d3e4f5a6b7c8d");
+        }
+        other => panic!("a git source expected, got {other:?}"),
+    }
+    Ok(())
+}
+
+#[test]
+fn rules_files_are_checked_when_loaded() {
+    use webhook_gateway::rules::Rules;
+    for (text, needle) in [
+        ("[]", "expected {\"rules\""),
+        (r#"{"rules": [{"type": "x"}]}"#, "name is required"),
+        (
+            r#"{"rules": [{"name": "r", "type": "x", "function": {"source": {"kind": "inline"}}}]}"#,
+            "git source",
+        ),
+        (
+            r#"{"rules": [{"name": "r", "type": "x", "function": {"source": {"kind": "git", "url": "https://x/y"}}}]}"#,
+            "not a valid",
+        ),
+    ] {
+        let error = Rules::parse(text)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(error.contains(needle), "{text}: {error}");
+    }
+    assert!(Rules::parse(RULES).is_ok());
+}
