@@ -1,11 +1,12 @@
 //! The HTTP face: `POST /buildkite` and `POST /github` verify, validate, transform and publish;
 //! `GET /health`. Every answer carries security headers; errors are RFC 7807 problem details.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::Bytes;
@@ -16,6 +17,7 @@ use klambda_harness::problem::ProblemDetails;
 use klambda_harness::publisher::Publisher;
 
 use crate::auth::{self, AuthError, BuildkiteSecrets};
+use crate::outbox::{Outbox, Outcome, Policy};
 use crate::rules::Rules;
 use crate::sources::{Origin, to_event};
 
@@ -30,6 +32,10 @@ pub struct Config {
     pub body_limit: usize,
     /// What passed builds update.
     pub rules: Rules,
+    /// Retries and the circuit breaker.
+    pub policy: Policy,
+    /// Where events that could not be published are kept.
+    pub dead_letter_dir: PathBuf,
 }
 
 impl Default for Config {
@@ -42,6 +48,8 @@ impl Default for Config {
             github_secret: None,
             body_limit: 1024 * 1024,
             rules: Rules::default(),
+            policy: Policy::default(),
+            dead_letter_dir: PathBuf::from("klambda-webhook-dead-letters"),
         }
     }
 }
@@ -49,19 +57,27 @@ impl Default for Config {
 #[derive(Clone)]
 struct Gateway {
     config: Arc<Config>,
-    publisher: Arc<dyn Publisher>,
+    outbox: Arc<Outbox>,
 }
 
 /// The gateway's routes, publishing into `publisher` (the broker ingress).
 pub fn router(config: Config, publisher: Arc<dyn Publisher>) -> Router {
     let limit = config.body_limit;
+    let outbox = Outbox::new(
+        publisher,
+        config.policy.clone(),
+        config.dead_letter_dir.clone(),
+    );
     let gateway = Gateway {
         config: Arc::new(config),
-        publisher,
+        outbox: Arc::new(outbox),
     };
     Router::new()
         .route("/buildkite", post(buildkite))
         .route("/github", post(github))
+        .route("/ready", get(ready))
+        .route("/dead-letters", get(dead_letters))
+        .route("/dead-letters/redrive", post(redrive))
         .route(
             "/health",
             get(|| async { axum::Json(serde_json::json!({"status": "alive"})) }),
@@ -166,37 +182,85 @@ async fn forward(
     // The rules' updates go after the webhook's own event; a redelivery re-sends both with the
     // same ids, so a failure part-way is repaired by the sender's retry.
     let updates = gateway.config.rules.fire(&cloud_event);
-    let mut published = gateway.publisher.publish(cloud_event).await;
+    let mut outcome = gateway.outbox.publish(cloud_event).await;
     let mut fired = Vec::new();
     for update in updates {
-        if published.is_err() {
+        if matches!(outcome, Outcome::Refused { .. }) {
             break;
         }
         fired.push(update.subject().unwrap_or_default().to_owned());
-        published = gateway.publisher.publish(update).await;
+        outcome = gateway.outbox.publish(update).await;
     }
-    match published {
-        Ok(()) => {
-            tracing::info!(source = origin.name(), event, delivery = %id, updated = ?fired, "forwarded");
+    match outcome {
+        Outcome::Published | Outcome::DeadLettered { .. } => {
+            let dead_lettered = matches!(outcome, Outcome::DeadLettered { .. });
+            tracing::info!(source = origin.name(), event, delivery = %id, updated = ?fired, dead_lettered, "forwarded");
             (
                 StatusCode::ACCEPTED,
-                axum::Json(serde_json::json!({"id": id, "type": ty, "updated": fired})),
+                axum::Json(serde_json::json!({
+                    "id": id, "type": ty, "updated": fired, "deadLettered": dead_lettered,
+                })),
             )
                 .into_response()
         }
-        Err(error) => {
-            tracing::error!(source = origin.name(), event, delivery = %id, %error, "publish failed");
+        Outcome::Refused { retry_after } => {
+            tracing::warn!(source = origin.name(), event, delivery = %id, "refused: the breaker is open");
             let mut response = ProblemDetails::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "broker-unavailable",
-                "The broker did not take the event",
-                format!("{error}; send the webhook again"),
+                "The broker is unavailable",
+                "the gateway is not publishing while the broker recovers; send the webhook again later",
             )
             .into_response();
-            response
-                .headers_mut()
-                .insert("retry-after", HeaderValue::from_static("5"));
+            let seconds = retry_after.as_secs().max(1).to_string();
+            if let Ok(value) = HeaderValue::from_str(&seconds) {
+                response.headers_mut().insert("retry-after", value);
+            }
             response
         }
+    }
+}
+
+/// `GET /ready`: 503 while the breaker is open (the broker is failing).
+async fn ready(State(gateway): State<Gateway>) -> Response {
+    let breaker = gateway.outbox.breaker();
+    let status = if breaker == "open" {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    (status, axum::Json(serde_json::json!({"breaker": breaker}))).into_response()
+}
+
+/// `GET /dead-letters`: events that could not be published, oldest first.
+async fn dead_letters(State(gateway): State<Gateway>) -> Response {
+    match gateway.outbox.dead_letters() {
+        Ok(letters) => axum::Json(letters).into_response(),
+        Err(error) => ProblemDetails::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "dead-letter-store",
+            "The dead-letter store cannot be read",
+            error.to_string(),
+        )
+        .into_response(),
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct Only {
+    id: Option<String>,
+}
+
+/// `POST /dead-letters/redrive[?id=ID]`: publishes them again; answers how many went.
+async fn redrive(State(gateway): State<Gateway>, Query(only): Query<Only>) -> Response {
+    match gateway.outbox.redrive(only.id.as_deref()).await {
+        Ok(redriven) => axum::Json(serde_json::json!({"redriven": redriven})).into_response(),
+        Err(reason) => ProblemDetails::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "redrive-failed",
+            "Redrive stopped",
+            reason,
+        )
+        .into_response(),
     }
 }

@@ -7,11 +7,13 @@
 //! - [`auth`]: Buildkite token and signature (with a replay window), GitHub signature.
 //! - [`payload`]: reading payloads with every problem listed.
 //! - [`sources`]: payloads into CloudEvents; unknown events forwarded as they are.
+//! - [`outbox`]: retries, circuit breaker, dead-letter store.
 //! - [`rules`]: a passed build into `function.updated` for the function it builds.
 //! - [`gateway`]: the routes, security headers, problem details, publishing.
 
 pub mod auth;
 pub mod gateway;
+pub mod outbox;
 pub mod payload;
 pub mod rules;
 pub mod sources;

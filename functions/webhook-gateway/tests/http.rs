@@ -295,16 +295,24 @@ async fn github_pushes_are_verified_and_keep_their_delivery_id() -> Result<()> {
     Ok(())
 }
 
-/// A broker that refuses everything.
-struct Down;
+/// A broker that can be switched off; what it takes goes into `taken`.
+#[derive(Clone, Default)]
+struct Switch {
+    down: Arc<std::sync::atomic::AtomicBool>,
+    taken: Memory,
+}
 
-impl Publisher for Down {
-    fn publish(&self, _: Event) -> BoxFuture<'_, Result<(), PublishError>> {
-        Box::pin(async {
-            Err(PublishError::Unreachable {
-                sink: "http://broker".into(),
-                reason: "connection refused".into(),
-            })
+impl Publisher for Switch {
+    fn publish(&self, event: Event) -> BoxFuture<'_, Result<(), PublishError>> {
+        let down = self.down.load(std::sync::atomic::Ordering::SeqCst);
+        Box::pin(async move {
+            if down {
+                return Err(PublishError::Unreachable {
+                    sink: "http://broker".into(),
+                    reason: "connection refused".into(),
+                });
+            }
+            self.taken.publish(event).await
         })
     }
     fn ready(&self) -> BoxFuture<'_, Result<(), PublishError>> {
@@ -313,25 +321,84 @@ impl Publisher for Down {
 }
 
 #[tokio::test]
-async fn a_broker_that_is_down_gets_503_with_retry_after_and_security_headers_are_set() -> Result<()>
-{
-    let server = start(Arc::new(Down)).await?;
-    let reply = buildkite(
-        &server,
-        "build.finished",
-        &token(),
-        &build_finished("passed"),
-    )
-    .await?;
-    assert_eq!(reply.status, 503);
-    assert!(!reply.header("retry-after").is_empty());
+async fn the_breaker_opens_on_failures_dead_letters_are_kept_and_redriven() -> Result<()> {
+    let broker = Switch::default();
+    broker.down.store(true, std::sync::atomic::Ordering::SeqCst);
+    let dir = std::env::temp_dir().join(format!("klambda-webhook-dlq-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut config = config();
+    config.dead_letter_dir = dir.clone();
+    config.policy = webhook_gateway::outbox::Policy {
+        attempts: 2,
+        backoff: std::time::Duration::from_millis(10),
+        failure_threshold: 2,
+        open_for: std::time::Duration::from_millis(300),
+    };
+    let server =
+        TestServer::start(webhook_gateway::router(config, Arc::new(broker.clone()))).await?;
+    let body =
+        |n: u64| build_finished("passed").replace("\"number\":42", &format!("\"number\":{n}"));
+    // Two failures in a row: both kept as dead letters (202: the gateway has them)...
+    for n in [1, 2] {
+        let reply = buildkite(&server, "build.finished", &token(), &body(n)).await?;
+        assert_eq!(reply.status, 202, "{}", problem_detail(&reply));
+        assert_eq!(reply.json()?["deadLettered"], true);
+    }
+    // ...and the breaker is open: refused at once, with Retry-After, and /ready says so.
+    let refused = buildkite(&server, "build.finished", &token(), &body(3)).await?;
+    assert_eq!(refused.status, 503);
+    assert!(!refused.header("retry-after").is_empty());
     for (name, value) in [
         ("x-content-type-options", "nosniff"),
         ("cache-control", "no-store"),
         ("x-frame-options", "DENY"),
     ] {
-        assert_eq!(reply.header(name), value, "{name}");
+        assert_eq!(refused.header(name), value, "{name}");
     }
+    let ready = klambda_test_support::http::get(&server.url("/ready")).await?;
+    assert_eq!(ready.status, 503);
+    assert_eq!(ready.json()?["breaker"], "open");
+    let letters = klambda_test_support::http::get(&server.url("/dead-letters"))
+        .await?
+        .json()?;
+    let letters = letters.as_array().cloned().unwrap_or_default();
+    assert_eq!(letters.len(), 2);
+    assert_eq!(letters[0]["attempts"], 2);
+    assert!(
+        letters[0]["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("connection refused")
+    );
+    assert!(letters[0]["receivedAt"].is_string());
+    assert_eq!(letters[0]["event"]["subject"], "1");
+
+    // The broker recovers; after open_for one probe closes the breaker.
+    broker
+        .down
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    tokio::time::sleep(std::time::Duration::from_millis(350)).await;
+    let probe = buildkite(&server, "build.finished", &token(), &body(4)).await?;
+    assert_eq!(probe.status, 202);
+    assert_eq!(probe.json()?["deadLettered"], false);
+    let ready = klambda_test_support::http::get(&server.url("/ready")).await?;
+    assert_eq!(ready.json()?["breaker"], "closed");
+
+    // Redrive: the kept events reach the broker, in order, and leave the store.
+    let redriven = post(&server.url("/dead-letters/redrive"), &[], "").await?;
+    assert_eq!(redriven.json()?["redriven"], 2);
+    let subjects: Vec<String> = broker
+        .taken
+        .events()
+        .iter()
+        .map(|e| e.subject().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(subjects, ["4", "1", "2"]);
+    let left = klambda_test_support::http::get(&server.url("/dead-letters"))
+        .await?
+        .json()?;
+    assert_eq!(left, serde_json::json!([]));
+    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
 
