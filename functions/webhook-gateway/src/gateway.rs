@@ -17,6 +17,7 @@ use klambda_harness::problem::ProblemDetails;
 use klambda_harness::publisher::Publisher;
 
 use crate::auth::{self, AuthError, BuildkiteSecrets};
+use crate::limit::{Limiter, RateLimit};
 use crate::outbox::{Outbox, Outcome, Policy};
 use crate::rules::Rules;
 use crate::sources::{Origin, to_event};
@@ -36,6 +37,8 @@ pub struct Config {
     pub policy: Policy,
     /// Where events that could not be published are kept.
     pub dead_letter_dir: PathBuf,
+    /// Requests per source.
+    pub rate_limit: RateLimit,
 }
 
 impl Default for Config {
@@ -50,6 +53,7 @@ impl Default for Config {
             rules: Rules::default(),
             policy: Policy::default(),
             dead_letter_dir: PathBuf::from("klambda-webhook-dead-letters"),
+            rate_limit: RateLimit::default(),
         }
     }
 }
@@ -58,6 +62,7 @@ impl Default for Config {
 struct Gateway {
     config: Arc<Config>,
     outbox: Arc<Outbox>,
+    limiter: Arc<Limiter>,
 }
 
 /// The gateway's routes, publishing into `publisher` (the broker ingress).
@@ -69,6 +74,7 @@ pub fn router(config: Config, publisher: Arc<dyn Publisher>) -> Router {
         config.dead_letter_dir.clone(),
     );
     let gateway = Gateway {
+        limiter: Arc::new(Limiter::new(config.rate_limit)),
         config: Arc::new(config),
         outbox: Arc::new(outbox),
     };
@@ -130,7 +136,27 @@ fn missing_header(name: &str) -> Response {
     .into_response()
 }
 
+fn too_many(origin: Origin, wait: Duration) -> Response {
+    let mut response = ProblemDetails::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate-limited",
+        "Too many webhooks",
+        format!(
+            "{} webhooks are arriving faster than the gateway's limit",
+            origin.name()
+        ),
+    )
+    .into_response();
+    if let Ok(value) = HeaderValue::from_str(&wait.as_secs().max(1).to_string()) {
+        response.headers_mut().insert("retry-after", value);
+    }
+    response
+}
+
 async fn buildkite(State(gateway): State<Gateway>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Err(wait) = gateway.limiter.take(Origin::Buildkite) {
+        return too_many(Origin::Buildkite, wait);
+    }
     if let Err(error) = auth::buildkite(&headers, &body, &gateway.config.buildkite, now()) {
         return unauthorized(Origin::Buildkite, &error);
     }
@@ -144,6 +170,9 @@ async fn buildkite(State(gateway): State<Gateway>, headers: HeaderMap, body: Byt
 }
 
 async fn github(State(gateway): State<Gateway>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Err(wait) = gateway.limiter.take(Origin::GitHub) {
+        return too_many(Origin::GitHub, wait);
+    }
     if let Err(error) = auth::github(&headers, &body, gateway.config.github_secret.as_ref()) {
         return unauthorized(Origin::GitHub, &error);
     }

@@ -7,12 +7,14 @@
 //! - [`auth`]: Buildkite token and signature (with a replay window), GitHub signature.
 //! - [`payload`]: reading payloads with every problem listed.
 //! - [`sources`]: payloads into CloudEvents; unknown events forwarded as they are.
+//! - [`limit`]: per-source rate limiting.
 //! - [`outbox`]: retries, circuit breaker, dead-letter store.
 //! - [`rules`]: a passed build into `function.updated` for the function it builds.
 //! - [`gateway`]: the routes, security headers, problem details, publishing.
 
 pub mod auth;
 pub mod gateway;
+pub mod limit;
 pub mod outbox;
 pub mod payload;
 pub mod rules;

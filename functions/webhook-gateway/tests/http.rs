@@ -475,3 +475,33 @@ fn rules_files_are_checked_when_loaded() {
     }
     assert!(Rules::parse(RULES).is_ok());
 }
+
+#[tokio::test]
+async fn each_source_is_rate_limited_on_its_own() -> Result<()> {
+    let memory = Memory::default();
+    let mut config = config();
+    config.rate_limit = webhook_gateway::limit::RateLimit {
+        per_second: 0.5,
+        burst: 2,
+    };
+    let server =
+        TestServer::start(webhook_gateway::router(config, Arc::new(memory.clone()))).await?;
+    let body = build_finished("passed");
+    for _ in 0..2 {
+        let reply = buildkite(&server, "build.finished", &token(), &body).await?;
+        assert_eq!(reply.status, 202);
+    }
+    let limited = buildkite(&server, "build.finished", &token(), &body).await?;
+    assert_eq!(limited.status, 429);
+    assert!(
+        limited
+            .header("retry-after")
+            .parse::<u64>()
+            .unwrap_or_default()
+            >= 1
+    );
+    // GitHub has its own bucket: a Buildkite flood does not block it (it fails auth, not 429).
+    let github = post(&server.url("/github"), &[("x-github-event", "ping")], "{}").await?;
+    assert_eq!(github.status, 401);
+    Ok(())
+}
