@@ -18,6 +18,7 @@ use klambda_harness::publisher::Publisher;
 
 use crate::auth::{self, AuthError, BuildkiteSecrets};
 use crate::limit::{Limiter, RateLimit};
+use crate::metrics::Metrics;
 use crate::outbox::{Outbox, Outcome, Policy};
 use crate::rules::Rules;
 use crate::sources::{Origin, to_event};
@@ -63,17 +64,21 @@ struct Gateway {
     config: Arc<Config>,
     outbox: Arc<Outbox>,
     limiter: Arc<Limiter>,
+    metrics: Arc<Metrics>,
 }
 
 /// The gateway's routes, publishing into `publisher` (the broker ingress).
 pub fn router(config: Config, publisher: Arc<dyn Publisher>) -> Router {
     let limit = config.body_limit;
+    let metrics = Arc::new(Metrics::default());
     let outbox = Outbox::new(
         publisher,
         config.policy.clone(),
         config.dead_letter_dir.clone(),
+        Arc::clone(&metrics),
     );
     let gateway = Gateway {
+        metrics,
         limiter: Arc::new(Limiter::new(config.rate_limit)),
         config: Arc::new(config),
         outbox: Arc::new(outbox),
@@ -82,6 +87,11 @@ pub fn router(config: Config, publisher: Arc<dyn Publisher>) -> Router {
         .route("/buildkite", post(buildkite))
         .route("/github", post(github))
         .route("/ready", get(ready))
+        .route("/metrics", get(scrape))
+        .route(
+            "/openapi.json",
+            get(|| async { axum::Json(crate::openapi::document()) }),
+        )
         .route("/dead-letters", get(dead_letters))
         .route("/dead-letters/redrive", post(redrive))
         .route(
@@ -154,33 +164,46 @@ fn too_many(origin: Origin, wait: Duration) -> Response {
 }
 
 async fn buildkite(State(gateway): State<Gateway>, headers: HeaderMap, body: Bytes) -> Response {
-    if let Err(wait) = gateway.limiter.take(Origin::Buildkite) {
-        return too_many(Origin::Buildkite, wait);
+    let origin = Origin::Buildkite;
+    let event = headers
+        .get("x-buildkite-event")
+        .and_then(|v| v.to_str().ok());
+    let counted = event.unwrap_or("other");
+    if let Err(wait) = gateway.limiter.take(origin) {
+        gateway.metrics.request(origin, counted, "rate_limited");
+        return too_many(origin, wait);
     }
     if let Err(error) = auth::buildkite(&headers, &body, &gateway.config.buildkite, now()) {
-        return unauthorized(Origin::Buildkite, &error);
+        gateway.metrics.auth_failure(origin);
+        gateway.metrics.request(origin, counted, "unauthenticated");
+        return unauthorized(origin, &error);
     }
-    let Some(event) = headers
-        .get("x-buildkite-event")
-        .and_then(|v| v.to_str().ok())
-    else {
+    let Some(event) = event else {
+        gateway.metrics.request(origin, counted, "invalid");
         return missing_header("X-Buildkite-Event");
     };
     forward(&gateway, Origin::Buildkite, event, &body, None).await
 }
 
 async fn github(State(gateway): State<Gateway>, headers: HeaderMap, body: Bytes) -> Response {
-    if let Err(wait) = gateway.limiter.take(Origin::GitHub) {
-        return too_many(Origin::GitHub, wait);
+    let origin = Origin::GitHub;
+    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let counted = text("x-github-event").unwrap_or("other");
+    if let Err(wait) = gateway.limiter.take(origin) {
+        gateway.metrics.request(origin, counted, "rate_limited");
+        return too_many(origin, wait);
     }
     if let Err(error) = auth::github(&headers, &body, gateway.config.github_secret.as_ref()) {
-        return unauthorized(Origin::GitHub, &error);
+        gateway.metrics.auth_failure(origin);
+        gateway.metrics.request(origin, counted, "unauthenticated");
+        return unauthorized(origin, &error);
     }
-    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let Some(event) = text("x-github-event") else {
+        gateway.metrics.request(origin, counted, "invalid");
         return missing_header("X-GitHub-Event");
     };
     let Some(delivery) = text("x-github-delivery").filter(|d| !d.is_empty()) else {
+        gateway.metrics.request(origin, counted, "invalid");
         return missing_header("X-GitHub-Delivery");
     };
     forward(&gateway, Origin::GitHub, event, &body, Some(delivery)).await
@@ -196,6 +219,7 @@ async fn forward(
     let cloud_event = match to_event(origin, event, body, delivery) {
         Ok(cloud_event) => cloud_event,
         Err(problems) => {
+            gateway.metrics.request(origin, event, "invalid");
             return ProblemDetails::new(
                 StatusCode::BAD_REQUEST,
                 "invalid-webhook",
@@ -223,6 +247,12 @@ async fn forward(
     match outcome {
         Outcome::Published | Outcome::DeadLettered { .. } => {
             let dead_lettered = matches!(outcome, Outcome::DeadLettered { .. });
+            let counted = if dead_lettered {
+                "dead_lettered"
+            } else {
+                "published"
+            };
+            gateway.metrics.request(origin, event, counted);
             tracing::info!(source = origin.name(), event, delivery = %id, updated = ?fired, dead_lettered, "forwarded");
             (
                 StatusCode::ACCEPTED,
@@ -233,6 +263,7 @@ async fn forward(
                 .into_response()
         }
         Outcome::Refused { retry_after } => {
+            gateway.metrics.request(origin, event, "refused");
             tracing::warn!(source = origin.name(), event, delivery = %id, "refused: the breaker is open");
             let mut response = ProblemDetails::new(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -248,6 +279,31 @@ async fn forward(
             response
         }
     }
+}
+
+/// `GET /metrics`: the breaker and dead-letter gauges are read now, the rest is counted as it
+/// happens.
+async fn scrape(State(gateway): State<Gateway>) -> Response {
+    let breaker = match gateway.outbox.breaker() {
+        "closed" => 0,
+        "half-open" => 1,
+        _ => 2,
+    };
+    gateway.metrics.breaker.set(breaker);
+    if let Ok(letters) = gateway.outbox.dead_letters() {
+        gateway
+            .metrics
+            .dead_letters
+            .set(i64::try_from(letters.len()).unwrap_or(i64::MAX));
+    }
+    (
+        [(
+            http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        gateway.metrics.encode(),
+    )
+        .into_response()
 }
 
 /// `GET /ready`: 503 while the breaker is open (the broker is failing).

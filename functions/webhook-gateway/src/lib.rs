@@ -8,6 +8,8 @@
 //! - [`payload`]: reading payloads with every problem listed.
 //! - [`sources`]: payloads into CloudEvents; unknown events forwarded as they are.
 //! - [`limit`]: per-source rate limiting.
+//! - [`metrics`]: what `/metrics` exports.
+//! - [`openapi`]: the OpenAPI document of the routes.
 //! - [`outbox`]: retries, circuit breaker, dead-letter store.
 //! - [`rules`]: a passed build into `function.updated` for the function it builds.
 //! - [`gateway`]: the routes, security headers, problem details, publishing.
@@ -15,6 +17,8 @@
 pub mod auth;
 pub mod gateway;
 pub mod limit;
+pub mod metrics;
+pub mod openapi;
 pub mod outbox;
 pub mod payload;
 pub mod rules;

@@ -70,6 +70,7 @@ pub enum Outcome {
 /// The publisher with retries, breaker and dead letters.
 pub struct Outbox {
     publisher: std::sync::Arc<dyn Publisher>,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
     policy: Policy,
     state: Mutex<State>,
     dead_letters: PathBuf,
@@ -83,9 +84,11 @@ impl Outbox {
         publisher: std::sync::Arc<dyn Publisher>,
         policy: Policy,
         dead_letters: PathBuf,
+        metrics: std::sync::Arc<crate::metrics::Metrics>,
     ) -> Self {
         Self {
             publisher,
+            metrics,
             policy,
             state: Mutex::new(State::Closed { failures: 0 }),
             dead_letters,
@@ -151,19 +154,27 @@ impl Outbox {
             return Outcome::Refused { retry_after };
         }
         let mut attempt = 1;
+        let started = Instant::now();
         let reason = loop {
             match self.publisher.publish(event.clone()).await {
                 Ok(()) => {
                     self.record(true);
+                    self.metrics
+                        .publish_duration
+                        .observe(started.elapsed().as_secs_f64());
                     return Outcome::Published;
                 }
                 Err(error) if retryable(&error) && attempt < self.policy.attempts => {
                     tokio::time::sleep(self.policy.backoff * 2u32.pow(attempt - 1)).await;
+                    self.metrics.retries.inc();
                     attempt += 1;
                 }
                 Err(error) => break error.to_string(),
             }
         };
+        self.metrics
+            .publish_duration
+            .observe(started.elapsed().as_secs_f64());
         self.record(false);
         match self.keep(&event, &reason, attempt) {
             Ok(()) => Outcome::DeadLettered { reason },

@@ -505,3 +505,60 @@ async fn each_source_is_rate_limited_on_its_own() -> Result<()> {
     assert_eq!(github.status, 401);
     Ok(())
 }
+
+#[tokio::test]
+async fn metrics_and_the_openapi_document_describe_what_is_served() -> Result<()> {
+    let memory = Memory::default();
+    let server = start(Arc::new(memory.clone())).await?;
+    let body = build_finished("passed");
+    buildkite(&server, "build.finished", &token(), &body).await?;
+    buildkite(
+        &server,
+        "build.finished",
+        &[("x-buildkite-token", "bad".into())],
+        &body,
+    )
+    .await?;
+    buildkite(&server, "some.new.event", &token(), "{}").await?;
+    let metrics = klambda_test_support::http::get(&server.url("/metrics")).await?;
+    assert_eq!(metrics.status, 200);
+    let text = String::from_utf8_lossy(&metrics.body).into_owned();
+    for line in [
+        r#"klambda_webhook_requests_total{source="buildkite",event="build.finished",outcome="published"} 1"#,
+        r#"klambda_webhook_requests_total{source="buildkite",event="build.finished",outcome="unauthenticated"} 1"#,
+        r#"klambda_webhook_requests_total{source="buildkite",event="other",outcome="published"} 1"#,
+        r#"klambda_webhook_auth_failures_total{source="buildkite"} 1"#,
+        "klambda_webhook_breaker_state 0",
+        "klambda_webhook_dead_letters 0",
+        "klambda_webhook_publish_duration_seconds_count 2",
+    ] {
+        assert!(text.contains(line), "{line} not in:\n{text}");
+    }
+    // Every path the document lists answers (not 404 or 405).
+    let document = klambda_test_support::http::get(&server.url("/openapi.json"))
+        .await?
+        .json()?;
+    assert_eq!(document["openapi"], "3.1.0");
+    let paths = document["paths"].as_object().cloned().unwrap_or_default();
+    assert!(paths.len() >= 8);
+    for (path, operations) in paths {
+        for method in operations
+            .as_object()
+            .map(|o| o.keys().cloned().collect::<Vec<_>>())
+            .unwrap_or_default()
+        {
+            let url = server.url(&path);
+            let reply = match method.as_str() {
+                "get" => klambda_test_support::http::get(&url).await?,
+                "post" => post(&url, &[], "").await?,
+                other => anyhow::bail!("unexpected method {other}"),
+            };
+            assert!(
+                reply.status != 404 && reply.status != 405,
+                "{method} {path} answered {}",
+                reply.status
+            );
+        }
+    }
+    Ok(())
+}
