@@ -11,6 +11,7 @@
 //! - [`metrics`]: what `/metrics` exports.
 //! - [`openapi`]: the OpenAPI document of the routes.
 //! - [`outbox`]: retries, circuit breaker, dead-letter store.
+//! - [`settings`]: the settings file and environment, validated and shown redacted.
 //! - [`rules`]: a passed build into `function.updated` for the function it builds.
 //! - [`gateway`]: the routes, security headers, problem details, publishing.
 
@@ -22,6 +23,7 @@ pub mod openapi;
 pub mod outbox;
 pub mod payload;
 pub mod rules;
+pub mod settings;
 pub mod sources;
 
 pub use gateway::{Config, router};

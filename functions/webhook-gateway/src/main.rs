@@ -1,72 +1,100 @@
-//! The webhook-gateway binary: serves [`webhook_gateway::router`] on `$PORT` (8080), publishing
-//! to the broker ingress at `$K_SINK`. Secrets: `KLAMBDA_BUILDKITE_TOKEN`,
-//! `KLAMBDA_BUILDKITE_SIGNING_KEY`, `KLAMBDA_GITHUB_SECRET`; `KLAMBDA_BUILDKITE_TOLERANCE_SECONDS`
-//! (300) bounds signature replays; `KLAMBDA_WEBHOOK_RULES` names a rules file (see
-//! `webhook_gateway::rules`).
+//! The `webhook-gateway` binary: `serve` (the default), `validate --config F`, `config show`
+//! (secrets redacted), `version`. Settings come from the `--config` file
+//! (or `KLAMBDA_WEBHOOK_CONFIG`) and the environment; see `webhook_gateway::settings`.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
 
-use klambda_harness::config::Secret;
+use clap::{Parser, Subcommand};
 use klambda_harness::publisher::{HttpSink, Publisher};
-use webhook_gateway::Config;
+use webhook_gateway::settings::{self, Settings};
 
-fn main() -> ExitCode {
-    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
-    let mut problems = Vec::new();
-    let mut config = Config::default();
-    config.buildkite.token = var("KLAMBDA_BUILDKITE_TOKEN").map(Secret::new);
-    config.buildkite.signing_key = var("KLAMBDA_BUILDKITE_SIGNING_KEY").map(Secret::new);
-    config.github_secret = var("KLAMBDA_GITHUB_SECRET").map(Secret::new);
-    if let Some(seconds) = var("KLAMBDA_BUILDKITE_TOLERANCE_SECONDS") {
-        match seconds.parse() {
-            Ok(seconds) => config.buildkite.tolerance = Duration::from_secs(seconds),
-            Err(_) => problems.push(format!(
-                "KLAMBDA_BUILDKITE_TOLERANCE_SECONDS={seconds:?} is not a number of seconds"
-            )),
-        }
-    }
-    if let Some(path) = var("KLAMBDA_WEBHOOK_RULES") {
-        match std::fs::read_to_string(&path)
-            .map_err(|e| e.to_string())
-            .and_then(|text| webhook_gateway::rules::Rules::parse(&text).map_err(|e| e.to_string()))
-        {
-            Ok(rules) => config.rules = rules,
-            Err(error) => problems.push(format!("KLAMBDA_WEBHOOK_RULES={path}: {error}")),
-        }
-    }
-    let port: u16 = match var("PORT").map(|p| p.parse()) {
-        None => 8080,
-        Some(Ok(port)) => port,
-        Some(Err(_)) => {
-            problems.push("PORT is not a port number".into());
-            0
-        }
-    };
-    let sink = match var("K_SINK").map(|s| url::Url::parse(&s)) {
-        Some(Ok(sink)) => Some(sink),
-        Some(Err(error)) => {
-            problems.push(format!("K_SINK is not a URL: {error}"));
-            None
-        }
-        None => {
-            problems.push("K_SINK (the broker ingress) is required".into());
-            None
-        }
-    };
-    if config.buildkite.token.is_none()
-        && config.buildkite.signing_key.is_none()
-        && config.github_secret.is_none()
-    {
-        problems.push("no webhook secret configured: set KLAMBDA_BUILDKITE_TOKEN, KLAMBDA_BUILDKITE_SIGNING_KEY or KLAMBDA_GITHUB_SECRET".into());
-    }
-    let Some(sink) = sink.filter(|_| problems.is_empty()) else {
+#[derive(Parser)]
+#[command(
+    name = "webhook-gateway",
+    about = "Buildkite and GitHub webhooks in, CloudEvents onto the broker."
+)]
+struct Cli {
+    /// The settings file (JSON).
+    #[arg(long, global = true, env = "KLAMBDA_WEBHOOK_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve webhooks (the default).
+    Serve,
+    /// Check the settings and exit: 0 when they are usable, 64 listing every problem.
+    Validate,
+    /// The settings.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// The version.
+    Version,
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Print the effective settings as JSON, secrets redacted.
+    Show,
+}
+
+fn settings(cli: &Cli) -> Result<Settings, ExitCode> {
+    settings::load(cli.config.as_deref(), &|key| std::env::var(key).ok()).map_err(|problems| {
         for problem in problems {
             eprintln!("webhook-gateway: {problem}");
         }
-        return ExitCode::from(64);
+        ExitCode::from(64)
+    })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Version) => {
+            println!("webhook-gateway {}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
+        Some(Command::Validate) => match settings(&cli) {
+            Ok(settings) => {
+                println!(
+                    "the settings are valid: {} rule(s), publishing to {}",
+                    settings.config.rules.list().len(),
+                    settings.sink
+                );
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        },
+        Some(Command::Config {
+            command: ConfigCommand::Show,
+        }) => match settings(&cli) {
+            Ok(settings) => {
+                let shown =
+                    serde_json::to_string_pretty(&settings::show(&settings)).unwrap_or_default();
+                println!("{shown}");
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        },
+        Some(Command::Serve) | None => match settings(&cli) {
+            Ok(settings) => serve(settings),
+            Err(code) => code,
+        },
+    }
+}
+
+fn serve(settings: Settings) -> ExitCode {
+    let log = klambda_harness::Settings {
+        log_filter: std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_owned()),
+        ..klambda_harness::Settings::default()
     };
+    let _ = klambda_harness::telemetry::init("webhook-gateway", &log);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -74,12 +102,16 @@ fn main() -> ExitCode {
             return ExitCode::from(70);
         }
     };
-    let publisher: Arc<dyn Publisher> = Arc::new(HttpSink::new(sink));
+    let publisher: Arc<dyn Publisher> = Arc::new(HttpSink::new(settings.sink.clone()));
     let served = runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(("0.0.0.0", port)).await?;
-        axum::serve(listener, webhook_gateway::router(config, publisher))
-            .with_graceful_shutdown(klambda_harness::serve::shutdown_signal())
-            .await
+        let listener = tokio::net::TcpListener::bind(("0.0.0.0", settings.port)).await?;
+        tracing::info!(port = settings.port, sink = %settings.sink, "serving webhooks");
+        axum::serve(
+            listener,
+            webhook_gateway::router(settings.config, publisher),
+        )
+        .with_graceful_shutdown(klambda_harness::serve::shutdown_signal())
+        .await
     });
     match served {
         Ok(()) => ExitCode::SUCCESS,
