@@ -305,3 +305,83 @@ async fn a_dead_letter_redriven_with_the_cli_goes_through_the_pipeline() -> Resu
     server.shutdown().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn webhook_dead_letters_are_listed_and_redriven_with_the_cli() -> Result<()> {
+    use klambda_cli::client::{self, Output, WebhookDlq};
+    use klambda_harness::publisher::{BoxFuture, Memory, PublishError, Publisher};
+    use std::sync::atomic::AtomicBool;
+
+    /// A broker that is down until switched on.
+    #[derive(Clone, Default)]
+    struct Switch(Arc<AtomicBool>, Memory);
+    impl Publisher for Switch {
+        fn publish(&self, event: Event) -> BoxFuture<'_, Result<(), PublishError>> {
+            let up = self.0.load(Ordering::SeqCst);
+            Box::pin(async move {
+                if !up {
+                    return Err(PublishError::Unreachable {
+                        sink: "broker".into(),
+                        reason: "down".into(),
+                    });
+                }
+                self.1.publish(event).await
+            })
+        }
+        fn ready(&self) -> BoxFuture<'_, Result<(), PublishError>> {
+            Box::pin(async { Ok(()) })
+        }
+    }
+    let broker = Switch::default();
+    let dir = std::env::temp_dir().join(format!("klambda-webhook-cli-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut config = webhook_gateway::Config::default();
+    config.github_secret = Some(klambda_harness::config::Secret::new("s"));
+    config.dead_letter_dir = dir.clone();
+    config.policy.attempts = 1;
+    let gateway = klambda_test_support::http::TestServer::start(webhook_gateway::router(
+        config,
+        Arc::new(broker.clone()),
+    ))
+    .await?;
+    let body = r#"{"zen":"Keep it logically awesome.","hook_id":1}"#;
+    let signature = {
+        use hmac::{KeyInit as _, Mac as _};
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(b"s")?;
+        mac.update(body.as_bytes());
+        format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+    };
+    let reply = post(
+        &gateway.url("/github"),
+        &[
+            ("x-github-event", "ping"),
+            ("x-github-delivery", "d-1"),
+            ("x-hub-signature-256", signature.as_str()),
+        ],
+        body,
+    )
+    .await?;
+    assert_eq!(reply.status, 202);
+    assert_eq!(reply.json()?["deadLettered"], true);
+    let endpoint = client::Platform::new(&gateway.url(""));
+    assert_eq!(
+        client::webhook_dlq(&endpoint, WebhookDlq::List, Output::Text).await?,
+        0
+    );
+    // Still down: the redrive stops and says so (exit 1), the letter stays.
+    assert_eq!(
+        client::webhook_dlq(&endpoint, WebhookDlq::Redrive(None), Output::Text).await?,
+        1
+    );
+    broker.0.store(true, Ordering::SeqCst);
+    assert_eq!(
+        client::webhook_dlq(&endpoint, WebhookDlq::Redrive(None), Output::Text).await?,
+        0
+    );
+    let published = broker.1.events();
+    assert_eq!(published.len(), 1);
+    assert_eq!(cloudevents::AttributesReader::id(&published[0]), "d-1");
+    gateway.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}

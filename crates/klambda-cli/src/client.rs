@@ -379,6 +379,68 @@ pub async fn dlq(platform: &Platform, command: Dlq, output: Output) -> Result<i3
     }
 }
 
+/// What `klambda webhooks dlq` does with the webhook gateway's dead letters (events it could
+/// not publish to the broker).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WebhookDlq {
+    /// One line per letter.
+    List,
+    /// Publish one (or all: `None`) again.
+    Redrive(Option<String>),
+}
+
+/// `klambda webhooks dlq list | redrive ID|--all`, against the gateway at `gateway`.
+pub async fn webhook_dlq(gateway: &Platform, command: WebhookDlq, output: Output) -> Result<i32> {
+    match command {
+        WebhookDlq::List => {
+            let letters = gateway.get_json("/dead-letters").await?.unwrap_or_default();
+            if output == Output::Json {
+                println!("{}", serde_json::to_string_pretty(&letters)?);
+                return Ok(0);
+            }
+            let letters = letters.as_array().cloned().unwrap_or_default();
+            if letters.is_empty() {
+                println!("no dead letters");
+            }
+            for letter in &letters {
+                println!(
+                    "{}  {}  {} (subject {})  {} attempts: {}",
+                    letter["id"].as_str().unwrap_or_default(),
+                    letter["receivedAt"].as_str().unwrap_or_default(),
+                    letter["event"]["type"].as_str().unwrap_or_default(),
+                    letter["event"]["subject"].as_str().unwrap_or("-"),
+                    letter["attempts"],
+                    letter["reason"].as_str().unwrap_or_default(),
+                );
+            }
+            Ok(0)
+        }
+        WebhookDlq::Redrive(only) => {
+            let path = match &only {
+                Some(id) => format!("/dead-letters/redrive?id={id}"),
+                None => "/dead-letters/redrive".to_owned(),
+            };
+            let request = Request::post(format!("{}{path}", gateway.endpoint))
+                .body(Full::new(Bytes::new()))?;
+            let answer = gateway.send(request).await?;
+            let body: Value = serde_json::from_slice(&answer.body).unwrap_or_default();
+            if answer.status != 200 {
+                eprintln!(
+                    "the gateway stopped the redrive ({}): {}",
+                    answer.status,
+                    body["detail"].as_str().unwrap_or_default()
+                );
+                return Ok(1);
+            }
+            match output {
+                Output::Json => println!("{body}"),
+                Output::Text => println!("redriven {}", body["redriven"]),
+            }
+            Ok(0)
+        }
+    }
+}
+
 async fn dead_letter(platform: &Platform, seq: i64) -> Result<Value> {
     platform
         .get_json(&format!("/dead-letters/{seq}"))

@@ -98,6 +98,18 @@ enum Command {
         #[command(subcommand)]
         command: DlqCommand,
     },
+    /// The webhook gateway.
+    Webhooks {
+        /// The gateway's address.
+        #[arg(
+            long,
+            env = "KLAMBDA_WEBHOOK_GATEWAY",
+            default_value = "http://127.0.0.1:8081"
+        )]
+        gateway: String,
+        #[command(subcommand)]
+        command: WebhooksCommand,
+    },
     /// Serve a function's previous revision again.
     Rollback {
         name: String,
@@ -136,6 +148,30 @@ impl StoreFlags {
             ..klambda_storage::S3Settings::new(bucket)
         }))
     }
+}
+
+#[derive(Subcommand)]
+enum WebhooksCommand {
+    /// Events the gateway could not publish.
+    Dlq {
+        #[command(subcommand)]
+        command: WebhookDlqCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum WebhookDlqCommand {
+    /// List them, oldest first.
+    List,
+    /// Publish one (or all) to the broker again.
+    Redrive {
+        /// The letter to redrive.
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        id: Option<String>,
+        /// Redrive every letter.
+        #[arg(long)]
+        all: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -238,6 +274,16 @@ async fn run(cli: Cli) -> Result<i32> {
                 DlqCommand::Purge { yes: true } => client::Dlq::Purge,
             };
             client::dlq(&platform, command, output).await
+        }
+        Command::Webhooks {
+            gateway,
+            command: WebhooksCommand::Dlq { command },
+        } => {
+            let command = match command {
+                WebhookDlqCommand::List => client::WebhookDlq::List,
+                WebhookDlqCommand::Redrive { id, .. } => client::WebhookDlq::Redrive(id),
+            };
+            client::webhook_dlq(&Platform::new(&gateway), command, output).await
         }
         Command::Rollback { name, to } => client::rollback(&platform, &name, to, output).await,
     }
