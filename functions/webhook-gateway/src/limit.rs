@@ -19,8 +19,8 @@ pub struct RateLimit {
 impl Default for RateLimit {
     fn default() -> Self {
         Self {
-            per_second: 200.0,
-            burst: 400,
+            per_second: 2000.0,
+            burst: 4000,
         }
     }
 }

@@ -6,7 +6,7 @@
 //! {"sink": "http://broker-ingress.knative-eventing.svc/ns/klambda", "port": 8080,
 //!  "buildkite": {"token": "…", "signingKey": "…", "toleranceSeconds": 300},
 //!  "github": {"secret": "…"},
-//!  "bodyLimitBytes": 1048576, "rateLimit": {"perSecond": 200, "burst": 400},
+//!  "bodyLimitBytes": 1048576, "rateLimit": {"perSecond": 2000, "burst": 4000},
 //!  "retry": {"attempts": 3, "backoffMs": 100, "failureThreshold": 5, "openForSeconds": 30},
 //!  "deadLetterDir": "/var/lib/webhook-gateway/dead-letters",
 //!  "rules": [ … see `rules` … ]}
