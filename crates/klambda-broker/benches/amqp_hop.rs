@@ -21,6 +21,7 @@ use futures_core::Stream as _;
 use klambda_broker::amqp::Topology;
 use klambda_broker::subscriber::BoxFuture;
 use klambda_broker::{AmqpBroker, Answer, Delivery, Subscriber, Trigger};
+use klambda_test_support::bench::argument;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions,
     QueueDeclareOptions, QueueDeleteOptions,
@@ -206,15 +207,6 @@ async fn throughput(parallelism: usize, events: usize) -> Result<f64> {
     drop(dispatcher);
     broker.delete(&triggers).await?;
     Ok(rate)
-}
-
-fn argument(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
 }
 
 fn main() -> Result<()> {

@@ -3,11 +3,13 @@
 //! # Layout
 //! - [`manifests`]: load YAML manifests and check them against the real Knative CRD schemas in
 //!   `../shared/schemas` (validation and the API server's pruning of undeclared fields).
+//! - [`bench`]: arguments of the benchmark binaries.
 //! - [`http`]: serve a router on a port-0 listener and talk to it over real HTTP.
 //! - [`process`]: free ports, waiting for a process to answer, stopping it with SIGTERM.
 //! - [`repo`]: paths of the repository and of the shared folder beside it.
 //! - [`s3`]: a real S3-compatible server (`s3s-fs`) per test.
 
+pub mod bench;
 pub mod http;
 pub mod manifests;
 pub mod process;

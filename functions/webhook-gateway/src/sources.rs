@@ -101,61 +101,63 @@ struct Shaped {
     data: Value,
 }
 
+/// A build or job event: from its pipeline, about its build (the subject is the build number),
+/// with the pipeline, build and number first and `specific` fields after.
+fn of_build(
+    fields: &mut Fields<'_>,
+    specific: impl FnOnce(&mut Fields<'_>) -> Vec<(&'static str, Value)>,
+) -> Shaped {
+    let slug = fields.string("pipeline.slug");
+    let source = fields
+        .optional("pipeline.web_url")
+        .unwrap_or_else(|| format!("urn:buildkite:pipeline:{slug}"));
+    let number = fields.number("build.number");
+    let mut data = vec![
+        ("pipeline", json!(slug)),
+        ("build", json!(fields.string("build.id"))),
+        ("number", json!(number)),
+    ];
+    data.extend(specific(fields));
+    Shaped {
+        source,
+        subject: Some(number.to_string()),
+        data: compact(data),
+    }
+}
+
 fn buildkite(event: &str, payload: &Value, fields: &mut Fields<'_>) -> Shaped {
-    let pipeline_source = |fields: &mut Fields<'_>| {
-        let slug = fields.string("pipeline.slug");
-        fields
-            .optional("pipeline.web_url")
-            .unwrap_or_else(|| format!("urn:buildkite:pipeline:{slug}"))
-    };
     if event.starts_with("build.") {
-        let source = pipeline_source(fields);
-        let number = fields.number("build.number");
-        let data = compact(vec![
-            ("pipeline", json!(fields.string("pipeline.slug"))),
-            ("build", json!(fields.string("build.id"))),
-            ("number", json!(number)),
-            ("state", json!(fields.string("build.state"))),
-            ("branch", json!(fields.string("build.branch"))),
-            ("commit", json!(fields.string("build.commit"))),
-            ("message", json!(fields.optional("build.message"))),
-            (
-                "author",
-                json!(
-                    fields
-                        .optional("build.author.name")
-                        .or_else(|| fields.optional("build.creator.name"))
+        return of_build(fields, |fields| {
+            vec![
+                ("state", json!(fields.string("build.state"))),
+                ("branch", json!(fields.string("build.branch"))),
+                ("commit", json!(fields.string("build.commit"))),
+                ("message", json!(fields.optional("build.message"))),
+                (
+                    "author",
+                    json!(
+                        fields
+                            .optional("build.author.name")
+                            .or_else(|| fields.optional("build.creator.name"))
+                    ),
                 ),
-            ),
-            ("url", json!(fields.optional("build.web_url"))),
-            ("createdAt", json!(fields.optional("build.created_at"))),
-            ("startedAt", json!(fields.optional("build.started_at"))),
-            ("finishedAt", json!(fields.optional("build.finished_at"))),
-        ]);
-        return Shaped {
-            source,
-            subject: Some(number.to_string()),
-            data,
-        };
+                ("url", json!(fields.optional("build.web_url"))),
+                ("createdAt", json!(fields.optional("build.created_at"))),
+                ("startedAt", json!(fields.optional("build.started_at"))),
+                ("finishedAt", json!(fields.optional("build.finished_at"))),
+            ]
+        });
     }
     if event.starts_with("job.") {
-        let source = pipeline_source(fields);
-        let number = fields.number("build.number");
-        let data = compact(vec![
-            ("pipeline", json!(fields.string("pipeline.slug"))),
-            ("build", json!(fields.string("build.id"))),
-            ("number", json!(number)),
-            ("job", json!(fields.string("job.id"))),
-            ("state", json!(fields.string("job.state"))),
-            ("name", json!(fields.optional("job.name"))),
-            ("exitStatus", payload["job"]["exit_status"].clone()),
-            ("url", json!(fields.optional("job.web_url"))),
-        ]);
-        return Shaped {
-            source,
-            subject: Some(number.to_string()),
-            data,
-        };
+        return of_build(fields, |fields| {
+            vec![
+                ("job", json!(fields.string("job.id"))),
+                ("state", json!(fields.string("job.state"))),
+                ("name", json!(fields.optional("job.name"))),
+                ("exitStatus", payload["job"]["exit_status"].clone()),
+                ("url", json!(fields.optional("job.web_url"))),
+            ]
+        });
     }
     if event.starts_with("agent.") {
         let id = fields.string("agent.id");

@@ -562,3 +562,49 @@ async fn metrics_and_the_openapi_document_describe_what_is_served() -> Result<()
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn job_and_agent_events_are_shaped_too() -> Result<()> {
+    let memory = Memory::default();
+    let server = start(Arc::new(memory.clone())).await?;
+    let job = serde_json::json!({
+        "event": "job.finished",
+        "job": {"id": "j-1", "state": "passed", "name": "test", "exit_status": 0,
+                "web_url": "https://buildkite.com/acme/app/builds/42#j-1"},
+        "build": {"id": "b-1", "number": 42},
+        "pipeline": {"slug": "app", "web_url": "https://buildkite.com/acme/app"}
+    })
+    .to_string();
+    let agent = serde_json::json!({
+        "event": "agent.connected",
+        "agent": {"id": "a-1", "name": "builder-1", "connection_state": "connected"}
+    })
+    .to_string();
+    assert_eq!(
+        buildkite(&server, "job.finished", &token(), &job)
+            .await?
+            .status,
+        202
+    );
+    assert_eq!(
+        buildkite(&server, "agent.connected", &token(), &agent)
+            .await?
+            .status,
+        202
+    );
+    let incomplete = buildkite(&server, "job.finished", &token(), r#"{"job": {}}"#).await?;
+    assert_eq!(incomplete.status, 400);
+    assert!(problem_detail(&incomplete).contains("job.id"));
+    let events = memory.events();
+    assert_eq!(events[0].ty(), "com.buildkite.job.finished");
+    assert_eq!(events[0].subject(), Some("42"));
+    assert_eq!(events[1].ty(), "com.buildkite.agent.connected");
+    assert_eq!(events[1].subject(), Some("a-1"));
+    let data = |event: &Event| match event.data() {
+        Some(cloudevents::Data::Json(value)) => value.clone(),
+        _ => serde_json::Value::Null,
+    };
+    assert_eq!(data(&events[0])["exitStatus"], 0);
+    assert_eq!(data(&events[1])["state"], "connected");
+    Ok(())
+}

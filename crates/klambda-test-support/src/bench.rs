@@ -1,0 +1,12 @@
+//! Helpers for the benchmark binaries (`harness = false`), which take their own arguments after
+//! `cargo bench … --`.
+
+/// The value after `--name` on the command line, or `default` when absent or unparsable.
+pub fn argument<T: std::str::FromStr>(name: &str, default: T) -> T {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
