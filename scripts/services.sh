@@ -68,6 +68,7 @@ ensure_rabbitmq
 ensure_postgres
 ensure_s3s
 ensure_tool git git
+ensure_tool promtool prometheus
 ensure_tool node nodejs
 ensure_tool npm npm
 ensure_tool python3 "python3 python3-pip"

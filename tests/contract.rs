@@ -209,6 +209,10 @@ fn every_manifest_passes_the_crd_schemas() -> Result<()> {
             if kind == "Kustomization" {
                 continue;
             }
+            // No CRD schema for the prometheus-operator here: monitoring.rs runs promtool on it.
+            if api_version == "monitoring.coreos.com/v1" && kind == "PrometheusRule" {
+                continue;
+            }
             if !schemas.knows(api_version, kind) {
                 problems.push(format!(
                     "{}: no schema to check {api_version} {kind} against",
