@@ -133,3 +133,65 @@ fn alerts_use_exported_metrics_and_link_existing_runbook_sections() -> Result<()
     }
     Ok(())
 }
+
+#[test]
+fn every_dashboard_query_uses_exported_metrics_or_recording_rules() -> Result<()> {
+    let metrics = std::fs::read_to_string(repo::root().join("docs/METRICS.md"))?;
+    let rules = rules()?;
+    let recorded: BTreeSet<String> = rules["spec"]["groups"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|group| group["rules"].as_array().cloned().unwrap_or_default())
+        .filter_map(|rule| rule["record"].as_str().map(str::to_owned))
+        .collect();
+    let dir = repo::root().join("deploy/monitoring/dashboards");
+    let mut queries = 0;
+    for entry in std::fs::read_dir(&dir)? {
+        let path = entry?.path();
+        let dashboard: Value = serde_json::from_slice(&std::fs::read(&path)?)
+            .with_context(|| format!("{} is not JSON", path.display()))?;
+        assert!(
+            dashboard["uid"].is_string() && dashboard["title"].is_string(),
+            "{}",
+            path.display()
+        );
+        for panel in dashboard["panels"].as_array().into_iter().flatten() {
+            for target in panel["targets"].as_array().into_iter().flatten() {
+                let expr = target["expr"].as_str().unwrap_or_default();
+                queries += 1;
+                let mut names = 0;
+                for word in
+                    expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
+                {
+                    if word.starts_with("klambda:") {
+                        names += 1;
+                        assert!(
+                            recorded.contains(word),
+                            "{}: {word} is not a recording rule",
+                            path.display()
+                        );
+                    } else if word.starts_with("klambda_") {
+                        names += 1;
+                        let family = word
+                            .trim_end_matches("_bucket")
+                            .trim_end_matches("_count")
+                            .trim_end_matches("_sum");
+                        assert!(
+                            metrics.contains(&format!("`{family}`")),
+                            "{}: {family} is not exported (docs/METRICS.md)",
+                            path.display()
+                        );
+                    }
+                }
+                assert!(
+                    names > 0,
+                    "{}: the query {expr:?} uses no knative-lambda metric",
+                    path.display()
+                );
+            }
+        }
+    }
+    assert!(queries >= 8, "only {queries} queries");
+    Ok(())
+}
