@@ -5,6 +5,7 @@
 //!   `../shared/schemas` (validation and the API server's pruning of undeclared fields).
 //! - [`bench`]: arguments of the benchmark binaries.
 //! - [`http`]: serve a router on a port-0 listener and talk to it over real HTTP.
+//! - [`otlp`]: an OTLP/gRPC trace receiver that keeps what it is sent.
 //! - [`process`]: free ports, waiting for a process to answer, stopping it with SIGTERM.
 //! - [`repo`]: paths of the repository and of the shared folder beside it.
 //! - [`s3`]: a real S3-compatible server (`s3s-fs`) per test.
@@ -12,6 +13,7 @@
 pub mod bench;
 pub mod http;
 pub mod manifests;
+pub mod otlp;
 pub mod process;
 pub mod repo;
 pub mod s3;

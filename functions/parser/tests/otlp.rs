@@ -3,57 +3,24 @@
 //! the trace of the event's `traceparent`, under its service name.
 
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Result;
 use klambda_test_support::http::post;
+use klambda_test_support::otlp::Collector;
 use klambda_test_support::process::{free_port, terminate, wait_healthy};
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
-    TraceService, TraceServiceServer,
-};
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
 
 const BIN: &str = env!("CARGO_BIN_EXE_parser");
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 
-/// Keeps every export request it receives.
-#[derive(Clone, Default)]
-struct Collector(Arc<Mutex<Vec<ExportTraceServiceRequest>>>);
-
-#[tonic::async_trait]
-impl TraceService for Collector {
-    async fn export(
-        &self,
-        request: tonic::Request<ExportTraceServiceRequest>,
-    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        if let Ok(mut received) = self.0.lock() {
-            received.push(request.into_inner());
-        }
-        Ok(tonic::Response::new(ExportTraceServiceResponse {
-            partial_success: None,
-        }))
-    }
-}
-
 #[tokio::test]
 async fn spans_are_exported_in_the_events_trace() -> Result<()> {
-    let collector = Collector::default();
-    let collector_port = free_port()?;
-    let server = tonic::transport::Server::builder()
-        .add_service(TraceServiceServer::new(collector.clone()))
-        .serve(([127, 0, 0, 1], collector_port).into());
-    tokio::spawn(server);
+    let (collector, collector_endpoint) = Collector::start().await?;
 
     let port = free_port()?;
     let mut child = Command::new(BIN)
         .args(["--port", &port.to_string()])
-        .env(
-            "OTEL_EXPORTER_OTLP_ENDPOINT",
-            format!("http://127.0.0.1:{collector_port}"),
-        )
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &collector_endpoint)
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -88,7 +55,7 @@ async fn spans_are_exported_in_the_events_trace() -> Result<()> {
         .await??;
     assert!(exit.success(), "{exit:?}");
 
-    let requests = collector.0.lock().map(|r| r.clone()).unwrap_or_default();
+    let requests = collector.requests();
     let mut services = Vec::new();
     let mut handled = Vec::new();
     for request in &requests {

@@ -1,0 +1,104 @@
+//! One deploy is one trace: the embedded platform exports its spans to an OTLP/gRPC receiver,
+//! and the spans of a function's whole journey (parser → context-uploader → job-launcher →
+//! service-deployer, with the status reporter recording each event) share one trace id, in
+//! causal order. A file of its own: it installs the process-wide trace pipeline.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use anyhow::{Context as _, Result};
+use klambda_cli::client::{self, Output};
+use klambda_cli::embedded::{self, Platform};
+use klambda_test_support::http::TestServer;
+use klambda_test_support::otlp::{Collector, attribute};
+use klambda_test_support::repo;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_deploy_is_one_trace_through_all_five_stages() -> Result<()> {
+    let (collector, endpoint) = Collector::start().await?;
+    let settings = klambda_harness::Settings {
+        otlp_endpoint: Some(url::Url::parse(&endpoint)?),
+        log_filter: "warn,klambda_harness=info".into(),
+        ..klambda_harness::Settings::default()
+    };
+    let telemetry = klambda_harness::telemetry::init("klambda", &settings)?;
+    let data_dir = std::env::temp_dir().join(format!("klambda-trace-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&data_dir);
+    let platform = Platform::start(&embedded::Settings::new(
+        data_dir,
+        repo::root().join("eventing"),
+    ))
+    .await?;
+    let server = TestServer::start(klambda_cli::server::router(platform.clone())).await?;
+    let code = client::deploy(
+        &client::Platform::new(&server.url("")),
+        &repo::root().join("examples/hello-node"),
+        Output::Json,
+        None,
+    )
+    .await?;
+    assert_eq!(code, 0);
+    // Flushing blocks until the collector (served on this runtime) has the spans.
+    tokio::task::spawn_blocking(move || telemetry.shutdown()).await?;
+
+    let spans: Vec<_> = collector
+        .spans()
+        .into_iter()
+        .filter(|span| span.name == "handle")
+        .collect();
+    let submission = spans
+        .iter()
+        .find(|s| {
+            attribute(s, "stage").as_deref() == Some("parser")
+                && attribute(s, "event_type").as_deref()
+                    == Some("io.knative.lambda.function.created")
+        })
+        .context("the parser's span for the submission was exported")?;
+    let journey: Vec<_> = spans
+        .iter()
+        .filter(|s| s.trace_id == submission.trace_id)
+        .collect();
+    let stages: BTreeSet<String> = journey
+        .iter()
+        .filter_map(|s| attribute(s, "stage"))
+        .collect();
+    let expected: BTreeSet<String> = [
+        "parser",
+        "context-uploader",
+        "job-launcher",
+        "service-deployer",
+        "status-reporter",
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect();
+    assert_eq!(
+        stages,
+        expected,
+        "the trace {} holds spans of {stages:?}",
+        hex::encode(&submission.trace_id)
+    );
+    // Causal order: each pipeline stage first works on the function after the one before it.
+    let mut first: BTreeMap<String, u64> = BTreeMap::new();
+    for span in &journey {
+        if let Some(stage) = attribute(span, "stage") {
+            let start = first.entry(stage).or_insert(u64::MAX);
+            *start = (*start).min(span.start_time_unix_nano);
+        }
+    }
+    let order = [
+        "parser",
+        "context-uploader",
+        "job-launcher",
+        "service-deployer",
+    ];
+    for pair in order.windows(2) {
+        assert!(
+            first[pair[0]] <= first[pair[1]],
+            "{} started before {}",
+            pair[1],
+            pair[0]
+        );
+    }
+    server.shutdown().await;
+    Ok(())
+}
