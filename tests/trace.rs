@@ -99,6 +99,16 @@ async fn one_deploy_is_one_trace_through_all_five_stages() -> Result<()> {
             pair[0]
         );
     }
+    // The status API names the journey's trace, so an operator can open it.
+    let state = platform
+        .store
+        .function("hello-node")
+        .await?
+        .context("the function is known")?;
+    assert_eq!(
+        state.trace_id.as_deref(),
+        Some(hex::encode(&submission.trace_id).as_str())
+    );
     server.shutdown().await;
     Ok(())
 }

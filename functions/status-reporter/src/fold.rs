@@ -40,6 +40,10 @@ pub struct FunctionState {
     /// When each event type was first received for the current submission (reset by
     /// `function.created` / `function.updated`), from which stage timings are derived.
     pub marks: BTreeMap<String, DateTime<Utc>>,
+    /// The W3C trace id of the current submission's journey (from the first of its events that
+    /// carries a `traceparent`): look it up in the tracing backend.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
 }
 
 impl FunctionState {
@@ -115,9 +119,19 @@ pub fn fold(
         last_event_type: String::new(),
         updated_at: received_at,
         marks: BTreeMap::new(),
+        trace_id: None,
     });
     let is = |t: &str| ty == t;
-    if is(FunctionCreated::TYPE) || is(FunctionUpdated::TYPE) {
+    let submitted = is(FunctionCreated::TYPE) || is(FunctionUpdated::TYPE);
+    if submitted {
+        next.trace_id = None;
+    }
+    if next.trace_id.is_none()
+        && let Some(trace) = klambda_harness::trace::TraceParent::of_event(event, None)
+    {
+        next.trace_id = Some(hex::encode(trace.trace_id));
+    }
+    if submitted {
         next.marks.clear();
         next.phase = Phase::Parsing;
         next.last_error = None;
