@@ -1,7 +1,7 @@
 //! docs/METRICS.md against what runs: a real stage (the parser, through the harness) and the
 //! webhook gateway are served, exercised and scraped; every metric family they export must be
 //! in the table and every row must be exported, under the `klambda_<subsystem>_<name>_<unit>`
-//! convention.
+//! convention; and `klambda up` exports all five in-process stages in one registry.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -102,5 +102,48 @@ async fn every_exported_metric_is_documented_and_every_documented_one_exported()
             _ => {}
         }
     }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn klambda_up_exports_every_stage_in_one_registry() -> Result<()> {
+    use klambda_cli::client::{self, Output};
+    use klambda_cli::embedded::{self, Platform};
+    let data_dir = std::env::temp_dir().join(format!("klambda-metrics-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&data_dir);
+    let platform = Platform::start(&embedded::Settings::new(
+        data_dir,
+        repo::root().join("eventing"),
+    ))
+    .await?;
+    let server = TestServer::start(klambda_cli::server::router(platform)).await?;
+    let code = client::deploy(
+        &client::Platform::new(&server.url("")),
+        &repo::root().join("examples/hello-node"),
+        Output::Json,
+        None,
+    )
+    .await?;
+    assert_eq!(code, 0);
+    let scrape = get(&server.url("/metrics")).await?;
+    assert_eq!(scrape.status, 200);
+    let text = String::from_utf8_lossy(&scrape.body).into_owned();
+    for stage in [
+        "parser",
+        "context-uploader",
+        "job-launcher",
+        "service-deployer",
+        "status-reporter",
+    ] {
+        assert!(
+            text.contains(&format!("klambda_stage_requests_total{{stage=\"{stage}\",")),
+            "no requests of {stage} in:\n{text}"
+        );
+    }
+    // One registry: each family is declared once, whatever the number of stages.
+    let declared: Vec<&str> = text.lines().filter(|l| l.starts_with("# TYPE ")).collect();
+    let unique: BTreeSet<&str> = declared.iter().copied().collect();
+    assert_eq!(declared.len(), unique.len(), "{declared:?}");
+    server.shutdown().await;
     Ok(())
 }

@@ -19,6 +19,7 @@ use klambda_broker::{
     AmqpBroker, Answer, Broker, Delivery, InProcess, Ingress, Subscriber, trigger,
 };
 use klambda_events::Stage;
+use klambda_harness::metrics::Metrics;
 use klambda_harness::publisher::{PublishError, Publisher};
 use klambda_harness::{Handler, Harness};
 use klambda_storage::{LocalDir, ObjectStore, S3Settings, S3Store};
@@ -114,12 +115,21 @@ pub struct Platform {
     pub runner: Arc<LocalRunner>,
     /// Where builds happen (`<builds>/<build id>/build.log`).
     pub builds: PathBuf,
+    /// Every in-process stage's metrics, one registry (`GET /metrics`).
+    pub metrics: Arc<Metrics>,
 }
 
-/// A stage in-process, by its Service name, with its side events going into the broker.
-fn stage<H: Handler>(handler: H, ingress: &Ingress) -> (String, Arc<dyn Subscriber>) {
+/// A stage in-process, by its Service name, with its side events going into the broker and
+/// its metrics into the platform's registry.
+fn stage<H: Handler>(
+    handler: H,
+    ingress: &Ingress,
+    metrics: &Metrics,
+) -> (String, Arc<dyn Subscriber>) {
     let name = handler.stage().service_name();
-    let harness = Harness::new(handler).with_publisher(Arc::new(ingress.clone()));
+    let harness = Harness::new(handler)
+        .with_publisher(Arc::new(ingress.clone()))
+        .with_metrics(Arc::new(metrics.for_stage(name)));
     (name.to_owned(), Arc::new(InProcess::new(harness, name)))
 }
 
@@ -152,14 +162,23 @@ impl Platform {
         );
         let reporter = StatusReporter::new(Arc::clone(&store));
         let ingress = Ingress::new();
+        let metrics = Arc::new(Metrics::new("klambda"));
         let builder = Arc::new(LocalBuilder::new(Arc::clone(&objects), data("builds")));
         let runner = Arc::new(LocalRunner::new());
         let mut subscribers: HashMap<String, Arc<dyn Subscriber>> = [
-            stage(Parser::new(), &ingress),
-            stage(uploader, &ingress),
-            stage(JobLauncher::new(builder, Arc::clone(&objects)), &ingress),
-            stage(ServiceDeployer::new(Arc::clone(&runner) as _), &ingress),
-            stage(reporter.clone(), &ingress),
+            stage(Parser::new(), &ingress, &metrics),
+            stage(uploader, &ingress, &metrics),
+            stage(
+                JobLauncher::new(builder, Arc::clone(&objects)),
+                &ingress,
+                &metrics,
+            ),
+            stage(
+                ServiceDeployer::new(Arc::clone(&runner) as _),
+                &ingress,
+                &metrics,
+            ),
+            stage(reporter.clone(), &ingress, &metrics),
         ]
         .into_iter()
         .collect();
@@ -227,6 +246,7 @@ impl Platform {
             reporter,
             runner,
             builds: data("builds"),
+            metrics,
         })
     }
 }

@@ -22,6 +22,7 @@ pub fn router(platform: Platform) -> Router {
     Router::new()
         .route("/", post(ingress))
         .route("/functions/{name}/logs", get(logs))
+        .route("/metrics", get(metrics))
         .route(
             "/health",
             get(|| async { axum::Json(serde_json::json!({"status": "alive"})) }),
@@ -60,6 +61,18 @@ async fn ingress(State(platform): State<Platform>, headers: HeaderMap, body: Byt
             .into_response()
         }
     }
+}
+
+/// `GET /metrics`: every in-process stage's metrics (one registry, a `stage` label each).
+async fn metrics(State(platform): State<Platform>) -> Response {
+    (
+        [(
+            http::header::CONTENT_TYPE,
+            klambda_harness::metrics::CONTENT_TYPE,
+        )],
+        platform.metrics.encode(),
+    )
+        .into_response()
 }
 
 /// `GET /functions/{name}/logs`: the latest build's log and the serving revision's output.

@@ -72,6 +72,13 @@ impl<H: Handler> Harness<H> {
         self
     }
 
+    /// Counts into `metrics` (a view of a shared registry, see [`Metrics::for_stage`]) instead of
+    /// a registry of its own.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
     /// Refuses bodies above `bytes` with 413.
     pub fn with_body_limit(mut self, bytes: usize) -> Self {
         self.body_limit = bytes;

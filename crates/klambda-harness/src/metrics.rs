@@ -8,6 +8,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use std::sync::Arc;
 
 /// The OpenMetrics text media type `/metrics` answers with.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -34,7 +35,9 @@ struct SideEventLabels {
 /// The metrics of one stage.
 pub struct Metrics {
     stage: &'static str,
-    registry: Registry,
+    /// Shared by every [`Metrics::for_stage`] view, so one process serving several stages
+    /// (`klambda up`) exports one registry with a `stage` label per stage.
+    registry: Arc<Registry>,
     requests: Family<RequestLabels, Counter>,
     latency: Family<LatencyLabels, Histogram, fn() -> Histogram>,
     side_events: Family<SideEventLabels, Counter>,
@@ -67,10 +70,22 @@ impl Metrics {
         );
         Self {
             stage,
-            registry,
+            registry: Arc::new(registry),
             requests,
             latency,
             side_events,
+        }
+    }
+
+    /// The same registry and counters, labelled for another stage: what an embedded platform
+    /// gives each in-process stage, so its single `/metrics` covers all of them.
+    pub fn for_stage(&self, stage: &'static str) -> Self {
+        Self {
+            stage,
+            registry: Arc::clone(&self.registry),
+            requests: self.requests.clone(),
+            latency: self.latency.clone(),
+            side_events: self.side_events.clone(),
         }
     }
 
