@@ -107,24 +107,11 @@ async fn every_exported_metric_is_documented_and_every_documented_one_exported()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn klambda_up_exports_every_stage_in_one_registry() -> Result<()> {
-    use klambda_cli::client::{self, Output};
-    use klambda_cli::embedded::{self, Platform};
-    let data_dir = std::env::temp_dir().join(format!("klambda-metrics-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&data_dir);
-    let platform = Platform::start(&embedded::Settings::new(
-        data_dir,
-        repo::root().join("eventing"),
-    ))
-    .await?;
-    let server = TestServer::start(klambda_cli::server::router(platform)).await?;
-    let code = client::deploy(
-        &client::Platform::new(&server.url("")),
-        &repo::root().join("examples/hello-node"),
-        Output::Json,
-        None,
-    )
-    .await?;
-    assert_eq!(code, 0);
+    let (_platform, server) = klambda_tests::serve_embedded("metrics", |s| s).await?;
+    assert_eq!(
+        klambda_tests::deploy_example(&server, "hello-node", None).await?,
+        0
+    );
     let scrape = get(&server.url("/metrics")).await?;
     assert_eq!(scrape.status, 200);
     let text = String::from_utf8_lossy(&scrape.body).into_owned();

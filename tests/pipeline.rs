@@ -29,12 +29,8 @@ struct Pipeline {
 
 /// The embedded platform (what `klambda up` runs) on a fresh data directory.
 async fn start() -> Result<Pipeline> {
-    let data_dir = std::env::temp_dir().join(format!(
-        "klambda-pipeline-{}-{}",
-        std::process::id(),
-        RUN.fetch_add(1, Ordering::SeqCst)
-    ));
-    let _ = std::fs::remove_dir_all(&data_dir);
+    let data_dir =
+        klambda_tests::data_dir(&format!("pipeline-{}", RUN.fetch_add(1, Ordering::SeqCst)));
     let platform = embedded::Platform::start(&embedded::Settings::new(
         data_dir,
         repo::root().join("eventing"),
@@ -238,17 +234,7 @@ async fn a_contract_mismatch_is_dead_lettered_with_the_parsers_answer() -> Resul
 #[tokio::test]
 async fn a_dead_letter_redriven_with_the_cli_goes_through_the_pipeline() -> Result<()> {
     use klambda_cli::client::{self, Dlq, Output};
-    let data_dir = std::env::temp_dir().join(format!("klambda-redrive-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&data_dir);
-    let platform = embedded::Platform::start(&embedded::Settings::new(
-        data_dir,
-        repo::root().join("eventing"),
-    ))
-    .await?;
-    let server = klambda_test_support::http::TestServer::start(klambda_cli::server::router(
-        platform.clone(),
-    ))
-    .await?;
+    let (platform, server) = klambda_tests::serve_embedded("redrive", |s| s).await?;
     // What the Broker's deadLetterSink receives when the parser was down for every retry.
     let mut letter = created("sub-5", &submission("redriven", "event")?);
     letter.set_extension("knativeerrordest", "http://parser.knative-lambda.svc");

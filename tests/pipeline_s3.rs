@@ -4,12 +4,9 @@
 //! it, streams the context back, the builder reads it from S3, and the function answers.
 
 use anyhow::{Context as _, Result};
-use klambda_cli::client::{self, Output};
-use klambda_cli::embedded::{self, Platform};
+use klambda_cli::embedded;
 use klambda_events::data::Phase;
 use klambda_storage::{S3Settings, S3Store};
-use klambda_test_support::http::TestServer;
-use klambda_test_support::repo;
 use klambda_test_support::s3::{ACCESS_KEY, S3Server, SECRET_KEY};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -21,23 +18,14 @@ async fn an_example_deploys_through_s3_storage() -> Result<()> {
         credentials: Some((ACCESS_KEY.into(), SECRET_KEY.into())),
         ..S3Settings::new("klambda")
     };
-    let data_dir = std::env::temp_dir().join(format!("klambda-pipeline-s3-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&data_dir);
-    let platform = Platform::start(&embedded::Settings {
-        s3: Some(s3.clone()),
-        ..embedded::Settings::new(data_dir, repo::root().join("eventing"))
-    })
-    .await?;
-    let http = TestServer::start(klambda_cli::server::router(platform.clone())).await?;
-    let endpoint = client::Platform::new(&http.url(""));
+    let (platform, http) =
+        klambda_tests::serve_embedded("pipeline-s3", |settings| embedded::Settings {
+            s3: Some(s3.clone()),
+            ..settings
+        })
+        .await?;
     let store = S3Store::new(&s3);
-    let code = client::deploy(
-        &endpoint,
-        &repo::root().join("examples/hello-node"),
-        Output::Json,
-        Some(&store),
-    )
-    .await?;
+    let code = klambda_tests::deploy_example(&http, "hello-node", Some(&store)).await?;
     assert_eq!(code, 0, "hello-node did not become ready");
     let state = platform
         .store
@@ -61,13 +49,7 @@ async fn an_example_deploys_through_s3_storage() -> Result<()> {
     assert_eq!(reply["message"], "Hello, bucket!");
     // Deploying the same files again uploads nothing new: the source key is their digest.
     let before = store.list("sources/").await?;
-    let again = client::deploy(
-        &endpoint,
-        &repo::root().join("examples/hello-node"),
-        Output::Json,
-        Some(&store),
-    )
-    .await?;
+    let again = klambda_tests::deploy_example(&http, "hello-node", Some(&store)).await?;
     assert_eq!(again, 0);
     assert_eq!(store.list("sources/").await?, before);
     assert_eq!(server.unfinished_uploads()?, 0);

@@ -6,11 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::{Context as _, Result};
-use klambda_cli::client::{self, Output};
-use klambda_cli::embedded::{self, Platform};
-use klambda_test_support::http::TestServer;
 use klambda_test_support::otlp::{Collector, attribute};
-use klambda_test_support::repo;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_deploy_is_one_trace_through_all_five_stages() -> Result<()> {
@@ -21,22 +17,11 @@ async fn one_deploy_is_one_trace_through_all_five_stages() -> Result<()> {
         ..klambda_harness::Settings::default()
     };
     let telemetry = klambda_harness::telemetry::init("klambda", &settings)?;
-    let data_dir = std::env::temp_dir().join(format!("klambda-trace-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&data_dir);
-    let platform = Platform::start(&embedded::Settings::new(
-        data_dir,
-        repo::root().join("eventing"),
-    ))
-    .await?;
-    let server = TestServer::start(klambda_cli::server::router(platform.clone())).await?;
-    let code = client::deploy(
-        &client::Platform::new(&server.url("")),
-        &repo::root().join("examples/hello-node"),
-        Output::Json,
-        None,
-    )
-    .await?;
-    assert_eq!(code, 0);
+    let (platform, server) = klambda_tests::serve_embedded("trace", |s| s).await?;
+    assert_eq!(
+        klambda_tests::deploy_example(&server, "hello-node", None).await?,
+        0
+    );
     // Flushing blocks until the collector (served on this runtime) has the spans.
     tokio::task::spawn_blocking(move || telemetry.shutdown()).await?;
 
