@@ -63,7 +63,15 @@ pub struct Sources {
     pub http_archives: bool,
     /// How long one git fetch or archive download may take.
     pub git_timeout: std::time::Duration,
+    /// Made on the first archive download, shared by clones.
+    https: std::sync::Arc<std::sync::OnceLock<HttpsClient>>,
 }
+
+/// The client archives are downloaded with.
+type HttpsClient = hyper_util::client::legacy::Client<
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    http_body_util::Empty<bytes::Bytes>,
+>;
 
 impl Default for Sources {
     fn default() -> Self {
@@ -74,6 +82,7 @@ impl Default for Sources {
             git_protocols: Vec::new(),
             http_archives: false,
             git_timeout: std::time::Duration::from_secs(300),
+            https: std::sync::Arc::default(),
         }
     }
 }
@@ -127,6 +136,25 @@ impl Sources {
         }
     }
 
+    /// The HTTPS client for archives, made once: loading the system's root certificates is
+    /// file I/O not worth repeating per download.
+    fn https_client(&self) -> Result<&HttpsClient, HandlerError> {
+        if let Some(client) = self.https.get() {
+            return Ok(client);
+        }
+        let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_provider_and_native_roots(provider)
+            .map_err(internal)?
+            .https_or_http()
+            .enable_http1()
+            .build();
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build(connector);
+        Ok(self.https.get_or_init(|| client))
+    }
+
     /// Downloads `url` into `to`, streaming, at most `max_total_bytes`, and checks its sha256.
     /// Only https, unless tests allowed plain http. Refusals: an answer that says the archive is
     /// not there (4xx), a redirect, too big, another hash. Retryable: no answer, 5xx.
@@ -148,16 +176,7 @@ impl Sources {
         {
             return Ok(Err("archives are downloaded over https only".into()));
         }
-        let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_provider_and_native_roots(provider)
-            .map_err(internal)?
-            .https_or_http()
-            .enable_http1()
-            .build();
-        let client: hyper_util::client::legacy::Client<_, http_body_util::Empty<bytes::Bytes>> =
-            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-                .build(connector);
+        let client = self.https_client()?;
         let fetch = async {
             let response = client
                 .get(uri)

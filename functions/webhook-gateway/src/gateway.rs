@@ -290,11 +290,11 @@ async fn scrape(State(gateway): State<Gateway>) -> Response {
         _ => 2,
     };
     gateway.metrics.breaker.set(breaker);
-    if let Ok(letters) = gateway.outbox.dead_letters() {
+    if let Ok(count) = gateway.outbox.dead_letter_count() {
         gateway
             .metrics
             .dead_letters
-            .set(i64::try_from(letters.len()).unwrap_or(i64::MAX));
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
     }
     (
         [(

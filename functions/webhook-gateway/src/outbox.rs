@@ -207,8 +207,8 @@ impl Outbox {
         std::fs::rename(&temp, self.dead_letters.join(name))
     }
 
-    /// The dead letters, oldest first: `{id, event, reason, attempts, receivedAt}`.
-    pub fn dead_letters(&self) -> std::io::Result<Vec<Value>> {
+    /// The dead letters' file names, oldest first (temporary files excluded).
+    fn letter_names(&self) -> std::io::Result<Vec<String>> {
         let mut names: Vec<String> = match std::fs::read_dir(&self.dead_letters) {
             Ok(entries) => entries
                 .filter_map(|e| e.ok())
@@ -219,6 +219,17 @@ impl Outbox {
             Err(e) => return Err(e),
         };
         names.sort();
+        Ok(names)
+    }
+
+    /// How many dead letters there are (names only: what `/metrics` reads on every scrape).
+    pub fn dead_letter_count(&self) -> std::io::Result<usize> {
+        Ok(self.letter_names()?.len())
+    }
+
+    /// The dead letters, oldest first: `{id, event, reason, attempts, receivedAt}`.
+    pub fn dead_letters(&self) -> std::io::Result<Vec<Value>> {
+        let names = self.letter_names()?;
         let mut letters = Vec::new();
         for name in names {
             let text = std::fs::read(self.dead_letters.join(&name))?;
