@@ -74,7 +74,11 @@ async fn every_event_is_delivered_across_a_rabbitmq_restart() -> Result<()> {
     tokio::task::spawn_blocking(|| rabbitmqctl(&["stop_app"])).await??;
     tokio::time::sleep(Duration::from_millis(500)).await;
     tokio::task::spawn_blocking(move || drop(restart)).await?;
-    producer.await?;
+    // Publishes are bounded (a confirm that never comes is an error, and retried), so the
+    // producer finishes; if it does not, that is the failure, not a hung test run.
+    tokio::time::timeout(Duration::from_secs(120), producer)
+        .await
+        .context("the producer did not get its events confirmed within 120 s of the restart")??;
     let deadline = Instant::now() + Duration::from_secs(60);
     let expected: BTreeSet<String> = (0..total).map(|n| format!("{n:04}")).collect();
     loop {

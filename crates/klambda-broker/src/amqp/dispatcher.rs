@@ -19,7 +19,7 @@ use lapin::{Acker, Channel};
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
-use super::{AmqpBroker, AmqpError, message};
+use super::{AmqpBroker, AmqpError, OPERATION_DEADLINE, message, within};
 use crate::delivery::{Delivered, Delivery, deliver};
 use crate::subscriber::Subscriber;
 use crate::trigger::Trigger;
@@ -29,6 +29,8 @@ const PREFETCH: u16 = 100;
 /// The first wait before re-opening a broken connection; doubled up to [`MAX_RECONNECT`].
 const FIRST_RECONNECT: Duration = Duration::from_millis(100);
 const MAX_RECONNECT: Duration = Duration::from_secs(5);
+/// How often a quiet consumer checks that its channel is still open.
+const LIVENESS_CHECK: Duration = Duration::from_secs(5);
 /// The wait before a message whose outcome could not be made safe is handed back.
 const SETTLE_RETRY: Duration = Duration::from_millis(500);
 
@@ -121,23 +123,42 @@ async fn consume(work: &Arc<Work>, wait: &mut Duration) -> AmqpError {
         Ok(channel) => channel,
         Err(error) => return error,
     };
-    let mut consumer = match channel
-        .basic_consume(
-            ShortString::from(work.queue.as_str()),
-            ShortString::from(""),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
+    let consume = channel.basic_consume(
+        ShortString::from(work.queue.as_str()),
+        ShortString::from(""),
+        BasicConsumeOptions::default(),
+        FieldTable::default(),
+    );
+    let mut consumer = match within(
+        OPERATION_DEADLINE,
+        &format!("consuming {}", work.queue),
+        consume,
+    )
+    .await
     {
         Ok(consumer) => consumer,
-        Err(error) => return AmqpError::operation(format!("consuming {}", work.queue))(error),
+        Err(error) => return error,
     };
     *wait = FIRST_RECONNECT;
     tracing::debug!(queue = %work.queue, "consuming");
     let slots = Arc::new(Semaphore::new(work.trigger.parallelism.max(1)));
     loop {
-        let next = poll_fn(|cx| Pin::new(&mut consumer).poll_next(cx)).await;
+        // While the queue is quiet, look at the channel now and then: a connection that died
+        // without closing must not leave the dispatcher waiting forever.
+        let next = match tokio::time::timeout(
+            LIVENESS_CHECK,
+            poll_fn(|cx| Pin::new(&mut consumer).poll_next(cx)),
+        )
+        .await
+        {
+            Ok(next) => next,
+            Err(_) if channel.status().connected() => continue,
+            Err(_) => {
+                return AmqpError::Closed {
+                    what: format!("the channel consuming {}", work.queue),
+                };
+            }
+        };
         let message = match next {
             Some(Ok(message)) => message,
             Some(Err(error)) => {
@@ -171,10 +192,12 @@ async fn consume(work: &Arc<Work>, wait: &mut Duration) -> AmqpError {
 async fn open(work: &Work) -> Result<Channel, AmqpError> {
     let channel = work.broker.channel().await?;
     let prefetch = PREFETCH.max(u16::try_from(work.trigger.parallelism).unwrap_or(u16::MAX));
-    channel
-        .basic_qos(prefetch, BasicQosOptions::default())
-        .await
-        .map_err(AmqpError::operation("setting the prefetch"))?;
+    within(
+        OPERATION_DEADLINE,
+        "setting the prefetch",
+        channel.basic_qos(prefetch, BasicQosOptions::default()),
+    )
+    .await?;
     Ok(channel)
 }
 

@@ -64,6 +64,14 @@ pub enum AmqpError {
         /// The client's error.
         source: lapin::Error,
     },
+    /// RabbitMQ did not answer in time (a connection that died without closing).
+    #[error("RabbitMQ: {operation} did not finish within {seconds} s")]
+    TimedOut {
+        /// What was being done.
+        operation: String,
+        /// The deadline.
+        seconds: u64,
+    },
     /// Something ended that should run until stopped.
     #[error("{what} closed")]
     Closed {
@@ -78,6 +86,27 @@ pub enum AmqpError {
         /// The exchange.
         exchange: String,
     },
+}
+
+/// How long one protocol operation (connect, open a channel, set up a consumer) may take: a
+/// connection that died without closing must not hang the broker.
+const OPERATION_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long a publish may wait for its confirm.
+const CONFIRM_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// `operation` bounded by `limit`; its own errors mapped by `AmqpError::operation`.
+pub(crate) async fn within<T>(
+    limit: std::time::Duration,
+    operation: &str,
+    future: impl std::future::Future<Output = lapin::Result<T>>,
+) -> Result<T, AmqpError> {
+    match tokio::time::timeout(limit, future).await {
+        Ok(result) => result.map_err(AmqpError::operation(operation)),
+        Err(_) => Err(AmqpError::TimedOut {
+            operation: operation.to_owned(),
+            seconds: limit.as_secs(),
+        }),
+    }
 }
 
 impl AmqpError {
@@ -170,7 +199,8 @@ impl AmqpBroker {
                     .await?
                     .await
             };
-            match published.await {
+            let operation = format!("publishing to {exchange}");
+            match within(CONFIRM_DEADLINE, &operation, published).await {
                 Ok(Confirmation::Ack(_)) => return Ok(()),
                 Ok(Confirmation::Nack(_) | Confirmation::NotRequested) => {
                     return Err(AmqpError::Nacked {
@@ -181,9 +211,7 @@ impl AmqpBroker {
                 Err(error) => {
                     self.forget_publisher(&channel).await;
                     if attempt >= 2 {
-                        return Err(AmqpError::operation(format!("publishing to {exchange}"))(
-                            error,
-                        ));
+                        return Err(error);
                     }
                     tracing::debug!(%error, "publish failed; re-opening the channel once");
                 }
@@ -200,10 +228,12 @@ impl AmqpBroker {
             return Ok(channel.clone());
         }
         let channel = self.channel().await?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .map_err(AmqpError::operation("enabling publisher confirms"))?;
+        within(
+            OPERATION_DEADLINE,
+            "enabling publisher confirms",
+            channel.confirm_select(ConfirmSelectOptions::default()),
+        )
+        .await?;
         *publisher = Some(channel.clone());
         Ok(channel)
     }
@@ -220,22 +250,45 @@ impl AmqpBroker {
         let mut connection = self.shared.connection.lock().await;
         if let Some(open) = connection.as_ref()
             && open.status().connected()
-            && let Ok(channel) = open.create_channel().await
+            && let Ok(channel) = within(
+                OPERATION_DEADLINE,
+                "opening a channel",
+                open.create_channel(),
+            )
+            .await
         {
             return Ok(channel);
         }
+        // The connection is gone or no longer answers: a new one replaces it.
+        *connection = None;
         let properties = ConnectionProperties::default()
             .with_connection_name(format!("klambda {}", self.shared.topology.exchange()).into());
-        let opened = Connection::connect(&self.shared.url, properties)
-            .await
-            .map_err(|source| AmqpError::Connect {
-                url: self.shared.shown.clone(),
-                source,
-            })?;
-        let channel = opened
-            .create_channel()
-            .await
-            .map_err(AmqpError::operation("opening a channel"))?;
+        let opened = match tokio::time::timeout(
+            OPERATION_DEADLINE,
+            Connection::connect(&self.shared.url, properties),
+        )
+        .await
+        {
+            Ok(Ok(opened)) => opened,
+            Ok(Err(source)) => {
+                return Err(AmqpError::Connect {
+                    url: self.shared.shown.clone(),
+                    source,
+                });
+            }
+            Err(_) => {
+                return Err(AmqpError::TimedOut {
+                    operation: format!("connecting to {}", self.shared.shown),
+                    seconds: OPERATION_DEADLINE.as_secs(),
+                });
+            }
+        };
+        let channel = within(
+            OPERATION_DEADLINE,
+            "opening a channel",
+            opened.create_channel(),
+        )
+        .await?;
         *connection = Some(opened);
         Ok(channel)
     }
