@@ -73,3 +73,151 @@ pub async fn deploy_example(
     )
     .await
 }
+
+/// The metrics docs/METRICS.md documents, by exported name.
+pub mod documented {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use anyhow::{Context as _, Result};
+    use klambda_test_support::repo;
+
+    /// One row of the table.
+    #[derive(Debug, Clone, PartialEq)]
+    pub struct Metric {
+        /// `counter`, `gauge` or `histogram`.
+        pub kind: String,
+        /// Each label with its fixed values, or an empty set when its values are open (`stage`,
+        /// `trigger`, `runtime`, `event_type`, …).
+        pub labels: BTreeMap<String, BTreeSet<String>>,
+    }
+
+    /// Every backticked word in `text`.
+    fn quoted(text: &str) -> Vec<&str> {
+        text.split('`').skip(1).step_by(2).collect()
+    }
+
+    /// Parses the table of docs/METRICS.md.
+    pub fn metrics() -> Result<BTreeMap<String, Metric>> {
+        let docs = std::fs::read_to_string(repo::root().join("docs/METRICS.md"))
+            .context("docs/METRICS.md")?;
+        let mut rows = BTreeMap::new();
+        for line in docs.lines().filter(|l| l.starts_with("| `")) {
+            let cells: Vec<&str> = line.split(" | ").collect();
+            let [name, kind, labels, ..] = cells.as_slice() else {
+                continue;
+            };
+            let name = name.trim_start_matches("| ").trim_matches('`').to_owned();
+            let mut parsed = BTreeMap::new();
+            // `label`: `v1` · `v2`, `label2`, …: a comma separates labels.
+            for part in labels.split(", ").filter(|p| !p.trim().is_empty()) {
+                let words = quoted(part);
+                let Some((label, values)) = words.split_first() else {
+                    continue;
+                };
+                parsed.insert(
+                    (*label).to_owned(),
+                    values.iter().map(|v| (*v).to_owned()).collect(),
+                );
+            }
+            rows.insert(
+                name,
+                Metric {
+                    kind: kind.trim().to_owned(),
+                    labels: parsed,
+                },
+            );
+        }
+        Ok(rows)
+    }
+
+    /// A metric selected in a PromQL expression, with the literal label matchers on it.
+    #[derive(Debug, Clone, PartialEq)]
+    pub struct Selector {
+        /// The family (without `_bucket`, `_count`, `_sum`).
+        pub family: String,
+        /// `label` → the values an `=` or `=~` matcher names (alternatives of plain words).
+        pub matchers: Vec<(String, Vec<String>)>,
+    }
+
+    /// The `klambda_…` metrics an expression selects, with their matchers.
+    pub fn selectors(expr: &str) -> Vec<Selector> {
+        let is_name = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == ':';
+        let mut found = Vec::new();
+        let mut rest = expr;
+        while let Some(at) = rest.find("klambda_") {
+            let preceded = rest[..at].chars().next_back().is_some_and(is_name);
+            let tail = &rest[at..];
+            let end = tail.find(|c: char| !is_name(c)).unwrap_or(tail.len());
+            let name = &tail[..end];
+            rest = &tail[end..];
+            if preceded {
+                continue;
+            }
+            let family = name
+                .trim_end_matches("_bucket")
+                .trim_end_matches("_count")
+                .trim_end_matches("_sum")
+                .to_owned();
+            let mut matchers = Vec::new();
+            if let Some(inner) = rest.strip_prefix('{').and_then(|r| r.split_once('}')) {
+                for matcher in inner.0.split(',') {
+                    let (label, value, regex) = if let Some((l, v)) = matcher.split_once("=~") {
+                        (l, v, true)
+                    } else if let Some((l, v)) = matcher.split_once("!=") {
+                        (l, v, false)
+                    } else if let Some((l, v)) = matcher.split_once('=') {
+                        (l, v, false)
+                    } else {
+                        continue;
+                    };
+                    let value = value.trim().trim_matches('"');
+                    if matcher.contains("!=") || matcher.contains("!~") {
+                        continue;
+                    }
+                    let values: Vec<String> = if regex {
+                        value.split('|').map(str::to_owned).collect()
+                    } else {
+                        vec![value.to_owned()]
+                    };
+                    matchers.push((label.trim().to_owned(), values));
+                }
+            }
+            found.push(Selector { family, matchers });
+        }
+        found
+    }
+
+    /// Problems with `expr` against the documented metrics: unknown families, labels a family
+    /// does not have, values outside a label's fixed set.
+    pub fn check(expr: &str, documented: &BTreeMap<String, Metric>) -> Vec<String> {
+        let mut problems = Vec::new();
+        for selector in selectors(expr) {
+            let Some(metric) = documented.get(&selector.family) else {
+                problems.push(format!(
+                    "{} is not exported (docs/METRICS.md)",
+                    selector.family
+                ));
+                continue;
+            };
+            for (label, values) in &selector.matchers {
+                if label == "le" {
+                    continue;
+                }
+                let Some(allowed) = metric.labels.get(label) else {
+                    problems.push(format!("{} has no label {label}", selector.family));
+                    continue;
+                };
+                for value in values {
+                    let plain = value.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+                    if !allowed.is_empty() && plain && !allowed.contains(value) {
+                        problems.push(format!(
+                            "{}{{{label}=\"{value}\"}} selects a value the code never exports (it exports {allowed:?})",
+                            selector.family
+                        ));
+                    }
+                }
+            }
+        }
+        problems
+    }
+}

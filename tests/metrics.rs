@@ -10,7 +10,6 @@ use anyhow::{Context as _, Result};
 use klambda_harness::Harness;
 use klambda_harness::publisher::Memory;
 use klambda_test_support::http::{TestServer, get, post};
-use klambda_test_support::repo;
 
 /// Metric family names in an OpenMetrics text (from its `# TYPE` lines).
 fn families(text: &str) -> BTreeSet<(String, String)> {
@@ -32,8 +31,23 @@ fn exported(name: &str, kind: &str) -> String {
     }
 }
 
-#[tokio::test]
+/// `klambda up`'s `/metrics` after one deploy of the Node.js example.
+async fn scrape_klambda_up_after_a_deploy(test: &str) -> Result<String> {
+    let (_platform, server) = klambda_tests::serve_embedded(test, |s| s).await?;
+    assert_eq!(
+        klambda_tests::deploy_example(&server, "hello-node", None).await?,
+        0
+    );
+    let scrape = get(&server.url("/metrics")).await?;
+    assert_eq!(scrape.status, 200);
+    server.shutdown().await;
+    Ok(String::from_utf8_lossy(&scrape.body).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_exported_metric_is_documented_and_every_documented_one_exported() -> Result<()> {
+    // Families appear once used: the platform after a deploy uses every stage's.
+    let platform = scrape_klambda_up_after_a_deploy("metrics-families").await?;
     let stage = TestServer::start(Harness::new(parser::Parser::new()).router()).await?;
     let event = post(
         &stage.url("/"),
@@ -62,7 +76,10 @@ async fn every_exported_metric_is_documented_and_every_documented_one_exported()
         .await?;
     }
 
-    let mut exported_names = BTreeSet::new();
+    let mut exported_names: BTreeSet<(String, String)> = families(&platform)
+        .into_iter()
+        .map(|(name, kind)| (exported(&name, &kind), kind))
+        .collect();
     for server in [&stage, &gateway] {
         let scrape = get(&server.url("/metrics")).await?;
         let text = String::from_utf8_lossy(&scrape.body).into_owned();
@@ -70,16 +87,9 @@ async fn every_exported_metric_is_documented_and_every_documented_one_exported()
             exported_names.insert((exported(&name, &kind), kind));
         }
     }
-    let docs =
-        std::fs::read_to_string(repo::root().join("docs/METRICS.md")).context("docs/METRICS.md")?;
-    let documented: BTreeSet<(String, String)> = docs
-        .lines()
-        .filter_map(|line| line.strip_prefix("| `"))
-        .filter_map(|rest| {
-            let (name, rest) = rest.split_once('`')?;
-            let kind = rest.trim_start_matches(" |").split('|').next()?.trim();
-            Some((name.to_owned(), kind.to_owned()))
-        })
+    let documented: BTreeSet<(String, String)> = klambda_tests::documented::metrics()?
+        .into_iter()
+        .map(|(name, metric)| (name, metric.kind))
         .collect();
     assert_eq!(
         exported_names, documented,
@@ -107,14 +117,7 @@ async fn every_exported_metric_is_documented_and_every_documented_one_exported()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn klambda_up_exports_every_stage_in_one_registry() -> Result<()> {
-    let (_platform, server) = klambda_tests::serve_embedded("metrics", |s| s).await?;
-    assert_eq!(
-        klambda_tests::deploy_example(&server, "hello-node", None).await?,
-        0
-    );
-    let scrape = get(&server.url("/metrics")).await?;
-    assert_eq!(scrape.status, 200);
-    let text = String::from_utf8_lossy(&scrape.body).into_owned();
+    let text = scrape_klambda_up_after_a_deploy("metrics").await?;
     for stage in [
         "parser",
         "context-uploader",
@@ -127,10 +130,99 @@ async fn klambda_up_exports_every_stage_in_one_registry() -> Result<()> {
             "no requests of {stage} in:\n{text}"
         );
     }
+    // One deploy of a Node.js function shows in every pipeline metric.
+    let value = |prefix: &str| -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with(prefix))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    for (sample, expected) in [
+        (
+            r#"klambda_build_outcomes_total{runtime="nodejs20",outcome="completed",cause="none"}"#,
+            1.0,
+        ),
+        (
+            r#"klambda_build_outcomes_total{runtime="nodejs20",outcome="failed",cause="compile_error"}"#,
+            0.0,
+        ),
+        (
+            r#"klambda_context_size_bytes_count{runtime="nodejs20"}"#,
+            1.0,
+        ),
+        (
+            r#"klambda_build_duration_seconds_count{runtime="nodejs20",outcome="completed"}"#,
+            1.0,
+        ),
+        (
+            r#"klambda_deploy_duration_seconds_count{operation="apply",outcome="ready"}"#,
+            1.0,
+        ),
+        (
+            r#"klambda_pipeline_step_duration_seconds_count{step="parse"}"#,
+            1.0,
+        ),
+        (
+            r#"klambda_pipeline_step_duration_seconds_count{step="build"}"#,
+            1.0,
+        ),
+        (
+            r#"klambda_pipeline_step_duration_seconds_count{step="deploy"}"#,
+            1.0,
+        ),
+        ("klambda_pipeline_submit_to_ready_seconds_count", 1.0),
+        (r#"klambda_pipeline_journeys_total{outcome="ready"}"#, 1.0),
+        (r#"klambda_pipeline_journeys_total{outcome="failed"}"#, 0.0),
+        (r#"klambda_status_functions{phase="ready"}"#, 1.0),
+        (r#"klambda_status_functions{phase="failed"}"#, 0.0),
+        ("klambda_status_dead_letters", 0.0),
+    ] {
+        assert!(text.contains(sample), "no {sample} in:\n{text}");
+        assert_eq!(value(sample), expected, "{sample}");
+    }
+    assert!(
+        value(
+            r#"klambda_broker_delivery_attempts_total{trigger="parser-function-created",outcome="replied"}"#
+        ) >= 1.0,
+        "the broker's deliveries are not counted:\n{text}"
+    );
+    // Every label value the running platform exports is one the table lists.
+    let documented = klambda_tests::documented::metrics()?;
+    let mut checked = 0;
+    for sample in text.lines().filter(|l| l.starts_with("klambda_")) {
+        let Some((name, labels)) = sample.split_once('{') else {
+            continue;
+        };
+        let family = ["_bucket", "_count", "_sum", "_created"]
+            .iter()
+            .fold(name, |n, suffix| n.trim_end_matches(suffix));
+        let row = documented
+            .get(family)
+            .with_context(|| format!("{family} is exported but not documented"))?;
+        let labels = labels.split('}').next().unwrap_or_default();
+        for pair in labels.split(',') {
+            let Some((label, value)) = pair.split_once('=') else {
+                continue;
+            };
+            if label == "le" {
+                continue;
+            }
+            let allowed = row
+                .labels
+                .get(label)
+                .with_context(|| format!("{family} exports label {label}, undocumented"))?;
+            let value = value.trim_matches('"');
+            assert!(
+                allowed.is_empty() || allowed.contains(value),
+                "{family}{{{label}={value:?}}} is exported; docs/METRICS.md lists {allowed:?}"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked > 50, "only {checked} labels checked");
     // One registry: each family is declared once, whatever the number of stages.
     let declared: Vec<&str> = text.lines().filter(|l| l.starts_with("# TYPE ")).collect();
     let unique: BTreeSet<&str> = declared.iter().copied().collect();
     assert_eq!(declared.len(), unique.len(), "{declared:?}");
-    server.shutdown().await;
     Ok(())
 }

@@ -8,6 +8,7 @@ use std::process::Command;
 
 use anyhow::{Context as _, Result, bail};
 use klambda_test_support::repo;
+use klambda_tests::documented;
 use serde_json::Value;
 
 fn rules() -> Result<Value> {
@@ -77,35 +78,24 @@ fn alerts(rules: &Value) -> Vec<Value> {
 #[test]
 fn alerts_use_exported_metrics_and_link_existing_runbook_sections() -> Result<()> {
     let rules = rules()?;
-    let metrics = std::fs::read_to_string(repo::root().join("docs/METRICS.md"))?;
+    let documented = documented::metrics()?;
     let runbook = std::fs::read_to_string(repo::root().join("docs/RUNBOOK.md"))?;
     let anchors: BTreeSet<String> = runbook
         .lines()
         .filter_map(|l| l.strip_prefix("## "))
         .map(|heading| heading.trim().to_lowercase().replace(' ', "-"))
         .collect();
-    let mut used = BTreeSet::new();
+    let mut selected = 0;
+    let mut problems = Vec::new();
     for group in rules["spec"]["groups"].as_array().into_iter().flatten() {
         for rule in group["rules"].as_array().into_iter().flatten() {
             let expr = rule["expr"].as_str().unwrap_or_default();
-            for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':')) {
-                if word.starts_with("klambda_") {
-                    let family = word
-                        .trim_end_matches("_bucket")
-                        .trim_end_matches("_count")
-                        .trim_end_matches("_sum");
-                    used.insert(family.to_owned());
-                }
-            }
+            selected += documented::selectors(expr).len();
+            problems.extend(documented::check(expr, &documented));
         }
     }
-    assert!(!used.is_empty());
-    for metric in &used {
-        assert!(
-            metrics.contains(&format!("`{metric}`")),
-            "{metric} is used by an alert or recording rule but not exported (docs/METRICS.md)"
-        );
-    }
+    assert!(selected > 0);
+    assert!(problems.is_empty(), "{problems:#?}");
     for alert in alerts(&rules) {
         let name = alert["alert"].as_str().unwrap_or_default();
         for key in ["summary", "description", "runbook_url"] {
@@ -136,7 +126,7 @@ fn alerts_use_exported_metrics_and_link_existing_runbook_sections() -> Result<()
 
 #[test]
 fn every_dashboard_query_uses_exported_metrics_or_recording_rules() -> Result<()> {
-    let metrics = std::fs::read_to_string(repo::root().join("docs/METRICS.md"))?;
+    let documented = documented::metrics()?;
     let rules = rules()?;
     let recorded: BTreeSet<String> = rules["spec"]["groups"]
         .as_array()
@@ -173,17 +163,10 @@ fn every_dashboard_query_uses_exported_metrics_or_recording_rules() -> Result<()
                         );
                     } else if word.starts_with("klambda_") {
                         names += 1;
-                        let family = word
-                            .trim_end_matches("_bucket")
-                            .trim_end_matches("_count")
-                            .trim_end_matches("_sum");
-                        assert!(
-                            metrics.contains(&format!("`{family}`")),
-                            "{}: {family} is not exported (docs/METRICS.md)",
-                            path.display()
-                        );
                     }
                 }
+                let problems = documented::check(expr, &documented);
+                assert!(problems.is_empty(), "{}: {problems:#?}", path.display());
                 assert!(
                     names > 0,
                     "{}: the query {expr:?} uses no knative-lambda metric",
@@ -193,5 +176,52 @@ fn every_dashboard_query_uses_exported_metrics_or_recording_rules() -> Result<()
         }
     }
     assert!(queries >= 8, "only {queries} queries");
+    // Every dashboard ships: the kustomization's ConfigMap lists each file.
+    let kustomization: Value = serde_norway::from_str(&std::fs::read_to_string(
+        repo::root().join("deploy/monitoring/kustomization.yaml"),
+    )?)?;
+    let shipped: BTreeSet<String> = kustomization["configMapGenerator"][0]["files"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|f| f.as_str().map(str::to_owned))
+        .collect();
+    for entry in std::fs::read_dir(&dir)? {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        assert!(
+            shipped.contains(&format!("dashboards/{name}")),
+            "deploy/monitoring/kustomization.yaml does not ship dashboards/{name}"
+        );
+    }
+    for required in ["overview", "pipeline", "builds", "broker"] {
+        assert!(shipped.contains(&format!("dashboards/{required}.json")));
+    }
+    Ok(())
+}
+
+#[test]
+fn the_query_check_catches_a_value_the_code_never_exports() -> Result<()> {
+    let documented = documented::metrics()?;
+    let problems = documented::check(
+        r#"sum(rate(klambda_stage_requests_total{outcome=~"retryable|internal"}[5m]))"#,
+        &documented,
+    );
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(problems[0].contains("internal"), "{problems:?}");
+    assert_eq!(
+        documented::check("klambda_build_outcomes_total{colour=\"red\"}", &documented).len(),
+        1
+    );
+    assert_eq!(
+        documented::check("rate(klambda_no_such_metric_total[5m])", &documented).len(),
+        1
+    );
+    assert!(
+        documented::check(
+            r#"sum by (cause) (rate(klambda_build_outcomes_total{outcome="failed"}[30m]))"#,
+            &documented
+        )
+        .is_empty()
+    );
     Ok(())
 }

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 
 use cloudevents::{AttributesReader as _, Event};
+use klambda_harness::metrics::Metrics;
 use tokio::sync::{Mutex, Notify, mpsc};
 
 use crate::dead_letter::{DeadLetter, DeadLetters};
@@ -25,6 +26,16 @@ pub enum StartError {
     /// Triggers name subscribers that were not registered.
     #[error("no subscriber registered for: {}", .0.join(", "))]
     UnknownSubscribers(Vec<String>),
+}
+
+/// How a [`Broker`] is wired besides its Triggers.
+#[derive(Default)]
+pub struct Options {
+    /// Where dead letters are delivered too (the Broker's `deadLetterSink`).
+    pub dead_letter_sink: Option<Arc<dyn Subscriber>>,
+    /// Where delivery attempts are counted (`klambda_broker_delivery_attempts_total`); a
+    /// registry of its own when `None`.
+    pub metrics: Option<Arc<Metrics>>,
 }
 
 struct Route {
@@ -66,6 +77,26 @@ impl Broker {
         subscribers: &HashMap<String, Arc<dyn Subscriber>>,
         sink: Option<Arc<dyn Subscriber>>,
     ) -> Result<Self, StartError> {
+        Self::start_with(
+            triggers,
+            subscribers,
+            Options {
+                dead_letter_sink: sink,
+                metrics: None,
+            },
+        )
+    }
+
+    /// Like [`Broker::start`], with `options`.
+    pub fn start_with(
+        triggers: Vec<Trigger>,
+        subscribers: &HashMap<String, Arc<dyn Subscriber>>,
+        options: Options,
+    ) -> Result<Self, StartError> {
+        let sink = options.dead_letter_sink;
+        let metrics = options
+            .metrics
+            .unwrap_or_else(|| Arc::new(Metrics::new("broker")));
         let mut missing: Vec<String> = triggers
             .iter()
             .filter(|t| !subscribers.contains_key(&t.subscriber))
@@ -98,6 +129,7 @@ impl Broker {
                     trigger.clone(),
                     Arc::clone(&subscriber),
                     Arc::clone(&receiver),
+                    Arc::clone(&metrics),
                 ));
             }
         }
@@ -173,13 +205,14 @@ async fn worker(
     trigger: Trigger,
     subscriber: Arc<dyn Subscriber>,
     receiver: Arc<Mutex<mpsc::UnboundedReceiver<Event>>>,
+    metrics: Arc<Metrics>,
 ) {
     loop {
         // With parallelism 1 one worker holds the queue: FIFO, head-of-line blocking while a
         // delivery is retried, as on the RabbitMQ broker.
         let next = receiver.lock().await.recv().await;
         let Some(event) = next else { return };
-        let outcome = deliver(&trigger, subscriber.as_ref(), event).await;
+        let outcome = deliver(&trigger, subscriber.as_ref(), event, &metrics).await;
         let Some(inner) = inner.upgrade() else { return };
         match outcome {
             Delivered::Reply(reply) => {

@@ -11,6 +11,7 @@
 use std::time::Duration;
 
 use cloudevents::Event;
+use klambda_harness::metrics::Metrics;
 use serde_json::Value;
 
 use crate::dead_letter::{DeadLetter, with_error_attributes};
@@ -162,6 +163,7 @@ pub(crate) async fn deliver(
     trigger: &Trigger,
     subscriber: &dyn Subscriber,
     event: Event,
+    metrics: &Metrics,
 ) -> Delivered {
     let delivery = &trigger.delivery;
     let attempts = delivery.attempts();
@@ -180,10 +182,17 @@ pub(crate) async fn deliver(
             }
         };
         match answer {
-            Answer::Reply(reply) => return Delivered::Reply(reply),
-            Answer::Accepted => return Delivered::Accepted,
+            Answer::Reply(reply) => {
+                metrics.delivery(&trigger.name, "replied");
+                return Delivered::Reply(reply);
+            }
+            Answer::Accepted => {
+                metrics.delivery(&trigger.name, "accepted");
+                return Delivered::Accepted;
+            }
             Answer::Failed { status, body } => {
                 if !is_retryable(status) || attempt >= attempts {
+                    metrics.delivery(&trigger.name, "dead_lettered");
                     let event = with_error_attributes(event, &subscriber.address(), status, &body);
                     return Delivered::DeadLetter(DeadLetter {
                         trigger: trigger.name.clone(),
@@ -191,6 +200,7 @@ pub(crate) async fn deliver(
                         event,
                     });
                 }
+                metrics.delivery(&trigger.name, "retried");
                 tracing::debug!(trigger = %trigger.name, attempt, ?status, "delivery failed; retrying");
                 tokio::time::sleep(delivery.backoff(attempt)).await;
                 attempt += 1;

@@ -27,7 +27,7 @@ pub mod subscriber;
 pub mod trigger;
 
 pub use amqp::{AmqpBroker, AmqpError};
-pub use broker::{Broker, StartError};
+pub use broker::{Broker, Options, StartError};
 pub use dead_letter::DeadLetter;
 pub use delivery::Delivery;
 pub use ingress::Ingress;

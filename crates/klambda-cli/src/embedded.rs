@@ -16,7 +16,7 @@ use job_launcher::JobLauncher;
 use job_launcher::builder::local::LocalBuilder;
 use klambda_broker::amqp::{Dispatcher, Topology};
 use klambda_broker::{
-    AmqpBroker, Answer, Broker, Delivery, InProcess, Ingress, Subscriber, trigger,
+    AmqpBroker, Answer, Broker, Delivery, InProcess, Ingress, Options, Subscriber, trigger,
 };
 use klambda_events::Stage;
 use klambda_harness::metrics::Metrics;
@@ -213,14 +213,22 @@ impl Platform {
                     settings.stages.is_none(),
                     "running only some stages needs a shared broker: add --broker amqp://…"
                 );
-                let broker =
-                    Broker::start_with_dead_letter_sink(triggers, &subscribers, Some(sink))?;
+                let broker = Broker::start_with(
+                    triggers,
+                    &subscribers,
+                    Options {
+                        dead_letter_sink: Some(sink),
+                        metrics: Some(Arc::new(metrics.for_stage("broker"))),
+                    },
+                )?;
                 ingress.connect(Arc::new(broker.clone()));
                 Bus::Embedded(broker)
             }
             Some(url) => {
                 let topology = Topology::new(BROKER, &settings.instance);
-                let broker = AmqpBroker::connect(url, topology, &triggers).await?;
+                let broker = AmqpBroker::connect(url, topology, &triggers)
+                    .await?
+                    .with_metrics(Arc::new(metrics.for_stage("broker")));
                 ingress.connect(Arc::new(broker.clone()));
                 let mut dispatchers: Vec<Dispatcher> = triggers
                     .into_iter()

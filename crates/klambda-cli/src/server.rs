@@ -10,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
+use klambda_events::Stage;
 use klambda_harness::Handler as _;
 use klambda_harness::codec::{self, DecodeFailure};
 use klambda_harness::problem::ProblemDetails;
@@ -65,6 +66,10 @@ async fn ingress(State(platform): State<Platform>, headers: HeaderMap, body: Byt
 
 /// `GET /metrics`: every in-process stage's metrics (one registry, a `stage` label each).
 async fn metrics(State(platform): State<Platform>) -> Response {
+    let reporter = platform
+        .metrics
+        .for_stage(Stage::StatusReporter.service_name());
+    platform.reporter.refresh_metrics(&reporter).await;
     (
         [(
             http::header::CONTENT_TYPE,

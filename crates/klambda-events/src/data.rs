@@ -169,6 +169,32 @@ pub enum BuildFailureCause {
     Unknown,
 }
 
+impl BuildFailureCause {
+    /// Every cause, for metrics that start each series at zero.
+    pub const ALL: [Self; 7] = [
+        Self::DependencyResolution,
+        Self::CompileError,
+        Self::RegistryAuth,
+        Self::OutOfMemory,
+        Self::Unschedulable,
+        Self::ImagePull,
+        Self::Unknown,
+    ];
+
+    /// The metric label value (`snake_case`, as Prometheus labels are written).
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::DependencyResolution => "dependency_resolution",
+            Self::CompileError => "compile_error",
+            Self::RegistryAuth => "registry_auth",
+            Self::OutOfMemory => "out_of_memory",
+            Self::Unschedulable => "unschedulable",
+            Self::ImagePull => "image_pull",
+            Self::Unknown => "unknown",
+        }
+    }
+}
+
 /// `build.failed`: a build ended in failure.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -282,7 +308,9 @@ pub struct ServiceFailure {
 }
 
 /// The phase of a function, as the status reporter folds it from events.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "camelCase")]
 pub enum Phase {
     /// Submitted, being parsed.
@@ -297,6 +325,30 @@ pub enum Phase {
     Failed,
     /// Deleted.
     Deleted,
+}
+
+impl Phase {
+    /// Every phase, for gauges that report each one (zero included).
+    pub const ALL: [Self; 6] = [
+        Self::Parsing,
+        Self::Building,
+        Self::Deploying,
+        Self::Ready,
+        Self::Failed,
+        Self::Deleted,
+    ];
+
+    /// The metric label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Parsing => "parsing",
+            Self::Building => "building",
+            Self::Deploying => "deploying",
+            Self::Ready => "ready",
+            Self::Failed => "failed",
+            Self::Deleted => "deleted",
+        }
+    }
 }
 
 /// `status.updated`: a function's folded status changed.

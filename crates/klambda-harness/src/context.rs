@@ -39,6 +39,12 @@ impl Context {
         }
     }
 
+    /// The process's metrics, for what only this stage can count (build outcomes, context
+    /// sizes, …).
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
     /// The trace context of the input event, if it had one.
     pub fn trace(&self) -> Option<TraceParent> {
         self.trace

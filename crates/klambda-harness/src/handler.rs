@@ -9,6 +9,7 @@ use klambda_events::data::Problem;
 use klambda_events::envelope::DecodeError;
 
 use crate::context::Context;
+use crate::metrics::Metrics;
 use crate::problem::ProblemDetails;
 
 /// A stage's event handler. The harness decodes, routes, traces and measures; the handler only
@@ -37,6 +38,16 @@ pub trait Handler: Send + Sync + 'static {
     /// `/metrics`), such as the status reporter's query API. None by default.
     fn routes(&self) -> axum::Router {
         axum::Router::new()
+    }
+
+    /// Starts the series this stage counts at zero (see [`Metrics::init_builds`]), so the
+    /// first event after a restart is an increase alerts can see. Called once per registry.
+    fn init_metrics(&self, _metrics: &Metrics) {}
+
+    /// Brings gauges that describe stored state up to date, just before `/metrics` is read
+    /// (the status reporter counts functions by phase). Nothing by default.
+    fn refresh_metrics(&self, _metrics: &Metrics) -> impl Future<Output = ()> + Send {
+        async {}
     }
 
     /// Whether the stage's own dependencies are reachable (the harness checks the publisher).

@@ -49,9 +49,11 @@ impl<H: Handler> Harness<H> {
     /// A harness with default settings; side events are discarded.
     pub fn new(handler: H) -> Self {
         let stage = handler.stage().service_name();
+        let metrics = Metrics::new(stage);
+        handler.init_metrics(&metrics);
         Self {
             handler: Arc::new(handler),
-            metrics: Arc::new(Metrics::new(stage)),
+            metrics: Arc::new(metrics),
             publisher: Arc::new(Discard),
             body_limit: Settings::default().body_limit,
         }
@@ -75,6 +77,7 @@ impl<H: Handler> Harness<H> {
     /// Counts into `metrics` (a view of a shared registry, see [`Metrics::for_stage`]) instead of
     /// a registry of its own.
     pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.handler.init_metrics(&metrics);
         self.metrics = metrics;
         self
     }
@@ -302,6 +305,7 @@ async fn ready<H: Handler>(State(harness): State<Harness<H>>) -> Response {
 }
 
 async fn metrics_text<H: Handler>(State(harness): State<Harness<H>>) -> Response {
+    harness.handler.refresh_metrics(&harness.metrics).await;
     let mut response = harness.metrics.encode().into_response();
     response.headers_mut().insert(
         CONTENT_TYPE,

@@ -1,17 +1,32 @@
-//! The stage's Prometheus metrics: requests by event type and outcome, and handling latency.
+//! Every Prometheus metric knative-lambda exports, in one registry per process.
 //!
-//! Labels are bounded: the event type is a catalogue type or `other`, never a free string from
-//! the request, so a producer cannot blow up the series count.
+//! One place defines them all, so docs/METRICS.md has one thing to be checked against, and a
+//! process serving several stages (`klambda up`) exports each family once. Each stage records
+//! what it alone can see: every stage its requests and handler time; the broker its delivery
+//! attempts; context-uploader context sizes; job-launcher build outcomes; service-deployer its
+//! deployer calls; status-reporter the pipeline's journeys and the stored state.
+//!
+//! Labels are bounded: event types are catalogue types or `other`, runtimes are the known
+//! runtimes, Trigger names come from the installed Triggers, outcomes, causes, steps and phases
+//! are fixed words. No function names or ids are labels.
 
+use klambda_events::Runtime;
+use klambda_events::data::{BuildFailureCause, Phase};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use std::sync::Arc;
 
 /// The OpenMetrics text media type `/metrics` answers with.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Submit→ready buckets (seconds): the latency SLO's threshold (300 s) is one of them.
+const JOURNEY_BUCKETS: [f64; 14] = [
+    1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 180.0, 300.0, 600.0, 900.0, 1800.0, 3600.0,
+];
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
@@ -32,48 +47,215 @@ struct SideEventLabels {
     outcome: &'static str,
 }
 
-/// The metrics of one stage.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DeliveryLabels {
+    trigger: String,
+    outcome: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RuntimeLabels {
+    runtime: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    runtime: &'static str,
+    outcome: &'static str,
+    cause: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildDurationLabels {
+    runtime: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DeployLabels {
+    operation: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StepLabels {
+    step: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PhaseLabels {
+    phase: &'static str,
+}
+
+type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn histograms<L: Clone + std::hash::Hash + Eq>(buckets: fn() -> Histogram) -> Histograms<L> {
+    Family::new_with_constructor(buckets)
+}
+
+/// How a build ended, as job-launcher counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BuildResult {
+    /// The image (or local artifact) was built.
+    Completed,
+    /// The build failed, for this reason.
+    Failed(BuildFailureCause),
+    /// The build ran past its deadline.
+    TimedOut,
+    /// The build was cancelled.
+    Cancelled,
+}
+
+impl BuildResult {
+    fn labels(self) -> (&'static str, &'static str) {
+        match self {
+            Self::Completed => ("completed", "none"),
+            Self::Failed(cause) => ("failed", cause.label()),
+            Self::TimedOut => ("timeout", "none"),
+            Self::Cancelled => ("cancelled", "none"),
+        }
+    }
+}
+
+/// The families, shared by every [`Metrics::for_stage`] view.
+#[derive(Clone)]
+struct Families {
+    requests: Family<RequestLabels, Counter>,
+    latency: Histograms<LatencyLabels>,
+    side_events: Family<SideEventLabels, Counter>,
+    deliveries: Family<DeliveryLabels, Counter>,
+    context_size: Histograms<RuntimeLabels>,
+    context_upload: Histograms<RuntimeLabels>,
+    builds: Family<BuildLabels, Counter>,
+    build_duration: Histograms<BuildDurationLabels>,
+    deploys: Histograms<DeployLabels>,
+    steps: Histograms<StepLabels>,
+    submit_to_ready: Histogram,
+    journeys: Family<OutcomeLabels, Counter>,
+    functions: Family<PhaseLabels, Gauge>,
+    dead_letters: Gauge,
+}
+
+impl Families {
+    fn register(registry: &mut Registry) -> Self {
+        let families = Self {
+            requests: Family::default(),
+            latency: histograms(|| Histogram::new(exponential_buckets(0.000_25, 2.0, 16))),
+            side_events: Family::default(),
+            deliveries: Family::default(),
+            // 1 KiB … 1 GiB.
+            context_size: histograms(|| Histogram::new(exponential_buckets(1024.0, 4.0, 11))),
+            // 5 ms … 80 s.
+            context_upload: histograms(|| Histogram::new(exponential_buckets(0.005, 2.0, 15))),
+            builds: Family::default(),
+            // 1 s … 68 min.
+            build_duration: histograms(|| Histogram::new(exponential_buckets(1.0, 2.0, 13))),
+            // 10 ms … 160 s.
+            deploys: histograms(|| Histogram::new(exponential_buckets(0.01, 2.0, 15))),
+            steps: histograms(|| Histogram::new(JOURNEY_BUCKETS)),
+            submit_to_ready: Histogram::new(JOURNEY_BUCKETS),
+            journeys: Family::default(),
+            functions: Family::default(),
+            dead_letters: Gauge::default(),
+        };
+        let f = families.clone();
+        registry.register(
+            "klambda_stage_requests",
+            "Events received, by event type and outcome",
+            f.requests,
+        );
+        registry.register(
+            "klambda_stage_handler_duration_seconds",
+            "Time from a decoded event to its outcome",
+            f.latency,
+        );
+        registry.register(
+            "klambda_stage_side_events",
+            "Side events (such as *.started) published to the broker, by outcome",
+            f.side_events,
+        );
+        registry.register(
+            "klambda_broker_delivery_attempts",
+            "Deliveries of an event to a Trigger's subscriber, by how each attempt ended",
+            f.deliveries,
+        );
+        registry.register(
+            "klambda_context_size_bytes",
+            "Size of the compressed build contexts uploaded",
+            f.context_size,
+        );
+        registry.register(
+            "klambda_context_upload_duration_seconds",
+            "Time to render and upload a build context",
+            f.context_upload,
+        );
+        registry.register(
+            "klambda_build_outcomes",
+            "Builds ended, by runtime, outcome and classified failure cause",
+            f.builds,
+        );
+        registry.register(
+            "klambda_build_duration_seconds",
+            "Time from a build's start to its end",
+            f.build_duration,
+        );
+        registry.register(
+            "klambda_deploy_duration_seconds",
+            "Time of one deployer call (apply, rollback, delete), by outcome",
+            f.deploys,
+        );
+        registry.register(
+            "klambda_pipeline_step_duration_seconds",
+            "Time each pipeline step took for a submission, from the events' arrival",
+            f.steps,
+        );
+        registry.register(
+            "klambda_pipeline_submit_to_ready_seconds",
+            "Time from a function's submission to its service being ready",
+            f.submit_to_ready,
+        );
+        registry.register(
+            "klambda_pipeline_journeys",
+            "Submissions that ended, ready or failed",
+            f.journeys,
+        );
+        registry.register(
+            "klambda_status_functions",
+            "Functions by phase, as stored by the status reporter",
+            f.functions,
+        );
+        registry.register(
+            "klambda_status_dead_letters",
+            "Dead letters kept by the status reporter (the broker's dead-letter sink)",
+            f.dead_letters,
+        );
+        families
+    }
+}
+
+/// The metrics of one stage (or, for [`Metrics::delivery`], the broker in this process).
 pub struct Metrics {
     stage: &'static str,
     /// Shared by every [`Metrics::for_stage`] view, so one process serving several stages
     /// (`klambda up`) exports one registry with a `stage` label per stage.
     registry: Arc<Registry>,
-    requests: Family<RequestLabels, Counter>,
-    latency: Family<LatencyLabels, Histogram, fn() -> Histogram>,
-    side_events: Family<SideEventLabels, Counter>,
+    families: Families,
 }
 
 impl Metrics {
     /// A fresh registry for `stage` (one per harness, so tests do not share counters).
     pub fn new(stage: &'static str) -> Self {
         let mut registry = Registry::default();
-        let requests = Family::<RequestLabels, Counter>::default();
-        let latency =
-            Family::<LatencyLabels, Histogram, fn() -> Histogram>::new_with_constructor(|| {
-                Histogram::new(exponential_buckets(0.000_25, 2.0, 16))
-            });
-        let side_events = Family::<SideEventLabels, Counter>::default();
-        registry.register(
-            "klambda_stage_requests",
-            "Events received, by event type and outcome (reply, done, rejected, retryable, too_large, malformed)",
-            requests.clone(),
-        );
-        registry.register(
-            "klambda_stage_handler_duration_seconds",
-            "Time from a decoded event to its outcome",
-            latency.clone(),
-        );
-        registry.register(
-            "klambda_stage_side_events",
-            "Side events (such as *.started) published to the broker, by outcome",
-            side_events.clone(),
-        );
+        let families = Families::register(&mut registry);
         Self {
             stage,
             registry: Arc::new(registry),
-            requests,
-            latency,
-            side_events,
+            families,
         }
     }
 
@@ -83,15 +265,14 @@ impl Metrics {
         Self {
             stage,
             registry: Arc::clone(&self.registry),
-            requests: self.requests.clone(),
-            latency: self.latency.clone(),
-            side_events: self.side_events.clone(),
+            families: self.families.clone(),
         }
     }
 
     /// Counts one request.
     pub fn request(&self, event_type: &'static str, outcome: &'static str) {
-        self.requests
+        self.families
+            .requests
             .get_or_create(&RequestLabels {
                 stage: self.stage,
                 event_type,
@@ -102,7 +283,8 @@ impl Metrics {
 
     /// Records how long handling took.
     pub fn latency(&self, event_type: &'static str, seconds: f64) {
-        self.latency
+        self.families
+            .latency
             .get_or_create(&LatencyLabels {
                 stage: self.stage,
                 event_type,
@@ -112,12 +294,143 @@ impl Metrics {
 
     /// Counts one side-event publish.
     pub fn side_event(&self, outcome: &'static str) {
-        self.side_events
+        self.families
+            .side_events
             .get_or_create(&SideEventLabels {
                 stage: self.stage,
                 outcome,
             })
             .inc();
+    }
+
+    /// Counts one delivery attempt under `trigger`: `accepted`, `replied`, `retried` (failed,
+    /// another attempt follows) or `dead_lettered` (failed, no attempt follows).
+    pub fn delivery(&self, trigger: &str, outcome: &'static str) {
+        self.families
+            .deliveries
+            .get_or_create(&DeliveryLabels {
+                trigger: trigger.to_owned(),
+                outcome,
+            })
+            .inc();
+    }
+
+    /// Records one uploaded build context.
+    pub fn context_uploaded(&self, runtime: Runtime, bytes: u64, seconds: f64) {
+        let labels = RuntimeLabels {
+            runtime: runtime.id(),
+        };
+        self.families
+            .context_size
+            .get_or_create(&labels)
+            .observe(bytes as f64);
+        self.families
+            .context_upload
+            .get_or_create(&labels)
+            .observe(seconds);
+    }
+
+    /// Starts every build-outcome series at zero, so the first failure after a restart is an
+    /// increase that `rate()` sees, not a series appearing at 1.
+    pub fn init_builds(&self) {
+        for runtime in klambda_events::runtime::RUNTIMES {
+            let ends = [
+                BuildResult::Completed,
+                BuildResult::TimedOut,
+                BuildResult::Cancelled,
+            ]
+            .into_iter()
+            .chain(BuildFailureCause::ALL.map(BuildResult::Failed));
+            for end in ends {
+                let (outcome, cause) = end.labels();
+                self.families
+                    .builds
+                    .get_or_create(&BuildLabels {
+                        runtime: runtime.id(),
+                        outcome,
+                        cause,
+                    })
+                    .inc_by(0);
+            }
+        }
+    }
+
+    /// Records one ended build.
+    pub fn build_ended(&self, runtime: Runtime, end: BuildResult, seconds: f64) {
+        let (outcome, cause) = end.labels();
+        self.families
+            .builds
+            .get_or_create(&BuildLabels {
+                runtime: runtime.id(),
+                outcome,
+                cause,
+            })
+            .inc();
+        self.families
+            .build_duration
+            .get_or_create(&BuildDurationLabels {
+                runtime: runtime.id(),
+                outcome,
+            })
+            .observe(seconds);
+    }
+
+    /// Records one deployer call: `operation` is `apply`, `rollback` or `delete`; `outcome`
+    /// is `ready` or `failed`.
+    pub fn deployed(&self, operation: &'static str, outcome: &'static str, seconds: f64) {
+        self.families
+            .deploys
+            .get_or_create(&DeployLabels { operation, outcome })
+            .observe(seconds);
+    }
+
+    /// Records how long a pipeline step took (`parse`, `context`, `build`, `deploy`).
+    pub fn step(&self, step: &'static str, seconds: f64) {
+        self.families
+            .steps
+            .get_or_create(&StepLabels { step })
+            .observe(seconds);
+    }
+
+    /// Starts both journey outcomes at zero (see [`Metrics::init_builds`]).
+    pub fn init_journeys(&self) {
+        for outcome in ["ready", "failed"] {
+            self.families
+                .journeys
+                .get_or_create(&OutcomeLabels { outcome })
+                .inc_by(0);
+        }
+    }
+
+    /// Records a submission that reached ready after `seconds`.
+    pub fn journey_ready(&self, seconds: f64) {
+        self.families.submit_to_ready.observe(seconds);
+        self.families
+            .journeys
+            .get_or_create(&OutcomeLabels { outcome: "ready" })
+            .inc();
+    }
+
+    /// Records a submission that failed (parse, build or deploy).
+    pub fn journey_failed(&self) {
+        self.families
+            .journeys
+            .get_or_create(&OutcomeLabels { outcome: "failed" })
+            .inc();
+    }
+
+    /// Sets the stored state: functions per phase (every phase, zero included) and dead
+    /// letters.
+    pub fn stored(&self, functions: impl Fn(Phase) -> i64, dead_letters: i64) {
+        for phase in Phase::ALL {
+            self.families
+                .functions
+                .get_or_create(&PhaseLabels {
+                    phase: phase.label(),
+                })
+                .set(functions(phase));
+        }
+        self.families.dead_letters.set(dead_letters);
     }
 
     /// The OpenMetrics text exposition.

@@ -7,7 +7,6 @@ use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt as _;
-use tracing_subscriber::util::SubscriberInitExt as _;
 
 use crate::config::{LogFormat, Settings};
 
@@ -38,9 +37,26 @@ impl Telemetry {
     }
 }
 
-/// Installs the global log subscriber and, when configured, the OTLP trace exporter.
-/// Must run inside a Tokio runtime when OTLP is configured.
+/// Installs the global log subscriber (logs on stdout) and, when configured, the OTLP trace
+/// exporter. Must run inside a Tokio runtime when OTLP is configured.
 pub fn init(service: &'static str, settings: &Settings) -> Result<Telemetry, TelemetryError> {
+    let (subscriber, telemetry) = subscriber(service, settings, std::io::stdout)?;
+    tracing::subscriber::set_global_default(subscriber)
+        .map_err(|e| TelemetryError::AlreadyInitialised(e.to_string()))?;
+    Ok(telemetry)
+}
+
+/// The subscriber [`init`] installs, writing logs to `writer` instead of stdout, without
+/// installing it: for a scoped default (`tracing::subscriber::set_default`), as the telemetry
+/// overhead benchmark uses it. Must run inside a Tokio runtime when OTLP is configured.
+pub fn subscriber<W>(
+    service: &'static str,
+    settings: &Settings,
+    writer: W,
+) -> Result<(impl tracing::Subscriber + Send + Sync + 'static, Telemetry), TelemetryError>
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Clone + Send + Sync + 'static,
+{
     let provider = match &settings.otlp_endpoint {
         None => None,
         Some(endpoint) => {
@@ -83,18 +99,18 @@ pub fn init(service: &'static str, settings: &Settings) -> Result<Telemetry, Tel
         EnvFilter::try_new(&settings.log_filter).unwrap_or_else(|_| EnvFilter::new("info"));
     let json = (settings.log_format == LogFormat::Json).then(|| {
         tracing_subscriber::fmt::layer()
+            .with_writer(writer.clone())
             .json()
             .flatten_event(true)
             .with_current_span(true)
             .with_span_list(false)
     });
-    let text = (settings.log_format == LogFormat::Text).then(tracing_subscriber::fmt::layer);
-    tracing_subscriber::registry()
+    let text = (settings.log_format == LogFormat::Text)
+        .then(|| tracing_subscriber::fmt::layer().with_writer(writer));
+    let subscriber = tracing_subscriber::registry()
         .with(filter)
         .with(json)
         .with(text)
-        .with(otel_layer)
-        .try_init()
-        .map_err(|e| TelemetryError::AlreadyInitialised(e.to_string()))?;
-    Ok(Telemetry { provider })
+        .with(otel_layer);
+    Ok((subscriber, Telemetry { provider }))
 }

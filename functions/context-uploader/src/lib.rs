@@ -17,6 +17,7 @@
 //! renames complete objects into place; S3 multipart uploads are aborted on failure).
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use cloudevents::Event;
 use klambda_events::catalogue::{BuildCompleted, BuildFailed, ContextUploaded, ParserCompleted};
@@ -162,7 +163,7 @@ impl Handler for ContextUploader {
         Stage::ContextUploader
     }
 
-    async fn handle(&self, event: Event, _: &Context) -> Result<Outcome, HandlerError> {
+    async fn handle(&self, event: Event, context: &Context) -> Result<Outcome, HandlerError> {
         let parsed = decode::<ParserCompleted>(&event)?;
         let name = parsed.spec.name.to_string();
 
@@ -205,7 +206,14 @@ impl Handler for ContextUploader {
                         return Ok(Outcome::Reply(unbuildable(&event, &parsed, reason)));
                     }
                 };
-                self.upload(&key, template, files).await?
+                let started = Instant::now();
+                let size = self.upload(&key, template, files).await?;
+                context.metrics().context_uploaded(
+                    parsed.spec.runtime,
+                    size,
+                    started.elapsed().as_secs_f64(),
+                );
+                size
             }
         };
         let reply = Envelope::answering(&event, Stage::ContextUploader, ContextUploaded::TYPE)

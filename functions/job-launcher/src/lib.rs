@@ -19,6 +19,7 @@ pub mod builder;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use cloudevents::Event;
 use klambda_events::catalogue::{
@@ -27,6 +28,7 @@ use klambda_events::catalogue::{
 };
 use klambda_events::data::{BuildEnd, BuildFailure, BuildStart, BuildTimedOut, BuiltImage};
 use klambda_events::{BuildId, Envelope, EventType, FunctionName, Stage, decode};
+use klambda_harness::metrics::{BuildResult, Metrics};
 use klambda_harness::{ConfigError, ConfigSource, Context, Handler, HandlerError, Outcome};
 use klambda_storage::{ImageRecord, ObjectStore};
 use tokio::sync::oneshot;
@@ -128,8 +130,20 @@ impl JobLauncher {
         let build = self.builder.build(request, cancelled);
         let launcher = self.clone();
         let context = context.clone();
+        let began = Instant::now();
         tokio::spawn(async move {
             let outcome = build.await;
+            let end = match &outcome {
+                BuildOutcome::Completed { .. } => BuildResult::Completed,
+                BuildOutcome::Failed { cause, .. } => BuildResult::Failed(*cause),
+                BuildOutcome::TimedOut { .. } => BuildResult::TimedOut,
+                BuildOutcome::Cancelled { .. } => BuildResult::Cancelled,
+            };
+            context.metrics().build_ended(
+                uploaded.spec.runtime,
+                end,
+                began.elapsed().as_secs_f64(),
+            );
             if let Ok(mut running) = launcher.running.lock() {
                 running.remove(&build_id);
             }
@@ -231,6 +245,10 @@ impl JobLauncher {
 impl Handler for JobLauncher {
     fn stage(&self) -> Stage {
         Stage::JobLauncher
+    }
+
+    fn init_metrics(&self, metrics: &Metrics) {
+        metrics.init_builds();
     }
 
     async fn handle(&self, event: Event, context: &Context) -> Result<Outcome, HandlerError> {

@@ -14,6 +14,7 @@
 pub mod deployer;
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use cloudevents::{AttributesReader as _, Event};
 use klambda_events::catalogue::{
@@ -95,12 +96,20 @@ impl Handler for ServiceDeployer {
 
     async fn handle(&self, event: Event, context: &Context) -> Result<Outcome, HandlerError> {
         let ty = event.ty().to_owned();
+        let started = Instant::now();
+        let timed = |operation, ok: bool| {
+            let outcome = if ok { "ready" } else { "failed" };
+            context
+                .metrics()
+                .deployed(operation, outcome, started.elapsed().as_secs_f64());
+        };
         let reply = if ty == BuildCompleted::TYPE {
             let built = decode::<BuildCompleted>(&event)?;
             let result = self
                 .deployer
                 .deploy(&built.spec, &built.digest, &built.image)
                 .await;
+            timed("apply", result.is_ok());
             self.settle(&event, context, &built.spec.name, result).await
         } else if ty == FunctionRollback::TYPE {
             let request = decode::<FunctionRollback>(&event)?;
@@ -108,10 +117,12 @@ impl Handler for ServiceDeployer {
                 .deployer
                 .rollback(&request.name, request.to_revision.as_deref())
                 .await;
+            timed("rollback", result.is_ok());
             self.settle(&event, context, &request.name, result).await
         } else {
             let deletion = decode::<FunctionDeleted>(&event)?;
             let existed = self.deployer.delete(&deletion.name).await;
+            timed("delete", true);
             tracing::info!(function = %deletion.name, existed, "deleted");
             Envelope::answering(&event, Stage::ServiceDeployer, ServiceDeleted::TYPE)
                 .subject(deletion.name.to_string())

@@ -24,14 +24,19 @@ pub mod store;
 
 use std::sync::Arc;
 
+use chrono::DateTime;
 use chrono::Utc;
 use cloudevents::{AttributesReader as _, Event};
-use klambda_events::catalogue::StatusUpdated;
+use klambda_events::catalogue::{
+    BuildCompleted, BuildFailed, BuildTimeout, ContextUploaded, ParserCompleted, ParserFailed,
+    ServiceFailed, ServiceReady, StatusUpdated,
+};
 use klambda_events::data::FunctionStatus;
 use klambda_events::{Envelope, EventType, Stage};
+use klambda_harness::metrics::Metrics;
 use klambda_harness::{ConfigError, ConfigSource, Context, Handler, HandlerError, Outcome};
 
-use crate::fold::{fold, function_of};
+use crate::fold::{FunctionState, fold, function_of};
 use crate::store::StatusStore;
 
 /// The store used when `DATABASE_URL` is not set.
@@ -80,14 +85,15 @@ impl Handler for StatusReporter {
         true
     }
 
-    async fn handle(&self, event: Event, _: &Context) -> Result<Outcome, HandlerError> {
+    async fn handle(&self, event: Event, context: &Context) -> Result<Outcome, HandlerError> {
         let function = function_of(&event);
+        let received_at = Utc::now();
         let recorded = self
             .store
             .record(
                 &event,
                 function.as_ref().map(|f| f.as_str()),
-                Utc::now(),
+                received_at,
                 fold,
             )
             .await
@@ -98,6 +104,7 @@ impl Handler for StatusReporter {
         else {
             return Ok(Outcome::Done);
         };
+        observe(context.metrics(), &state, event.ty(), received_at);
         let status = FunctionStatus {
             function: state.name.clone(),
             phase: state.phase,
@@ -117,5 +124,57 @@ impl Handler for StatusReporter {
 
     async fn ready(&self) -> Result<(), String> {
         self.store.ping().await.map_err(|e| e.to_string())
+    }
+
+    fn init_metrics(&self, metrics: &Metrics) {
+        metrics.init_journeys();
+    }
+
+    async fn refresh_metrics(&self, metrics: &Metrics) {
+        match self.store.census().await {
+            Ok(census) => metrics.stored(
+                |phase| census.phases.get(&phase).copied().unwrap_or_default(),
+                census.dead_letters,
+            ),
+            // The gauges keep their last values; the scrape still answers.
+            Err(error) => tracing::warn!(%error, "the status store could not be counted"),
+        }
+    }
+}
+
+/// The events that end a submission in failure.
+const JOURNEY_FAILURES: [&str; 4] = [
+    ParserFailed::TYPE,
+    BuildFailed::TYPE,
+    BuildTimeout::TYPE,
+    ServiceFailed::TYPE,
+];
+
+/// Pipeline timings from a newly recorded event: the step it ends (the first time this
+/// submission saw it) and, at `service.ready` or a failure, the journey's end. Replays and
+/// repeated events were filtered out before (`recorded.new`); a second `build.failed` for the
+/// same submission is not a new end, since its mark is older than this event.
+fn observe(metrics: &Metrics, state: &FunctionState, ty: &str, received_at: DateTime<Utc>) {
+    if state.marks.get(ty) != Some(&received_at) {
+        return;
+    }
+    let timings = state.timings_ms();
+    let seconds = |step: &str| timings.get(step).map(|ms| *ms as f64 / 1000.0);
+    let step = match ty {
+        t if t == ParserCompleted::TYPE || t == ParserFailed::TYPE => Some("parse"),
+        t if t == ContextUploaded::TYPE => Some("context"),
+        t if t == BuildCompleted::TYPE || t == BuildFailed::TYPE => Some("build"),
+        t if t == ServiceReady::TYPE || t == ServiceFailed::TYPE => Some("deploy"),
+        _ => None,
+    };
+    if let Some((step, secs)) = step.and_then(|step| Some((step, seconds(step)?))) {
+        metrics.step(step, secs);
+    }
+    if ty == ServiceReady::TYPE {
+        if let Some(total) = seconds("total") {
+            metrics.journey_ready(total);
+        }
+    } else if JOURNEY_FAILURES.contains(&ty) {
+        metrics.journey_failed();
     }
 }

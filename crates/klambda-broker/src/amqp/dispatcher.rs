@@ -221,7 +221,13 @@ async fn settle(work: &Work, message: Message) {
         }
     };
     tracing::debug!(queue = %work.queue, event_id = %event.id(), redelivered, "delivering");
-    let outcome = deliver(&work.trigger, work.subscriber.as_ref(), event).await;
+    let outcome = deliver(
+        &work.trigger,
+        work.subscriber.as_ref(),
+        event,
+        work.broker.metrics(),
+    )
+    .await;
     let safe = match (work.role, outcome) {
         (_, Delivered::Accepted) | (Role::DeadLetters, Delivered::Reply(_)) => Ok(()),
         (Role::Trigger, Delivered::Reply(reply)) => work.broker.publish(&reply).await,

@@ -19,6 +19,7 @@ pub mod dispatcher;
 pub mod message;
 pub mod topology;
 
+use klambda_harness::metrics::Metrics;
 use std::sync::Arc;
 
 use cloudevents::{AttributesReader as _, Event};
@@ -132,6 +133,8 @@ struct Shared {
 #[derive(Clone)]
 pub struct AmqpBroker {
     shared: Arc<Shared>,
+    /// Where this handle's dispatchers count delivery attempts.
+    metrics: Arc<Metrics>,
 }
 
 impl AmqpBroker {
@@ -143,6 +146,7 @@ impl AmqpBroker {
     ) -> Result<Self, AmqpError> {
         let shown = redact(url)?;
         let broker = Self {
+            metrics: Arc::new(Metrics::new("broker")),
             shared: Arc::new(Shared {
                 url: url.to_owned(),
                 shown,
@@ -162,6 +166,17 @@ impl AmqpBroker {
             ))?;
         let _ = channel.close(200, ShortString::from("declared")).await;
         Ok(broker)
+    }
+
+    /// Counts the delivery attempts of dispatchers started from here on into `metrics`
+    /// (`klambda_broker_delivery_attempts_total`), such as the platform's shared registry.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    pub(crate) fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// The layout in RabbitMQ.

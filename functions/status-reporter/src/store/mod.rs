@@ -7,11 +7,13 @@
 
 mod sql;
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
 
 use chrono::{DateTime, Utc};
 use cloudevents::Event;
+use klambda_events::data::Phase;
 use serde_json::Value;
 
 use crate::fold::FunctionState;
@@ -47,6 +49,15 @@ pub struct Recorded {
     pub new: bool,
     /// The function's state after folding, when it changed.
     pub state: Option<FunctionState>,
+}
+
+/// Counts over the stored state, for gauges.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Census {
+    /// Functions per phase (phases with none are absent).
+    pub phases: BTreeMap<Phase, i64>,
+    /// Dead letters kept.
+    pub dead_letters: i64,
 }
 
 /// One stored event.
@@ -113,6 +124,9 @@ pub trait StatusStore: Send + Sync + 'static {
     fn remove_dead_letters(&self, seq: Option<i64>) -> BoxFuture<'_, Result<u64, StoreError>>;
     /// Whether the database answers.
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// What `/metrics` reports about the store: functions per phase and dead letters kept.
+    fn census(&self) -> BoxFuture<'_, Result<Census, StoreError>>;
 }
 
 /// Opens the store `url` names: `postgres://…` / `postgresql://…`, or `sqlite:PATH`.

@@ -8,9 +8,11 @@ use sqlx::Row as _;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use tokio::sync::OnceCell;
 
+use klambda_events::data::Phase;
+
 use super::{
-    BoxFuture, Folder, Recorded, StatusStore, StoreError, StoredEvent, decode_state, encode_state,
-    structured,
+    BoxFuture, Census, Folder, Recorded, StatusStore, StoreError, StoredEvent, decode_state,
+    encode_state, structured,
 };
 use crate::fold::FunctionState;
 
@@ -302,6 +304,34 @@ impl StatusStore for SqlStore {
                 }
             };
             Ok(done.rows_affected())
+        })
+    }
+
+    fn census(&self) -> BoxFuture<'_, Result<Census, StoreError>> {
+        Box::pin(async move {
+            /// Only the phase of a stored state is read.
+            #[derive(serde::Deserialize)]
+            struct PhaseOnly {
+                phase: Phase,
+            }
+            let pool = self.ready().await?;
+            let mut census = Census::default();
+            // States are JSON documents (no phase column), so they are read and counted here;
+            // a scrape every 15 s reads each state once.
+            for row in sqlx::query("SELECT state FROM functions")
+                .fetch_all(pool)
+                .await?
+            {
+                let text = row.try_get::<String, _>("state")?;
+                if let Ok(state) = serde_json::from_str::<PhaseOnly>(&text) {
+                    *census.phases.entry(state.phase).or_default() += 1;
+                }
+            }
+            let row = sqlx::query("SELECT COUNT(*) AS n FROM dead_letters")
+                .fetch_one(pool)
+                .await?;
+            census.dead_letters = row.try_get::<i64, _>("n")?;
+            Ok(census)
         })
     }
 
