@@ -195,7 +195,7 @@ fn filters_use_only_what_the_rabbitmq_broker_implements() -> Result<()> {
 }
 
 #[test]
-fn every_manifest_passes_the_crd_schemas() -> Result<()> {
+fn every_manifest_passes_the_crd_schemas_or_decodes_strictly() -> Result<()> {
     let schemas = CrdSchemas::knative()?;
     let mut problems = Vec::new();
     let mut checked = 0;
@@ -211,6 +211,15 @@ fn every_manifest_passes_the_crd_schemas() -> Result<()> {
             }
             // No CRD schema for the prometheus-operator here: monitoring.rs runs promtool on it.
             if api_version == "monitoring.coreos.com/v1" && kind == "PrometheusRule" {
+                continue;
+            }
+            if let Some(strict) = klambda_test_support::manifests::check_builtin(&doc) {
+                checked += 1;
+                problems.extend(
+                    strict
+                        .into_iter()
+                        .map(|p| format!("{}: {p}", path.display())),
+                );
                 continue;
             }
             if !schemas.knows(api_version, kind) {

@@ -12,6 +12,7 @@
 
 pub mod bench;
 pub mod http;
+pub mod kubernetes;
 pub mod manifests;
 pub mod otlp;
 pub mod process;

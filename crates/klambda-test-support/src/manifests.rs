@@ -123,6 +123,110 @@ fn pruned_fields(value: &Value, schema: &Value, path: &str, out: &mut Vec<String
     }
 }
 
+/// Checks a built-in Kubernetes object strictly: it must decode into its k8s-openapi type and
+/// survive the round trip unchanged, so an unknown or misspelt field (which a real API server
+/// would drop, or refuse under `fieldValidation=Strict`) is reported. `None` for kinds this
+/// does not know (Knative kinds go through [`CrdSchemas`]).
+pub fn check_builtin(object: &Value) -> Option<Vec<String>> {
+    use k8s_openapi::Resource;
+    use k8s_openapi::api::{apps, batch, core, networking, rbac};
+
+    fn round_trip<T: serde::de::DeserializeOwned + serde::Serialize>(
+        object: &Value,
+    ) -> Vec<String> {
+        match serde_json::from_value::<T>(object.clone()) {
+            Err(e) => vec![e.to_string()],
+            Ok(typed) => {
+                let back = serde_json::to_value(typed).unwrap_or_default();
+                let mut problems = Vec::new();
+                lost_fields(object, &back, "", &mut problems);
+                problems
+                    .into_iter()
+                    .map(|field| format!("unknown field {field}"))
+                    .collect()
+            }
+        }
+    }
+    fn is<T: Resource>(api_version: &str, kind: &str) -> bool {
+        api_version == T::API_VERSION && kind == T::KIND
+    }
+    let api_version = object["apiVersion"].as_str().unwrap_or_default();
+    let kind = object["kind"].as_str().unwrap_or_default();
+    type Check = fn(&Value) -> Vec<String>;
+    let checks: [(bool, Check); 11] = [
+        (
+            is::<core::v1::Namespace>(api_version, kind),
+            round_trip::<core::v1::Namespace>,
+        ),
+        (
+            is::<core::v1::ServiceAccount>(api_version, kind),
+            round_trip::<core::v1::ServiceAccount>,
+        ),
+        (
+            is::<core::v1::ConfigMap>(api_version, kind),
+            round_trip::<core::v1::ConfigMap>,
+        ),
+        (
+            is::<core::v1::Secret>(api_version, kind),
+            round_trip::<core::v1::Secret>,
+        ),
+        (
+            is::<core::v1::Pod>(api_version, kind),
+            round_trip::<core::v1::Pod>,
+        ),
+        (
+            is::<rbac::v1::Role>(api_version, kind),
+            round_trip::<rbac::v1::Role>,
+        ),
+        (
+            is::<rbac::v1::RoleBinding>(api_version, kind),
+            round_trip::<rbac::v1::RoleBinding>,
+        ),
+        (
+            is::<rbac::v1::ClusterRole>(api_version, kind),
+            round_trip::<rbac::v1::ClusterRole>,
+        ),
+        (
+            is::<batch::v1::Job>(api_version, kind),
+            round_trip::<batch::v1::Job>,
+        ),
+        (
+            is::<networking::v1::NetworkPolicy>(api_version, kind),
+            round_trip::<networking::v1::NetworkPolicy>,
+        ),
+        (
+            is::<apps::v1::Deployment>(api_version, kind),
+            round_trip::<apps::v1::Deployment>,
+        ),
+    ];
+    checks
+        .into_iter()
+        .find(|(matches, _)| *matches)
+        .map(|(_, check)| check(object))
+}
+
+/// Fields of `sent` that `kept` does not have (what a typed decode dropped).
+fn lost_fields(sent: &Value, kept: &Value, path: &str, problems: &mut Vec<String>) {
+    match (sent, kept) {
+        (Value::Object(a), Value::Object(b)) => {
+            for (key, value) in a {
+                let here = format!("{path}.{key}");
+                match b.get(key) {
+                    Some(other) => lost_fields(value, other, &here, problems),
+                    None if !value.is_null() => problems.push(here),
+                    None => {}
+                }
+            }
+        }
+        (Value::Array(a), Value::Array(b)) => {
+            for (i, (x, y)) in a.iter().zip(b).enumerate() {
+                lost_fields(x, y, &format!("{path}[{i}]"), problems);
+            }
+        }
+        _ => {}
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

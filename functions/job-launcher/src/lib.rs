@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use cloudevents::Event;
+use k8s_openapi::api::batch::v1::Job;
 use klambda_events::catalogue::{
     BuildCancel, BuildCancelled, BuildCompleted, BuildFailed, BuildStarted, BuildTimeout,
     ContextUploaded,
@@ -33,25 +34,57 @@ use klambda_harness::{ConfigError, ConfigSource, Context, Handler, HandlerError,
 use klambda_storage::{ImageRecord, ObjectStore};
 use tokio::sync::oneshot;
 
+use crate::builder::kaniko::{self, KanikoJobs, KubeError};
 use crate::builder::local::LocalBuilder;
 use crate::builder::{BuildOutcome, BuildRequest, Builder};
 
 /// Running builds: id → (function, the way to cancel it).
 type Running = Arc<Mutex<HashMap<BuildId, (FunctionName, oneshot::Sender<String>)>>>;
 
+/// Where builds run.
+#[derive(Clone)]
+enum Backend {
+    /// In this process's reach; the builder reports each outcome itself.
+    Local(Arc<dyn Builder>),
+    /// Kaniko Jobs on Kubernetes; outcomes arrive as Job events from the ApiServerSource.
+    Cluster(Box<KanikoJobs>),
+}
+
 /// The job-launcher's handler.
 #[derive(Clone)]
 pub struct JobLauncher {
-    builder: Arc<dyn Builder>,
+    backend: Backend,
     store: Arc<dyn ObjectStore>,
     running: Running,
+}
+
+/// The CloudEvent types of the ApiServerSource that watches build Jobs.
+pub const JOB_EVENT_TYPES: [&str; 2] = [
+    "dev.knative.apiserver.resource.add",
+    "dev.knative.apiserver.resource.update",
+];
+
+/// Where the `context.uploaded` event that started a cluster build is kept, so the Job's outcome
+/// can be answered as the same build (same reply id, same trace) whichever replica sees it.
+fn build_record_key(build_id: &BuildId) -> String {
+    format!("builds/{}.json", build_id.as_str())
 }
 
 impl JobLauncher {
     /// A launcher running builds with `builder`, recording them in `store`.
     pub fn new(builder: Arc<dyn Builder>, store: Arc<dyn ObjectStore>) -> Self {
         Self {
-            builder,
+            backend: Backend::Local(builder),
+            store,
+            running: Arc::default(),
+        }
+    }
+
+    /// A launcher running builds as Kaniko Jobs through `jobs`, keeping build records in
+    /// `store` (the S3 store the contexts are in).
+    pub fn on_kubernetes(jobs: KanikoJobs, store: Arc<dyn ObjectStore>) -> Self {
+        Self {
+            backend: Backend::Cluster(Box::new(jobs)),
             store,
             running: Arc::default(),
         }
@@ -110,6 +143,26 @@ impl JobLauncher {
             build_id: build_id.clone(),
             digest: uploaded.digest.clone(),
         });
+        let builder = match &self.backend {
+            Backend::Local(builder) => Arc::clone(builder),
+            Backend::Cluster(jobs) => {
+                let request = BuildRequest {
+                    spec: uploaded.spec.clone(),
+                    digest: uploaded.digest.clone(),
+                    build_id: build_id.clone(),
+                    context: uploaded.context.clone(),
+                };
+                let record = serde_json::to_vec(&event)
+                    .map_err(|e| HandlerError::Internal(e.to_string()))?;
+                self.store
+                    .put(&build_record_key(&build_id), record.into())
+                    .await
+                    .map_err(|e| HandlerError::Unavailable(e.to_string()))?;
+                let launched = jobs.launch(&request).await.map_err(kube_failure)?;
+                tracing::info!(build_id = %build_id, ?launched, "build Job launched");
+                return Ok(Outcome::Reply(started));
+            }
+        };
         let (cancel, cancelled) = oneshot::channel();
         {
             let mut running = self.running.lock().map_err(|_| {
@@ -127,21 +180,15 @@ impl JobLauncher {
             build_id: build_id.clone(),
             context: uploaded.context.clone(),
         };
-        let build = self.builder.build(request, cancelled);
+        let build = builder.build(request, cancelled);
         let launcher = self.clone();
         let context = context.clone();
         let began = Instant::now();
         tokio::spawn(async move {
             let outcome = build.await;
-            let end = match &outcome {
-                BuildOutcome::Completed { .. } => BuildResult::Completed,
-                BuildOutcome::Failed { cause, .. } => BuildResult::Failed(*cause),
-                BuildOutcome::TimedOut { .. } => BuildResult::TimedOut,
-                BuildOutcome::Cancelled { .. } => BuildResult::Cancelled,
-            };
             context.metrics().build_ended(
                 uploaded.spec.runtime,
-                end,
+                result_of(&outcome),
                 began.elapsed().as_secs_f64(),
             );
             if let Ok(mut running) = launcher.running.lock() {
@@ -214,12 +261,80 @@ impl JobLauncher {
         }
     }
 
-    fn cancel(&self, event: &Event) -> Result<Outcome, HandlerError> {
+    /// A Job's status changed: when it finished, answer the build's outcome as the build
+    /// started by the recorded `context.uploaded`. Repeated updates of a finished Job give the
+    /// same event (same id), which the broker's consumers deduplicate.
+    async fn job_changed(
+        &self,
+        jobs: &KanikoJobs,
+        event: &Event,
+        context: &Context,
+    ) -> Result<Outcome, HandlerError> {
+        let job: Job = match event.data() {
+            Some(cloudevents::Data::Json(value)) => serde_json::from_value(value.clone()),
+            Some(cloudevents::Data::Binary(bytes)) => serde_json::from_slice(bytes),
+            Some(cloudevents::Data::String(text)) => serde_json::from_str(text),
+            None => return Err(invalid("data", "a Job event without the Job")),
+        }
+        .map_err(|e| invalid("data", &format!("not a Job: {e}")))?;
+        let Some(build_id) = kaniko::build_id_of(&job) else {
+            return Ok(Outcome::Done);
+        };
+        let Some(outcome) = jobs.outcome(&job).await.map_err(kube_failure)? else {
+            return Ok(Outcome::Done);
+        };
+        let record = self
+            .store
+            .get(&build_record_key(&build_id))
+            .await
+            .map_err(|e| HandlerError::Unavailable(e.to_string()))?;
+        let Some(record) = record else {
+            tracing::warn!(build_id = %build_id, "a finished build Job without a build record; ignored");
+            return Ok(Outcome::Done);
+        };
+        let started: Event = serde_json::from_slice(&record)
+            .map_err(|e| HandlerError::Internal(format!("build record {build_id}: {e}")))?;
+        let uploaded = decode::<ContextUploaded>(&started)?;
+        if let Some(seconds) = kaniko::duration_of(&job) {
+            context
+                .metrics()
+                .build_ended(uploaded.spec.runtime, result_of(&outcome), seconds);
+        }
+        let ended = self
+            .outcome_event(&started, uploaded, build_id, outcome)
+            .await;
+        Ok(Outcome::Reply(ended))
+    }
+
+    async fn cancel(&self, event: &Event, context: &Context) -> Result<Outcome, HandlerError> {
         let request = decode::<BuildCancel>(event)?;
         let reason = request.reason.clone().map_or_else(
             || "cancelled by request".to_owned(),
             |r| format!("cancelled by request: {r}"),
         );
+        if let Backend::Cluster(jobs) = &self.backend {
+            let targets = match &request.build_id {
+                Some(id) => vec![id.clone()],
+                None => jobs
+                    .builds_of(&request.function)
+                    .await
+                    .map_err(kube_failure)?,
+            };
+            for build_id in targets {
+                if jobs.cancel(&build_id).await.map_err(kube_failure)? {
+                    let ended =
+                        Envelope::answering(event, Stage::JobLauncher, BuildCancelled::TYPE)
+                            .subject(request.function.to_string())
+                            .encode::<BuildCancelled>(&BuildEnd {
+                                function: request.function.clone(),
+                                build_id,
+                                reason: reason.clone(),
+                            });
+                    context.publish(ended).await;
+                }
+            }
+            return Ok(Outcome::Done);
+        }
         let mut running = self
             .running
             .lock()
@@ -251,11 +366,44 @@ impl Handler for JobLauncher {
         metrics.init_builds();
     }
 
+    fn accepts(&self, event_type: &str) -> bool {
+        klambda_events::catalogue::find(event_type)
+            .is_some_and(|spec| spec.consumer == Some(Stage::JobLauncher))
+            || (matches!(self.backend, Backend::Cluster(_))
+                && JOB_EVENT_TYPES.contains(&event_type))
+    }
+
     async fn handle(&self, event: Event, context: &Context) -> Result<Outcome, HandlerError> {
-        if cloudevents::AttributesReader::ty(&event) == BuildCancel::TYPE {
-            self.cancel(&event)
+        let ty = cloudevents::AttributesReader::ty(&event);
+        if ty == BuildCancel::TYPE {
+            self.cancel(&event, context).await
+        } else if JOB_EVENT_TYPES.contains(&ty) {
+            match &self.backend {
+                Backend::Cluster(jobs) => self.job_changed(jobs, &event, context).await,
+                Backend::Local(_) => Ok(Outcome::Done),
+            }
         } else {
             self.start(event, context).await
         }
     }
+}
+
+/// The metrics' word for how a build ended.
+fn result_of(outcome: &BuildOutcome) -> BuildResult {
+    match outcome {
+        BuildOutcome::Completed { .. } => BuildResult::Completed,
+        BuildOutcome::Failed { cause, .. } => BuildResult::Failed(*cause),
+        BuildOutcome::TimedOut { .. } => BuildResult::TimedOut,
+        BuildOutcome::Cancelled { .. } => BuildResult::Cancelled,
+    }
+}
+
+/// A Kubernetes failure as the stage's answer: retried (5xx) whether the API is down or refuses
+/// (a Role missing a verb is fixed by the operator; the events wait meanwhile).
+fn kube_failure(error: KubeError) -> HandlerError {
+    HandlerError::Unavailable(error.to_string())
+}
+
+fn invalid(field: &str, reason: &str) -> HandlerError {
+    HandlerError::Invalid(vec![klambda_events::data::Problem::new(field, reason)])
 }

@@ -1,6 +1,8 @@
-//! Builders: what turns a build context into something runnable. One trait; the local builder
-//! here, the Kaniko Job builder beside it when the Kubernetes issue lands.
+//! Builders: what turns a build context into something runnable. The `Builder` trait and the
+//! local builder run a build to its end; the Kaniko Job builder (`kaniko`) starts a Job and
+//! reads its outcome from the Job's status events, since a stage must not wait out a build.
 
+pub mod kaniko;
 pub mod local;
 
 use std::future::Future;
