@@ -12,7 +12,9 @@
 //!   silently dropped.
 //! - **Semantics** that the code relies on: `AlreadyExists` (409) on a second create,
 //!   `NotFound` (404), label selectors (`key=value`, comma-separated) on lists, `metadata.uid`
-//!   and `resourceVersion` set on create, deletion options recorded.
+//!   and `resourceVersion` set on create, server-side apply (`PATCH` with a `fieldManager`)
+//!   creating or replacing the applied fields and bumping `generation` when the spec changed,
+//!   deletion options recorded.
 //!
 //! Every request is recorded ([`FakeKube::requests`]) so tests assert what was called and the
 //! least-privilege test compares the verbs used with the verbs granted.
@@ -256,6 +258,24 @@ impl FakeKube {
         }
     }
 
+    /// Why `object` would be refused: a Knative kind against its CRD schema, a built-in kind
+    /// decoded strictly; an unknown kind is refused too (the stages create nothing else).
+    fn check(&self, object: &Value) -> Option<String> {
+        if let Some(problems) = manifests::check_builtin(object) {
+            return (!problems.is_empty()).then(|| problems.join("; "));
+        }
+        let api_version = object["apiVersion"].as_str().unwrap_or_default();
+        let kind = object["kind"].as_str().unwrap_or_default();
+        if !self.schemas.knows(api_version, kind) {
+            return Some(format!("the fake knows no schema for {api_version} {kind}"));
+        }
+        match self.schemas.check(object) {
+            Ok(problems) if problems.is_empty() => None,
+            Ok(problems) => Some(problems.join("; ")),
+            Err(e) => Some(e.to_string()),
+        }
+    }
+
     fn allowed(&self, user: &str, verb: &str, group: &str, resource: &str, ns: &str) -> bool {
         self.grants
             .get(user)
@@ -493,31 +513,8 @@ fn serve(
                 Ok(object) => object,
                 Err(e) => return status(StatusCode::BAD_REQUEST, "BadRequest", e.to_string()),
             };
-            if let Some(problems) = manifests::check_builtin(&object)
-                && !problems.is_empty()
-            {
-                return status(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "Invalid",
-                    problems.join("; "),
-                );
-            }
-            let kind_known = object["apiVersion"]
-                .as_str()
-                .zip(object["kind"].as_str())
-                .is_some_and(|(a, k)| kube.schemas.knows(a, k));
-            if kind_known {
-                match kube.schemas.check(&object) {
-                    Ok(problems) if problems.is_empty() => {}
-                    Ok(problems) => {
-                        return status(
-                            StatusCode::UNPROCESSABLE_ENTITY,
-                            "Invalid",
-                            problems.join("; "),
-                        );
-                    }
-                    Err(e) => return status(StatusCode::BAD_REQUEST, "BadRequest", e.to_string()),
-                }
+            if let Some(problems) = kube.check(&object) {
+                return status(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", problems);
             }
             let name = object["metadata"]["name"]
                 .as_str()
@@ -547,6 +544,58 @@ fn serve(
             object["metadata"]["resourceVersion"] = json!(version.to_string());
             inner.objects.insert(key(&name), object.clone());
             (StatusCode::CREATED, axum::Json(object)).into_response()
+        }
+        ("patch", None) => {
+            // Server-side apply only (what the stages use): the applied object is the whole
+            // desired state of this field manager, the only manager here.
+            if query_param(query, "fieldManager").is_none() {
+                return status(
+                    StatusCode::BAD_REQUEST,
+                    "BadRequest",
+                    "fieldManager is required for apply patch",
+                );
+            }
+            let applied: Value = match serde_json::from_slice(body) {
+                Ok(object) => object,
+                Err(e) => return status(StatusCode::BAD_REQUEST, "BadRequest", e.to_string()),
+            };
+            if let Some(problems) = kube.check(&applied) {
+                return status(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", problems);
+            }
+            let name = name.clone().unwrap_or_default();
+            if applied["metadata"]["name"].as_str() != Some(name.as_str()) {
+                return status(
+                    StatusCode::BAD_REQUEST,
+                    "BadRequest",
+                    "the name of the object does not match the name in the URL",
+                );
+            }
+            inner.next_version += 1;
+            let version = inner.next_version;
+            let stored = match inner.objects.get(&key(&name)) {
+                Some(existing) => {
+                    let mut merged = existing.clone();
+                    let generation = existing["metadata"]["generation"].as_i64().unwrap_or(1);
+                    let changed = existing["spec"] != applied["spec"];
+                    merged["spec"] = applied["spec"].clone();
+                    for field in ["labels", "annotations"] {
+                        merged["metadata"][field] = applied["metadata"][field].clone();
+                    }
+                    merged["metadata"]["generation"] = json!(generation + i64::from(changed));
+                    merged["metadata"]["resourceVersion"] = json!(version.to_string());
+                    merged
+                }
+                None => {
+                    let mut created = applied;
+                    created["metadata"]["namespace"] = json!(namespace);
+                    created["metadata"]["uid"] = json!(format!("uid-{version}"));
+                    created["metadata"]["generation"] = json!(1);
+                    created["metadata"]["resourceVersion"] = json!(version.to_string());
+                    created
+                }
+            };
+            inner.objects.insert(key(&name), stored.clone());
+            axum::Json(stored).into_response()
         }
         ("delete", None) => {
             let name = name.clone().unwrap_or_default();

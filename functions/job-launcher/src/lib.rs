@@ -34,9 +34,10 @@ use klambda_harness::{ConfigError, ConfigSource, Context, Handler, HandlerError,
 use klambda_storage::{ImageRecord, ObjectStore};
 use tokio::sync::oneshot;
 
-use crate::builder::kaniko::{self, KanikoJobs, KubeError};
+use crate::builder::kaniko::{self, KanikoJobs, KanikoSettings};
 use crate::builder::local::LocalBuilder;
 use crate::builder::{BuildOutcome, BuildRequest, Builder};
+use klambda_kube::{APISERVER_EVENT_TYPES, KubeError};
 
 /// Running builds: id → (function, the way to cancel it).
 type Running = Arc<Mutex<HashMap<BuildId, (FunctionName, oneshot::Sender<String>)>>>;
@@ -57,12 +58,6 @@ pub struct JobLauncher {
     store: Arc<dyn ObjectStore>,
     running: Running,
 }
-
-/// The CloudEvent types of the ApiServerSource that watches build Jobs.
-pub const JOB_EVENT_TYPES: [&str; 2] = [
-    "dev.knative.apiserver.resource.add",
-    "dev.knative.apiserver.resource.update",
-];
 
 /// Where the `context.uploaded` event that started a cluster build is kept, so the Job's outcome
 /// can be answered as the same build (same reply id, same trace) whichever replica sees it.
@@ -90,9 +85,13 @@ impl JobLauncher {
         }
     }
 
-    /// A launcher with the local builder over the store `KLAMBDA_STORE` names (see
-    /// `klambda_storage::from_settings`; default the directory `klambda-store`),
-    /// building under `KLAMBDA_BUILD_DIR` (default `klambda-builds`).
+    /// A launcher configured from the environment.
+    ///
+    /// - `KLAMBDA_BUILDER`: `local` (default) runs builds here under `KLAMBDA_BUILD_DIR`
+    ///   (default `klambda-builds`); `kubernetes` runs them as Kaniko Jobs through the in-cluster
+    ///   ServiceAccount (see [`KanikoSettings::from_config`]), which needs the contexts in S3.
+    /// - `KLAMBDA_STORE` (see `klambda_storage::from_settings`; default the directory
+    ///   `klambda-store`): where contexts and build records are.
     pub fn from_config(config: &dyn ConfigSource) -> Result<Self, ConfigError> {
         let setting = |key: &str, default: &str| {
             config
@@ -100,15 +99,47 @@ impl JobLauncher {
                 .filter(|v| !v.trim().is_empty())
                 .unwrap_or_else(|| default.to_owned())
         };
-        let (store, _) = klambda_storage::from_settings(|key| config.get(key), "klambda-store")
+        let (store, s3) = klambda_storage::from_settings(|key| config.get(key), "klambda-store")
             .map_err(|problem| ConfigError {
                 problems: vec![problem],
             })?;
-        let work = PathBuf::from(setting("KLAMBDA_BUILD_DIR", "klambda-builds"));
-        Ok(Self::new(
-            Arc::new(LocalBuilder::new(Arc::clone(&store), work)),
-            store,
-        ))
+        match setting("KLAMBDA_BUILDER", "local").as_str() {
+            "local" => {
+                let work = PathBuf::from(setting("KLAMBDA_BUILD_DIR", "klambda-builds"));
+                Ok(Self::new(
+                    Arc::new(LocalBuilder::new(Arc::clone(&store), work)),
+                    store,
+                ))
+            }
+            "kubernetes" => {
+                let mut problems = Vec::new();
+                if s3.is_none() {
+                    problems.push(
+                        "KLAMBDA_BUILDER=kubernetes: Kaniko reads build contexts from S3; set KLAMBDA_STORE=s3://bucket"
+                            .to_owned(),
+                    );
+                }
+                let settings = KanikoSettings::from_config(config);
+                let client = klambda_kube::in_cluster_client();
+                match (client, problems.is_empty()) {
+                    (Ok(client), true) => Ok(Self::on_kubernetes(
+                        KanikoJobs::new(client, settings),
+                        store,
+                    )),
+                    (client, _) => {
+                        if let Err(error) = client {
+                            problems.push(format!("KLAMBDA_BUILDER=kubernetes: {error}"));
+                        }
+                        Err(ConfigError { problems })
+                    }
+                }
+            }
+            other => Err(ConfigError {
+                problems: vec![format!(
+                    "KLAMBDA_BUILDER={other:?}: must be local or kubernetes"
+                )],
+            }),
+        }
     }
 
     /// How many builds are running now.
@@ -158,7 +189,10 @@ impl JobLauncher {
                     .put(&build_record_key(&build_id), record.into())
                     .await
                     .map_err(|e| HandlerError::Unavailable(e.to_string()))?;
-                let launched = jobs.launch(&request).await.map_err(kube_failure)?;
+                let launched = jobs.launch(&request).await.map_err(|e| match e {
+                    kaniko::LaunchError::Api(e) => kube_failure(e),
+                    other => HandlerError::Unavailable(other.to_string()),
+                })?;
                 tracing::info!(build_id = %build_id, ?launched, "build Job launched");
                 return Ok(Outcome::Reply(started));
             }
@@ -270,13 +304,7 @@ impl JobLauncher {
         event: &Event,
         context: &Context,
     ) -> Result<Outcome, HandlerError> {
-        let job: Job = match event.data() {
-            Some(cloudevents::Data::Json(value)) => serde_json::from_value(value.clone()),
-            Some(cloudevents::Data::Binary(bytes)) => serde_json::from_slice(bytes),
-            Some(cloudevents::Data::String(text)) => serde_json::from_str(text),
-            None => return Err(invalid("data", "a Job event without the Job")),
-        }
-        .map_err(|e| invalid("data", &format!("not a Job: {e}")))?;
+        let job: Job = klambda_kube::object_of(event).map_err(|e| invalid("data", &e))?;
         let Some(build_id) = kaniko::build_id_of(&job) else {
             return Ok(Outcome::Done);
         };
@@ -370,14 +398,14 @@ impl Handler for JobLauncher {
         klambda_events::catalogue::find(event_type)
             .is_some_and(|spec| spec.consumer == Some(Stage::JobLauncher))
             || (matches!(self.backend, Backend::Cluster(_))
-                && JOB_EVENT_TYPES.contains(&event_type))
+                && APISERVER_EVENT_TYPES.contains(&event_type))
     }
 
     async fn handle(&self, event: Event, context: &Context) -> Result<Outcome, HandlerError> {
         let ty = cloudevents::AttributesReader::ty(&event);
         if ty == BuildCancel::TYPE {
             self.cancel(&event, context).await
-        } else if JOB_EVENT_TYPES.contains(&ty) {
+        } else if APISERVER_EVENT_TYPES.contains(&ty) {
             match &self.backend {
                 Backend::Cluster(jobs) => self.job_changed(jobs, &event, context).await,
                 Backend::Local(_) => Ok(Outcome::Done),

@@ -1,4 +1,5 @@
-//! The job-launcher stage binary: serves [`job_launcher::JobLauncher`] with the local builder.
+//! The job-launcher stage binary: serves [`job_launcher::JobLauncher`] with the builder
+//! `KLAMBDA_BUILDER` names (local, or Kaniko Jobs on Kubernetes).
 
 fn main() -> std::process::ExitCode {
     klambda_harness::run("job-launcher", job_launcher::JobLauncher::from_config)

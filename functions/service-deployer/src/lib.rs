@@ -16,6 +16,8 @@ pub mod deployer;
 use std::sync::Arc;
 use std::time::Instant;
 
+use sha2::Digest as _;
+
 use cloudevents::{AttributesReader as _, Event};
 use klambda_events::catalogue::{
     BuildCompleted, FunctionDeleted, FunctionRollback, ServiceCreated, ServiceDeleted,
@@ -25,6 +27,7 @@ use klambda_events::data::{ServiceFailure, ServiceReadiness, ServiceRemoval, Ser
 use klambda_events::{Envelope, EventType, FunctionName, Stage, decode};
 use klambda_harness::{ConfigError, ConfigSource, Context, Handler, HandlerError, Outcome};
 
+use crate::deployer::knative::{self, KnativeServices, KnativeSettings};
 use crate::deployer::local::LocalRunner;
 use crate::deployer::{Deployer, NotReady, Revision};
 
@@ -32,17 +35,154 @@ use crate::deployer::{Deployer, NotReady, Revision};
 #[derive(Clone)]
 pub struct ServiceDeployer {
     deployer: Arc<dyn Deployer>,
+    /// On Kubernetes: the function Services, whose readiness arrives as Service events.
+    cluster: Option<Arc<KnativeServices>>,
 }
 
 impl ServiceDeployer {
     /// A deployer over `deployer`.
     pub fn new(deployer: Arc<dyn Deployer>) -> Self {
-        Self { deployer }
+        Self {
+            deployer,
+            cluster: None,
+        }
     }
 
-    /// A deployer running functions as local processes.
-    pub fn from_config(_: &dyn ConfigSource) -> Result<Self, ConfigError> {
-        Ok(Self::new(Arc::new(LocalRunner::new())))
+    /// A deployer of Knative Services through `services`.
+    pub fn on_kubernetes(services: KnativeServices) -> Self {
+        Self {
+            deployer: Arc::new(LocalRunner::new()),
+            cluster: Some(Arc::new(services)),
+        }
+    }
+
+    /// A deployer configured from the environment: `KLAMBDA_DEPLOYER=local` (default) runs
+    /// functions as local processes; `kubernetes` deploys Knative Services through the
+    /// in-cluster ServiceAccount (see [`KnativeSettings::from_config`]).
+    pub fn from_config(config: &dyn ConfigSource) -> Result<Self, ConfigError> {
+        let choice = config
+            .get("KLAMBDA_DEPLOYER")
+            .map(|v| v.trim().to_owned())
+            .filter(|v| !v.is_empty())
+            .unwrap_or_else(|| "local".to_owned());
+        let problem = |p: String| ConfigError { problems: vec![p] };
+        match choice.as_str() {
+            "local" => Ok(Self::new(Arc::new(LocalRunner::new()))),
+            "kubernetes" => {
+                let client = klambda_kube::in_cluster_client()
+                    .map_err(|e| problem(format!("KLAMBDA_DEPLOYER=kubernetes: {e}")))?;
+                Ok(Self::on_kubernetes(KnativeServices::new(
+                    client,
+                    KnativeSettings::from_config(config),
+                )))
+            }
+            other => Err(problem(format!(
+                "KLAMBDA_DEPLOYER={other:?}: must be local or kubernetes"
+            ))),
+        }
+    }
+
+    /// On Kubernetes, what service-deployer answers: the apply's side event now, readiness
+    /// later from the Service's status.
+    async fn on_cluster(
+        &self,
+        services: &KnativeServices,
+        event: &Event,
+        context: &Context,
+    ) -> Result<Outcome, HandlerError> {
+        let ty = event.ty();
+        let envelope = |ty: &str, function: &FunctionName| {
+            Envelope::answering(event, Stage::ServiceDeployer, ty).subject(function.to_string())
+        };
+        if klambda_kube::APISERVER_EVENT_TYPES.contains(&ty) {
+            return Ok(service_changed(event, context));
+        }
+        if ty == BuildCompleted::TYPE {
+            let built = decode::<BuildCompleted>(event)?;
+            let function = &built.spec.name;
+            let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                k8s_openapi::jiff::Timestamp::now(),
+            );
+            let applied = services
+                .apply(&built.spec, &built.digest, &built.image, now)
+                .await
+                .map_err(kube_failure)?;
+            if let Some((revision, url)) = applied.ready {
+                // A replay of what already serves: the same answer as the first time.
+                return Ok(Outcome::Reply(
+                    envelope(ServiceReady::TYPE, function).encode::<ServiceReady>(
+                        &ServiceReadiness {
+                            function: function.clone(),
+                            revision,
+                            url,
+                        },
+                    ),
+                ));
+            }
+            if let Some(revision) = applied.revision {
+                let data = ServiceRevision {
+                    function: function.clone(),
+                    revision,
+                    image: built.image.clone(),
+                    digest: built.digest.clone(),
+                };
+                let side = if applied.first {
+                    envelope(ServiceCreated::TYPE, function).encode::<ServiceCreated>(&data)
+                } else {
+                    envelope(ServiceUpdated::TYPE, function).encode::<ServiceUpdated>(&data)
+                };
+                context.publish(side).await;
+            }
+            return Ok(Outcome::Done);
+        }
+        if ty == FunctionRollback::TYPE {
+            let request = decode::<FunctionRollback>(event)?;
+            let function = &request.name;
+            let rolled = services
+                .rollback(function, request.to_revision.as_deref())
+                .await
+                .map_err(kube_failure)?;
+            let Some(rolled) = rolled else {
+                return Ok(Outcome::Reply(
+                    envelope(ServiceFailed::TYPE, function).encode::<ServiceFailed>(
+                        &ServiceFailure {
+                            function: function.clone(),
+                            revision: request.to_revision.clone(),
+                            reason: "RevisionMissing".to_owned(),
+                            message: "no earlier revision to roll back to".to_owned(),
+                        },
+                    ),
+                ));
+            };
+            if let Some(digest) = rolled.digest {
+                context
+                    .publish(
+                        envelope(ServiceUpdated::TYPE, function).encode::<ServiceUpdated>(
+                            &ServiceRevision {
+                                function: function.clone(),
+                                revision: rolled.revision,
+                                image: rolled.image,
+                                digest,
+                            },
+                        ),
+                    )
+                    .await;
+            }
+            return Ok(Outcome::Done);
+        }
+        let deletion = decode::<FunctionDeleted>(event)?;
+        let existed = services
+            .delete(&deletion.name)
+            .await
+            .map_err(kube_failure)?;
+        tracing::info!(function = %deletion.name, existed, "deleted");
+        Ok(Outcome::Reply(
+            envelope(ServiceDeleted::TYPE, &deletion.name).encode::<ServiceDeleted>(
+                &ServiceRemoval {
+                    function: deletion.name.clone(),
+                },
+            ),
+        ))
     }
 
     async fn settle(
@@ -94,7 +234,16 @@ impl Handler for ServiceDeployer {
         Stage::ServiceDeployer
     }
 
+    fn accepts(&self, event_type: &str) -> bool {
+        klambda_events::catalogue::find(event_type)
+            .is_some_and(|spec| spec.consumer == Some(Stage::ServiceDeployer))
+            || (self.cluster.is_some() && klambda_kube::APISERVER_EVENT_TYPES.contains(&event_type))
+    }
+
     async fn handle(&self, event: Event, context: &Context) -> Result<Outcome, HandlerError> {
+        if let Some(services) = &self.cluster {
+            return self.on_cluster(services, &event, context).await;
+        }
         let ty = event.ty().to_owned();
         let started = Instant::now();
         let timed = |operation, ok: bool| {
@@ -132,4 +281,59 @@ impl Handler for ServiceDeployer {
         };
         Ok(Outcome::Reply(reply))
     }
+}
+
+/// A function Service's status changed: `service.ready` or `service.failed` once Knative
+/// decided about its latest generation. The answer's id derives from the Service's uid,
+/// generation and verdict, so the repeated updates Knative makes give one event.
+fn service_changed(event: &Event, context: &Context) -> Outcome {
+    let Ok(service) = klambda_kube::object_of::<serde_json::Value>(event) else {
+        return Outcome::Done;
+    };
+    let labels = &service["metadata"]["labels"];
+    let function = labels[klambda_kube::labels::FUNCTION]
+        .as_str()
+        .and_then(|name| FunctionName::new(name).ok());
+    let ours = labels[klambda_kube::labels::MANAGED_BY] == klambda_kube::labels::PLATFORM;
+    let (Some(function), true) = (function, ours) else {
+        return Outcome::Done;
+    };
+    let Some(verdict) = knative::readiness(&service) else {
+        return Outcome::Done;
+    };
+    let key = format!(
+        "{}/{}/{}",
+        service["metadata"]["uid"].as_str().unwrap_or_default(),
+        service["metadata"]["generation"],
+        match &verdict {
+            Ok((revision, _)) => format!("ready/{revision}"),
+            Err(not_ready) => format!("failed/{}", not_ready.reason),
+        }
+    );
+    let id = hex::encode(&sha2::Sha256::digest(key.as_bytes())[..16]);
+    let envelope =
+        Envelope::new(id, Stage::ServiceDeployer.event_source()).subject(function.to_string());
+    if let Some(seconds) = knative::settle_seconds(&service) {
+        let outcome = if verdict.is_ok() { "ready" } else { "failed" };
+        context.metrics().deployed("apply", outcome, seconds);
+    }
+    Outcome::Reply(match verdict {
+        Ok((revision, url)) => envelope.encode::<ServiceReady>(&ServiceReadiness {
+            function,
+            revision,
+            url,
+        }),
+        Err(not_ready) => envelope.encode::<ServiceFailed>(&ServiceFailure {
+            function,
+            revision: not_ready.revision,
+            reason: not_ready.reason,
+            message: not_ready.message,
+        }),
+    })
+}
+
+/// A Kubernetes failure as the stage's answer: retried (5xx), whether the API is down or
+/// refuses (a Role missing a verb is fixed by the operator; the events wait meanwhile).
+fn kube_failure(error: klambda_kube::KubeError) -> HandlerError {
+    HandlerError::Unavailable(error.to_string())
 }

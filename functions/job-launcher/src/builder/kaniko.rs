@@ -21,18 +21,13 @@ use kube::Api;
 use kube::api::{DeleteParams, ListParams, LogParams, PostParams};
 use serde_json::json;
 
+use klambda_kube::KubeError;
+
 use crate::builder::{BuildOutcome, BuildRequest};
 
-/// Labels and annotations the platform puts on its build Jobs.
+/// Labels and annotations of build Jobs (besides [`klambda_kube::labels`]).
 pub mod labels {
-    /// Marks every object the platform manages (the ApiServerSource selects on it).
-    pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
-    /// The value of [`MANAGED_BY`].
-    pub const PLATFORM: &str = "knative-lambda";
-    /// The component: `build` for Jobs.
-    pub const COMPONENT: &str = "app.kubernetes.io/component";
-    /// The function a Job builds.
-    pub const FUNCTION: &str = "lambda.knative.dev/function";
+    pub use klambda_kube::labels::{COMPONENT, FUNCTION, MANAGED_BY, PLATFORM};
     /// The build id.
     pub const BUILD_ID: &str = "lambda.knative.dev/build-id";
     /// The runtime.
@@ -98,54 +93,52 @@ impl Default for KanikoSettings {
     }
 }
 
-/// Why the Kubernetes API refused or failed.
+impl KanikoSettings {
+    /// The settings from the environment, each with its default:
+    /// `KLAMBDA_BUILD_NAMESPACE`, `KLAMBDA_KANIKO_IMAGE`, `KLAMBDA_REGISTRY`,
+    /// `KLAMBDA_CACHE_REPO` (unset: no layer cache), `KLAMBDA_S3_ENDPOINT`, `KLAMBDA_S3_REGION`,
+    /// `KLAMBDA_BUILD_STORE_SECRET`, `KLAMBDA_REGISTRY_SECRET`, `KLAMBDA_BUILDER_SERVICE_ACCOUNT`,
+    /// `KLAMBDA_BUILD_TTL_SECONDS`, `KLAMBDA_BUILD_CPU`, `KLAMBDA_BUILD_MEMORY`.
+    pub fn from_config(config: &dyn klambda_harness::ConfigSource) -> Self {
+        let d = Self::default();
+        let get = |key: &str| {
+            config
+                .get(key)
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+        };
+        let or = |key: &str, default: String| get(key).unwrap_or(default);
+        Self {
+            namespace: or("KLAMBDA_BUILD_NAMESPACE", d.namespace),
+            image: or("KLAMBDA_KANIKO_IMAGE", d.image),
+            registry: or("KLAMBDA_REGISTRY", d.registry),
+            cache_repo: get("KLAMBDA_CACHE_REPO"),
+            s3_endpoint: get("KLAMBDA_S3_ENDPOINT"),
+            s3_region: or("KLAMBDA_S3_REGION", d.s3_region),
+            s3_secret: or("KLAMBDA_BUILD_STORE_SECRET", d.s3_secret),
+            registry_secret: or("KLAMBDA_REGISTRY_SECRET", d.registry_secret),
+            service_account: or("KLAMBDA_BUILDER_SERVICE_ACCOUNT", d.service_account),
+            ttl_seconds_after_finished: get("KLAMBDA_BUILD_TTL_SECONDS")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(d.ttl_seconds_after_finished),
+            cpu: or("KLAMBDA_BUILD_CPU", d.cpu),
+            memory: or("KLAMBDA_BUILD_MEMORY", d.memory),
+        }
+    }
+}
+
+/// Why a build Job could not be launched.
 #[derive(Debug, thiserror::Error)]
-pub enum KubeError {
-    /// The API answered with an error status (forbidden, invalid, …): not retried.
-    #[error("the Kubernetes API refused {action}: {code} {reason}: {message}")]
-    Refused {
-        /// What was asked.
-        action: String,
-        /// HTTP status.
-        code: u16,
-        /// The Status reason.
-        reason: String,
-        /// The Status message.
-        message: String,
-    },
-    /// The API could not be reached or answered garbage: retried.
-    #[error("the Kubernetes API is unavailable for {action}: {source}")]
-    Unavailable {
-        /// What was asked.
-        action: String,
-        /// The client error.
-        source: kube::Error,
-    },
+pub enum LaunchError {
     /// The build context is not in S3: Kaniko reads contexts from S3 only.
     #[error("the build context {0} is not in S3; the cluster builder needs KLAMBDA_STORE=s3://…")]
     ContextNotInS3(String),
-}
-
-impl KubeError {
-    fn of(action: impl Into<String>) -> impl FnOnce(kube::Error) -> Self {
-        move |error| match error {
-            kube::Error::Api(status) if status.code >= 400 && status.code < 500 => Self::Refused {
-                action: action.into(),
-                code: status.code,
-                reason: status.reason.clone(),
-                message: status.message.clone(),
-            },
-            source => Self::Unavailable {
-                action: action.into(),
-                source,
-            },
-        }
-    }
-
-    /// True when trying again may succeed (the API was unreachable or answered 5xx).
-    pub fn is_retryable(&self) -> bool {
-        matches!(self, Self::Unavailable { .. })
-    }
+    /// The Job manifest did not form (a defect).
+    #[error("the build Job manifest is invalid: {0}")]
+    Manifest(String),
+    /// The API refused or failed.
+    #[error(transparent)]
+    Api(#[from] KubeError),
 }
 
 /// Whether [`KanikoJobs::launch`] created the Job or found it.
@@ -194,11 +187,11 @@ impl KanikoJobs {
     }
 
     /// The Job for `request` (pure: what [`KanikoJobs::launch`] creates).
-    pub fn job(&self, request: &BuildRequest) -> Result<Job, KubeError> {
+    pub fn job(&self, request: &BuildRequest) -> Result<Job, LaunchError> {
         let s = &self.settings;
         let uri = &request.context.uri;
         if !uri.starts_with("s3://") {
-            return Err(KubeError::ContextNotInS3(uri.clone()));
+            return Err(LaunchError::ContextNotInS3(uri.clone()));
         }
         let repository = repository(s, &request.spec.name);
         let mut args = vec![
@@ -279,22 +272,17 @@ impl KanikoJobs {
             },
         });
         // Our own literal: it always has the shape of a Job.
-        serde_json::from_value(job).map_err(|e| KubeError::Refused {
-            action: "building the Job".to_owned(),
-            code: 0,
-            reason: "Invalid".to_owned(),
-            message: e.to_string(),
-        })
+        serde_json::from_value(job).map_err(|e| LaunchError::Manifest(e.to_string()))
     }
 
     /// Creates the build's Job; an existing one (a replay) is success.
-    pub async fn launch(&self, request: &BuildRequest) -> Result<Launched, KubeError> {
+    pub async fn launch(&self, request: &BuildRequest) -> Result<Launched, LaunchError> {
         let job = self.job(request)?;
         let action = format!("creating Job {}", job_name(&request.build_id));
         match self.jobs().create(&PostParams::default(), &job).await {
             Ok(_) => Ok(Launched::Created),
             Err(kube::Error::Api(status)) if status.is_already_exists() => Ok(Launched::Existing),
-            Err(error) => Err(KubeError::of(action)(error)),
+            Err(error) => Err(LaunchError::Api(KubeError::of(action)(error))),
         }
     }
 

@@ -1,6 +1,8 @@
-//! Deployers: what runs a built function. One trait; the local process runner here, the
-//! Knative Service deployer beside it when the Kubernetes issue lands.
+//! Deployers: what runs a built function. The `Deployer` trait and the local process runner
+//! wait for a deployment to settle; the Knative deployer (`knative`) applies a Service and reads
+//! its readiness from the Service's status events, since a stage must not wait out a rollout.
 
+pub mod knative;
 pub mod local;
 
 use std::future::Future;

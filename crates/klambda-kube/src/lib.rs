@@ -1,0 +1,90 @@
+//! What job-launcher and service-deployer share when they drive Kubernetes: how API failures
+//! become a stage's answer, the labels every platform object carries, the in-cluster client,
+//! and the ApiServerSource events that report what the cluster did.
+
+use cloudevents::Event;
+use serde::de::DeserializeOwned;
+
+/// Labels and annotations the platform puts on the objects it creates.
+pub mod labels {
+    /// Marks every object the platform manages (the ApiServerSources select on it).
+    pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+    /// The value of [`MANAGED_BY`].
+    pub const PLATFORM: &str = "knative-lambda";
+    /// The component: `build` for Jobs, `function` for function Services and Triggers.
+    pub const COMPONENT: &str = "app.kubernetes.io/component";
+    /// The function an object belongs to.
+    pub const FUNCTION: &str = "lambda.knative.dev/function";
+}
+
+/// The field manager of every server-side apply.
+pub const FIELD_MANAGER: &str = "knative-lambda";
+
+/// The CloudEvent types an ApiServerSource (Resource mode) sends when an object is added or
+/// changed; the object is the event's data.
+pub const APISERVER_EVENT_TYPES: [&str; 2] = [
+    "dev.knative.apiserver.resource.add",
+    "dev.knative.apiserver.resource.update",
+];
+
+/// Why the Kubernetes API refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum KubeError {
+    /// The API answered with an error status (forbidden, invalid, conflict, …).
+    #[error("the Kubernetes API refused {action}: {code} {reason}: {message}")]
+    Refused {
+        /// What was asked.
+        action: String,
+        /// HTTP status.
+        code: u16,
+        /// The Status reason.
+        reason: String,
+        /// The Status message.
+        message: String,
+    },
+    /// The API could not be reached or answered 5xx.
+    #[error("the Kubernetes API is unavailable for {action}: {source}")]
+    Unavailable {
+        /// What was asked.
+        action: String,
+        /// The client error.
+        source: kube::Error,
+    },
+}
+
+impl KubeError {
+    /// Maps a client error of `action`.
+    pub fn of(action: impl Into<String>) -> impl FnOnce(kube::Error) -> Self {
+        move |error| match error {
+            kube::Error::Api(status) if (400..500).contains(&status.code) => Self::Refused {
+                action: action.into(),
+                code: status.code,
+                reason: status.reason.clone(),
+                message: status.message.clone(),
+            },
+            source => Self::Unavailable {
+                action: action.into(),
+                source,
+            },
+        }
+    }
+}
+
+/// The client of the ServiceAccount the pod runs as (`KUBERNETES_SERVICE_HOST` and the mounted
+/// token), for a stage's `from_config`.
+pub fn in_cluster_client() -> Result<kube::Client, String> {
+    let config = kube::Config::incluster()
+        .map_err(|e| format!("no in-cluster Kubernetes configuration: {e}"))?;
+    kube::Client::try_from(config).map_err(|e| format!("the Kubernetes client: {e}"))
+}
+
+/// The object an ApiServerSource event carries.
+pub fn object_of<T: DeserializeOwned>(event: &Event) -> Result<T, String> {
+    match event.data() {
+        Some(cloudevents::Data::Json(value)) => serde_json::from_value(value.clone()),
+        Some(cloudevents::Data::Binary(bytes)) => serde_json::from_slice(bytes),
+        Some(cloudevents::Data::String(text)) => serde_json::from_str(text),
+        None => return Err("the event carries no object".to_owned()),
+    }
+    .map_err(|e| format!("the event's object does not decode: {e}"))
+}

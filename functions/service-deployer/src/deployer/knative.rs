@@ -1,0 +1,511 @@
+//! The cluster deployer: each function is a Knative Service (`serving.knative.dev/v1`) plus one
+//! Trigger per filter on the platform's Broker, written by server-side apply.
+//!
+//! Like the cluster builder, nothing here waits: service-deployer applies the Service and
+//! answers; whether the new revision became ready arrives as the Service's status change, an
+//! ApiServerSource event (`eventing/sources/function-services.yaml`), which
+//! [`readiness`] turns into `service.ready` or `service.failed`.
+//!
+//! Every apply sends the whole desired Service: the template (image pinned by digest, env,
+//! resources, `containerConcurrency`, autoscaling annotations, a hash of all that), and traffic
+//! to the latest revision. A change of any of it makes Knative cut a new revision; the same
+//! template changes nothing (a replay). Before an update, the revision serving now is recorded
+//! in an annotation, which `function.rollback` pins traffic to.
+//!
+//! API calls, in the functions' namespace (deploy/rbac/service-deployer.yaml grants exactly
+//! these): `get`, `patch` (apply) and `delete` Services; `get` Revisions (rollback); `list`,
+//! `patch` and `delete` Triggers.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use klambda_events::{ContentDigest, FunctionName, FunctionSpec};
+use klambda_kube::{FIELD_MANAGER, KubeError, labels};
+use kube::Api;
+use kube::api::{
+    ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams,
+};
+use serde_json::{Value, json};
+use sha2::{Digest as _, Sha256};
+
+use crate::deployer::NotReady;
+
+/// Annotation on the Service: the revision that served before the latest apply.
+pub const PREVIOUS_REVISION: &str = "lambda.knative.dev/previous-revision";
+/// Annotation on the revision template: a hash of everything that makes a revision.
+pub const TEMPLATE_HASH: &str = "lambda.knative.dev/template-hash";
+/// Annotation on the revision template: the content digest deployed.
+pub const DIGEST: &str = "lambda.knative.dev/digest";
+
+/// How the cluster deployer is configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KnativeSettings {
+    /// Where function Services and their Triggers live (the Broker's namespace: a Trigger
+    /// refers to a Broker in its own namespace).
+    pub namespace: String,
+    /// The Broker functions subscribe to.
+    pub broker: String,
+}
+
+impl Default for KnativeSettings {
+    fn default() -> Self {
+        Self {
+            namespace: "knative-lambda".to_owned(),
+            broker: "klambda".to_owned(),
+        }
+    }
+}
+
+impl KnativeSettings {
+    /// From `KLAMBDA_FUNCTIONS_NAMESPACE` and `KLAMBDA_BROKER`, with the defaults above.
+    pub fn from_config(config: &dyn klambda_harness::ConfigSource) -> Self {
+        let d = Self::default();
+        let get = |key: &str| {
+            config
+                .get(key)
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+        };
+        Self {
+            namespace: get("KLAMBDA_FUNCTIONS_NAMESPACE").unwrap_or(d.namespace),
+            broker: get("KLAMBDA_BROKER").unwrap_or(d.broker),
+        }
+    }
+}
+
+/// What an apply did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    /// The Service did not exist before.
+    pub first: bool,
+    /// The template changed: Knative cuts a new revision.
+    pub changed: bool,
+    /// When nothing changed and the Service is ready: its serving revision and URL.
+    pub ready: Option<(String, String)>,
+    /// When the template changed: the revision Knative creates for it (`<name>-<generation>`).
+    pub revision: Option<String>,
+}
+
+/// The revision Knative creates for generation `generation` of Service `name`.
+fn revision_name(name: &str, stored: &Value) -> Option<String> {
+    let generation = stored["metadata"]["generation"].as_i64()?;
+    Some(format!("{name}-{generation:05}"))
+}
+
+/// The revision a rollback returned to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RolledBack {
+    /// Its name.
+    pub revision: String,
+    /// The image it runs.
+    pub image: String,
+    /// The content digest it was built from (its template's annotation).
+    pub digest: Option<ContentDigest>,
+}
+
+/// Function Services and Triggers in one namespace.
+#[derive(Clone)]
+pub struct KnativeServices {
+    client: kube::Client,
+    settings: KnativeSettings,
+}
+
+fn service_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("serving.knative.dev", "v1", "Service"),
+        "services",
+    )
+}
+
+fn trigger_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("eventing.knative.dev", "v1", "Trigger"),
+        "triggers",
+    )
+}
+
+/// The name of a function's `index`-th Trigger: `fn-<name>-<index>`, shortened with a hash when
+/// that would pass the 63 characters of a Kubernetes name.
+pub fn trigger_name(function: &FunctionName, index: usize) -> String {
+    let name = format!("fn-{function}-{index}");
+    if name.len() <= 63 {
+        return name;
+    }
+    let hash = hex::encode(&Sha256::digest(name.as_bytes())[..4]);
+    let keep = &function.as_str()[..63 - 3 - 1 - 8 - 1 - index.to_string().len()];
+    format!("fn-{}-{hash}-{index}", keep.trim_end_matches('-'))
+}
+
+/// The function Service that serves `spec` at `image` (pure: what [`KnativeServices::apply`]
+/// sends, before the previous-revision annotation).
+pub fn service(namespace: &str, spec: &FunctionSpec, digest: &ContentDigest, image: &str) -> Value {
+    let env: Vec<Value> = spec
+        .env
+        .iter()
+        .map(|(name, value)| json!({ "name": name, "value": value }))
+        .collect();
+    let memory = format!("{}Mi", spec.resources.memory_mib);
+    let mut template = json!({
+        "metadata": {
+            "labels": function_labels(&spec.name),
+            "annotations": {
+                "autoscaling.knative.dev/min-scale": spec.scaling.min_scale.to_string(),
+                "autoscaling.knative.dev/max-scale": spec.scaling.max_scale.to_string(),
+                DIGEST: digest.as_str(),
+            },
+        },
+        "spec": {
+            "containerConcurrency": spec.scaling.concurrency,
+            "timeoutSeconds": spec.resources.timeout_seconds,
+            "containers": [{
+                "name": "function",
+                "image": image,
+                "ports": [{ "name": "http1", "containerPort": 8080 }],
+                "env": env,
+                "resources": {
+                    "requests": { "cpu": format!("{}m", spec.resources.cpu_millis), "memory": memory },
+                    "limits": { "memory": memory },
+                },
+                "readinessProbe": { "httpGet": { "path": "/health" } },
+                "securityContext": {
+                    "runAsNonRoot": true,
+                    "allowPrivilegeEscalation": false,
+                    "capabilities": { "drop": ["ALL"] },
+                    "seccompProfile": { "type": "RuntimeDefault" },
+                },
+            }],
+        },
+    });
+    let hash = hex::encode(&Sha256::digest(template.to_string().as_bytes())[..8]);
+    template["metadata"]["annotations"][TEMPLATE_HASH] = json!(hash);
+    json!({
+        "apiVersion": "serving.knative.dev/v1",
+        "kind": "Service",
+        "metadata": {
+            "name": spec.name.as_str(),
+            "namespace": namespace,
+            "labels": function_labels(&spec.name),
+        },
+        "spec": {
+            "template": template,
+            "traffic": [{ "latestRevision": true, "percent": 100 }],
+        },
+    })
+}
+
+fn function_labels(function: &FunctionName) -> Value {
+    json!({
+        labels::MANAGED_BY: labels::PLATFORM,
+        labels::COMPONENT: "function",
+        labels::FUNCTION: function.as_str(),
+    })
+}
+
+/// The function's Triggers: one per filter, delivering to its Service.
+pub fn triggers(settings: &KnativeSettings, spec: &FunctionSpec) -> Vec<Value> {
+    spec.triggers
+        .iter()
+        .enumerate()
+        .map(|(index, filter)| {
+            json!({
+                "apiVersion": "eventing.knative.dev/v1",
+                "kind": "Trigger",
+                "metadata": {
+                    "name": trigger_name(&spec.name, index),
+                    "namespace": settings.namespace,
+                    "labels": function_labels(&spec.name),
+                },
+                "spec": {
+                    "broker": settings.broker,
+                    "filter": { "attributes": filter.attributes },
+                    "subscriber": { "ref": {
+                        "apiVersion": "serving.knative.dev/v1",
+                        "kind": "Service",
+                        "name": spec.name.as_str(),
+                        "namespace": settings.namespace,
+                    }},
+                },
+            })
+        })
+        .collect()
+}
+
+/// What a function Service's status says about its latest apply: `None` while Knative has not
+/// decided (Ready `Unknown`, or the status describes an older generation).
+pub fn readiness(service: &Value) -> Option<Result<(String, String), NotReady>> {
+    let status = &service["status"];
+    if status["observedGeneration"] != service["metadata"]["generation"] {
+        return None;
+    }
+    let ready = status["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == "Ready")?;
+    let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+    match ready["status"].as_str()? {
+        "True" => {
+            // The serving revision: the pinned one after a rollback, else the latest ready.
+            let serving = status["traffic"]
+                .as_array()
+                .and_then(|t| t.iter().find(|t| t["percent"].as_i64() == Some(100)))
+                .map(|t| text(&t["revisionName"]))
+                .filter(|r| !r.is_empty())
+                .unwrap_or_else(|| text(&status["latestReadyRevisionName"]));
+            Some(Ok((serving, text(&status["url"]))))
+        }
+        "False" => Some(Err(NotReady {
+            revision: Some(text(&status["latestCreatedRevisionName"])).filter(|r| !r.is_empty()),
+            reason: text(&ready["reason"]),
+            message: text(&ready["message"]),
+        })),
+        _ => None,
+    }
+}
+
+/// Seconds from the template's apply to the Ready condition's last transition, when both are
+/// known (the deploy duration).
+pub fn settle_seconds(service: &Value) -> Option<f64> {
+    let applied: Time = serde_json::from_value(
+        service["spec"]["template"]["metadata"]["annotations"]["lambda.knative.dev/applied-at"]
+            .clone(),
+    )
+    .ok()?;
+    let ready = service["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == "Ready")?;
+    let settled: Time = serde_json::from_value(ready["lastTransitionTime"].clone()).ok()?;
+    Some(settled.0.duration_since(applied.0).as_secs_f64().max(0.0))
+}
+
+impl KnativeServices {
+    /// Function Services through `client`.
+    pub fn new(client: kube::Client, settings: KnativeSettings) -> Self {
+        Self { client, settings }
+    }
+
+    /// The settings.
+    pub fn settings(&self) -> &KnativeSettings {
+        &self.settings
+    }
+
+    fn services(&self) -> Api<DynamicObject> {
+        Api::namespaced_with(
+            self.client.clone(),
+            &self.settings.namespace,
+            &service_resource(),
+        )
+    }
+
+    fn triggers(&self) -> Api<DynamicObject> {
+        Api::namespaced_with(
+            self.client.clone(),
+            &self.settings.namespace,
+            &trigger_resource(),
+        )
+    }
+
+    async fn current(&self, name: &str) -> Result<Option<Value>, KubeError> {
+        match self.services().get(name).await {
+            Ok(object) => Ok(Some(serde_json::to_value(object).unwrap_or_default())),
+            Err(kube::Error::Api(status)) if status.is_not_found() => Ok(None),
+            Err(error) => Err(KubeError::of(format!("reading Service {name}"))(error)),
+        }
+    }
+
+    /// Applies `object`; returns the object as stored.
+    async fn apply_object(
+        &self,
+        api: &Api<DynamicObject>,
+        object: &Value,
+    ) -> Result<Value, KubeError> {
+        let name = object["metadata"]["name"].as_str().unwrap_or_default();
+        let kind = object["kind"].as_str().unwrap_or_default();
+        api.patch(
+            name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(object),
+        )
+        .await
+        .map(|stored| serde_json::to_value(stored).unwrap_or_default())
+        .map_err(KubeError::of(format!("applying {kind} {name}")))
+    }
+
+    /// Serves `spec` at `image`: the Service (a new revision when anything in its template
+    /// changed) and the Triggers of its filters, stale ones deleted.
+    pub async fn apply(
+        &self,
+        spec: &FunctionSpec,
+        digest: &ContentDigest,
+        image: &str,
+        now: Time,
+    ) -> Result<Applied, KubeError> {
+        let name = spec.name.as_str();
+        let mut desired = service(&self.settings.namespace, spec, digest, image);
+        let current = self.current(name).await?;
+        let hash_of =
+            |s: &Value| s["spec"]["template"]["metadata"]["annotations"][TEMPLATE_HASH].clone();
+        let unchanged = current.as_ref().is_some_and(|c| {
+            hash_of(c) == hash_of(&desired) && c["spec"]["traffic"] == desired["spec"]["traffic"]
+        });
+        if let Some(current) = current.as_ref().filter(|_| unchanged) {
+            let ready = readiness(current).and_then(Result::ok);
+            self.apply_triggers(spec).await?;
+            return Ok(Applied {
+                first: false,
+                changed: false,
+                ready,
+                revision: None,
+            });
+        }
+        let previous = current
+            .as_ref()
+            .and_then(readiness)
+            .and_then(Result::ok)
+            .map(|(revision, _)| revision)
+            .or_else(|| {
+                current.as_ref().and_then(|c| {
+                    c["metadata"]["annotations"][PREVIOUS_REVISION]
+                        .as_str()
+                        .map(str::to_owned)
+                })
+            });
+        if let Some(previous) = &previous {
+            desired["metadata"]["annotations"] = json!({ PREVIOUS_REVISION: previous });
+        }
+        desired["spec"]["template"]["metadata"]["annotations"]["lambda.knative.dev/applied-at"] =
+            serde_json::to_value(&now).unwrap_or_default();
+        let stored = self.apply_object(&self.services(), &desired).await?;
+        self.apply_triggers(spec).await?;
+        Ok(Applied {
+            first: current.is_none(),
+            changed: true,
+            ready: None,
+            revision: revision_name(name, &stored),
+        })
+    }
+
+    async fn apply_triggers(&self, spec: &FunctionSpec) -> Result<(), KubeError> {
+        let desired = triggers(&self.settings, spec);
+        for trigger in &desired {
+            self.apply_object(&self.triggers(), trigger).await?;
+        }
+        let wanted: Vec<&str> = desired
+            .iter()
+            .filter_map(|t| t["metadata"]["name"].as_str())
+            .collect();
+        for stale in self.trigger_names(&spec.name).await? {
+            if !wanted.contains(&stale.as_str()) {
+                self.delete_trigger(&stale).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn trigger_names(&self, function: &FunctionName) -> Result<Vec<String>, KubeError> {
+        let selector = format!("{}={}", labels::FUNCTION, function.as_str());
+        let list = self
+            .triggers()
+            .list(&ListParams::default().labels(&selector))
+            .await
+            .map_err(KubeError::of(format!("listing the Triggers of {function}")))?;
+        Ok(list
+            .items
+            .into_iter()
+            .filter_map(|t| t.metadata.name)
+            .collect())
+    }
+
+    async fn delete_trigger(&self, name: &str) -> Result<bool, KubeError> {
+        match self
+            .triggers()
+            .delete(name, &DeleteParams::background())
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(kube::Error::Api(status)) if status.is_not_found() => Ok(false),
+            Err(error) => Err(KubeError::of(format!("deleting Trigger {name}"))(error)),
+        }
+    }
+
+    /// Pins traffic to `to`, or to the revision that served before the latest apply; returns the
+    /// revision with its image and digest, or `None` when the function has no Service, nothing
+    /// to return to, or the revision is gone.
+    pub async fn rollback(
+        &self,
+        function: &FunctionName,
+        to: Option<&str>,
+    ) -> Result<Option<RolledBack>, KubeError> {
+        let Some(current) = self.current(function.as_str()).await? else {
+            return Ok(None);
+        };
+        let target = to.map(str::to_owned).or_else(|| {
+            current["metadata"]["annotations"][PREVIOUS_REVISION]
+                .as_str()
+                .map(str::to_owned)
+        });
+        let Some(target) = target else {
+            return Ok(None);
+        };
+        let revisions: Api<DynamicObject> = Api::namespaced_with(
+            self.client.clone(),
+            &self.settings.namespace,
+            &ApiResource::from_gvk_with_plural(
+                &GroupVersionKind::gvk("serving.knative.dev", "v1", "Revision"),
+                "revisions",
+            ),
+        );
+        let revision = match revisions.get(&target).await {
+            Ok(revision) => serde_json::to_value(revision).unwrap_or_default(),
+            Err(kube::Error::Api(status)) if status.is_not_found() => return Ok(None),
+            Err(error) => return Err(KubeError::of(format!("reading Revision {target}"))(error)),
+        };
+        let rolled_back = RolledBack {
+            revision: target.clone(),
+            image: revision["spec"]["containers"][0]["image"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+            digest: serde_json::from_value(revision["metadata"]["annotations"][DIGEST].clone())
+                .ok(),
+        };
+        // The whole desired object again, as applied before, with traffic pinned: apply owns
+        // the fields it sends, so leaving the template out would remove it.
+        let mut template = current["spec"]["template"].clone();
+        if let Some(annotations) = template["metadata"]["annotations"].as_object_mut() {
+            annotations.retain(|k, _| !k.starts_with("serving.knative.dev/"));
+        }
+        let desired = json!({
+            "apiVersion": "serving.knative.dev/v1",
+            "kind": "Service",
+            "metadata": {
+                "name": function.as_str(),
+                "namespace": self.settings.namespace,
+                "labels": function_labels(function),
+                "annotations": current["metadata"]["annotations"].clone(),
+            },
+            "spec": {
+                "template": template,
+                "traffic": [{ "revisionName": target, "percent": 100 }],
+            },
+        });
+        self.apply_object(&self.services(), &desired).await?;
+        Ok(Some(rolled_back))
+    }
+
+    /// Deletes the function's Service (its revisions go with it) and Triggers; false when there
+    /// was no Service.
+    pub async fn delete(&self, function: &FunctionName) -> Result<bool, KubeError> {
+        for trigger in self.trigger_names(function).await? {
+            self.delete_trigger(&trigger).await?;
+        }
+        let name = function.as_str();
+        match self
+            .services()
+            .delete(name, &DeleteParams::foreground())
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(kube::Error::Api(status)) if status.is_not_found() => Ok(false),
+            Err(error) => Err(KubeError::of(format!("deleting Service {name}"))(error)),
+        }
+    }
+}
