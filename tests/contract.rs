@@ -5,7 +5,7 @@
 //! RabbitMQ broker ignores (`spec.filters`, empty values), and when a manifest would be refused
 //! or silently pruned by the API server.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
 use anyhow::{Context as _, Result};
@@ -104,6 +104,27 @@ fn every_consumed_type_has_exactly_one_trigger_to_its_consumer() -> Result<()> {
             ));
             continue;
         };
+        // Kubernetes events (ApiServerSources) are told apart by their klambdakind extension.
+        let source_kind = trigger.filter.get(klambda_kube::sources::EXTENSION);
+        if let Some(kind) = source_kind {
+            let expected = match kind.as_str() {
+                klambda_kube::sources::BUILD_JOB => Some(Stage::JobLauncher),
+                klambda_kube::sources::FUNCTION_SERVICE => Some(Stage::ServiceDeployer),
+                _ => None,
+            };
+            let ty = trigger
+                .filter
+                .get("type")
+                .map(String::as_str)
+                .unwrap_or_default();
+            if expected != Some(stage) || !klambda_kube::APISERVER_EVENT_TYPES.contains(&ty) {
+                problems.push(format!(
+                    "{}: routes {ty} {kind} to {}; ApiServerSource events go by kind to their stage",
+                    trigger.file, trigger.subscriber
+                ));
+            }
+            continue;
+        }
         match trigger.filter.get("type") {
             None if stage == Stage::StatusReporter => {}
             None => problems.push(format!(
@@ -126,11 +147,19 @@ fn every_consumed_type_has_exactly_one_trigger_to_its_consumer() -> Result<()> {
 
 #[test]
 fn no_type_is_consumed_by_two_stages() -> Result<()> {
-    let mut consumers: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    let mut consumers: BTreeMap<(&str, &str), Vec<&str>> = BTreeMap::new();
     let triggers = triggers()?;
     for trigger in &triggers {
         if let Some(ty) = trigger.filter.get("type") {
-            consumers.entry(ty).or_default().push(&trigger.subscriber);
+            let kind = trigger
+                .filter
+                .get(klambda_kube::sources::EXTENSION)
+                .map(String::as_str)
+                .unwrap_or_default();
+            consumers
+                .entry((ty, kind))
+                .or_default()
+                .push(&trigger.subscriber);
         }
     }
     let shared: Vec<_> = consumers
@@ -275,7 +304,7 @@ fn the_brokers_dead_letter_sink_is_a_route_the_status_reporter_serves() -> Resul
 }
 
 #[test]
-fn deploy_kustomization_lists_every_stage_manifest() -> Result<()> {
+fn deploy_kustomization_lists_every_manifest() -> Result<()> {
     let kustomization = load_yaml(&repo::root().join("deploy/kustomization.yaml"))?;
     let listed: Vec<&str> = kustomization[0]["resources"]
         .as_array()
@@ -283,16 +312,178 @@ fn deploy_kustomization_lists_every_stage_manifest() -> Result<()> {
         .flatten()
         .filter_map(|r| r.as_str())
         .collect();
-    for path in yaml_files("deploy/stages")? {
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
+    let root = repo::root().join("deploy");
+    for path in yaml_files("deploy")? {
+        let relative = path
+            .strip_prefix(&root)
+            .map(|p| p.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let relative = format!("stages/{name}");
+        // The monitoring kustomization is installed on its own (it needs the prometheus-operator).
+        if relative == "kustomization.yaml" || relative.starts_with("monitoring/") {
+            continue;
+        }
         assert!(
             listed.contains(&relative.as_str()),
             "deploy/kustomization.yaml does not list {relative}"
         );
     }
+    Ok(())
+}
+
+/// The objects a kustomization renders: every listed resource file's documents, with the
+/// `images` transformer applied (what `kubectl apply -k` sends, for the features we use).
+fn render(dir: &str) -> Result<Vec<serde_json::Value>> {
+    let root = repo::root().join(dir);
+    let kustomization = load_yaml(&root.join("kustomization.yaml"))?;
+    let kustomization = &kustomization[0];
+    let images: BTreeMap<String, String> = kustomization["images"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|i| {
+            Some((
+                i["name"].as_str()?.to_owned(),
+                format!("{}:{}", i["newName"].as_str()?, i["newTag"].as_str()?),
+            ))
+        })
+        .collect();
+    let mut objects = Vec::new();
+    for resource in kustomization["resources"].as_array().into_iter().flatten() {
+        let path = root.join(resource.as_str().unwrap_or_default());
+        for mut doc in load_yaml(&path)? {
+            let containers = &mut doc["spec"]["template"]["spec"]["containers"];
+            for container in containers.as_array_mut().into_iter().flatten() {
+                let image = container["image"].as_str().unwrap_or_default().to_owned();
+                if let Some(pinned) = images.get(&image) {
+                    container["image"] = serde_json::Value::String(pinned.clone());
+                }
+            }
+            objects.push(doc);
+        }
+    }
+    Ok(objects)
+}
+
+#[test]
+fn the_install_kustomizations_render_into_a_consistent_whole() -> Result<()> {
+    let mut objects = render("deploy")?;
+    objects.extend(render("eventing")?);
+    let key = |o: &serde_json::Value| {
+        (
+            o["kind"].as_str().unwrap_or_default().to_owned(),
+            o["metadata"]["namespace"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+            o["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        )
+    };
+    let mut seen = BTreeSet::new();
+    let mut problems = Vec::new();
+    for object in &objects {
+        if !seen.insert(key(object)) {
+            problems.push(format!("{:?} is defined twice", key(object)));
+        }
+    }
+    let has =
+        |kind: &str, ns: &str, name: &str| seen.contains(&(kind.into(), ns.into(), name.into()));
+    for object in &objects {
+        let (kind, ns, name) = key(object);
+        if kind != "Namespace" && !has("Namespace", "", &ns) {
+            problems.push(format!(
+                "{kind} {name}: namespace {ns:?} is not created by deploy/"
+            ));
+        }
+        let pod = &object["spec"]["template"]["spec"];
+        if let Some(account) = pod["serviceAccountName"].as_str()
+            && !has("ServiceAccount", &ns, account)
+        {
+            problems.push(format!(
+                "{kind} {name}: ServiceAccount {account} does not exist"
+            ));
+        }
+        for container in pod["containers"].as_array().into_iter().flatten() {
+            let image = container["image"].as_str().unwrap_or_default();
+            if image.starts_with("knative-lambda/") {
+                problems.push(format!(
+                    "{kind} {name}: image {image} is not pinned by deploy/kustomization.yaml"
+                ));
+            }
+            for source in container["envFrom"].as_array().into_iter().flatten() {
+                if let Some(map) = source["configMapRef"]["name"].as_str()
+                    && !has("ConfigMap", &ns, map)
+                {
+                    problems.push(format!("{kind} {name}: ConfigMap {map} does not exist"));
+                }
+            }
+        }
+        if kind == "RoleBinding" {
+            let role = object["roleRef"]["name"].as_str().unwrap_or_default();
+            if !has("Role", &ns, role) {
+                problems.push(format!("RoleBinding {name}: Role {role} does not exist"));
+            }
+            for subject in object["subjects"].as_array().into_iter().flatten() {
+                let sns = subject["namespace"].as_str().unwrap_or(&ns);
+                let sname = subject["name"].as_str().unwrap_or_default();
+                if !has("ServiceAccount", sns, sname) {
+                    problems.push(format!(
+                        "RoleBinding {name}: ServiceAccount {sns}/{sname} does not exist"
+                    ));
+                }
+            }
+        }
+        if kind == "ApiServerSource" {
+            let account = object["spec"]["serviceAccountName"]
+                .as_str()
+                .unwrap_or_default();
+            if !has("ServiceAccount", &ns, account) {
+                problems.push(format!(
+                    "ApiServerSource {name}: ServiceAccount {account} does not exist"
+                ));
+            }
+            let sink = &object["spec"]["sink"]["ref"];
+            let sink_ns = sink["namespace"].as_str().unwrap_or(&ns);
+            if !has(
+                sink["kind"].as_str().unwrap_or_default(),
+                sink_ns,
+                sink["name"].as_str().unwrap_or_default(),
+            ) {
+                problems.push(format!("ApiServerSource {name}: its sink does not exist"));
+            }
+        }
+        if kind == "Trigger" {
+            let subscriber = &object["spec"]["subscriber"]["ref"];
+            let sub_ns = subscriber["namespace"].as_str().unwrap_or(&ns);
+            if !has(
+                "Service",
+                sub_ns,
+                subscriber["name"].as_str().unwrap_or_default(),
+            ) {
+                problems.push(format!(
+                    "Trigger {name}: subscriber {subscriber} is not installed"
+                ));
+            }
+            if !has(
+                "Broker",
+                &ns,
+                object["spec"]["broker"].as_str().unwrap_or_default(),
+            ) {
+                problems.push(format!("Trigger {name}: its Broker is not in {ns}"));
+            }
+        }
+    }
+    // Every stage is installed, and each stage's Trigger subscribers are Services in deploy/.
+    for stage in Stage::ALL {
+        if !has("Service", "knative-lambda", stage.service_name()) {
+            problems.push(format!(
+                "stage {} is not installed by deploy/",
+                stage.service_name()
+            ));
+        }
+    }
+    assert!(problems.is_empty(), "{problems:#?}");
     Ok(())
 }

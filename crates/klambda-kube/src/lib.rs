@@ -17,6 +17,17 @@ pub mod labels {
     pub const FUNCTION: &str = "lambda.knative.dev/function";
 }
 
+/// The CloudEvent extension the ApiServerSources add (`ceOverrides`), so Triggers route each
+/// watched kind to its stage: eventing/sources/.
+pub mod sources {
+    /// The extension attribute.
+    pub const EXTENSION: &str = "klambdakind";
+    /// Build Jobs' changes, for job-launcher.
+    pub const BUILD_JOB: &str = "build-job";
+    /// Function Services' changes, for service-deployer.
+    pub const FUNCTION_SERVICE: &str = "function-service";
+}
+
 /// The field manager of every server-side apply.
 pub const FIELD_MANAGER: &str = "knative-lambda";
 
