@@ -13,7 +13,9 @@ async fn one_deploy_is_one_trace_through_all_five_stages() -> Result<()> {
     let (collector, endpoint) = Collector::start().await?;
     let settings = klambda_harness::Settings {
         otlp_endpoint: Some(url::Url::parse(&endpoint)?),
-        log_filter: "warn,klambda_harness=info".into(),
+        log_filter:
+            "warn,klambda_harness=info,klambda_storage=info,job_launcher=info,service_deployer=info"
+                .into(),
         ..klambda_harness::Settings::default()
     };
     let telemetry = klambda_harness::telemetry::init("klambda", &settings)?;
@@ -25,11 +27,8 @@ async fn one_deploy_is_one_trace_through_all_five_stages() -> Result<()> {
     // Flushing blocks until the collector (served on this runtime) has the spans.
     tokio::task::spawn_blocking(move || telemetry.shutdown()).await?;
 
-    let spans: Vec<_> = collector
-        .spans()
-        .into_iter()
-        .filter(|span| span.name == "handle")
-        .collect();
+    let all = collector.spans();
+    let spans: Vec<_> = all.iter().filter(|span| span.name == "handle").collect();
     let submission = spans
         .iter()
         .find(|s| {
@@ -82,6 +81,23 @@ async fn one_deploy_is_one_trace_through_all_five_stages() -> Result<()> {
             "{} started before {}",
             pair[1],
             pair[0]
+        );
+    }
+    // Inside the journey: the storage, builder and deployer calls, each its own span.
+    let calls: BTreeSet<&str> = all
+        .iter()
+        .filter(|s| s.trace_id == submission.trace_id && s.name != "handle")
+        .map(|s| s.name.as_str())
+        .collect();
+    for call in [
+        "storage.put_stream",
+        "storage.get",
+        "builder.build",
+        "deployer.apply",
+    ] {
+        assert!(
+            calls.contains(call),
+            "no {call} span in the journey's trace; it has {calls:?}"
         );
     }
     // The status API names the journey's trace, so an operator can open it.

@@ -109,6 +109,20 @@ impl ImageRecord {
     }
 }
 
+/// One storage call as a span (`storage.<op>`, with the backend and key), so a trace shows
+/// where a stage's time went.
+pub(crate) fn traced<'a, T: 'a>(
+    op: &'static str,
+    backend: &'static str,
+    key: &str,
+    call: impl std::future::Future<Output = T> + Send + 'a,
+) -> BoxFuture<'a, T> {
+    use tracing::Instrument as _;
+    let span =
+        tracing::info_span!("storage", otel.name = %format!("storage.{op}"), op, backend, key);
+    Box::pin(call.instrument(span))
+}
+
 /// Object storage.
 pub trait ObjectStore: Send + Sync + 'static {
     /// Stores `bytes` under `key`, replacing any previous object atomically.

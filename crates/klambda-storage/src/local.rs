@@ -47,7 +47,7 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StorageError + '_ {
 
 impl ObjectStore for LocalDir {
     fn put<'a>(&'a self, key: &'a str, bytes: Bytes) -> BoxFuture<'a, Result<(), StorageError>> {
-        Box::pin(async move {
+        crate::traced("put", "local", key, async move {
             let path = self.path(key)?;
             let temp = self.temp_beside(&path).await?;
             if let Err(error) = tokio::fs::write(&temp, &bytes).await {
@@ -59,7 +59,7 @@ impl ObjectStore for LocalDir {
     }
 
     fn head<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<u64>, StorageError>> {
-        Box::pin(async move {
+        crate::traced("head", "local", key, async move {
             let path = self.path(key)?;
             match tokio::fs::metadata(&path).await {
                 Ok(meta) => Ok(Some(meta.len())),
@@ -70,7 +70,7 @@ impl ObjectStore for LocalDir {
     }
 
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Bytes>, StorageError>> {
-        Box::pin(async move {
+        crate::traced("get", "local", key, async move {
             let path = self.path(key)?;
             match tokio::fs::read(&path).await {
                 Ok(bytes) => Ok(Some(Bytes::from(bytes))),
@@ -85,7 +85,7 @@ impl ObjectStore for LocalDir {
         key: &'a str,
         mut chunks: Chunks,
     ) -> BoxFuture<'a, Result<u64, StorageError>> {
-        Box::pin(async move {
+        crate::traced("put_stream", "local", key, async move {
             use tokio::io::AsyncWriteExt as _;
             let path = self.path(key)?;
             let temp = self.temp_beside(&path).await?;
@@ -117,7 +117,7 @@ impl ObjectStore for LocalDir {
         key: &'a str,
         to: &'a Path,
     ) -> BoxFuture<'a, Result<Option<u64>, StorageError>> {
-        Box::pin(async move {
+        crate::traced("download", "local", key, async move {
             let path = self.path(key)?;
             match tokio::fs::copy(&path, to).await {
                 Ok(size) => Ok(Some(size)),

@@ -344,14 +344,14 @@ impl S3Store {
 
 impl ObjectStore for S3Store {
     fn put<'a>(&'a self, key: &'a str, bytes: Bytes) -> BoxFuture<'a, Result<(), StorageError>> {
-        Box::pin(async move {
+        crate::traced("put", "s3", key, async move {
             check_key(key)?;
             self.put_bytes(key, bytes).await
         })
     }
 
     fn head<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<u64>, StorageError>> {
-        Box::pin(async move {
+        crate::traced("head", "s3", key, async move {
             check_key(key)?;
             match self
                 .client()
@@ -377,7 +377,7 @@ impl ObjectStore for S3Store {
     }
 
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Bytes>, StorageError>> {
-        Box::pin(async move {
+        crate::traced("get", "s3", key, async move {
             check_key(key)?;
             let Some(body) = self.open(key, "get").await? else {
                 return Ok(None);
@@ -392,7 +392,7 @@ impl ObjectStore for S3Store {
         key: &'a str,
         mut chunks: Chunks,
     ) -> BoxFuture<'a, Result<u64, StorageError>> {
-        Box::pin(async move {
+        crate::traced("put_stream", "s3", key, async move {
             check_key(key)?;
             let producer_failed = |error| StorageError::Io {
                 location: format!("s3://{}/{key}", self.bucket),
@@ -424,7 +424,7 @@ impl ObjectStore for S3Store {
         key: &'a str,
         to: &'a Path,
     ) -> BoxFuture<'a, Result<Option<u64>, StorageError>> {
-        Box::pin(async move {
+        crate::traced("download", "s3", key, async move {
             check_key(key)?;
             self.download_any(key, to).await
         })

@@ -33,6 +33,7 @@ use klambda_harness::metrics::{BuildResult, Metrics};
 use klambda_harness::{ConfigError, ConfigSource, Context, Handler, HandlerError, Outcome};
 use klambda_storage::{ImageRecord, ObjectStore};
 use tokio::sync::oneshot;
+use tracing::Instrument as _;
 
 use crate::builder::kaniko::{self, KanikoJobs, KanikoSettings};
 use crate::builder::local::LocalBuilder;
@@ -214,7 +215,16 @@ impl JobLauncher {
             build_id: build_id.clone(),
             context: uploaded.context.clone(),
         };
-        let build = builder.build(request, cancelled);
+        // The build's span is a child of this handling span, though it outlives it: the trace
+        // shows how long the build took, inside the journey.
+        let build = builder
+            .build(request, cancelled)
+            .instrument(tracing::info_span!(
+                "builder",
+                otel.name = "builder.build",
+                backend = "local",
+                build_id = %build_id,
+            ));
         let launcher = self.clone();
         let context = context.clone();
         let began = Instant::now();

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use sha2::Digest as _;
+use tracing::Instrument as _;
 
 use cloudevents::{AttributesReader as _, Event};
 use klambda_events::catalogue::{
@@ -257,6 +258,7 @@ impl Handler for ServiceDeployer {
             let result = self
                 .deployer
                 .deploy(&built.spec, &built.digest, &built.image)
+                .instrument(deployer_span("deployer.apply"))
                 .await;
             timed("apply", result.is_ok());
             self.settle(&event, context, &built.spec.name, result).await
@@ -265,12 +267,17 @@ impl Handler for ServiceDeployer {
             let result = self
                 .deployer
                 .rollback(&request.name, request.to_revision.as_deref())
+                .instrument(deployer_span("deployer.rollback"))
                 .await;
             timed("rollback", result.is_ok());
             self.settle(&event, context, &request.name, result).await
         } else {
             let deletion = decode::<FunctionDeleted>(&event)?;
-            let existed = self.deployer.delete(&deletion.name).await;
+            let existed = self
+                .deployer
+                .delete(&deletion.name)
+                .instrument(deployer_span("deployer.delete"))
+                .await;
             timed("delete", true);
             tracing::info!(function = %deletion.name, existed, "deleted");
             Envelope::answering(&event, Stage::ServiceDeployer, ServiceDeleted::TYPE)
@@ -336,4 +343,9 @@ fn service_changed(event: &Event, context: &Context) -> Outcome {
 /// refuses (a Role missing a verb is fixed by the operator; the events wait meanwhile).
 fn kube_failure(error: klambda_kube::KubeError) -> HandlerError {
     HandlerError::Unavailable(error.to_string())
+}
+
+/// The span of one call to the local deployer (the Knative deployer's methods make their own).
+fn deployer_span(name: &'static str) -> tracing::Span {
+    tracing::info_span!("deployer", otel.name = name, backend = "local")
 }

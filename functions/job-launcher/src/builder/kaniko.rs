@@ -276,6 +276,7 @@ impl KanikoJobs {
     }
 
     /// Creates the build's Job; an existing one (a replay) is success.
+    #[tracing::instrument(name = "builder", skip_all, fields(otel.name = "builder.launch", backend = "kubernetes"))]
     pub async fn launch(&self, request: &BuildRequest) -> Result<Launched, LaunchError> {
         let job = self.job(request)?;
         let action = format!("creating Job {}", job_name(&request.build_id));
@@ -287,6 +288,7 @@ impl KanikoJobs {
     }
 
     /// Deletes the build's Job and, in the foreground, its pods; false when there was none.
+    #[tracing::instrument(name = "builder", skip_all, fields(otel.name = "builder.cancel", backend = "kubernetes"))]
     pub async fn cancel(&self, build_id: &BuildId) -> Result<bool, KubeError> {
         let name = job_name(build_id);
         match self.jobs().delete(&name, &DeleteParams::foreground()).await {
@@ -297,6 +299,7 @@ impl KanikoJobs {
     }
 
     /// The builds (Jobs) of `function` that exist now.
+    #[tracing::instrument(name = "builder", skip_all, fields(otel.name = "builder.list", backend = "kubernetes"))]
     pub async fn builds_of(&self, function: &FunctionName) -> Result<Vec<BuildId>, KubeError> {
         let selector = format!("{}={}", labels::FUNCTION, function.as_str());
         let jobs = self
@@ -311,6 +314,7 @@ impl KanikoJobs {
 
     /// How the build of `job` ended, `None` while it runs. Reads the Job's pod (termination
     /// message, container state, scheduling) and, for failures, the end of its log.
+    #[tracing::instrument(name = "builder", skip_all, fields(otel.name = "builder.outcome", backend = "kubernetes"))]
     pub async fn outcome(&self, job: &Job) -> Result<Option<BuildOutcome>, KubeError> {
         let Some(end) = job_end(job) else {
             return Ok(None);

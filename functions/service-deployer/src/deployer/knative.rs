@@ -331,6 +331,7 @@ impl KnativeServices {
 
     /// Serves `spec` at `image`: the Service (a new revision when anything in its template
     /// changed) and the Triggers of its filters, stale ones deleted.
+    #[tracing::instrument(name = "deployer", skip_all, fields(otel.name = "deployer.apply", backend = "knative"))]
     pub async fn apply(
         &self,
         spec: &FunctionSpec,
@@ -429,6 +430,7 @@ impl KnativeServices {
     /// Pins traffic to `to`, or to the revision that served before the latest apply; returns the
     /// revision with its image and digest, or `None` when the function has no Service, nothing
     /// to return to, or the revision is gone.
+    #[tracing::instrument(name = "deployer", skip_all, fields(otel.name = "deployer.rollback", backend = "knative"))]
     pub async fn rollback(
         &self,
         function: &FunctionName,
@@ -493,6 +495,7 @@ impl KnativeServices {
 
     /// Deletes the function's Service (its revisions go with it) and Triggers; false when there
     /// was no Service.
+    #[tracing::instrument(name = "deployer", skip_all, fields(otel.name = "deployer.delete", backend = "knative"))]
     pub async fn delete(&self, function: &FunctionName) -> Result<bool, KubeError> {
         for trigger in self.trigger_names(function).await? {
             self.delete_trigger(&trigger).await?;
