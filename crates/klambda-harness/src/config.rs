@@ -14,6 +14,13 @@ use url::Url;
 pub trait ConfigSource {
     /// The raw value of `key`, if set.
     fn get(&self, key: &str) -> Option<String>;
+
+    /// The value of `key` trimmed, if set and not blank: what a setting with a default reads.
+    fn setting(&self, key: &str) -> Option<String> {
+        self.get(key)
+            .map(|v| v.trim().to_owned())
+            .filter(|v| !v.is_empty())
+    }
 }
 
 /// The process environment.

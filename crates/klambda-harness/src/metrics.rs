@@ -330,6 +330,19 @@ impl Metrics {
             .observe(seconds);
     }
 
+    /// The build-outcome counter of `runtime` and `end`.
+    fn build_count(&self, runtime: Runtime, end: BuildResult) -> Counter {
+        let (outcome, cause) = end.labels();
+        self.families
+            .builds
+            .get_or_create(&BuildLabels {
+                runtime: runtime.id(),
+                outcome,
+                cause,
+            })
+            .clone()
+    }
+
     /// Starts every build-outcome series at zero, so the first failure after a restart is an
     /// increase that `rate()` sees, not a series appearing at 1.
     pub fn init_builds(&self) {
@@ -342,30 +355,15 @@ impl Metrics {
             .into_iter()
             .chain(BuildFailureCause::ALL.map(BuildResult::Failed));
             for end in ends {
-                let (outcome, cause) = end.labels();
-                self.families
-                    .builds
-                    .get_or_create(&BuildLabels {
-                        runtime: runtime.id(),
-                        outcome,
-                        cause,
-                    })
-                    .inc_by(0);
+                self.build_count(*runtime, end).inc_by(0);
             }
         }
     }
 
     /// Records one ended build.
     pub fn build_ended(&self, runtime: Runtime, end: BuildResult, seconds: f64) {
-        let (outcome, cause) = end.labels();
-        self.families
-            .builds
-            .get_or_create(&BuildLabels {
-                runtime: runtime.id(),
-                outcome,
-                cause,
-            })
-            .inc();
+        self.build_count(runtime, end).inc();
+        let (outcome, _) = end.labels();
         self.families
             .build_duration
             .get_or_create(&BuildDurationLabels {

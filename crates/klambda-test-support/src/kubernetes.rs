@@ -197,6 +197,15 @@ impl FakeKube {
         granted
     }
 
+    /// Every `(verb, group, resource)` requested so far, whatever the answer: what the code
+    /// under test uses, to compare with [`FakeKube::granted`].
+    pub fn used(&self) -> BTreeSet<(String, String, String)> {
+        self.requests()
+            .into_iter()
+            .map(|r| (r.verb, r.group, r.resource))
+            .collect()
+    }
+
     /// The requests so far.
     pub fn requests(&self) -> Vec<Recorded> {
         self.inner

@@ -94,12 +94,8 @@ impl JobLauncher {
     /// - `KLAMBDA_STORE` (see `klambda_storage::from_settings`; default the directory
     ///   `klambda-store`): where contexts and build records are.
     pub fn from_config(config: &dyn ConfigSource) -> Result<Self, ConfigError> {
-        let setting = |key: &str, default: &str| {
-            config
-                .get(key)
-                .filter(|v| !v.trim().is_empty())
-                .unwrap_or_else(|| default.to_owned())
-        };
+        let setting =
+            |key: &str, default: &str| config.setting(key).unwrap_or_else(|| default.to_owned());
         let (store, s3) = klambda_storage::from_settings(|key| config.get(key), "klambda-store")
             .map_err(|problem| ConfigError {
                 problems: vec![problem],

@@ -5,7 +5,6 @@
 //! writes them), repeated Job events answered identically, and least privilege: the Role grants
 //! exactly what these paths use.
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use anyhow::{Result, bail};
@@ -504,10 +503,7 @@ async fn the_role_grants_exactly_what_the_code_uses() -> Result<()> {
     reply(&cluster, cancel).await?;
     let requests = cluster.fake.kube.requests();
     assert!(requests.iter().all(|r| r.status != 403), "{requests:#?}");
-    let used: BTreeSet<(String, String, String)> = requests
-        .iter()
-        .map(|r| (r.verb.clone(), r.group.clone(), r.resource.clone()))
-        .collect();
+    let used = cluster.fake.kube.used();
     let granted = cluster
         .fake
         .kube

@@ -62,9 +62,7 @@ impl ServiceDeployer {
     /// in-cluster ServiceAccount (see [`KnativeSettings::from_config`]).
     pub fn from_config(config: &dyn ConfigSource) -> Result<Self, ConfigError> {
         let choice = config
-            .get("KLAMBDA_DEPLOYER")
-            .map(|v| v.trim().to_owned())
-            .filter(|v| !v.is_empty())
+            .setting("KLAMBDA_DEPLOYER")
             .unwrap_or_else(|| "local".to_owned());
         let problem = |p: String| ConfigError { problems: vec![p] };
         match choice.as_str() {

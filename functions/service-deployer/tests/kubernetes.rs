@@ -6,7 +6,6 @@
 //! `service.failed`, once per generation; and least privilege: the Role grants exactly what
 //! these paths use.
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use anyhow::{Result, bail};
@@ -314,10 +313,7 @@ async fn deploy_replay_update_rollback_and_delete_with_exactly_the_granted_verbs
         requests.iter().all(|r| r.status < 400 || r.status == 404),
         "{requests:#?}"
     );
-    let used: BTreeSet<(String, String, String)> = requests
-        .iter()
-        .map(|r| (r.verb.clone(), r.group.clone(), r.resource.clone()))
-        .collect();
+    let used = cluster.fake.kube.used();
     let granted = cluster
         .fake
         .kube

@@ -101,12 +101,7 @@ impl KanikoSettings {
     /// `KLAMBDA_BUILD_TTL_SECONDS`, `KLAMBDA_BUILD_CPU`, `KLAMBDA_BUILD_MEMORY`.
     pub fn from_config(config: &dyn klambda_harness::ConfigSource) -> Self {
         let d = Self::default();
-        let get = |key: &str| {
-            config
-                .get(key)
-                .map(|v| v.trim().to_owned())
-                .filter(|v| !v.is_empty())
-        };
+        let get = |key: &str| config.setting(key);
         let or = |key: &str, default: String| get(key).unwrap_or(default);
         Self {
             namespace: or("KLAMBDA_BUILD_NAMESPACE", d.namespace),

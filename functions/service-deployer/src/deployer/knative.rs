@@ -58,15 +58,11 @@ impl KnativeSettings {
     /// From `KLAMBDA_FUNCTIONS_NAMESPACE` and `KLAMBDA_BROKER`, with the defaults above.
     pub fn from_config(config: &dyn klambda_harness::ConfigSource) -> Self {
         let d = Self::default();
-        let get = |key: &str| {
-            config
-                .get(key)
-                .map(|v| v.trim().to_owned())
-                .filter(|v| !v.is_empty())
-        };
         Self {
-            namespace: get("KLAMBDA_FUNCTIONS_NAMESPACE").unwrap_or(d.namespace),
-            broker: get("KLAMBDA_BROKER").unwrap_or(d.broker),
+            namespace: config
+                .setting("KLAMBDA_FUNCTIONS_NAMESPACE")
+                .unwrap_or(d.namespace),
+            broker: config.setting("KLAMBDA_BROKER").unwrap_or(d.broker),
         }
     }
 }
