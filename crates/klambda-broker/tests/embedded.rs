@@ -250,7 +250,17 @@ async fn delivers_to_http_subscribers() -> Result<()> {
 #[test]
 fn loads_the_repository_choreography() -> Result<()> {
     let triggers = trigger::load(&repo::root().join("eventing"), "klambda")?;
-    assert_eq!(triggers.len(), 9);
+    // Nine for the catalogue's types, two for the cluster's ApiServerSource events.
+    assert_eq!(triggers.len(), 11);
+    let jobs = triggers
+        .iter()
+        .find(|t| t.name == "job-launcher-build-jobs")
+        .expect("build Job trigger");
+    assert_eq!(jobs.subscriber, "job-launcher");
+    assert_eq!(
+        jobs.filter.get("klambdakind").map(String::as_str),
+        Some("build-job")
+    );
     let parser = triggers
         .iter()
         .find(|t| t.name == "parser-function-created")
