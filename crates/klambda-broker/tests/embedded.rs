@@ -250,8 +250,9 @@ async fn delivers_to_http_subscribers() -> Result<()> {
 #[test]
 fn loads_the_repository_choreography() -> Result<()> {
     let triggers = trigger::load(&repo::root().join("eventing"), "klambda")?;
-    // Nine for the catalogue's types, two for the cluster's ApiServerSource events.
-    assert_eq!(triggers.len(), 11);
+    // Nine for the catalogue's types, four for the cluster's ApiServerSource events (added and
+    // updated Jobs and Services).
+    assert_eq!(triggers.len(), 13);
     let jobs = triggers
         .iter()
         .find(|t| t.name == "job-launcher-build-jobs")

@@ -111,11 +111,16 @@ async fn launch(cluster: &Cluster, name: &str) -> Result<(BuildId, Value)> {
 
 /// The ApiServerSource event for `job` (Resource mode: the object is the data).
 fn job_event(job: &Value, id: &str) -> Result<Event> {
+    job_event_of(job, id, "dev.knative.apiserver.resource.update")
+}
+
+/// The same, as `ty` (`…resource.add` when the source lists the Job again after a restart).
+fn job_event_of(job: &Value, id: &str, ty: &str) -> Result<Event> {
     let name = job["metadata"]["name"].as_str().unwrap_or_default();
     Ok(cloudevents::EventBuilderV10::new()
         .id(id)
         .source("https://10.96.0.1:443")
-        .ty("dev.knative.apiserver.resource.update")
+        .ty(ty)
         .subject(format!("/apis/batch/v1/namespaces/{BUILDS}/jobs/{name}"))
         .extension("klambdakind", "build-job")
         .data("application/json", job.clone())
@@ -330,7 +335,8 @@ async fn finish(
     let Some(first) = reply(cluster, job_event(&done, "update-1")?).await? else {
         bail!("no outcome for a finished Job");
     };
-    let Some(second) = reply(cluster, job_event(&done, "update-2")?).await? else {
+    let relisted = job_event_of(&done, "add-1", "dev.knative.apiserver.resource.add")?;
+    let Some(second) = reply(cluster, relisted).await? else {
         bail!("no outcome for the repeated update");
     };
     assert_eq!(
