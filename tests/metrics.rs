@@ -155,20 +155,24 @@ async fn klambda_up_exports_every_stage_in_one_registry() -> Result<()> {
             1.0,
         ),
         (
-            r#"klambda_deploy_duration_seconds_count{operation="apply",outcome="ready"}"#,
+            r#"klambda_deploy_duration_seconds_count{operation="apply",outcome="ok"}"#,
             1.0,
         ),
         (
-            r#"klambda_pipeline_step_duration_seconds_count{step="parse"}"#,
+            r#"klambda_pipeline_step_duration_seconds_count{step="parse",outcome="ok"}"#,
             1.0,
         ),
         (
-            r#"klambda_pipeline_step_duration_seconds_count{step="build"}"#,
+            r#"klambda_pipeline_step_duration_seconds_count{step="build",outcome="ok"}"#,
             1.0,
         ),
         (
-            r#"klambda_pipeline_step_duration_seconds_count{step="deploy"}"#,
+            r#"klambda_pipeline_step_duration_seconds_count{step="deploy",outcome="ok"}"#,
             1.0,
+        ),
+        (
+            r#"klambda_pipeline_step_duration_seconds_count{step="deploy",outcome="failed"}"#,
+            0.0,
         ),
         ("klambda_pipeline_submit_to_ready_seconds_count", 1.0),
         (r#"klambda_pipeline_journeys_total{outcome="ready"}"#, 1.0),

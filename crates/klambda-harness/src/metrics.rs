@@ -80,6 +80,7 @@ struct DeployLabels {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StepLabels {
     step: &'static str,
+    outcome: &'static str,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -206,12 +207,12 @@ impl Families {
         );
         registry.register(
             "klambda_deploy_duration_seconds",
-            "Time of one deployer call (apply, rollback, delete), by outcome",
+            "Time of one deployer call (apply, rollback, delete), by outcome (ok, failed)",
             f.deploys,
         );
         registry.register(
             "klambda_pipeline_step_duration_seconds",
-            "Time each pipeline step took for a submission, from the events' arrival",
+            "Time each pipeline step took for a submission and how it ended, from the events' arrival",
             f.steps,
         );
         registry.register(
@@ -374,7 +375,9 @@ impl Metrics {
     }
 
     /// Records one deployer call: `operation` is `apply`, `rollback` or `delete`; `outcome`
-    /// is `ready` or `failed`.
+    /// is `ok` or `failed` (the local runner's apply is ok once the revision is ready; the
+    /// Knative deployer's once the API accepted it: readiness comes later, see the `deploy`
+    /// pipeline step).
     pub fn deployed(&self, operation: &'static str, outcome: &'static str, seconds: f64) {
         self.families
             .deploys
@@ -382,16 +385,25 @@ impl Metrics {
             .observe(seconds);
     }
 
-    /// Records how long a pipeline step took (`parse`, `context`, `build`, `deploy`).
-    pub fn step(&self, step: &'static str, seconds: f64) {
+    /// Records how long a pipeline step took (`parse`, `context`, `build`, `deploy`) and how
+    /// it ended (`ok` or `failed`).
+    pub fn step(&self, step: &'static str, outcome: &'static str, seconds: f64) {
         self.families
             .steps
-            .get_or_create(&StepLabels { step })
+            .get_or_create(&StepLabels { step, outcome })
             .observe(seconds);
     }
 
-    /// Starts both journey outcomes at zero (see [`Metrics::init_builds`]).
+    /// Starts the journey and step series at zero (see [`Metrics::init_builds`]).
     pub fn init_journeys(&self) {
+        for step in ["parse", "context", "build", "deploy"] {
+            for outcome in ["ok", "failed"] {
+                let _ = self
+                    .families
+                    .steps
+                    .get_or_create(&StepLabels { step, outcome });
+            }
+        }
         for outcome in ["ready", "failed"] {
             self.families
                 .journeys

@@ -66,6 +66,11 @@ fn build_record_key(build_id: &BuildId) -> String {
     format!("builds/{}.json", build_id.as_str())
 }
 
+/// Present once a cluster build's outcome was counted in the metrics.
+fn build_counted_key(build_id: &BuildId) -> String {
+    format!("builds/{}.counted", build_id.as_str())
+}
+
 impl JobLauncher {
     /// A launcher running builds with `builder`, recording them in `store`.
     pub fn new(builder: Arc<dyn Builder>, store: Arc<dyn ObjectStore>) -> Self {
@@ -329,10 +334,19 @@ impl JobLauncher {
         let started: Event = serde_json::from_slice(&record)
             .map_err(|e| HandlerError::Internal(format!("build record {build_id}: {e}")))?;
         let uploaded = decode::<ContextUploaded>(&started)?;
-        if let Some(seconds) = kaniko::duration_of(&job) {
-            context
-                .metrics()
-                .build_ended(uploaded.spec.runtime, result_of(&outcome), seconds);
+        // Counted once per build, whichever replica sees which of the Job's repeated updates
+        // first: the marker says it was counted (a lost race counts twice, rarely; a failed
+        // marker write only risks a later double count).
+        let counted = build_counted_key(&build_id);
+        if self.store.head(&counted).await.ok().flatten().is_none() {
+            if let Some(seconds) = kaniko::duration_of(&job) {
+                context
+                    .metrics()
+                    .build_ended(uploaded.spec.runtime, result_of(&outcome), seconds);
+            }
+            if let Err(error) = self.store.put(&counted, bytes::Bytes::new()).await {
+                tracing::warn!(%error, "the build's counted marker was not written");
+            }
         }
         let ended = self
             .outcome_event(&started, uploaded, build_id, outcome)

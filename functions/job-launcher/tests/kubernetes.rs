@@ -368,6 +368,20 @@ async fn a_completed_job_answers_the_image_pinned_by_the_digest_kaniko_pushed() 
     assert!(!built.cached);
     // The answer continues the build that context.uploaded started: same subject, traced id.
     assert_eq!(event.subject(), Some("hello"));
+    // Answered for each of the Job's repeated events, counted once, timed from the Job.
+    let metrics = cluster.launcher.metrics().encode();
+    assert!(
+        metrics.contains(
+            r#"klambda_build_outcomes_total{runtime="nodejs20",outcome="completed",cause="none"} 1"#
+        ),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(
+            r#"klambda_build_duration_seconds_sum{runtime="nodejs20",outcome="completed"} 125.0"#
+        ),
+        "{metrics}"
+    );
     Ok(())
 }
 

@@ -94,18 +94,20 @@ impl ServiceDeployer {
             Envelope::answering(event, Stage::ServiceDeployer, ty).subject(function.to_string())
         };
         if klambda_kube::APISERVER_EVENT_TYPES.contains(&ty) {
-            return Ok(service_changed(event, context));
+            return Ok(service_changed(event));
         }
         if ty == BuildCompleted::TYPE {
             let built = decode::<BuildCompleted>(event)?;
             let function = &built.spec.name;
-            let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-                k8s_openapi::jiff::Timestamp::now(),
-            );
+            let started = Instant::now();
             let applied = services
-                .apply(&built.spec, &built.digest, &built.image, now)
-                .await
-                .map_err(kube_failure)?;
+                .apply(&built.spec, &built.digest, &built.image)
+                .await;
+            let outcome = if applied.is_ok() { "ok" } else { "failed" };
+            context
+                .metrics()
+                .deployed("apply", outcome, started.elapsed().as_secs_f64());
+            let applied = applied.map_err(kube_failure)?;
             if let Some((revision, url)) = applied.ready {
                 // A replay of what already serves: the same answer as the first time.
                 return Ok(Outcome::Reply(
@@ -246,7 +248,7 @@ impl Handler for ServiceDeployer {
         let ty = event.ty().to_owned();
         let started = Instant::now();
         let timed = |operation, ok: bool| {
-            let outcome = if ok { "ready" } else { "failed" };
+            let outcome = if ok { "ok" } else { "failed" };
             context
                 .metrics()
                 .deployed(operation, outcome, started.elapsed().as_secs_f64());
@@ -291,7 +293,7 @@ impl Handler for ServiceDeployer {
 /// A function Service's status changed: `service.ready` or `service.failed` once Knative
 /// decided about its latest generation. The answer's id derives from the Service's uid,
 /// generation and verdict, so the repeated updates Knative makes give one event.
-fn service_changed(event: &Event, context: &Context) -> Outcome {
+fn service_changed(event: &Event) -> Outcome {
     let Ok(service) = klambda_kube::object_of::<serde_json::Value>(event) else {
         return Outcome::Done;
     };
@@ -318,10 +320,6 @@ fn service_changed(event: &Event, context: &Context) -> Outcome {
     let id = hex::encode(&sha2::Sha256::digest(key.as_bytes())[..16]);
     let envelope =
         Envelope::new(id, Stage::ServiceDeployer.event_source()).subject(function.to_string());
-    if let Some(seconds) = knative::settle_seconds(&service) {
-        let outcome = if verdict.is_ok() { "ready" } else { "failed" };
-        context.metrics().deployed("apply", outcome, seconds);
-    }
     Outcome::Reply(match verdict {
         Ok((revision, url)) => envelope.encode::<ServiceReady>(&ServiceReadiness {
             function,

@@ -161,14 +161,19 @@ fn observe(metrics: &Metrics, state: &FunctionState, ty: &str, received_at: Date
     let timings = state.timings_ms();
     let seconds = |step: &str| timings.get(step).map(|ms| *ms as f64 / 1000.0);
     let step = match ty {
-        t if t == ParserCompleted::TYPE || t == ParserFailed::TYPE => Some("parse"),
-        t if t == ContextUploaded::TYPE => Some("context"),
-        t if t == BuildCompleted::TYPE || t == BuildFailed::TYPE => Some("build"),
-        t if t == ServiceReady::TYPE || t == ServiceFailed::TYPE => Some("deploy"),
+        t if t == ParserCompleted::TYPE => Some(("parse", "ok")),
+        t if t == ParserFailed::TYPE => Some(("parse", "failed")),
+        t if t == ContextUploaded::TYPE => Some(("context", "ok")),
+        t if t == BuildCompleted::TYPE => Some(("build", "ok")),
+        t if t == BuildFailed::TYPE => Some(("build", "failed")),
+        t if t == ServiceReady::TYPE => Some(("deploy", "ok")),
+        t if t == ServiceFailed::TYPE => Some(("deploy", "failed")),
         _ => None,
     };
-    if let Some((step, secs)) = step.and_then(|step| Some((step, seconds(step)?))) {
-        metrics.step(step, secs);
+    if let Some((step, outcome)) = step
+        && let Some(secs) = seconds(step)
+    {
+        metrics.step(step, outcome, secs);
     }
     if ty == ServiceReady::TYPE {
         if let Some(total) = seconds("total") {

@@ -16,7 +16,6 @@
 //! these): `get`, `patch` (apply) and `delete` Services; `get` Revisions (rollback); `list`,
 //! `patch` and `delete` Triggers.
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use klambda_events::{ContentDigest, FunctionName, FunctionSpec};
 use klambda_kube::{FIELD_MANAGER, KubeError, labels};
 use kube::Api;
@@ -256,22 +255,6 @@ pub fn readiness(service: &Value) -> Option<Result<(String, String), NotReady>> 
     }
 }
 
-/// Seconds from the template's apply to the Ready condition's last transition, when both are
-/// known (the deploy duration).
-pub fn settle_seconds(service: &Value) -> Option<f64> {
-    let applied: Time = serde_json::from_value(
-        service["spec"]["template"]["metadata"]["annotations"]["lambda.knative.dev/applied-at"]
-            .clone(),
-    )
-    .ok()?;
-    let ready = service["status"]["conditions"]
-        .as_array()?
-        .iter()
-        .find(|c| c["type"] == "Ready")?;
-    let settled: Time = serde_json::from_value(ready["lastTransitionTime"].clone()).ok()?;
-    Some(settled.0.duration_since(applied.0).as_secs_f64().max(0.0))
-}
-
 impl KnativeServices {
     /// Function Services through `client`.
     pub fn new(client: kube::Client, settings: KnativeSettings) -> Self {
@@ -333,7 +316,6 @@ impl KnativeServices {
         spec: &FunctionSpec,
         digest: &ContentDigest,
         image: &str,
-        now: Time,
     ) -> Result<Applied, KubeError> {
         let name = spec.name.as_str();
         let mut desired = service(&self.settings.namespace, spec, digest, image);
@@ -368,8 +350,6 @@ impl KnativeServices {
         if let Some(previous) = &previous {
             desired["metadata"]["annotations"] = json!({ PREVIOUS_REVISION: previous });
         }
-        desired["spec"]["template"]["metadata"]["annotations"]["lambda.knative.dev/applied-at"] =
-            serde_json::to_value(&now).unwrap_or_default();
         let stored = self.apply_object(&self.services(), &desired).await?;
         self.apply_triggers(spec).await?;
         Ok(Applied {
