@@ -121,19 +121,17 @@ impl JobLauncher {
                             .to_owned(),
                     );
                 }
-                let settings = KanikoSettings::from_config(config);
-                let client = klambda_kube::in_cluster_client();
-                match (client, problems.is_empty()) {
-                    (Ok(client), true) => Ok(Self::on_kubernetes(
-                        KanikoJobs::new(client, settings),
-                        store,
-                    )),
-                    (client, _) => {
-                        if let Err(error) = client {
-                            problems.push(format!("KLAMBDA_BUILDER=kubernetes: {error}"));
-                        }
-                        Err(ConfigError { problems })
-                    }
+                let settings = KanikoSettings::from_config(config)
+                    .map_err(|more| problems.extend(more))
+                    .ok();
+                let client = klambda_kube::in_cluster_client()
+                    .map_err(|error| problems.push(format!("KLAMBDA_BUILDER=kubernetes: {error}")))
+                    .ok();
+                match (client, settings) {
+                    (Some(client), Some(settings)) if problems.is_empty() => Ok(
+                        Self::on_kubernetes(KanikoJobs::new(client, settings), store),
+                    ),
+                    _ => Err(ConfigError { problems }),
                 }
             }
             other => Err(ConfigError {

@@ -99,11 +99,20 @@ impl KanikoSettings {
     /// `KLAMBDA_CACHE_REPO` (unset: no layer cache), `KLAMBDA_S3_ENDPOINT`, `KLAMBDA_S3_REGION`,
     /// `KLAMBDA_BUILD_STORE_SECRET`, `KLAMBDA_REGISTRY_SECRET`, `KLAMBDA_BUILDER_SERVICE_ACCOUNT`,
     /// `KLAMBDA_BUILD_TTL_SECONDS`, `KLAMBDA_BUILD_CPU`, `KLAMBDA_BUILD_MEMORY`.
-    pub fn from_config(config: &dyn klambda_harness::ConfigSource) -> Self {
+    /// A value that cannot be used is a problem naming the variable, never a silent default.
+    pub fn from_config(config: &dyn klambda_harness::ConfigSource) -> Result<Self, Vec<String>> {
         let d = Self::default();
         let get = |key: &str| config.setting(key);
         let or = |key: &str, default: String| get(key).unwrap_or(default);
-        Self {
+        let ttl = match get("KLAMBDA_BUILD_TTL_SECONDS") {
+            None => Ok(d.ttl_seconds_after_finished),
+            Some(v) => v.parse::<i32>().ok().filter(|n| *n >= 0).ok_or_else(|| {
+                vec![format!(
+                    "KLAMBDA_BUILD_TTL_SECONDS={v:?}: must be a number of seconds (0 or more)"
+                )]
+            }),
+        }?;
+        Ok(Self {
             namespace: or("KLAMBDA_BUILD_NAMESPACE", d.namespace),
             image: or("KLAMBDA_KANIKO_IMAGE", d.image),
             registry: or("KLAMBDA_REGISTRY", d.registry),
@@ -113,12 +122,10 @@ impl KanikoSettings {
             s3_secret: or("KLAMBDA_BUILD_STORE_SECRET", d.s3_secret),
             registry_secret: or("KLAMBDA_REGISTRY_SECRET", d.registry_secret),
             service_account: or("KLAMBDA_BUILDER_SERVICE_ACCOUNT", d.service_account),
-            ttl_seconds_after_finished: get("KLAMBDA_BUILD_TTL_SECONDS")
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(d.ttl_seconds_after_finished),
+            ttl_seconds_after_finished: ttl,
             cpu: or("KLAMBDA_BUILD_CPU", d.cpu),
             memory: or("KLAMBDA_BUILD_MEMORY", d.memory),
-        }
+        })
     }
 }
 
@@ -557,6 +564,43 @@ pub fn build_id_of(job: &Job) -> Option<BuildId> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    struct Settings<'a>(&'a [(&'a str, &'a str)]);
+
+    impl klambda_harness::ConfigSource for Settings<'_> {
+        fn get(&self, key: &str) -> Option<String> {
+            self.0
+                .iter()
+                .find(|(k, _)| *k == key)
+                .map(|(_, v)| (*v).to_owned())
+        }
+    }
+
+    #[test]
+    fn settings_default_and_refuse_what_cannot_be_used() {
+        let defaults = KanikoSettings::from_config(&Settings(&[]));
+        assert_eq!(defaults, Ok(KanikoSettings::default()));
+        let set = KanikoSettings::from_config(&Settings(&[
+            ("KLAMBDA_CACHE_REPO", " registry.example.com/cache "),
+            ("KLAMBDA_BUILD_TTL_SECONDS", "600"),
+        ]));
+        let set = set.unwrap_or_default();
+        assert_eq!(
+            set.cache_repo.as_deref(),
+            Some("registry.example.com/cache")
+        );
+        assert_eq!(set.ttl_seconds_after_finished, 600);
+        for bad in ["soon", "-1"] {
+            let problems =
+                KanikoSettings::from_config(&Settings(&[("KLAMBDA_BUILD_TTL_SECONDS", bad)]));
+            assert!(
+                problems
+                    .as_ref()
+                    .is_err_and(|p| p[0].contains("KLAMBDA_BUILD_TTL_SECONDS")),
+                "{bad}: {problems:?}"
+            );
+        }
+    }
 
     #[test]
     fn log_causes() {
