@@ -317,9 +317,11 @@ impl JobLauncher {
         let Some(build_id) = kaniko::build_id_of(&job) else {
             return Ok(Outcome::Done);
         };
-        let Some(outcome) = jobs.outcome(&job).await.map_err(kube_failure)? else {
+        // A running Job's updates cost nothing; a finished one's pods and log are read only
+        // once its build record is known to exist.
+        if !kaniko::finished(&job) {
             return Ok(Outcome::Done);
-        };
+        }
         let record = self
             .store
             .get(&build_record_key(&build_id))
@@ -327,6 +329,9 @@ impl JobLauncher {
             .map_err(|e| HandlerError::Unavailable(e.to_string()))?;
         let Some(record) = record else {
             tracing::warn!(build_id = %build_id, "a finished build Job without a build record; ignored");
+            return Ok(Outcome::Done);
+        };
+        let Some(outcome) = jobs.outcome(&job).await.map_err(kube_failure)? else {
             return Ok(Outcome::Done);
         };
         let started: Event = serde_json::from_slice(&record)

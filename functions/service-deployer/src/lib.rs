@@ -32,28 +32,33 @@ use crate::deployer::knative::{self, KnativeServices, KnativeSettings};
 use crate::deployer::local::LocalRunner;
 use crate::deployer::{Deployer, NotReady, Revision};
 
+/// Where functions run.
+#[derive(Clone)]
+enum Backend {
+    /// A deployer that waits until the revision settles (the local process runner).
+    Local(Arc<dyn Deployer>),
+    /// Knative Services, whose readiness arrives as Service events.
+    Cluster(Arc<KnativeServices>),
+}
+
 /// The service-deployer's handler.
 #[derive(Clone)]
 pub struct ServiceDeployer {
-    deployer: Arc<dyn Deployer>,
-    /// On Kubernetes: the function Services, whose readiness arrives as Service events.
-    cluster: Option<Arc<KnativeServices>>,
+    backend: Backend,
 }
 
 impl ServiceDeployer {
     /// A deployer over `deployer`.
     pub fn new(deployer: Arc<dyn Deployer>) -> Self {
         Self {
-            deployer,
-            cluster: None,
+            backend: Backend::Local(deployer),
         }
     }
 
     /// A deployer of Knative Services through `services`.
     pub fn on_kubernetes(services: KnativeServices) -> Self {
         Self {
-            deployer: Arc::new(LocalRunner::new()),
-            cluster: Some(Arc::new(services)),
+            backend: Backend::Cluster(Arc::new(services)),
         }
     }
 
@@ -238,13 +243,15 @@ impl Handler for ServiceDeployer {
     fn accepts(&self, event_type: &str) -> bool {
         klambda_events::catalogue::find(event_type)
             .is_some_and(|spec| spec.consumer == Some(Stage::ServiceDeployer))
-            || (self.cluster.is_some() && klambda_kube::APISERVER_EVENT_TYPES.contains(&event_type))
+            || (matches!(self.backend, Backend::Cluster(_))
+                && klambda_kube::APISERVER_EVENT_TYPES.contains(&event_type))
     }
 
     async fn handle(&self, event: Event, context: &Context) -> Result<Outcome, HandlerError> {
-        if let Some(services) = &self.cluster {
-            return self.on_cluster(services, &event, context).await;
-        }
+        let deployer = match &self.backend {
+            Backend::Cluster(services) => return self.on_cluster(services, &event, context).await,
+            Backend::Local(deployer) => deployer,
+        };
         let ty = event.ty().to_owned();
         let started = Instant::now();
         let timed = |operation, ok: bool| {
@@ -255,8 +262,7 @@ impl Handler for ServiceDeployer {
         };
         let reply = if ty == BuildCompleted::TYPE {
             let built = decode::<BuildCompleted>(&event)?;
-            let result = self
-                .deployer
+            let result = deployer
                 .deploy(&built.spec, &built.digest, &built.image)
                 .instrument(deployer_span("deployer.apply"))
                 .await;
@@ -264,8 +270,7 @@ impl Handler for ServiceDeployer {
             self.settle(&event, context, &built.spec.name, result).await
         } else if ty == FunctionRollback::TYPE {
             let request = decode::<FunctionRollback>(&event)?;
-            let result = self
-                .deployer
+            let result = deployer
                 .rollback(&request.name, request.to_revision.as_deref())
                 .instrument(deployer_span("deployer.rollback"))
                 .await;
@@ -273,8 +278,7 @@ impl Handler for ServiceDeployer {
             self.settle(&event, context, &request.name, result).await
         } else {
             let deletion = decode::<FunctionDeleted>(&event)?;
-            let existed = self
-                .deployer
+            let existed = deployer
                 .delete(&deletion.name)
                 .instrument(deployer_span("deployer.delete"))
                 .await;

@@ -365,6 +365,11 @@ enum JobEnd {
     Failed { reason: String, message: String },
 }
 
+/// Whether the Job finished (completed, failed or past its deadline).
+pub fn finished(job: &Job) -> bool {
+    job_end(job).is_some()
+}
+
 /// The Job's terminal condition, if it has one.
 fn job_end(job: &Job) -> Option<JobEnd> {
     let conditions = job.status.as_ref()?.conditions.as_ref()?;

@@ -488,3 +488,23 @@ impl KnativeServices {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trigger_names_fit_a_kubernetes_name() -> Result<(), klambda_events::InvalidId> {
+        assert_eq!(trigger_name(&FunctionName::new("hello")?, 0), "fn-hello-0");
+        let long = FunctionName::new("a".repeat(63))?;
+        for index in [0, 7, 12] {
+            let name = trigger_name(&long, index);
+            assert!(name.len() <= 63, "{name}");
+            assert!(name.ends_with(&format!("-{index}")), "{name}");
+        }
+        // Long names that differ stay apart.
+        let other = FunctionName::new(format!("{}b", "a".repeat(62)))?;
+        assert_ne!(trigger_name(&long, 0), trigger_name(&other, 0));
+        Ok(())
+    }
+}
