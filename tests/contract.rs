@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use anyhow::{Context as _, Result};
 use klambda_events::catalogue::find;
 use klambda_events::{CATALOGUE, Stage};
-use klambda_test_support::manifests::{CrdSchemas, load_yaml};
+use klambda_test_support::manifests::{CrdSchemas, load_yaml, render};
 use klambda_test_support::repo;
 use serde_json::Value;
 
@@ -330,44 +330,10 @@ fn deploy_kustomization_lists_every_manifest() -> Result<()> {
     Ok(())
 }
 
-/// The objects a kustomization renders: every listed resource file's documents, with the
-/// `images` transformer applied (what `kubectl apply -k` sends, for the features we use).
-fn render(dir: &str) -> Result<Vec<serde_json::Value>> {
-    let root = repo::root().join(dir);
-    let kustomization = load_yaml(&root.join("kustomization.yaml"))?;
-    let kustomization = &kustomization[0];
-    let images: BTreeMap<String, String> = kustomization["images"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|i| {
-            Some((
-                i["name"].as_str()?.to_owned(),
-                format!("{}:{}", i["newName"].as_str()?, i["newTag"].as_str()?),
-            ))
-        })
-        .collect();
-    let mut objects = Vec::new();
-    for resource in kustomization["resources"].as_array().into_iter().flatten() {
-        let path = root.join(resource.as_str().unwrap_or_default());
-        for mut doc in load_yaml(&path)? {
-            let containers = &mut doc["spec"]["template"]["spec"]["containers"];
-            for container in containers.as_array_mut().into_iter().flatten() {
-                let image = container["image"].as_str().unwrap_or_default().to_owned();
-                if let Some(pinned) = images.get(&image) {
-                    container["image"] = serde_json::Value::String(pinned.clone());
-                }
-            }
-            objects.push(doc);
-        }
-    }
-    Ok(objects)
-}
-
 #[test]
 fn the_install_kustomizations_render_into_a_consistent_whole() -> Result<()> {
-    let mut objects = render("deploy")?;
-    objects.extend(render("eventing")?);
+    let mut objects = render(&repo::root().join("deploy"))?;
+    objects.extend(render(&repo::root().join("eventing"))?);
     let key = |o: &serde_json::Value| {
         (
             o["kind"].as_str().unwrap_or_default().to_owned(),

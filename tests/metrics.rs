@@ -3,6 +3,7 @@
 //! in the table and every row must be exported, under the `klambda_<subsystem>_<name>_<unit>`
 //! convention; and `klambda up` exports all five in-process stages in one registry.
 
+use klambda_events::EventType as _;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
@@ -55,7 +56,7 @@ async fn every_exported_metric_is_documented_and_every_documented_one_exported()
             ("ce-specversion", "1.0"),
             ("ce-id", "m-1"),
             ("ce-source", "/tests"),
-            ("ce-type", "io.knative.lambda.function.created"),
+            ("ce-type", klambda_events::catalogue::FunctionCreated::TYPE),
             ("content-type", "application/json"),
         ],
         "{}",

@@ -111,20 +111,20 @@ async fn a_function_goes_from_submission_to_a_running_revision() -> Result<()> {
     let mut seen = pipeline.logged_types("hello").await?;
     seen.sort();
     seen.dedup();
+    use klambda_events::catalogue::*;
     let expected: Vec<String> = [
-        "build.completed",
-        "build.started",
-        "context.uploaded",
-        "function.created",
-        "parser.completed",
-        "parser.started",
-        "service.created",
-        "service.ready",
-        "status.updated",
+        BuildCompleted::TYPE,
+        BuildStarted::TYPE,
+        ContextUploaded::TYPE,
+        FunctionCreated::TYPE,
+        ParserCompleted::TYPE,
+        ParserStarted::TYPE,
+        ServiceCreated::TYPE,
+        ServiceReady::TYPE,
+        StatusUpdated::TYPE,
     ]
-    .iter()
-    .map(|s| format!("io.knative.lambda.{s}"))
-    .collect();
+    .map(str::to_owned)
+    .to_vec();
     assert_eq!(seen, expected);
     let timings = state.timings_ms();
     for stage in ["parse", "context", "build", "deploy", "total"] {
@@ -146,9 +146,10 @@ async fn an_invalid_submission_stops_at_the_parser_with_its_reasons_recorded() -
     pipeline.broker.publish(input.clone());
     pipeline.broker.idle().await;
     // The name is invalid, so there is no function state; the failure is in the log by id.
-    let failed_id = Envelope::answering(&input, Stage::Parser, "io.knative.lambda.parser.failed")
-        .id()
-        .to_owned();
+    let failed_id =
+        klambda_events::reply::<klambda_events::catalogue::ParserFailed>(&input, Stage::Parser)
+            .id()
+            .to_owned();
     let failed = pipeline
         .store
         .event(&failed_id)
@@ -177,24 +178,19 @@ async fn replaying_the_submission_builds_and_deploys_exactly_once() -> Result<()
     tokio::time::sleep(Duration::from_millis(300)).await;
     pipeline.broker.idle().await;
     let events = pipeline.store.function_events("replayed", 0, 1000).await?;
-    let of_type = |suffix: &str| {
-        events
-            .iter()
-            .filter(|e| e.json()["type"] == format!("io.knative.lambda.{suffix}"))
-            .count()
-    };
+    let of_type = |ty: &str| events.iter().filter(|e| e.json()["type"] == ty).count();
     // Replies are identical (same id), so the log keeps each once; one real build, one revision.
-    assert_eq!(of_type("parser.completed"), 1);
+    assert_eq!(of_type(klambda_events::catalogue::ParserCompleted::TYPE), 1);
     let real_builds = events
         .iter()
         .filter(|e| {
-            e.json()["type"] == "io.knative.lambda.build.completed"
+            e.json()["type"] == klambda_events::catalogue::BuildCompleted::TYPE
                 && e.json()["data"]["cached"] == false
         })
         .count();
     assert_eq!(real_builds, 1);
-    assert_eq!(of_type("service.created"), 1);
-    assert_eq!(of_type("service.updated"), 0);
+    assert_eq!(of_type(klambda_events::catalogue::ServiceCreated::TYPE), 1);
+    assert_eq!(of_type(klambda_events::catalogue::ServiceUpdated::TYPE), 0);
     assert_eq!(state.revision.as_deref(), Some("replayed-00001"));
     Ok(())
 }

@@ -9,6 +9,7 @@ use anyhow::{Context as _, Result};
 use klambda_broker::trigger;
 use klambda_cli::client::{self, Output};
 use klambda_cli::embedded::{self, BROKER, Bus, Platform};
+use klambda_events::EventType as _;
 use klambda_events::data::Phase;
 use klambda_test_support::http::{TestServer, post};
 use klambda_test_support::repo;
@@ -78,7 +79,7 @@ async fn both_examples_deploy_over_rabbitmq_with_the_parser_in_its_own_process()
     assert!(
         events
             .iter()
-            .any(|e| e.json()["type"] == "io.knative.lambda.parser.completed"),
+            .any(|e| e.json()["type"] == klambda_events::catalogue::ParserCompleted::TYPE),
         "no parser.completed in {events:?}"
     );
     // A submission the parser refuses outright (a contract version it does not know) is
@@ -89,7 +90,7 @@ async fn both_examples_deploy_over_rabbitmq_with_the_parser_in_its_own_process()
             ("ce-specversion", "1.0"),
             ("ce-id", "v2-1"),
             ("ce-source", "/tests"),
-            ("ce-type", "io.knative.lambda.function.created"),
+            ("ce-type", klambda_events::catalogue::FunctionCreated::TYPE),
             (
                 "ce-dataschema",
                 "urn:knative-lambda:schema:io.knative.lambda.function.created:v2",

@@ -50,3 +50,77 @@ fn every_source_file_has_a_module_header() -> Result<()> {
     );
     Ok(())
 }
+
+/// The string literals in `source` that spell an event type: a platform type
+/// (`io.knative.lambda.…`), an external type the contract names (`dev.knative.apiserver.…`),
+/// and, with `short_forms`, a platform type's short form (`service.ready`). Comment lines are
+/// skipped; what is spelled in `klambda-events` is the contract itself.
+fn event_type_strings(source: &str, short_forms: bool) -> Vec<(usize, String)> {
+    let short: Vec<&str> = klambda_events::CATALOGUE
+        .iter()
+        .filter_map(|spec| spec.type_name.strip_prefix(klambda_events::TYPE_PREFIX))
+        .collect();
+    let mut found = Vec::new();
+    for (number, line) in source.lines().enumerate() {
+        if line.trim_start().starts_with("//") {
+            continue;
+        }
+        // The odd-numbered pieces between quotes are literals (escaped quotes are rare enough
+        // in this codebase that a split on `"` reads every literal that could hold a type).
+        for literal in line.split('"').skip(1).step_by(2) {
+            let spells_a_type = literal.starts_with(klambda_events::TYPE_PREFIX)
+                || literal.starts_with("dev.knative.apiserver.")
+                || (short_forms && short.contains(&literal));
+            if spells_a_type {
+                found.push((number + 1, literal.to_owned()));
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn the_tidy_check_finds_a_type_string_it_is_fed() {
+    let source = "// io.knative.lambda.parser.started in a comment is prose\n\
+                  let a = \"io.knative.lambda.build.completed\";\n\
+                  if short == \"service.ready\" { return; }\n\
+                  let b = (\"build.log\", \"dev.knative.apiserver.resource.add\");\n";
+    assert_eq!(
+        event_type_strings(source, true),
+        [
+            (2, "io.knative.lambda.build.completed".to_owned()),
+            (3, "service.ready".to_owned()),
+            (4, "dev.knative.apiserver.resource.add".to_owned()),
+        ]
+    );
+    assert_eq!(event_type_strings(source, false).len(), 2);
+}
+
+#[test]
+fn no_crate_but_the_contract_spells_an_event_type() -> Result<()> {
+    let mut files = Vec::new();
+    for dir in ["crates", "functions", "tests"] {
+        rust_files(&repo::root().join(dir), &mut files)?;
+    }
+    let contract = repo::root().join("crates/klambda-events");
+    let this_file = repo::root().join("tests/tidy.rs");
+    let mut spelled = Vec::new();
+    for file in files
+        .iter()
+        .filter(|f| !f.starts_with(&contract) && **f != this_file)
+    {
+        let source = std::fs::read_to_string(file)?;
+        // Tests may assert on the short forms `klambda` prints (`service.ready`); code never
+        // matches on them.
+        let is_test = file.components().any(|c| c.as_os_str() == "tests")
+            || file.starts_with(repo::root().join("tests"));
+        for (line, literal) in event_type_strings(&source, !is_test) {
+            spelled.push(format!("{}:{line}: {literal:?}", file.display()));
+        }
+    }
+    assert!(
+        spelled.is_empty(),
+        "event types are named through klambda-events (`T::TYPE`, `klambda_events::external`), not spelled: {spelled:#?}"
+    );
+    Ok(())
+}

@@ -3,6 +3,7 @@
 //! service-deployer, with the status reporter recording each event) share one trace id, in
 //! causal order. A file of its own: it installs the process-wide trace pipeline.
 
+use klambda_events::EventType as _;
 use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::{Context as _, Result};
@@ -34,7 +35,7 @@ async fn one_deploy_is_one_trace_through_all_five_stages() -> Result<()> {
         .find(|s| {
             attribute(s, "stage").as_deref() == Some("parser")
                 && attribute(s, "event_type").as_deref()
-                    == Some("io.knative.lambda.function.created")
+                    == Some(klambda_events::catalogue::FunctionCreated::TYPE)
         })
         .context("the parser's span for the submission was exported")?;
     let journey: Vec<_> = spans

@@ -11,8 +11,12 @@ use http::Request;
 use http_body_util::{BodyExt as _, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use klambda_events::EventType as _;
 use klambda_events::catalogue::{
-    FunctionCreated, FunctionDeleted, FunctionRollback, FunctionUpdated,
+    BuildCancelled, BuildCompleted, BuildFailed, BuildStarted, BuildTimeout, ContextUploaded,
+    FunctionCreated, FunctionDeleted, FunctionRollback, FunctionUpdated, ParserCompleted,
+    ParserFailed, ServiceCreated, ServiceDeleted, ServiceFailed, ServiceReady, ServiceUpdated,
+    StatusUpdated,
 };
 use klambda_events::data::{FunctionDeletion, RollbackRequest};
 use klambda_events::spec::{ContentEncoding, FunctionSubmission, InlineFile};
@@ -172,29 +176,22 @@ impl Platform {
                 seen = seq;
                 let event = &entry["event"];
                 let ty = event["type"].as_str().unwrap_or_default();
-                let short = ty.strip_prefix(klambda_events::TYPE_PREFIX).unwrap_or(ty);
-                if short == "status.updated" {
+                if ty == StatusUpdated::TYPE {
                     continue;
                 }
+                let short = ty.strip_prefix(klambda_events::TYPE_PREFIX).unwrap_or(ty);
                 match output {
                     Output::Json => println!("{}", serde_json::to_string(entry)?),
                     Output::Text => println!(
                         "{:>8} ms  {short:<18} {}",
                         started.elapsed().as_millis(),
-                        detail(short, &event["data"])
+                        detail(ty, &event["data"])
                     ),
                 }
-                if ends.contains(&short) {
+                if ends.contains(&ty) {
                     return Ok(0);
                 }
-                if matches!(
-                    short,
-                    "parser.failed"
-                        | "build.failed"
-                        | "build.timeout"
-                        | "build.cancelled"
-                        | "service.failed"
-                ) {
+                if JOURNEY_FAILURES.contains(&ty) {
                     return Ok(1);
                 }
             }
@@ -208,11 +205,20 @@ impl Platform {
     }
 }
 
+/// The types that end a function's journey in failure: `klambda deploy` exits 1 on them.
+const JOURNEY_FAILURES: [&str; 5] = [
+    ParserFailed::TYPE,
+    BuildFailed::TYPE,
+    BuildTimeout::TYPE,
+    BuildCancelled::TYPE,
+    ServiceFailed::TYPE,
+];
+
 /// The interesting part of an event's data, for one line.
-fn detail(short: &str, data: &Value) -> String {
+fn detail(ty: &str, data: &Value) -> String {
     let text = |key: &str| data[key].as_str().unwrap_or_default().to_owned();
-    match short {
-        "parser.completed" => format!(
+    match ty {
+        ParserCompleted::TYPE => format!(
             "digest {}",
             data["digest"]
                 .as_str()
@@ -220,7 +226,7 @@ fn detail(short: &str, data: &Value) -> String {
                 .get(..19)
                 .unwrap_or_default()
         ),
-        "parser.failed" => data["problems"]
+        ParserFailed::TYPE => data["problems"]
             .as_array()
             .into_iter()
             .flatten()
@@ -232,9 +238,9 @@ fn detail(short: &str, data: &Value) -> String {
                 )
             })
             .collect(),
-        "context.uploaded" => format!("{} bytes", data["context"]["size"]),
-        "build.started" => text("buildId"),
-        "build.completed" => format!(
+        ContextUploaded::TYPE => format!("{} bytes", data["context"]["size"]),
+        BuildStarted::TYPE => text("buildId"),
+        BuildCompleted::TYPE => format!(
             "{}{}",
             text("image"),
             if data["cached"] == true {
@@ -243,15 +249,15 @@ fn detail(short: &str, data: &Value) -> String {
                 ""
             }
         ),
-        "build.failed" => format!(
+        BuildFailed::TYPE => format!(
             "{}: {}\n{}",
             text("cause"),
             text("reason"),
             text("logExcerpt")
         ),
-        "service.created" | "service.updated" => text("revision"),
-        "service.ready" => format!("{} at {}", text("revision"), text("url")),
-        "service.failed" => format!("{}: {}", text("reason"), text("message")),
+        ServiceCreated::TYPE | ServiceUpdated::TYPE => text("revision"),
+        ServiceReady::TYPE => format!("{} at {}", text("revision"), text("url")),
+        ServiceFailed::TYPE => format!("{}: {}", text("reason"), text("message")),
         _ => String::new(),
     }
 }
@@ -634,7 +640,7 @@ pub async fn deploy(
         );
     }
     platform
-        .follow(&name, since, &["service.ready"], output)
+        .follow(&name, since, &[ServiceReady::TYPE], output)
         .await
 }
 
@@ -783,7 +789,7 @@ pub async fn delete(platform: &Platform, name: &str, output: Output) -> Result<i
         });
     platform.publish(&event).await?;
     platform
-        .follow(name, since, &["service.deleted"], output)
+        .follow(name, since, &[ServiceDeleted::TYPE], output)
         .await
 }
 
@@ -805,7 +811,7 @@ pub async fn rollback(
         });
     platform.publish(&event).await?;
     platform
-        .follow(name, since, &["service.ready"], output)
+        .follow(name, since, &[ServiceReady::TYPE], output)
         .await
 }
 

@@ -5,6 +5,7 @@
 //! `source` + `id` dedupe works across replays.
 
 use std::collections::HashMap;
+use std::marker::PhantomData;
 use std::sync::OnceLock;
 
 use cloudevents::event::Data;
@@ -120,8 +121,9 @@ impl Envelope {
     }
 
     /// The envelope of an event `stage` emits in answer to `input`: source from the stage, id
-    /// derived from the input and `reply_type`, subject carried over.
-    pub fn answering(input: &Event, stage: Stage, reply_type: &str) -> Self {
+    /// derived from the input and `reply_type`, subject carried over. Stages use [`reply`],
+    /// which takes the type from the event type itself.
+    fn answering(input: &Event, stage: Stage, reply_type: &str) -> Self {
         let mut hash = Sha256::new();
         for part in [input.source().as_str(), input.id(), reply_type] {
             hash.update(part.as_bytes());
@@ -164,6 +166,42 @@ impl Envelope {
         let mut event: Event = builder.build().unwrap_or_default();
         cloudevents::AttributesWriter::set_dataschema(&mut event, dataschema_url::<T>());
         event
+    }
+}
+
+/// An event of type `T` that `stage` emits in answer to an input, before its data: the type is
+/// named once, so the id (derived from the input and `T::TYPE`) and the type cannot disagree.
+#[derive(Debug, Clone)]
+pub struct Reply<T> {
+    envelope: Envelope,
+    event_type: PhantomData<fn() -> T>,
+}
+
+/// The reply of type `T` that `stage` emits in answer to `input`: source from the stage, id
+/// derived from the input and the type (a replayed input gets the identical reply), subject
+/// carried over from the input.
+pub fn reply<T: EventType>(input: &Event, stage: Stage) -> Reply<T> {
+    Reply {
+        envelope: Envelope::answering(input, stage, T::TYPE),
+        event_type: PhantomData,
+    }
+}
+
+impl<T: EventType> Reply<T> {
+    /// Sets the subject (the function name).
+    pub fn subject(mut self, subject: impl Into<String>) -> Self {
+        self.envelope = self.envelope.subject(subject);
+        self
+    }
+
+    /// The event id.
+    pub fn id(&self) -> &str {
+        self.envelope.id()
+    }
+
+    /// The event, carrying `data`.
+    pub fn data(&self, data: &T::Data) -> Event {
+        self.envelope.encode::<T>(data)
     }
 }
 
@@ -251,6 +289,12 @@ mod tests {
         assert_eq!(a, Envelope::answering(&input, Stage::Parser, "x"));
         assert_ne!(a.id(), Envelope::answering(&input, Stage::Parser, "y").id());
         assert_eq!(a.subject.as_deref(), Some("hello"));
+
+        let event = reply::<FunctionDeleted>(&input, Stage::Parser).data(&deletion());
+        assert_eq!(event.ty(), FunctionDeleted::TYPE);
+        let expected = Envelope::answering(&input, Stage::Parser, FunctionDeleted::TYPE);
+        assert_eq!(event.id(), expected.id());
+        assert_eq!(event.subject(), Some("hello"));
     }
 
     #[test]

@@ -14,18 +14,20 @@
 //!   construction.
 //! - [`runtime`]: the known runtimes and their template versions.
 //! - [`envelope`]: typed data in and out of `cloudevents::Event`, deterministic reply ids.
+//! - [`external`]: types other components define that stages consume (ApiServerSource).
 //! - [`docs`]: the generated `docs/EVENTS.md` and `eventing/schemas/` files.
 
 pub mod catalogue;
 pub mod data;
 pub mod docs;
 pub mod envelope;
+pub mod external;
 pub mod ids;
 pub mod runtime;
 pub mod spec;
 
 pub use catalogue::{CATALOGUE, EventSpec, EventType, Producer, Stage, TYPE_PREFIX};
-pub use envelope::{DecodeError, Envelope, decode};
+pub use envelope::{DecodeError, Envelope, Reply, decode, reply};
 pub use ids::{BuildId, ContentDigest, FunctionName, InvalidId};
 pub use runtime::{Language, Runtime};
 pub use spec::FunctionSpec;

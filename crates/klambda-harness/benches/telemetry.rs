@@ -14,6 +14,7 @@
 //! on its own: the two calls one hop makes (`request` and `latency`). Run:
 //! `cargo bench -p klambda-harness --bench telemetry`.
 
+use klambda_events::EventType as _;
 use std::hint::black_box;
 
 use axum::Router;
@@ -47,7 +48,7 @@ fn request() -> Request<Body> {
         .header("ce-specversion", "1.0")
         .header("ce-id", "bench-1")
         .header("ce-source", "/bench")
-        .header("ce-type", "io.knative.lambda.function.created")
+        .header("ce-type", klambda_events::catalogue::FunctionCreated::TYPE)
         .header(
             "traceparent",
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
@@ -120,8 +121,11 @@ fn telemetry_overhead(c: &mut Criterion) {
     let metrics = Metrics::new("parser");
     c.bench_function("metrics of one hop (request + latency)", |b| {
         b.iter(|| {
-            metrics.request("io.knative.lambda.function.created", "reply");
-            metrics.latency("io.knative.lambda.function.created", black_box(0.000_1));
+            metrics.request(klambda_events::catalogue::FunctionCreated::TYPE, "reply");
+            metrics.latency(
+                klambda_events::catalogue::FunctionCreated::TYPE,
+                black_box(0.000_1),
+            );
         })
     });
 }

@@ -70,13 +70,14 @@ pub async fn shutdown_signal() {
 }
 
 /// The whole `main` of a stage binary: reads flags and environment, builds the stage with
-/// `make` (which reads its own settings from the same source), then serves it over HTTP, or as
-/// an AWS Lambda when `AWS_LAMBDA_RUNTIME_API` is set. Bad configuration exits 64 listing every
+/// `make` (which reads its own settings from the same source, inside the async runtime, so it
+/// may create clients and await their configuration), then serves it over HTTP, or as an AWS
+/// Lambda when `AWS_LAMBDA_RUNTIME_API` is set. Bad configuration exits 64 listing every
 /// problem.
 pub fn run<H, F>(service: &'static str, make: F) -> ExitCode
 where
     H: Handler,
-    F: FnOnce(&dyn ConfigSource) -> Result<H, ConfigError>,
+    F: AsyncFnOnce(&dyn ConfigSource) -> Result<H, ConfigError>,
 {
     let source = match WithFlags::parse(std::env::args().skip(1), Env) {
         Ok(Command::Run(source)) => source,
@@ -89,8 +90,21 @@ where
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    // The stage is built inside the runtime: constructors create clients that need a Tokio
+    // context (sqlx's lazy pool, kube, the AWS SDK); one that panicked outside it would
+    // crash-loop on its cluster (`tests/boot.rs` starts every binary as deployed).
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("{service}: could not start the async runtime: {error}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
     let settings = Settings::from_source(&source);
-    let handler = make(&source);
+    let handler = runtime.block_on(make(&source));
     let (settings, handler) = match (settings, handler) {
         (Ok(settings), Ok(handler)) => (settings, handler),
         (settings, handler) => {
@@ -100,16 +114,6 @@ where
             }
             eprintln!("{service}: {}", ConfigError { problems });
             return ExitCode::from(EXIT_CONFIG);
-        }
-    };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("{service}: could not start the async runtime: {error}");
-            return ExitCode::from(EXIT_FAILURE);
         }
     };
     runtime.block_on(async move {

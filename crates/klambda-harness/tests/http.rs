@@ -2,6 +2,7 @@
 //! right status and a problem body, outcomes and their statuses, probes, metrics, trace
 //! continuation, side events to a real sink, and a graceful drain.
 
+use klambda_events::EventType as _;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -43,8 +44,8 @@ impl Handler for Echo {
                         extra: Default::default(),
                     });
                 context.publish(side).await;
-                let reply = Envelope::answering(&event, Stage::StatusReporter, "reply")
-                    .encode::<HealthCheck>(&HealthProbe {
+                let reply = klambda_events::reply::<HealthCheck>(&event, Stage::StatusReporter)
+                    .data(&HealthProbe {
                         origin: event.id().to_owned(),
                         extra: Default::default(),
                     });
@@ -98,7 +99,10 @@ async fn binary_mode_round_trip() -> Result<()> {
     )
     .await?;
     assert_eq!(reply.status, 200, "{:?}", reply.body);
-    assert_eq!(reply.header("ce-type"), "io.knative.lambda.health.check");
+    assert_eq!(
+        reply.header("ce-type"),
+        klambda_events::catalogue::HealthCheck::TYPE
+    );
     assert_eq!(reply.header("ce-source"), "/knative-lambda/status-reporter");
     assert_eq!(reply.header("ce-specversion"), "1.0");
     assert_eq!(reply.header("content-type"), "application/json");
@@ -447,7 +451,7 @@ async fn health_ready_and_metrics() -> Result<()> {
     assert_eq!(get(&server.url("/ready")).await?.status, 200);
     post(
         &server.url("/"),
-        &binary_headers(&[("ce-type", "io.knative.lambda.health.check")]),
+        &binary_headers(&[("ce-type", klambda_events::catalogue::HealthCheck::TYPE)]),
         "{}",
     )
     .await?;
@@ -543,7 +547,7 @@ async fn in_process_dispatch_matches_http() -> Result<()> {
     });
     match harness.dispatch(event).await? {
         Outcome::Reply(reply) => {
-            assert_eq!(reply.ty(), "io.knative.lambda.health.check");
+            assert_eq!(reply.ty(), klambda_events::catalogue::HealthCheck::TYPE);
             assert_eq!(
                 klambda_events::decode::<HealthCheck>(&reply)?.origin,
                 "ip-1"

@@ -32,11 +32,8 @@ pub mod sources {
 pub const FIELD_MANAGER: &str = "knative-lambda";
 
 /// The CloudEvent types an ApiServerSource (Resource mode) sends when an object is added or
-/// changed; the object is the event's data.
-pub const APISERVER_EVENT_TYPES: [&str; 2] = [
-    "dev.knative.apiserver.resource.add",
-    "dev.knative.apiserver.resource.update",
-];
+/// changed; the object is the event's data. Defined by the contract.
+pub use klambda_events::external::APISERVER_EVENT_TYPES;
 
 /// Why the Kubernetes API refused or failed.
 #[derive(Debug, thiserror::Error)]
@@ -81,11 +78,28 @@ impl KubeError {
     }
 }
 
-/// The client of the ServiceAccount the pod runs as (`KUBERNETES_SERVICE_HOST` and the mounted
-/// token), for a stage's `from_config`.
-pub fn in_cluster_client() -> Result<kube::Client, String> {
-    let config = kube::Config::incluster()
-        .map_err(|e| format!("no in-cluster Kubernetes configuration: {e}"))?;
+/// The setting naming a kubeconfig file; see [`client`].
+pub const KUBECONFIG: &str = "KUBECONFIG";
+
+/// The Kubernetes client a stage runs as, for its `from_config`: the kubeconfig file
+/// `kubeconfig` names (the value of [`KUBECONFIG`]: a stage run outside the cluster, or against
+/// the fake API in `tests/boot.rs`), else the ServiceAccount the pod runs as
+/// (`KUBERNETES_SERVICE_HOST` and the mounted token).
+pub async fn client(kubeconfig: Option<&str>) -> Result<kube::Client, String> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let file = kube::config::Kubeconfig::read_from(path)
+                .map_err(|e| format!("KUBECONFIG={path:?} cannot be read: {e}"))?;
+            kube::Config::from_custom_kubeconfig(file, &kube::config::KubeConfigOptions::default())
+                .await
+                .map_err(|e| format!("KUBECONFIG={path:?} is not usable: {e}"))?
+        }
+        None => kube::Config::incluster().map_err(|e| {
+            format!(
+                "no in-cluster Kubernetes configuration ({e}); outside a cluster set KUBECONFIG"
+            )
+        })?,
+    };
     kube::Client::try_from(config).map_err(|e| format!("the Kubernetes client: {e}"))
 }
 

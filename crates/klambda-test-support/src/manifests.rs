@@ -28,6 +28,39 @@ pub fn load_yaml(path: &Path) -> Result<Vec<Value>> {
     Ok(docs)
 }
 
+/// The objects the kustomization in `dir` renders: every listed resource file's documents, with
+/// the `images` transformer applied (what `kubectl apply -k` sends, for the features we use).
+pub fn render(dir: &Path) -> Result<Vec<Value>> {
+    let kustomization = load_yaml(&dir.join("kustomization.yaml"))?;
+    let kustomization = &kustomization[0];
+    let images: std::collections::BTreeMap<String, String> = kustomization["images"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|i| {
+            Some((
+                i["name"].as_str()?.to_owned(),
+                format!("{}:{}", i["newName"].as_str()?, i["newTag"].as_str()?),
+            ))
+        })
+        .collect();
+    let mut objects = Vec::new();
+    for resource in kustomization["resources"].as_array().into_iter().flatten() {
+        let path = dir.join(resource.as_str().unwrap_or_default());
+        for mut doc in load_yaml(&path)? {
+            let containers = &mut doc["spec"]["template"]["spec"]["containers"];
+            for container in containers.as_array_mut().into_iter().flatten() {
+                let image = container["image"].as_str().unwrap_or_default().to_owned();
+                if let Some(pinned) = images.get(&image) {
+                    container["image"] = Value::String(pinned.clone());
+                }
+            }
+            objects.push(doc);
+        }
+    }
+    Ok(objects)
+}
+
 /// The CRD schemas, by `(apiVersion, kind)`.
 pub struct CrdSchemas {
     schemas: HashMap<(String, String), Value>,

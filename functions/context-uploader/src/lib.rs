@@ -24,7 +24,7 @@ use klambda_events::catalogue::{BuildCompleted, BuildFailed, ContextUploaded, Pa
 use klambda_events::data::{
     BuildContext, BuildFailure, BuildFailureCause, BuiltImage, ObjectRef, ParsedFunction,
 };
-use klambda_events::{BuildId, ContentDigest, Envelope, EventType, Stage, decode};
+use klambda_events::{BuildId, ContentDigest, Stage, decode, reply};
 use klambda_harness::{ConfigError, ConfigSource, Context, Handler, HandlerError, Outcome};
 use klambda_runtimes::Template;
 use klambda_runtimes::context::{self, SourceFile};
@@ -146,9 +146,9 @@ impl ContextUploader {
 /// Why a parsed function cannot be built by this uploader.
 fn unbuildable(input: &Event, parsed: &ParsedFunction, reason: String) -> Event {
     let build_id = BuildId::derive(&parsed.spec.name, &parsed.digest);
-    Envelope::answering(input, Stage::ContextUploader, BuildFailed::TYPE)
+    reply::<BuildFailed>(input, Stage::ContextUploader)
         .subject(parsed.spec.name.to_string())
-        .encode::<BuildFailed>(&BuildFailure {
+        .data(&BuildFailure {
             function: parsed.spec.name.clone(),
             build_id,
             digest: parsed.digest.clone(),
@@ -173,9 +173,9 @@ impl Handler for ContextUploader {
             .map_err(Self::unavailable)?
         {
             let build_id = BuildId::derive(&parsed.spec.name, &parsed.digest);
-            let reply = Envelope::answering(&event, Stage::ContextUploader, BuildCompleted::TYPE)
+            let reply = reply::<BuildCompleted>(&event, Stage::ContextUploader)
                 .subject(name)
-                .encode::<BuildCompleted>(&BuiltImage {
+                .data(&BuiltImage {
                     spec: parsed.spec,
                     digest: parsed.digest,
                     build_id,
@@ -216,9 +216,9 @@ impl Handler for ContextUploader {
                 size
             }
         };
-        let reply = Envelope::answering(&event, Stage::ContextUploader, ContextUploaded::TYPE)
+        let reply = reply::<ContextUploaded>(&event, Stage::ContextUploader)
             .subject(name)
-            .encode::<ContextUploaded>(&BuildContext {
+            .data(&BuildContext {
                 context: ObjectRef {
                     uri: self.store.uri(&key),
                     size,

@@ -2,8 +2,7 @@
 //! harness, storing contexts under `KLAMBDA_STORE_DIR`.
 
 fn main() -> std::process::ExitCode {
-    klambda_harness::run(
-        "context-uploader",
-        context_uploader::ContextUploader::from_config,
-    )
+    klambda_harness::run("context-uploader", async |config| {
+        context_uploader::ContextUploader::from_config(config)
+    })
 }

@@ -28,7 +28,7 @@ use klambda_events::catalogue::{
     ContextUploaded,
 };
 use klambda_events::data::{BuildEnd, BuildFailure, BuildStart, BuildTimedOut, BuiltImage};
-use klambda_events::{BuildId, Envelope, EventType, FunctionName, Stage, decode};
+use klambda_events::{BuildId, EventType, FunctionName, Reply, Stage, decode, reply};
 use klambda_harness::metrics::{BuildResult, Metrics};
 use klambda_harness::{ConfigError, ConfigSource, Context, Handler, HandlerError, Outcome};
 use klambda_storage::{ImageRecord, ObjectStore};
@@ -39,6 +39,11 @@ use crate::builder::kaniko::{self, KanikoJobs, KanikoSettings};
 use crate::builder::local::LocalBuilder;
 use crate::builder::{BuildOutcome, BuildRequest, Builder};
 use klambda_kube::{APISERVER_EVENT_TYPES, KubeError};
+
+/// job-launcher's event of type `T` answering `input`, about `function`.
+fn answer<T: EventType>(input: &Event, function: &FunctionName) -> Reply<T> {
+    reply::<T>(input, Stage::JobLauncher).subject(function.to_string())
+}
 
 /// Running builds: id → (function, the way to cancel it).
 type Running = Arc<Mutex<HashMap<BuildId, (FunctionName, oneshot::Sender<String>)>>>;
@@ -98,7 +103,9 @@ impl JobLauncher {
     ///   ServiceAccount (see [`KanikoSettings::from_config`]), which needs the contexts in S3.
     /// - `KLAMBDA_STORE` (see `klambda_storage::from_settings`; default the directory
     ///   `klambda-store`): where contexts and build records are.
-    pub fn from_config(config: &dyn ConfigSource) -> Result<Self, ConfigError> {
+    /// - `KUBECONFIG`: with `kubernetes`, a kubeconfig to use instead of the pod's
+    ///   ServiceAccount (see `klambda_kube::client`).
+    pub async fn from_config(config: &dyn ConfigSource) -> Result<Self, ConfigError> {
         let setting =
             |key: &str, default: &str| config.setting(key).unwrap_or_else(|| default.to_owned());
         let (store, s3) = klambda_storage::from_settings(|key| config.get(key), "klambda-store")
@@ -124,7 +131,9 @@ impl JobLauncher {
                 let settings = KanikoSettings::from_config(config)
                     .map_err(|more| problems.extend(more))
                     .ok();
-                let client = klambda_kube::in_cluster_client()
+                let kubeconfig = config.setting(klambda_kube::KUBECONFIG);
+                let client = klambda_kube::client(kubeconfig.as_deref())
+                    .await
                     .map_err(|error| problems.push(format!("KLAMBDA_BUILDER=kubernetes: {error}")))
                     .ok();
                 match (client, settings) {
@@ -151,15 +160,11 @@ impl JobLauncher {
         let uploaded = decode::<ContextUploaded>(&event)?;
         let name = uploaded.spec.name.clone();
         let build_id = BuildId::derive(&name, &uploaded.digest);
-        let envelope = |ty: &str| {
-            Envelope::answering(&event, Stage::JobLauncher, ty).subject(name.to_string())
-        };
-
         let record = ImageRecord::load(self.store.as_ref(), uploaded.digest.hex())
             .await
             .map_err(|e| HandlerError::Unavailable(e.to_string()))?;
         if let Some(record) = record {
-            let reply = envelope(BuildCompleted::TYPE).encode::<BuildCompleted>(&BuiltImage {
+            let reply = answer::<BuildCompleted>(&event, &name).data(&BuiltImage {
                 spec: uploaded.spec,
                 digest: uploaded.digest,
                 build_id,
@@ -169,7 +174,7 @@ impl JobLauncher {
             return Ok(Outcome::Reply(reply));
         }
 
-        let started = envelope(BuildStarted::TYPE).encode::<BuildStarted>(&BuildStart {
+        let started = answer::<BuildStarted>(&event, &name).data(&BuildStart {
             function: name.clone(),
             build_id: build_id.clone(),
             digest: uploaded.digest.clone(),
@@ -254,8 +259,6 @@ impl JobLauncher {
         outcome: BuildOutcome,
     ) -> Event {
         let name = uploaded.spec.name.clone();
-        let envelope =
-            |ty: &str| Envelope::answering(input, Stage::JobLauncher, ty).subject(name.to_string());
         match outcome {
             BuildOutcome::Completed { image } => {
                 let record = ImageRecord {
@@ -268,7 +271,7 @@ impl JobLauncher {
                     // The build stands; only the cache misses next time.
                     tracing::warn!(%error, "build record not written");
                 }
-                envelope(BuildCompleted::TYPE).encode::<BuildCompleted>(&BuiltImage {
+                answer::<BuildCompleted>(input, &name).data(&BuiltImage {
                     spec: uploaded.spec,
                     digest: uploaded.digest,
                     build_id,
@@ -280,7 +283,7 @@ impl JobLauncher {
                 cause,
                 reason,
                 log_excerpt,
-            } => envelope(BuildFailed::TYPE).encode::<BuildFailed>(&BuildFailure {
+            } => answer::<BuildFailed>(input, &name).data(&BuildFailure {
                 function: name.clone(),
                 build_id,
                 digest: uploaded.digest,
@@ -288,19 +291,20 @@ impl JobLauncher {
                 reason,
                 log_excerpt,
             }),
-            BuildOutcome::TimedOut { deadline_seconds } => envelope(BuildTimeout::TYPE)
-                .encode::<BuildTimeout>(&BuildTimedOut {
+            BuildOutcome::TimedOut { deadline_seconds } => answer::<BuildTimeout>(input, &name)
+                .data(&BuildTimedOut {
                     function: name.clone(),
                     build_id,
                     digest: uploaded.digest,
                     deadline_seconds,
                 }),
-            BuildOutcome::Cancelled { reason } => envelope(BuildCancelled::TYPE)
-                .encode::<BuildCancelled>(&BuildEnd {
+            BuildOutcome::Cancelled { reason } => {
+                answer::<BuildCancelled>(input, &name).data(&BuildEnd {
                     function: name.clone(),
                     build_id,
                     reason,
-                }),
+                })
+            }
         }
     }
 
@@ -373,14 +377,13 @@ impl JobLauncher {
             };
             for build_id in targets {
                 if jobs.cancel(&build_id).await.map_err(kube_failure)? {
-                    let ended =
-                        Envelope::answering(event, Stage::JobLauncher, BuildCancelled::TYPE)
-                            .subject(request.function.to_string())
-                            .encode::<BuildCancelled>(&BuildEnd {
-                                function: request.function.clone(),
-                                build_id,
-                                reason: reason.clone(),
-                            });
+                    let ended = reply::<BuildCancelled>(event, Stage::JobLauncher)
+                        .subject(request.function.to_string())
+                        .data(&BuildEnd {
+                            function: request.function.clone(),
+                            build_id,
+                            reason: reason.clone(),
+                        });
                     context.publish(ended).await;
                 }
             }

@@ -111,7 +111,7 @@ async fn launch(cluster: &Cluster, name: &str) -> Result<(BuildId, Value)> {
 
 /// The ApiServerSource event for `job` (Resource mode: the object is the data).
 fn job_event(job: &Value, id: &str) -> Result<Event> {
-    job_event_of(job, id, "dev.knative.apiserver.resource.update")
+    job_event_of(job, id, klambda_events::external::APISERVER_RESOURCE_UPDATE)
 }
 
 /// The same, as `ty` (`…resource.add` when the source lists the Job again after a restart).
@@ -335,7 +335,11 @@ async fn finish(
     let Some(first) = reply(cluster, job_event(&done, "update-1")?).await? else {
         bail!("no outcome for a finished Job");
     };
-    let relisted = job_event_of(&done, "add-1", "dev.knative.apiserver.resource.add")?;
+    let relisted = job_event_of(
+        &done,
+        "add-1",
+        klambda_events::external::APISERVER_RESOURCE_ADD,
+    )?;
     let Some(second) = reply(cluster, relisted).await? else {
         bail!("no outcome for the repeated update");
     };

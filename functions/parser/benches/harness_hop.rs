@@ -5,6 +5,7 @@
 //! sees), and in-process through `tower::ServiceExt::oneshot` (the harness's own cost, no
 //! network). Run: `cargo bench -p parser --bench harness_hop`.
 
+use klambda_events::EventType as _;
 use std::hint::black_box;
 
 use axum::Router;
@@ -28,7 +29,7 @@ fn one_kib_event() -> (Vec<(&'static str, &'static str)>, Bytes) {
         ("ce-specversion", "1.0"),
         ("ce-id", "bench-1"),
         ("ce-source", "/bench"),
-        ("ce-type", "io.knative.lambda.function.created"),
+        ("ce-type", klambda_events::catalogue::FunctionCreated::TYPE),
         ("content-type", "application/json"),
     ];
     let skeleton = r#"{"name":"hello","runtime":"nodejs22","handler":"index.handler","source":{"kind":"inline","files":[{"path":"index.js","content":"PAD"}]},"env":{"GREETING":"hi"}}"#;

@@ -33,7 +33,7 @@ use klambda_events::catalogue::{
 };
 use klambda_events::data::{Operation, ParseFailure, ParseStart, ParsedFunction, Problem};
 use klambda_events::envelope::DecodeError;
-use klambda_events::{Envelope, EventType, Stage, decode};
+use klambda_events::{EventType, Stage, decode, reply};
 use klambda_harness::{Context, Handler, HandlerError, Outcome};
 
 pub use limits::Limits;
@@ -95,29 +95,28 @@ impl Handler for Parser {
             Operation::Create
         };
         let (name, result) = self.parse_event(&event, operation)?;
-        let started = Envelope::answering(&event, Stage::Parser, ParserStarted::TYPE)
-            .encode::<ParserStarted>(&ParseStart {
-                function: name.clone(),
-                operation,
-            });
+        let started = reply::<ParserStarted>(&event, Stage::Parser).data(&ParseStart {
+            function: name.clone(),
+            operation,
+        });
         context.publish(started).await;
         let reply = match result {
             Ok((spec, digest)) => {
                 let subject = spec.name.to_string();
-                Envelope::answering(&event, Stage::Parser, ParserCompleted::TYPE)
+                reply::<ParserCompleted>(&event, Stage::Parser)
                     .subject(subject)
-                    .encode::<ParserCompleted>(&ParsedFunction {
+                    .data(&ParsedFunction {
                         operation,
                         spec,
                         digest,
                     })
             }
             Err(problems) => {
-                let mut envelope = Envelope::answering(&event, Stage::Parser, ParserFailed::TYPE);
+                let mut failed = reply::<ParserFailed>(&event, Stage::Parser);
                 if let Some(name) = &name {
-                    envelope = envelope.subject(name.clone());
+                    failed = failed.subject(name.clone());
                 }
-                envelope.encode::<ParserFailed>(&ParseFailure {
+                failed.data(&ParseFailure {
                     function: name,
                     operation,
                     problems,

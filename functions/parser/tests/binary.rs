@@ -1,6 +1,7 @@
 //! The real `parser` binary: configuration errors exit 64 listing every problem, `--help`, JSON
 //! logs carrying the event id, and SIGTERM stopping it cleanly.
 
+use klambda_events::EventType as _;
 use std::io::{BufRead as _, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -64,12 +65,12 @@ async fn serves_logs_json_and_stops_on_sigterm() -> Result<()> {
     .await?;
     let reply = post(&format!("{base}/"), &[
         ("ce-specversion", "1.0"), ("ce-id", "bin-1"), ("ce-source", "/t"),
-        ("ce-type", "io.knative.lambda.function.created"), ("content-type", "application/json"),
+        ("ce-type", klambda_events::catalogue::FunctionCreated::TYPE), ("content-type", "application/json"),
     ], r#"{"name":"hello","runtime":"python3.12","handler":"app.handler","source":{"kind":"inline","files":[{"path":"app.py","content":"def handler(e, c): return e"}]}}"#).await?;
     assert_eq!(reply.status, 200);
     assert_eq!(
         reply.header("ce-type"),
-        "io.knative.lambda.parser.completed"
+        klambda_events::catalogue::ParserCompleted::TYPE
     );
 
     let exit = terminate(&mut child, Duration::from_secs(10))?;
@@ -89,9 +90,12 @@ async fn serves_logs_json_and_stops_on_sigterm() -> Result<()> {
     assert_eq!(handled["span"]["event_id"], "bin-1");
     assert_eq!(
         handled["span"]["event_type"],
-        "io.knative.lambda.function.created"
+        klambda_events::catalogue::FunctionCreated::TYPE
     );
-    assert_eq!(handled["reply_type"], "io.knative.lambda.parser.completed");
+    assert_eq!(
+        handled["reply_type"],
+        klambda_events::catalogue::ParserCompleted::TYPE
+    );
     assert!(
         lines
             .iter()

@@ -2,6 +2,7 @@
 //! pointing at an OTLP/gRPC receiver in this test, exports the span of an event it handled, in
 //! the trace of the event's `traceparent`, under its service name.
 
+use klambda_events::EventType as _;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -35,7 +36,7 @@ async fn spans_are_exported_in_the_events_trace() -> Result<()> {
     let traceparent = format!("00-{TRACE_ID}-00f067aa0ba902b7-01");
     let reply = post(&format!("{base}/"), &[
         ("ce-specversion", "1.0"), ("ce-id", "otlp-1"), ("ce-source", "/t"),
-        ("ce-type", "io.knative.lambda.function.created"), ("content-type", "application/json"),
+        ("ce-type", klambda_events::catalogue::FunctionCreated::TYPE), ("content-type", "application/json"),
         ("ce-traceparent", &traceparent),
     ], r#"{"name":"traced","runtime":"python3.12","handler":"app.handler","source":{"kind":"inline","files":[{"path":"app.py","content":"def handler(e, c): return e"}]}}"#).await?;
     assert_eq!(reply.status, 200);

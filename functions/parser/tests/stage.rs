@@ -1,5 +1,6 @@
 //! The parser stage over real HTTP: replies, side events, replays, broken data, version refusal.
 
+use klambda_events::EventType as _;
 use std::sync::Arc;
 
 use anyhow::Result;
@@ -64,7 +65,7 @@ async fn a_valid_submission_gets_parser_completed() -> Result<()> {
     .await?;
     assert_eq!(reply.status, 200, "{:?}", reply.body);
     let event = reply_event(&reply)?;
-    assert_eq!(event.ty(), "io.knative.lambda.parser.completed");
+    assert_eq!(event.ty(), klambda_events::catalogue::ParserCompleted::TYPE);
     assert_eq!(event.subject(), Some("hello"));
     assert_eq!(event.source(), "/knative-lambda/parser");
     let parsed = decode::<ParserCompleted>(&event)?;
@@ -74,7 +75,10 @@ async fn a_valid_submission_gets_parser_completed() -> Result<()> {
 
     let started = memory.events();
     assert_eq!(started.len(), 1);
-    assert_eq!(started[0].ty(), "io.knative.lambda.parser.started");
+    assert_eq!(
+        started[0].ty(),
+        klambda_events::catalogue::ParserStarted::TYPE
+    );
     Ok(())
 }
 
@@ -137,7 +141,7 @@ async fn an_invalid_submission_gets_parser_failed_with_every_reason() -> Result<
     bad["handler"] = json!("index.handler && curl evil");
     let reply = send(
         &server,
-        "io.knative.lambda.function.updated",
+        klambda_events::catalogue::FunctionUpdated::TYPE,
         "sub-4",
         &bad.to_string(),
         &[],
@@ -145,7 +149,7 @@ async fn an_invalid_submission_gets_parser_failed_with_every_reason() -> Result<
     .await?;
     assert_eq!(reply.status, 200);
     let event = reply_event(&reply)?;
-    assert_eq!(event.ty(), "io.knative.lambda.parser.failed");
+    assert_eq!(event.ty(), klambda_events::catalogue::ParserFailed::TYPE);
     let failure = decode::<ParserFailed>(&event)?;
     assert_eq!(failure.operation, Operation::Update);
     assert_eq!(failure.function.as_deref(), Some("Hello World"));
@@ -236,7 +240,7 @@ async fn contract_mismatches_are_refused_for_the_dead_letter_queue() -> Result<(
 
     let misrouted = send(
         &server,
-        "io.knative.lambda.parser.completed",
+        klambda_events::catalogue::ParserCompleted::TYPE,
         "sub-8",
         "{}",
         &[],

@@ -25,12 +25,17 @@ use klambda_events::catalogue::{
     ServiceFailed, ServiceReady, ServiceUpdated,
 };
 use klambda_events::data::{ServiceFailure, ServiceReadiness, ServiceRemoval, ServiceRevision};
-use klambda_events::{Envelope, EventType, FunctionName, Stage, decode};
+use klambda_events::{Envelope, EventType, FunctionName, Reply, Stage, decode, reply};
 use klambda_harness::{ConfigError, ConfigSource, Context, Handler, HandlerError, Outcome};
 
 use crate::deployer::knative::{self, KnativeServices, KnativeSettings};
 use crate::deployer::local::LocalRunner;
 use crate::deployer::{Deployer, NotReady, Revision};
+
+/// service-deployer's event of type `T` answering `input`, about `function`.
+fn answer<T: EventType>(input: &Event, function: &FunctionName) -> Reply<T> {
+    reply::<T>(input, Stage::ServiceDeployer).subject(function.to_string())
+}
 
 /// Where functions run.
 #[derive(Clone)]
@@ -65,7 +70,9 @@ impl ServiceDeployer {
     /// A deployer configured from the environment: `KLAMBDA_DEPLOYER=local` (default) runs
     /// functions as local processes; `kubernetes` deploys Knative Services through the
     /// in-cluster ServiceAccount (see [`KnativeSettings::from_config`]).
-    pub fn from_config(config: &dyn ConfigSource) -> Result<Self, ConfigError> {
+    /// With `kubernetes`, `KUBECONFIG` names a kubeconfig to use instead (see
+    /// `klambda_kube::client`).
+    pub async fn from_config(config: &dyn ConfigSource) -> Result<Self, ConfigError> {
         let choice = config
             .setting("KLAMBDA_DEPLOYER")
             .unwrap_or_else(|| "local".to_owned());
@@ -73,7 +80,9 @@ impl ServiceDeployer {
         match choice.as_str() {
             "local" => Ok(Self::new(Arc::new(LocalRunner::new()))),
             "kubernetes" => {
-                let client = klambda_kube::in_cluster_client()
+                let kubeconfig = config.setting(klambda_kube::KUBECONFIG);
+                let client = klambda_kube::client(kubeconfig.as_deref())
+                    .await
                     .map_err(|e| problem(format!("KLAMBDA_DEPLOYER=kubernetes: {e}")))?;
                 Ok(Self::on_kubernetes(KnativeServices::new(
                     client,
@@ -95,9 +104,6 @@ impl ServiceDeployer {
         context: &Context,
     ) -> Result<Outcome, HandlerError> {
         let ty = event.ty();
-        let envelope = |ty: &str, function: &FunctionName| {
-            Envelope::answering(event, Stage::ServiceDeployer, ty).subject(function.to_string())
-        };
         if klambda_kube::APISERVER_EVENT_TYPES.contains(&ty) {
             return Ok(service_changed(event));
         }
@@ -116,13 +122,11 @@ impl ServiceDeployer {
             if let Some((revision, url)) = applied.ready {
                 // A replay of what already serves: the same answer as the first time.
                 return Ok(Outcome::Reply(
-                    envelope(ServiceReady::TYPE, function).encode::<ServiceReady>(
-                        &ServiceReadiness {
-                            function: function.clone(),
-                            revision,
-                            url,
-                        },
-                    ),
+                    answer::<ServiceReady>(event, function).data(&ServiceReadiness {
+                        function: function.clone(),
+                        revision,
+                        url,
+                    }),
                 ));
             }
             if let Some(revision) = applied.revision {
@@ -133,9 +137,9 @@ impl ServiceDeployer {
                     digest: built.digest.clone(),
                 };
                 let side = if applied.first {
-                    envelope(ServiceCreated::TYPE, function).encode::<ServiceCreated>(&data)
+                    answer::<ServiceCreated>(event, function).data(&data)
                 } else {
-                    envelope(ServiceUpdated::TYPE, function).encode::<ServiceUpdated>(&data)
+                    answer::<ServiceUpdated>(event, function).data(&data)
                 };
                 context.publish(side).await;
             }
@@ -150,27 +154,23 @@ impl ServiceDeployer {
                 .map_err(kube_failure)?;
             let Some(rolled) = rolled else {
                 return Ok(Outcome::Reply(
-                    envelope(ServiceFailed::TYPE, function).encode::<ServiceFailed>(
-                        &ServiceFailure {
-                            function: function.clone(),
-                            revision: request.to_revision.clone(),
-                            reason: "RevisionMissing".to_owned(),
-                            message: "no earlier revision to roll back to".to_owned(),
-                        },
-                    ),
+                    answer::<ServiceFailed>(event, function).data(&ServiceFailure {
+                        function: function.clone(),
+                        revision: request.to_revision.clone(),
+                        reason: "RevisionMissing".to_owned(),
+                        message: "no earlier revision to roll back to".to_owned(),
+                    }),
                 ));
             };
             if let Some(digest) = rolled.digest {
                 context
                     .publish(
-                        envelope(ServiceUpdated::TYPE, function).encode::<ServiceUpdated>(
-                            &ServiceRevision {
-                                function: function.clone(),
-                                revision: rolled.revision,
-                                image: rolled.image,
-                                digest,
-                            },
-                        ),
+                        answer::<ServiceUpdated>(event, function).data(&ServiceRevision {
+                            function: function.clone(),
+                            revision: rolled.revision,
+                            image: rolled.image,
+                            digest,
+                        }),
                     )
                     .await;
             }
@@ -183,11 +183,9 @@ impl ServiceDeployer {
             .map_err(kube_failure)?;
         tracing::info!(function = %deletion.name, existed, "deleted");
         Ok(Outcome::Reply(
-            envelope(ServiceDeleted::TYPE, &deletion.name).encode::<ServiceDeleted>(
-                &ServiceRemoval {
-                    function: deletion.name.clone(),
-                },
-            ),
+            answer::<ServiceDeleted>(event, &deletion.name).data(&ServiceRemoval {
+                function: deletion.name.clone(),
+            }),
         ))
     }
 
@@ -198,9 +196,6 @@ impl ServiceDeployer {
         function: &FunctionName,
         result: Result<Revision, NotReady>,
     ) -> Event {
-        let envelope = |ty: &str| {
-            Envelope::answering(input, Stage::ServiceDeployer, ty).subject(function.to_string())
-        };
         match result {
             Ok(revision) => {
                 if revision.changed {
@@ -211,26 +206,24 @@ impl ServiceDeployer {
                         digest: revision.digest.clone(),
                     };
                     let event = if revision.first {
-                        envelope(ServiceCreated::TYPE).encode::<ServiceCreated>(&data)
+                        answer::<ServiceCreated>(input, function).data(&data)
                     } else {
-                        envelope(ServiceUpdated::TYPE).encode::<ServiceUpdated>(&data)
+                        answer::<ServiceUpdated>(input, function).data(&data)
                     };
                     context.publish(event).await;
                 }
-                envelope(ServiceReady::TYPE).encode::<ServiceReady>(&ServiceReadiness {
+                answer::<ServiceReady>(input, function).data(&ServiceReadiness {
                     function: function.clone(),
                     revision: revision.name,
                     url: revision.url,
                 })
             }
-            Err(not_ready) => {
-                envelope(ServiceFailed::TYPE).encode::<ServiceFailed>(&ServiceFailure {
-                    function: function.clone(),
-                    revision: not_ready.revision,
-                    reason: not_ready.reason,
-                    message: not_ready.message,
-                })
-            }
+            Err(not_ready) => answer::<ServiceFailed>(input, function).data(&ServiceFailure {
+                function: function.clone(),
+                revision: not_ready.revision,
+                reason: not_ready.reason,
+                message: not_ready.message,
+            }),
         }
     }
 }
@@ -284,9 +277,9 @@ impl Handler for ServiceDeployer {
                 .await;
             timed("delete", true);
             tracing::info!(function = %deletion.name, existed, "deleted");
-            Envelope::answering(&event, Stage::ServiceDeployer, ServiceDeleted::TYPE)
+            reply::<ServiceDeleted>(&event, Stage::ServiceDeployer)
                 .subject(deletion.name.to_string())
-                .encode::<ServiceDeleted>(&ServiceRemoval {
+                .data(&ServiceRemoval {
                     function: deletion.name,
                 })
         };

@@ -134,7 +134,7 @@ fn service_event(service: &Value, id: &str) -> Result<Event> {
     Ok(cloudevents::EventBuilderV10::new()
         .id(id)
         .source("https://10.96.0.1:443")
-        .ty("dev.knative.apiserver.resource.update")
+        .ty(klambda_events::external::APISERVER_RESOURCE_UPDATE)
         .subject(format!(
             "/apis/serving.knative.dev/v1/namespaces/{NS}/services/{name}"
         ))

@@ -49,33 +49,33 @@ pub struct FunctionState {
 impl FunctionState {
     /// Milliseconds each stage took for the current submission, where both ends were seen.
     pub fn timings_ms(&self) -> BTreeMap<&'static str, i64> {
-        let mark = |suffix: &str| self.marks.get(&format!("{TYPE_PREFIX}{suffix}")).copied();
-        let submitted = mark("function.created")
+        let mark = |ty: &str| self.marks.get(ty).copied();
+        let submitted = mark(FunctionCreated::TYPE)
             .into_iter()
-            .chain(mark("function.updated"))
+            .chain(mark(FunctionUpdated::TYPE))
             .max();
         let spans = [
             (
                 "parse",
                 submitted,
-                mark("parser.completed").or(mark("parser.failed")),
+                mark(ParserCompleted::TYPE).or(mark(ParserFailed::TYPE)),
             ),
             (
                 "context",
-                mark("parser.completed"),
-                mark("context.uploaded"),
+                mark(ParserCompleted::TYPE),
+                mark(ContextUploaded::TYPE),
             ),
             (
                 "build",
-                mark("context.uploaded"),
-                mark("build.completed").or(mark("build.failed")),
+                mark(ContextUploaded::TYPE),
+                mark(BuildCompleted::TYPE).or(mark(BuildFailed::TYPE)),
             ),
             (
                 "deploy",
-                mark("build.completed"),
-                mark("service.ready").or(mark("service.failed")),
+                mark(BuildCompleted::TYPE),
+                mark(ServiceReady::TYPE).or(mark(ServiceFailed::TYPE)),
             ),
-            ("total", submitted, mark("service.ready")),
+            ("total", submitted, mark(ServiceReady::TYPE)),
         ];
         spans
             .into_iter()

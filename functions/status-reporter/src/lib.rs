@@ -32,7 +32,7 @@ use klambda_events::catalogue::{
     ServiceFailed, ServiceReady, StatusUpdated,
 };
 use klambda_events::data::FunctionStatus;
-use klambda_events::{Envelope, EventType, Stage};
+use klambda_events::{EventType, Stage, reply};
 use klambda_harness::metrics::Metrics;
 use klambda_harness::{ConfigError, ConfigSource, Context, Handler, HandlerError, Outcome};
 
@@ -112,9 +112,9 @@ impl Handler for StatusReporter {
             cause: event.ty().to_owned(),
             last_error: state.last_error.clone(),
         };
-        let reply = Envelope::answering(&event, Stage::StatusReporter, StatusUpdated::TYPE)
+        let reply = reply::<StatusUpdated>(&event, Stage::StatusReporter)
             .subject(state.name.to_string())
-            .encode::<StatusUpdated>(&status);
+            .data(&status);
         Ok(Outcome::Reply(reply))
     }
 

@@ -10,7 +10,7 @@ fn event(suffix: &str, subject: &str, data: serde_json::Value) -> Event {
     EventBuilderV10::new()
         .id(format!("{suffix}-id"))
         .source("/t")
-        .ty(format!("io.knative.lambda.{suffix}"))
+        .ty(format!("{}{suffix}", klambda_events::TYPE_PREFIX))
         .subject(subject)
         .data("application/json", data)
         .build()

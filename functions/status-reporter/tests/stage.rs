@@ -212,7 +212,7 @@ async fn is_the_brokers_dead_letter_sink() -> Result<()> {
         ("ce-specversion", "1.0"),
         ("ce-id", "d-1"),
         ("ce-source", "/cli"),
-        ("ce-type", "io.knative.lambda.function.created"),
+        ("ce-type", klambda_events::catalogue::FunctionCreated::TYPE),
         ("content-type", "application/json"),
         (
             "ce-knativeerrordest",

@@ -9,7 +9,7 @@ use cloudevents::{AttributesReader as _, Event, EventBuilder as _, EventBuilderV
 use klambda_events::catalogue::{FunctionCreated, ParserCompleted};
 use klambda_events::data::{Operation, ParsedFunction, Phase};
 use klambda_events::spec::FunctionSubmission;
-use klambda_events::{ContentDigest, Envelope, EventType as _};
+use klambda_events::{ContentDigest, Envelope, EventType as _, reply};
 use sqlx::Executor as _;
 use status_reporter::fold::{fold, function_of};
 use status_reporter::store::{self, StatusStore};
@@ -101,17 +101,13 @@ async fn suite(store: Box<dyn StatusStore>) -> Result<()> {
 
     let (spec, digest) = parser::parse(submission()?, &parser::Limits::default())
         .map_err(|p| anyhow::anyhow!("{p:?}"))?;
-    let completed = Envelope::answering(
-        &created,
-        klambda_events::Stage::Parser,
-        ParserCompleted::TYPE,
-    )
-    .subject("hello")
-    .encode::<ParserCompleted>(&ParsedFunction {
-        operation: Operation::Create,
-        spec,
-        digest: digest.clone(),
-    });
+    let completed = reply::<ParserCompleted>(&created, klambda_events::Stage::Parser)
+        .subject("hello")
+        .data(&ParsedFunction {
+            operation: Operation::Create,
+            spec,
+            digest: digest.clone(),
+        });
     let second = record(store.as_ref(), &completed).await?;
     let state = second.state.context("parser.completed changes the state")?;
     assert_eq!(state.phase, Phase::Building);

@@ -3,6 +3,7 @@
 //! malformed and incomplete payloads, oversize bodies, delivery-id dedupe, GitHub pushes, a
 //! broker that is down, and the security headers.
 
+use klambda_events::EventType as _;
 use std::sync::Arc;
 
 use anyhow::Result;
@@ -438,7 +439,7 @@ async fn a_passed_build_fires_a_function_update_the_parser_accepts() -> Result<(
     let events = memory.events();
     let update = events
         .iter()
-        .find(|e| e.ty() == "io.knative.lambda.function.updated")
+        .find(|e| e.ty() == klambda_events::catalogue::FunctionUpdated::TYPE)
         .ok_or_else(|| anyhow::anyhow!("no function.updated in {events:?}"))?;
     let submission = klambda_events::decode::<klambda_events::catalogue::FunctionUpdated>(update)?;
     let (spec, _) = parser::parse(submission, &parser::Limits::default())

@@ -99,7 +99,7 @@ mod tests {
         let event = EventBuilderV10::new()
             .id("e-1")
             .source("urn:test")
-            .ty("io.knative.lambda.function.created")
+            .ty("com.example.order.created")
             .subject("hello")
             .extension(
                 "traceparent",

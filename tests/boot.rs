@@ -1,0 +1,547 @@
+//! Every binary boots as it is deployed: for each Knative Service that `deploy/` installs, the
+//! real binary (the container's name) is started with that container's environment, resolved
+//! the way the kubelet resolves it (ConfigMap values from `envFrom`, Secrets given test values,
+//! volume mounts mapped onto temporary directories), with only what is cluster-specific pointed
+//! at local stand-ins: the broker ingress (`K_SINK`) at a recording sink, the S3 endpoint at
+//! `s3s-fs`, the database Secret at the real PostgreSQL, the pod's ServiceAccount at the fake
+//! Kubernetes API (through `KUBECONFIG`, acting as the pod's ServiceAccount under the Roles of
+//! `deploy/rbac/`). Each must answer `/health` and `/ready`, handle a first event, write
+//! nothing in its working directory (the pods' root filesystem is read-only) and stop on
+//! SIGTERM.
+//!
+//! The first events chain through the stages as the broker would carry them: a submission to
+//! the parser, its reply to the context-uploader, that reply to the job-launcher (a Kaniko Job
+//! in the fake API), a `build.completed` to the service-deployer (a Knative Service in the fake
+//! API), every event to the status reporter, and a Buildkite delivery to the webhook gateway.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, bail, ensure};
+use bytes::Bytes;
+use cloudevents::{AttributesReader as _, Event};
+use http::HeaderMap;
+use klambda_events::catalogue::{BuildCompleted, ContextUploaded};
+use klambda_events::data::BuiltImage;
+use klambda_events::{BuildId, Envelope, EventType as _, decode};
+use klambda_harness::codec;
+use klambda_test_support::http::{Reply, TestServer, get, post};
+use klambda_test_support::kubernetes::{FakeKube, service_account};
+use klambda_test_support::manifests::render;
+use klambda_test_support::process::{free_port, terminate, wait_healthy};
+use klambda_test_support::repo;
+use klambda_test_support::s3::{self, S3Server};
+use serde_json::Value;
+
+/// What stands in for the cluster around the binaries.
+struct Stand {
+    s3: S3Server,
+    kube: klambda_test_support::kubernetes::Served,
+    sink: TestServer,
+    received: Arc<Mutex<Vec<Event>>>,
+    scratch: PathBuf,
+}
+
+/// A Knative Service of `deploy/`, started as its pod would start it.
+struct Booted {
+    name: String,
+    child: Child,
+    url: String,
+    cwd: PathBuf,
+}
+
+/// The rendered Knative Services of `deploy/`, with the objects they refer to.
+fn deployed() -> Result<(Vec<Value>, Vec<Value>)> {
+    let objects = render(&repo::root().join("deploy"))?;
+    let services = objects
+        .iter()
+        .filter(|o| {
+            o["kind"] == "Service" && o["apiVersion"].as_str() == Some("serving.knative.dev/v1")
+        })
+        .cloned()
+        .collect();
+    Ok((services, objects))
+}
+
+/// Test values for the Secrets the manifests reference (never in the manifests themselves).
+fn secret(name: &str, key: &str) -> Option<String> {
+    let database = std::env::var("KLAMBDA_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+    Some(match (name, key) {
+        ("klambda-status-db", "url") => database,
+        ("klambda-store-credentials", "AWS_ACCESS_KEY_ID") => s3::ACCESS_KEY.to_owned(),
+        ("klambda-store-credentials", "AWS_SECRET_ACCESS_KEY") => s3::SECRET_KEY.to_owned(),
+        ("klambda-webhook-secrets", "buildkite-token") => BUILDKITE_TOKEN.to_owned(),
+        ("klambda-webhook-secrets", "github-secret") => "boot-github-secret".to_owned(),
+        _ => return None,
+    })
+}
+
+const BUILDKITE_TOKEN: &str = "boot-buildkite-token";
+
+/// The container's environment as the kubelet gives it, then cluster addresses swapped for the
+/// stand-ins. Fails on a reference nothing here can resolve, so a new Secret or ConfigMap in a
+/// manifest is noticed.
+fn environment(
+    stand: &Stand,
+    service: &Value,
+    objects: &[Value],
+    port: u16,
+) -> Result<BTreeMap<String, String>> {
+    let pod = &service["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+    let namespace = service["metadata"]["namespace"]
+        .as_str()
+        .unwrap_or_default();
+    let mut env = BTreeMap::new();
+    for source in container["envFrom"].as_array().into_iter().flatten() {
+        let name = source["configMapRef"]["name"]
+            .as_str()
+            .context("envFrom: only configMapRef is resolved here")?;
+        let map = objects
+            .iter()
+            .find(|o| {
+                o["kind"] == "ConfigMap"
+                    && o["metadata"]["name"] == name
+                    && o["metadata"]["namespace"] == namespace
+            })
+            .with_context(|| format!("ConfigMap {name} is not in deploy/"))?;
+        for (key, value) in map["data"].as_object().into_iter().flatten() {
+            env.insert(key.clone(), value.as_str().unwrap_or_default().to_owned());
+        }
+    }
+    for var in container["env"].as_array().into_iter().flatten() {
+        let key = var["name"].as_str().unwrap_or_default().to_owned();
+        if let Some(value) = var["value"].as_str() {
+            env.insert(key, value.to_owned());
+        } else if let Some(reference) = var["valueFrom"]["secretKeyRef"].as_object() {
+            let name = reference["name"].as_str().unwrap_or_default();
+            let secret_key = reference["key"].as_str().unwrap_or_default();
+            match secret(name, secret_key) {
+                Some(value) => {
+                    env.insert(key, value);
+                }
+                None if reference.get("optional") == Some(&Value::Bool(true)) => {}
+                None => bail!(
+                    "{key}: Secret {name} key {secret_key} has no test value; add one to tests/boot.rs"
+                ),
+            }
+        } else {
+            bail!("{key}: only value and secretKeyRef are resolved here");
+        }
+    }
+    // Volume mounts become directories of their own.
+    for mount in container["volumeMounts"].as_array().into_iter().flatten() {
+        let path = mount["mountPath"].as_str().unwrap_or_default();
+        let local = stand
+            .scratch
+            .join(format!("volume-{}", mount["name"].as_str().unwrap_or("v")));
+        std::fs::create_dir_all(&local)?;
+        for value in env.values_mut() {
+            if let Some(rest) = value.strip_prefix(path) {
+                *value = format!("{}{rest}", local.display());
+            }
+        }
+    }
+    // What Knative injects, and the cluster's addresses swapped for the stand-ins.
+    env.insert("PORT".into(), port.to_string());
+    env.insert("KLAMBDA_LOG_FORMAT".into(), "json".into());
+    for (key, value) in [
+        ("K_SINK", stand.sink.url("/")),
+        ("KLAMBDA_S3_ENDPOINT", stand.s3.endpoint.clone()),
+    ] {
+        if env.contains_key(key) {
+            env.insert(key.into(), value);
+        }
+    }
+    let account = pod["serviceAccountName"].as_str().unwrap_or("default");
+    env.insert(
+        "KUBECONFIG".into(),
+        kubeconfig(stand, namespace, account)?.display().to_string(),
+    );
+    Ok(env)
+}
+
+/// A kubeconfig that reaches the fake API as `namespace/account`, as the pod's mounted token
+/// would.
+fn kubeconfig(stand: &Stand, namespace: &str, account: &str) -> Result<PathBuf> {
+    let path = stand
+        .scratch
+        .join(format!("kubeconfig-{namespace}-{account}"));
+    let config = serde_json::json!({
+        "apiVersion": "v1", "kind": "Config", "current-context": "fake",
+        "clusters": [{"name": "fake", "cluster": {"server": stand.kube.url()}}],
+        "users": [{"name": "pod", "user": {"as": service_account(namespace, account)}}],
+        "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "pod"}}],
+    });
+    std::fs::write(&path, serde_json::to_vec(&config)?)?;
+    Ok(path)
+}
+
+/// The binary a container runs: the workspace's build of the container's name.
+fn binary(container: &str) -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .context("the test binary is not in <target>/<profile>/deps")?;
+    let path = dir.join(container);
+    ensure!(
+        path.is_file(),
+        "{} is not built; `cargo test --workspace` builds every binary (or run `cargo build --workspace --bins`)",
+        path.display()
+    );
+    Ok(path)
+}
+
+async fn boot(stand: &Stand, service: &Value, objects: &[Value]) -> Result<Booted> {
+    let name = service["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let container = service["spec"]["template"]["spec"]["containers"][0]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let port = free_port()?;
+    let env = environment(stand, service, objects, port)?;
+    let cwd = stand.scratch.join(format!("cwd-{name}"));
+    std::fs::create_dir_all(&cwd)?;
+    let log = std::fs::File::create(stand.scratch.join(format!("{name}.log")))?;
+    let mut child = Command::new(binary(&container)?)
+        .env_clear()
+        .envs(&env)
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .current_dir(&cwd)
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .stdin(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {container}"))?;
+    let url = format!("http://127.0.0.1:{port}");
+    wait_healthy(
+        &format!("{url}/health"),
+        &mut child,
+        Duration::from_secs(20),
+    )
+    .await
+    .with_context(|| format!("{name} did not boot; its log: {}", log_of(stand, &name)))?;
+    let ready = get(&format!("{url}/ready")).await?;
+    ensure!(
+        ready.status == 200,
+        "{name}: /ready answered {} {:?}; log: {}",
+        ready.status,
+        ready.body,
+        log_of(stand, &name)
+    );
+    Ok(Booted {
+        name,
+        child,
+        url,
+        cwd,
+    })
+}
+
+fn log_of(stand: &Stand, name: &str) -> String {
+    std::fs::read_to_string(stand.scratch.join(format!("{name}.log"))).unwrap_or_default()
+}
+
+/// `event` in binary mode to `url`.
+async fn deliver(url: &str, event: &Event) -> Result<Reply> {
+    let (headers, body) = codec::encode_binary(event);
+    let headers: Vec<(String, String)> = headers
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or_default().to_owned()))
+        .collect();
+    let headers: Vec<(&str, &str)> = headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    post(url, &headers, body).await
+}
+
+/// The reply event of a stage's answer; fails unless it is a 200 carrying `expected`.
+fn reply_of(stage: &Booted, reply: &Reply, expected: &str) -> Result<Event> {
+    ensure!(
+        reply.status == 200,
+        "{}: answered {} {:?}",
+        stage.name,
+        reply.status,
+        reply.body
+    );
+    let event = codec::decode(&reply.headers, reply.body.clone())
+        .map_err(|e| anyhow::anyhow!("{}: the reply is not a CloudEvent: {e:?}", stage.name))?;
+    ensure!(
+        event.ty() == expected,
+        "{}: replied {} where {expected} was expected: {:?}",
+        stage.name,
+        event.ty(),
+        reply.body
+    );
+    Ok(event)
+}
+
+async fn stand() -> Result<Stand> {
+    let scratch = std::env::temp_dir().join(format!("klambda-boot-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&scratch);
+    std::fs::create_dir_all(&scratch)?;
+    let s3 = S3Server::start("boot").await?;
+    let rbac: Vec<PathBuf> = ["job-launcher", "service-deployer", "sources"]
+        .iter()
+        .map(|f| repo::root().join(format!("deploy/rbac/{f}.yaml")))
+        .collect();
+    let kube = FakeKube::new(&rbac)?.serve().await?;
+    let received = Arc::new(Mutex::new(Vec::new()));
+    let sink = {
+        let received = Arc::clone(&received);
+        TestServer::start(axum::Router::new().route(
+            "/",
+            axum::routing::post(move |headers: HeaderMap, body: Bytes| {
+                let received = Arc::clone(&received);
+                async move {
+                    match codec::decode(&headers, body) {
+                        Ok(event) => {
+                            if let Ok(mut events) = received.lock() {
+                                events.push(event);
+                            }
+                            http::StatusCode::ACCEPTED
+                        }
+                        Err(_) => http::StatusCode::BAD_REQUEST,
+                    }
+                }
+            }),
+        ))
+        .await?
+    };
+    Ok(Stand {
+        s3,
+        kube,
+        sink,
+        received,
+        scratch,
+    })
+}
+
+#[tokio::test]
+async fn every_deployed_binary_boots_with_its_manifests_environment_and_handles_a_first_event()
+-> Result<()> {
+    let stand = stand().await?;
+    let (services, objects) = deployed()?;
+    let mut names: Vec<&str> = services
+        .iter()
+        .filter_map(|s| s["metadata"]["name"].as_str())
+        .collect();
+    names.sort_unstable();
+    assert_eq!(
+        names,
+        [
+            "context-uploader",
+            "job-launcher",
+            "parser",
+            "service-deployer",
+            "status-reporter",
+            "webhook-gateway"
+        ],
+        "deploy/ installs a Knative Service this test does not know how to feed"
+    );
+    // The bucket KLAMBDA_STORE names exists, as docs/INSTALL.md asks.
+    let config = objects
+        .iter()
+        .find(|o| o["kind"] == "ConfigMap" && o["metadata"]["name"] == "klambda-config")
+        .context("klambda-config")?;
+    let bucket = config["data"]["KLAMBDA_STORE"]
+        .as_str()
+        .and_then(|s| s.strip_prefix("s3://"))
+        .context("KLAMBDA_STORE is not s3://bucket")?;
+    stand.s3.bucket(bucket)?;
+
+    let mut booted = BTreeMap::new();
+    for service in &services {
+        let stage = boot(&stand, service, &objects).await?;
+        booted.insert(stage.name.clone(), stage);
+    }
+    let stage = |name: &str| booted.get(name).context("not booted");
+    // Unique per run: the status reporter's PostgreSQL outlives runs and dedupes on source + id,
+    // and every reply id derives from the submission's.
+    let run = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis();
+    let function = format!("boot-{run}");
+    let mut seen = Vec::new();
+
+    // parser: a submission.
+    let parser = stage("parser")?;
+    let submission = serde_json::json!({
+        "name": function, "runtime": "python3.12", "handler": "app.handler",
+        "source": {"kind": "inline", "files": [
+            {"path": "app.py", "content": "def handler(event, context):\n    return event\n"}
+        ]},
+    });
+    let created = post(
+        &format!("{}/", parser.url),
+        &[
+            ("ce-specversion", "1.0"),
+            ("ce-id", &function),
+            ("ce-source", "/tests/boot"),
+            ("ce-type", klambda_events::catalogue::FunctionCreated::TYPE),
+            ("content-type", "application/json"),
+        ],
+        submission.to_string(),
+    )
+    .await?;
+    let parsed = reply_of(
+        parser,
+        &created,
+        klambda_events::catalogue::ParserCompleted::TYPE,
+    )?;
+    seen.push(parsed.clone());
+
+    // context-uploader: the parser's reply; the context lands in the bucket.
+    let uploader = stage("context-uploader")?;
+    let answer = deliver(&format!("{}/", uploader.url), &parsed).await?;
+    let uploaded = reply_of(uploader, &answer, ContextUploaded::TYPE)?;
+    seen.push(uploaded.clone());
+    let context = decode::<ContextUploaded>(&uploaded)?;
+    let key = format!("contexts/{}.tar.gz", context.digest.hex());
+    ensure!(
+        stand.s3.root.join(bucket).join(&key).is_file(),
+        "{key} is not in the bucket"
+    );
+
+    // job-launcher: a Kaniko Job in the build namespace, created as its ServiceAccount.
+    let launcher = stage("job-launcher")?;
+    let answer = deliver(&format!("{}/", launcher.url), &uploaded).await?;
+    seen.push(reply_of(
+        launcher,
+        &answer,
+        klambda_events::catalogue::BuildStarted::TYPE,
+    )?);
+    let build_id = BuildId::derive(&context.spec.name, &context.digest);
+    let builds = config["data"]["KLAMBDA_BUILD_NAMESPACE"]
+        .as_str()
+        .unwrap_or_default();
+    ensure!(
+        stand
+            .kube
+            .kube
+            .object(
+                "batch",
+                "jobs",
+                builds,
+                &format!("klambda-{}", build_id.as_str())
+            )
+            .is_some(),
+        "no Job for {build_id} in {builds}: {:?}",
+        stand.kube.kube.objects("batch", "jobs", builds)
+    );
+
+    // service-deployer: the build's image becomes a Knative Service and its Trigger.
+    let deployer = stage("service-deployer")?;
+    let built = Envelope::new(format!("{function}-built"), "/tests/boot")
+        .subject(function.clone())
+        .encode::<BuildCompleted>(&BuiltImage {
+            spec: context.spec.clone(),
+            digest: context.digest.clone(),
+            build_id,
+            image: format!(
+                "registry.example.com/functions/{function}@sha256:{}",
+                "0".repeat(64)
+            ),
+            cached: false,
+        });
+    seen.push(built.clone());
+    let answer = deliver(&format!("{}/", deployer.url), &built).await?;
+    ensure!(
+        answer.status.is_success(),
+        "service-deployer answered {} {:?}",
+        answer.status,
+        answer.body
+    );
+    let functions = config["data"]["KLAMBDA_FUNCTIONS_NAMESPACE"]
+        .as_str()
+        .unwrap_or_default();
+    ensure!(
+        stand
+            .kube
+            .kube
+            .object("serving.knative.dev", "services", functions, &function)
+            .is_some(),
+        "no Knative Service {function} in {functions}"
+    );
+
+    // status-reporter: every event so far, into PostgreSQL; the function's status follows.
+    let reporter = stage("status-reporter")?;
+    let side_events = stand
+        .received
+        .lock()
+        .map(|events| events.clone())
+        .unwrap_or_default();
+    for event in seen.iter().chain(&side_events) {
+        let answer = deliver(&format!("{}/", reporter.url), event).await?;
+        ensure!(
+            answer.status.is_success(),
+            "status-reporter answered {} to {}: {:?}",
+            answer.status,
+            event.ty(),
+            answer.body
+        );
+    }
+    let status = get(&format!("{}/functions/{function}", reporter.url)).await?;
+    ensure!(status.status == 200, "status: {status:?}");
+    let status = status.json()?;
+    ensure!(
+        status["name"] == function.as_str() && status["phase"].is_string(),
+        "{status}"
+    );
+
+    // webhook-gateway: a Buildkite delivery with the Secret's token reaches the sink.
+    let gateway = stage("webhook-gateway")?;
+    let before = stand.received.lock().map(|e| e.len()).unwrap_or_default();
+    let delivery = post(
+        &format!("{}/buildkite", gateway.url),
+        &[
+            ("content-type", "application/json"),
+            ("x-buildkite-event", "ping"),
+            ("x-buildkite-token", BUILDKITE_TOKEN),
+        ],
+        r#"{"event":"ping","service":{"id":"boot"},"organization":{"slug":"acme"}}"#,
+    )
+    .await?;
+    ensure!(
+        delivery.status.is_success(),
+        "webhook-gateway answered {} {:?}",
+        delivery.status,
+        delivery.body
+    );
+    let after = stand.received.lock().map(|e| e.len()).unwrap_or_default();
+    ensure!(
+        after == before + 1,
+        "the gateway published {} events",
+        after - before
+    );
+
+    // Nothing written where the read-only root filesystem would refuse it; SIGTERM stops all.
+    for (name, mut stage) in booted {
+        let written: Vec<_> = std::fs::read_dir(&stage.cwd)?
+            .filter_map(|e| e.ok().map(|e| e.file_name()))
+            .collect();
+        let exit = tokio::task::spawn_blocking(move || {
+            terminate(&mut stage.child, Duration::from_secs(15))
+        })
+        .await??;
+        ensure!(
+            written.is_empty(),
+            "{name} wrote {written:?} in its working directory"
+        );
+        ensure!(
+            exit.success(),
+            "{name} exited {exit:?} on SIGTERM; log: {}",
+            log_of(&stand, &name)
+        );
+    }
+    let _ = std::fs::remove_dir_all(&stand.scratch);
+    Ok(())
+}
