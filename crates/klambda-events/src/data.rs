@@ -115,10 +115,13 @@ pub struct ObjectRef {
 pub struct BuildContext {
     /// The normalised function.
     pub spec: FunctionSpec,
-    /// The content digest.
+    /// The content digest; for a git source, the parser's digest pinned to `commit`.
     pub digest: ContentDigest,
     /// Where the context is.
     pub context: ObjectRef,
+    /// The commit a git source's ref resolved to when the context was made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit: Option<String>,
 }
 
 /// `build.started`: a build began.

@@ -134,6 +134,17 @@ impl ContentDigest {
         &self.0
     }
 
+    /// The digest of a source named by a movable reference (a git branch or tag) once the
+    /// reference is resolved to `revision` (a commit): the same reference at another commit is
+    /// another digest, so a moved branch rebuilds and an unchanged one hits the cache.
+    pub fn at_revision(&self, revision: &str) -> Self {
+        let mut hash = Sha256::new();
+        hash.update(self.0.as_bytes());
+        hash.update([0]);
+        hash.update(revision.as_bytes());
+        Self::from_sha256(hash)
+    }
+
     /// The hex part alone, for places that cannot hold a ':' (tags, object keys).
     pub fn hex(&self) -> &str {
         &self.0[Self::PREFIX.len()..]

@@ -164,8 +164,17 @@ impl Handler for ContextUploader {
     }
 
     async fn handle(&self, event: Event, context: &Context) -> Result<Outcome, HandlerError> {
-        let parsed = decode::<ParserCompleted>(&event)?;
+        let mut parsed = decode::<ParserCompleted>(&event)?;
         let name = parsed.spec.name.to_string();
+        // A source named by a movable reference (a git branch) is pinned to what it names now,
+        // so its digest is a digest of content: a moved branch rebuilds, an unmoved one does not.
+        let commit = match self.sources.resolve(&parsed.spec.source).await? {
+            Ok(commit) => commit,
+            Err(reason) => return Ok(Outcome::Reply(unbuildable(&event, &parsed, reason))),
+        };
+        if let Some(commit) = &commit {
+            parsed.digest = parsed.digest.at_revision(commit);
+        }
 
         // Already built: skip the upload and the build.
         if let Some(record) = ImageRecord::load(self.store.as_ref(), parsed.digest.hex())
@@ -200,7 +209,11 @@ impl Handler for ContextUploader {
             // The same digest always renders the same bytes: a replay finds it and moves on.
             Some(size) => size,
             None => {
-                let (files, _work) = match self.sources.fetch(&parsed.spec.source).await? {
+                let (files, _work) = match self
+                    .sources
+                    .fetch(&parsed.spec.source, commit.as_deref())
+                    .await?
+                {
                     Fetched::Files(files, work) => (files, work),
                     Fetched::Refused(reason) => {
                         return Ok(Outcome::Reply(unbuildable(&event, &parsed, reason)));
@@ -225,6 +238,7 @@ impl Handler for ContextUploader {
                 },
                 spec: parsed.spec,
                 digest: parsed.digest,
+                commit,
             });
         Ok(Outcome::Reply(reply))
     }

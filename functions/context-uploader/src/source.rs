@@ -88,8 +88,13 @@ impl Default for Sources {
 }
 
 impl Sources {
-    /// Fetches `source`.
-    pub async fn fetch(&self, source: &Source) -> Result<Fetched, HandlerError> {
+    /// Fetches `source`; a git source must arrive at `pinned`, the commit [`Sources::resolve`]
+    /// found (else the fetch is retried).
+    pub async fn fetch(
+        &self,
+        source: &Source,
+        pinned: Option<&str>,
+    ) -> Result<Fetched, HandlerError> {
         match source {
             Source::Inline { files } => inline(files).map(|files| Fetched::Files(files, None)),
             Source::S3 { bucket, key } => {
@@ -126,7 +131,7 @@ impl Sources {
             }
             Source::Git { url, reference } => {
                 let work = WorkDir::new(&self.work).map_err(internal)?;
-                Ok(match self.git(url, reference, &work).await? {
+                Ok(match self.git(url, reference, pinned, &work).await? {
                     Ok(files) => Fetched::Files(files, Some(work)),
                     Err(reason) => {
                         Fetched::Refused(format!("the source {url} at {reference}: {reason}"))
@@ -234,17 +239,64 @@ impl Sources {
         }
     }
 
-    /// Fetches one commit of `url` at `reference` into the work directory. Only https (and the
-    /// configured extra transports) may be used, with no prompts, no user or system git config,
-    /// and a deadline. A ref that does not exist is a refusal; other failures (network) are
-    /// retryable.
-    async fn git(
+    /// Runs one git command under the fetch rules (no prompts, no user or system config, a
+    /// deadline). `Ok(Err(reason))` is a permanent refusal (a ref or repository that does not
+    /// exist, a transport not allowed); network trouble is retryable.
+    async fn run_git(
         &self,
         url: &str,
-        reference: &str,
-        work: &WorkDir,
-    ) -> Result<Result<Vec<SourceFile>, String>, HandlerError> {
-        let checkout = work.0.join("src");
+        args: &[String],
+        cwd: &std::path::Path,
+    ) -> Result<Result<std::process::Output, String>, HandlerError> {
+        let mut command = tokio::process::Command::new("git");
+        command
+            .args(args)
+            .current_dir(cwd)
+            .env("GIT_TERMINAL_PROMPT", "0")
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .env("GIT_LFS_SKIP_SMUDGE", "1")
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true);
+        let output = match tokio::time::timeout(self.git_timeout, command.output()).await {
+            Err(_) => {
+                return Err(HandlerError::Unavailable(format!(
+                    "git {} did not finish within {:?}",
+                    args.iter()
+                        .find(|a| !a.starts_with('-') && !a.contains('='))
+                        .map(String::as_str)
+                        .unwrap_or("git"),
+                    self.git_timeout
+                )));
+            }
+            Ok(Err(error)) => return Err(internal(format!("running git: {error}"))),
+            Ok(Ok(output)) => output,
+        };
+        if output.status.success() {
+            return Ok(Ok(output));
+        }
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let said = stderr.lines().rev().take(3).collect::<Vec<_>>().join(" / ");
+        let permanent = [
+            "couldn't find remote ref",
+            "not found",
+            "does not appear to be a git repository",
+            "not allowed",
+            "invalid",
+        ]
+        .iter()
+        .any(|needle| stderr.to_lowercase().contains(needle));
+        if permanent {
+            Ok(Err(format!("git could not fetch it: {said}")))
+        } else {
+            Err(HandlerError::Unavailable(format!(
+                "git fetch of {url} failed: {said}"
+            )))
+        }
+    }
+
+    /// The git transport flags: https only, plus the configured extra transports.
+    fn git_protocols(&self) -> Vec<String> {
         let mut protocols = vec![
             "-c".to_owned(),
             "protocol.allow=never".to_owned(),
@@ -255,6 +307,68 @@ impl Sources {
             protocols.push("-c".into());
             protocols.push(format!("protocol.{extra}.allow=always"));
         }
+        protocols
+    }
+
+    /// The commit a source's content is pinned to now, for sources named by a movable
+    /// reference: a git ref resolved with `git ls-remote` (a full commit id is taken as it is).
+    /// `Ok(Ok(None))` for sources whose digest already covers their content. A ref that does
+    /// not exist is a refusal.
+    pub async fn resolve(
+        &self,
+        source: &Source,
+    ) -> Result<Result<Option<String>, String>, HandlerError> {
+        let Source::Git { url, reference } = source else {
+            return Ok(Ok(None));
+        };
+        if reference.len() == 40 && reference.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Ok(Ok(Some(reference.to_ascii_lowercase())));
+        }
+        let work = WorkDir::new(&self.work).map_err(internal)?;
+        let args = [
+            self.git_protocols(),
+            vec![
+                "ls-remote".into(),
+                "--".into(),
+                url.clone(),
+                reference.clone(),
+            ],
+        ]
+        .concat();
+        let listed = match self.run_git(url, &args, &work.0).await? {
+            Ok(output) => String::from_utf8_lossy(&output.stdout).into_owned(),
+            Err(reason) => return Ok(Err(format!("the source {url}: {reason}"))),
+        };
+        // What `git fetch <ref>` would take: a branch, then a tag (peeled to its commit), then
+        // the ref as written.
+        let refs: Vec<(&str, &str)> = listed
+            .lines()
+            .filter_map(|line| line.split_once('\t'))
+            .collect();
+        let find = |name: &str| refs.iter().find(|(_, r)| *r == name).map(|(c, _)| *c);
+        let commit = find(&format!("refs/heads/{reference}"))
+            .or_else(|| find(&format!("refs/tags/{reference}^{{}}")))
+            .or_else(|| find(&format!("refs/tags/{reference}")))
+            .or_else(|| find(reference));
+        Ok(match commit {
+            Some(commit) => Ok(Some(commit.to_owned())),
+            None => Err(format!("the source {url}: no ref {reference:?}")),
+        })
+    }
+
+    /// Fetches one commit of `url` at `reference` into the work directory. Only https (and the
+    /// configured extra transports) may be used, with no prompts, no user or system git config,
+    /// and a deadline. A ref that does not exist is a refusal; other failures (network) are
+    /// retryable.
+    async fn git(
+        &self,
+        url: &str,
+        reference: &str,
+        pinned: Option<&str>,
+        work: &WorkDir,
+    ) -> Result<Result<Vec<SourceFile>, String>, HandlerError> {
+        let checkout = work.0.join("src");
+        let protocols = self.git_protocols();
         let steps: [Vec<String>; 3] = [
             vec!["init".into(), "-q".into()],
             [
@@ -281,49 +395,24 @@ impl Sources {
         ];
         std::fs::create_dir_all(&checkout).map_err(internal)?;
         for args in steps {
-            let mut command = tokio::process::Command::new("git");
-            command
-                .args(&args)
-                .current_dir(&checkout)
-                .env("GIT_TERMINAL_PROMPT", "0")
-                .env("GIT_CONFIG_NOSYSTEM", "1")
-                .env("GIT_CONFIG_GLOBAL", "/dev/null")
-                .env("GIT_LFS_SKIP_SMUDGE", "1")
-                .stdin(std::process::Stdio::null())
-                .kill_on_drop(true);
-            let output = match tokio::time::timeout(self.git_timeout, command.output()).await {
-                Err(_) => {
-                    return Err(HandlerError::Unavailable(format!(
-                        "git {} did not finish within {:?}",
-                        args.iter()
-                            .find(|a| !a.starts_with('-') && !a.contains('='))
-                            .map(String::as_str)
-                            .unwrap_or("git"),
-                        self.git_timeout
-                    )));
-                }
-                Ok(Err(error)) => return Err(internal(format!("running git: {error}"))),
-                Ok(Ok(output)) => output,
+            if let Err(reason) = self.run_git(url, &args, &checkout).await? {
+                return Ok(Err(reason));
+            }
+        }
+        if let Some(commit) = pinned {
+            let head = match self
+                .run_git(url, &["rev-parse".into(), "HEAD".into()], &checkout)
+                .await?
+            {
+                Ok(output) => String::from_utf8_lossy(&output.stdout).trim().to_owned(),
+                Err(reason) => return Ok(Err(reason)),
             };
-            if !output.status.success() {
-                let stderr = String::from_utf8_lossy(&output.stderr);
-                let said = stderr.lines().rev().take(3).collect::<Vec<_>>().join(" / ");
-                let permanent = [
-                    "couldn't find remote ref",
-                    "not found",
-                    "does not appear to be a git repository",
-                    "not allowed",
-                    "invalid",
-                ]
-                .iter()
-                .any(|needle| stderr.to_lowercase().contains(needle));
-                return if permanent {
-                    Ok(Err(format!("git could not fetch it: {said}")))
-                } else {
-                    Err(HandlerError::Unavailable(format!(
-                        "git fetch of {url} failed: {said}"
-                    )))
-                };
+            if head != commit {
+                // The ref moved between resolving it and fetching it: the broker's retry resolves
+                // it again, so the digest always names the commit that was built.
+                return Err(HandlerError::Unavailable(format!(
+                    "{reference} of {url} moved from {commit} to {head} while fetching"
+                )));
             }
         }
         let _ = std::fs::remove_dir_all(checkout.join(".git"));

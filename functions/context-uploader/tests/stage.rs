@@ -456,7 +456,7 @@ async fn git_sources_are_fetched_at_their_ref_and_checked() -> Result<()> {
         ),
         (
             from_git(&format!("file://{}", good.display()), "no-such-branch")?,
-            "git could not fetch it",
+            "no ref \"no-such-branch\"",
         ),
     ] {
         let answer = reply(&harness, event).await?;
@@ -481,4 +481,76 @@ async fn git_sources_are_fetched_at_their_ref_and_checked() -> Result<()> {
         let _ = std::fs::remove_dir_all(dir);
     }
     Ok(())
+}
+
+#[tokio::test]
+async fn a_moved_branch_rebuilds_and_an_unmoved_one_is_a_cache_hit() -> Result<()> {
+    let repo = git_repo(
+        "moving",
+        &[("app.py", "def handler(e, c):\n    return 1\n")],
+        &[],
+    )?;
+    let dir = store_dir("git-moving-store");
+    let store = LocalDir::new(&dir);
+    let harness =
+        Harness::new(ContextUploader::new(Arc::new(store.clone())).with_git_protocols(&["file"]));
+    let url = format!("file://{}", repo.display());
+    let head = || -> Result<String> {
+        let output = std::process::Command::new("git")
+            .args(["rev-parse", "HEAD"])
+            .current_dir(&repo)
+            .output()?;
+        Ok(String::from_utf8(output.stdout)?.trim().to_owned())
+    };
+
+    // `main` at its first commit: the digest is the parser's pinned to that commit.
+    let submitted = from_git(&url, "main")?;
+    let parser_digest = decode::<ParserCompleted>(&submitted)?.digest;
+    let first = decode::<ContextUploaded>(&reply(&harness, submitted).await?)?;
+    assert_eq!(first.commit.as_deref(), Some(head()?.as_str()));
+    assert_eq!(first.digest, parser_digest.at_revision(&head()?));
+    // The build of that digest finished.
+    store
+        .put(
+            &image_record_key(&first.digest),
+            serde_json::to_vec(&ImageRecord {
+                image: "registry.local/fetched@sha256:1".into(),
+            })?
+            .into(),
+        )
+        .await?;
+
+    // Submitted again with `main` where it was: a cache hit, nothing rebuilt.
+    let again = reply(&harness, with_id(from_git(&url, "main")?, "again")).await?;
+    assert_eq!(again.ty(), BuildCompleted::TYPE, "{again}");
+    let cached = decode::<BuildCompleted>(&again)?;
+    assert!(cached.cached);
+    assert_eq!(cached.digest, first.digest);
+
+    // A push moves `main`: the same submission now makes a new context at the new commit.
+    std::fs::write(repo.join("app.py"), "def handler(e, c):\n    return 2\n")?;
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
+            .args(args)
+            .current_dir(&repo)
+            .status()
+    };
+    assert!(git(&["commit", "-qam", "push"])?.success());
+    let moved = reply(&harness, with_id(from_git(&url, "main")?, "moved")).await?;
+    assert_eq!(moved.ty(), ContextUploaded::TYPE, "{moved}");
+    let moved = decode::<ContextUploaded>(&moved)?;
+    assert_eq!(moved.commit.as_deref(), Some(head()?.as_str()));
+    assert_ne!(moved.digest, first.digest);
+    assert_eq!(moved.digest, parser_digest.at_revision(&head()?));
+    for dir in [repo, dir] {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    Ok(())
+}
+
+/// `event` with another id: a new submission of the same source, not a replay.
+fn with_id(mut event: Event, id: &str) -> Event {
+    cloudevents::AttributesWriter::set_id(&mut event, id);
+    event
 }

@@ -82,6 +82,7 @@ fn uploaded(name: &str) -> Result<Event> {
         },
         spec,
         digest,
+        commit: None,
     }))
 }
 

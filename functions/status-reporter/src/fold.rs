@@ -24,6 +24,9 @@ pub struct FunctionState {
     /// The content digest of the latest submission that parsed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub digest: Option<String>,
+    /// The commit a git source's ref resolved to for the current build.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit: Option<String>,
     /// The image (or local artifact) built for it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
@@ -113,6 +116,7 @@ pub fn fold(
         phase: Phase::Parsing,
         revision: None,
         digest: None,
+        commit: None,
         image: None,
         url: None,
         last_error: None,
@@ -132,6 +136,7 @@ pub fn fold(
         next.trace_id = Some(hex::encode(trace.trace_id));
     }
     if submitted {
+        next.commit = None;
         next.marks.clear();
         next.phase = Phase::Parsing;
         next.last_error = None;
@@ -151,6 +156,11 @@ pub fn fold(
         });
     } else if is(ContextUploaded::TYPE) || is(BuildStarted::TYPE) {
         next.phase = Phase::Building;
+        if let Ok(data) = decode::<ContextUploaded>(event) {
+            // For a git source, the digest pinned to the commit its ref resolved to.
+            next.digest = Some(data.digest.to_string());
+            next.commit = data.commit;
+        }
     } else if is(BuildCompleted::TYPE) {
         next.phase = Phase::Deploying;
         if let Ok(data) = decode::<BuildCompleted>(event) {
