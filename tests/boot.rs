@@ -34,6 +34,7 @@ use klambda_test_support::manifests::render;
 use klambda_test_support::process::{free_port, terminate, wait_healthy};
 use klambda_test_support::repo;
 use klambda_test_support::s3::{self, S3Server};
+use klambda_tests::deliver;
 use serde_json::Value;
 
 /// What stands in for the cluster around the binaries.
@@ -247,20 +248,6 @@ async fn boot(stand: &Stand, service: &Value, objects: &[Value]) -> Result<Boote
 
 fn log_of(stand: &Stand, name: &str) -> String {
     std::fs::read_to_string(stand.scratch.join(format!("{name}.log"))).unwrap_or_default()
-}
-
-/// `event` in binary mode to `url`.
-async fn deliver(url: &str, event: &Event) -> Result<Reply> {
-    let (headers, body) = codec::encode_binary(event);
-    let headers: Vec<(String, String)> = headers
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or_default().to_owned()))
-        .collect();
-    let headers: Vec<(&str, &str)> = headers
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    post(url, &headers, body).await
 }
 
 /// The reply event of a stage's answer; fails unless it is a 200 carrying `expected`.

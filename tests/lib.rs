@@ -28,6 +28,23 @@ pub async fn invoke(url: &str, name: &str) -> Result<serde_json::Value> {
     reply.json()
 }
 
+/// Posts `event` to `url` in binary mode, as the broker delivers it; the answer read whole.
+pub async fn deliver(
+    url: &str,
+    event: &cloudevents::Event,
+) -> Result<klambda_test_support::http::Reply> {
+    let (headers, body) = klambda_harness::codec::encode_binary(event);
+    let headers: Vec<(String, String)> = headers
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or_default().to_owned()))
+        .collect();
+    let headers: Vec<(&str, &str)> = headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    post(url, &headers, body).await
+}
+
 /// A fresh data directory for `test` under the system's temp dir (emptied if it exists).
 pub fn data_dir(test: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("klambda-{test}-{}", std::process::id()));

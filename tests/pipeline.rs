@@ -236,16 +236,7 @@ async fn a_dead_letter_redriven_with_the_cli_goes_through_the_pipeline() -> Resu
     letter.set_extension("knativeerrordest", "http://parser.knative-lambda.svc");
     letter.set_extension("knativeerrorcode", "503");
     letter.set_extension("knativeerrordata", "ZG93bg==");
-    let (headers, body) = klambda_harness::codec::encode_binary(&letter);
-    let headers: Vec<(String, String)> = headers
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or_default().to_owned()))
-        .collect();
-    let headers: Vec<(&str, &str)> = headers
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    let sunk = post(&server.url("/dead-letters"), &headers, body).await?;
+    let sunk = klambda_tests::deliver(&server.url("/dead-letters"), &letter).await?;
     assert_eq!(sunk.status, 202, "{:?}", sunk.body);
 
     let endpoint = client::Platform::new(&server.url(""));
