@@ -17,15 +17,51 @@ use klambda_broker::amqp::Topology;
 use klambda_broker::{AmqpBroker, Delivery};
 
 fn rabbitmqctl(args: &[&str]) -> Result<()> {
-    let status = Command::new("rabbitmqctl")
+    rabbitmqctl_output(args).map(drop)
+}
+
+fn rabbitmqctl_output(args: &[&str]) -> Result<String> {
+    let output = Command::new("rabbitmqctl")
         .args(args)
-        .stdout(std::process::Stdio::null())
-        .status()
+        .output()
         .context("running rabbitmqctl (scripts/services.sh installs RabbitMQ)")?;
-    if !status.success() {
-        bail!("rabbitmqctl {args:?} failed: {status}");
+    if !output.status.success() {
+        bail!(
+            "rabbitmqctl {args:?} failed: {}: {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
     }
-    Ok(())
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// Where the events are when some never arrived: still in the queue (the consumer stopped) or
+/// nowhere (RabbitMQ confirmed what it did not route), as RabbitMQ reports it.
+fn whereabouts(queue: &str, exchange: &str) -> String {
+    let queues = rabbitmqctl_output(&[
+        "list_queues",
+        "--no-table-headers",
+        "name",
+        "messages_ready",
+        "messages_unacknowledged",
+        "consumers",
+    ])
+    .unwrap_or_else(|e| e.to_string());
+    let bindings = rabbitmqctl_output(&[
+        "list_bindings",
+        "--no-table-headers",
+        "source_name",
+        "destination_name",
+    ])
+    .unwrap_or_else(|e| e.to_string());
+    let queue_line = queues
+        .lines()
+        .find(|l| l.starts_with(queue))
+        .unwrap_or("(queue not listed)");
+    let bound = bindings
+        .lines()
+        .any(|l| l.starts_with(exchange) && l.contains(queue));
+    format!("queue (name, ready, unacked, consumers): {queue_line}; bound to {exchange}: {bound}")
 }
 
 /// Starts the RabbitMQ application again however the test ends.
@@ -43,6 +79,10 @@ impl Drop for Restart {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_event_is_delivered_across_a_rabbitmq_restart() -> Result<()> {
+    let _logs = tracing_subscriber::fmt()
+        .with_env_filter("klambda_broker=debug")
+        .with_test_writer()
+        .try_init();
     let url = std::env::var("KLAMBDA_TEST_AMQP_URL")
         .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
     let triggers = vec![trigger("steady", "t.steady", "x", Delivery::default())];
@@ -89,8 +129,12 @@ async fn every_event_is_delivered_across_a_rabbitmq_restart() -> Result<()> {
         if Instant::now() > deadline {
             let missing: Vec<_> = expected.difference(&seen).take(10).collect();
             bail!(
-                "{} of {total} never delivered, e.g. {missing:?}",
-                total - seen.len()
+                "{} of {total} never delivered, e.g. {missing:?}; {}",
+                total - seen.len(),
+                whereabouts(
+                    &broker.topology().trigger_queue("steady"),
+                    &broker.topology().exchange()
+                )
             );
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

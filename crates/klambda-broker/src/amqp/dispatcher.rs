@@ -13,6 +13,7 @@ use futures_core::Stream as _;
 use lapin::message::Delivery as Message;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, BasicRejectOptions,
+    QueueDeclareOptions,
 };
 use lapin::types::{FieldTable, ShortString};
 use lapin::{Acker, Channel};
@@ -29,7 +30,8 @@ const PREFETCH: u16 = 100;
 /// The first wait before re-opening a broken connection; doubled up to [`MAX_RECONNECT`].
 const FIRST_RECONNECT: Duration = Duration::from_millis(100);
 const MAX_RECONNECT: Duration = Duration::from_secs(5);
-/// How often a quiet consumer checks that its channel is still open.
+/// How often a quiet consumer checks that its channel is still open and that RabbitMQ is
+/// feeding it (no messages ready in its queue while it waits).
 const LIVENESS_CHECK: Duration = Duration::from_secs(5);
 /// The wait before a message whose outcome could not be made safe is handed back.
 const SETTLE_RETRY: Duration = Duration::from_millis(500);
@@ -152,11 +154,29 @@ async fn consume(work: &Arc<Work>, wait: &mut Duration) -> AmqpError {
         .await
         {
             Ok(next) => next,
-            Err(_) if channel.status().connected() => continue,
-            Err(_) => {
+            Err(_) if !channel.status().connected() => {
                 return AmqpError::Closed {
                     what: format!("the channel consuming {}", work.queue),
                 };
+            }
+            Err(_) => {
+                let idle = slots.available_permits() == work.trigger.parallelism.max(1);
+                match waiting(&channel, &work.queue).await {
+                    // Nothing in hand, nothing arriving, yet messages wait: RabbitMQ is not
+                    // feeding this consumer (seen when it subscribed while a quorum queue was
+                    // still electing its leader after a restart). A new subscription fixes it.
+                    Ok(ready) if idle && ready > 0 => {
+                        return AmqpError::Closed {
+                            what: format!(
+                                "the consumer of {} ({ready} messages ready, none delivered for {} s)",
+                                work.queue,
+                                LIVENESS_CHECK.as_secs()
+                            ),
+                        };
+                    }
+                    Ok(_) => continue,
+                    Err(error) => return error,
+                }
             }
         };
         let message = match next {
@@ -199,6 +219,24 @@ async fn open(work: &Work) -> Result<Channel, AmqpError> {
     )
     .await?;
     Ok(channel)
+}
+
+/// How many messages wait in `queue`, ready for a consumer (a passive declare).
+async fn waiting(channel: &Channel, queue: &str) -> Result<u32, AmqpError> {
+    let declared = within(
+        OPERATION_DEADLINE,
+        &format!("checking {queue}"),
+        channel.queue_declare(
+            ShortString::from(queue),
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        ),
+    )
+    .await?;
+    Ok(declared.message_count())
 }
 
 /// Delivers one message and settles it: ack once the outcome is safe, hand it back otherwise.
