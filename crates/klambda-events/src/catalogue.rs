@@ -72,6 +72,36 @@ pub enum Producer {
     Client,
 }
 
+/// How a producer hands an event to the broker, and so what a consumer may rely on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Emission {
+    /// A client's request, posted to the broker ingress: `202` means the broker holds it.
+    Request,
+    /// A stage's answer to its input, carrying the outcome of accepted work: the input is not
+    /// settled until the broker confirmed the answer, so a crash or a broker restart means the
+    /// input is delivered again (at least once, deduplicated by id).
+    Outcome,
+    /// Progress a stage reports beside its answer (`*.started`, a new revision's name): best
+    /// effort, lost if the broker is unreachable at that instant. Nothing waits for one.
+    Progress,
+}
+
+impl Emission {
+    /// The word in docs/EVENTS.md.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Emission::Request => "request",
+            Emission::Outcome => "outcome (at least once)",
+            Emission::Progress => "progress (best effort)",
+        }
+    }
+}
+
+/// A type only ever emitted as [`Emission::Progress`]: the harness publishes these beside a
+/// reply (`klambda_harness::Context::progress`), and only these, so an outcome can never be
+/// sent best effort by mistake.
+pub trait Progress: EventType {}
+
 /// The description of one event type, as data.
 #[derive(Debug, Clone, Copy)]
 pub struct EventSpec {
@@ -85,6 +115,8 @@ pub struct EventSpec {
     pub description: &'static str,
     /// Who emits it.
     pub producers: &'static [Producer],
+    /// How they emit it.
+    pub emission: Emission,
     /// The stage that acts on it, if any (the status reporter records every type regardless).
     pub consumer: Option<Stage>,
     schema: fn() -> Schema,
@@ -126,7 +158,7 @@ pub trait EventType {
 macro_rules! catalogue {
     ($(
         $(#[doc = $doc:literal])+
-        $marker:ident = $suffix:literal, v $version:literal, $data:ty,
+        $marker:ident = $suffix:literal, v $version:literal, $data:ty, $emission:ident,
         producers [$($producer:expr),+], consumer $consumer:expr;
     )+) => {
         $(
@@ -139,6 +171,8 @@ macro_rules! catalogue {
                 const VERSION: u32 = $version;
                 type Data = $data;
             }
+
+            progress!($emission, $marker);
         )+
 
         /// Every event type, in lifecycle order.
@@ -149,11 +183,20 @@ macro_rules! catalogue {
                 data_name: stringify!($data),
                 description: concat!($($doc),+),
                 producers: &[$($producer),+],
+                emission: Emission::$emission,
                 consumer: $consumer,
                 schema: || schemars::schema_for!($data),
             },
         )+];
     };
+}
+
+/// Marks the [`Emission::Progress`] types as [`Progress`].
+macro_rules! progress {
+    (Progress, $marker:ident) => {
+        impl Progress for $marker {}
+    };
+    ($other:ident, $marker:ident) => {};
 }
 
 use Producer::Client;
@@ -164,71 +207,71 @@ const fn by(stage: Stage) -> Producer {
 
 catalogue! {
     /// A user submitted a new function.
-    FunctionCreated = "function.created", v 1, FunctionSubmission,
+    FunctionCreated = "function.created", v 1, FunctionSubmission, Request,
         producers [Client], consumer Some(Parser);
     /// A user submitted a new version of an existing function.
-    FunctionUpdated = "function.updated", v 1, FunctionSubmission,
+    FunctionUpdated = "function.updated", v 1, FunctionSubmission, Request,
         producers [Client], consumer Some(Parser);
     /// A user asked to delete a function.
-    FunctionDeleted = "function.deleted", v 1, FunctionDeletion,
+    FunctionDeleted = "function.deleted", v 1, FunctionDeletion, Request,
         producers [Client], consumer Some(ServiceDeployer);
     /// A user asked to return a function to an earlier revision.
-    FunctionRollback = "function.rollback", v 1, RollbackRequest,
+    FunctionRollback = "function.rollback", v 1, RollbackRequest, Request,
         producers [Client], consumer Some(ServiceDeployer);
     /// The parser took a submission.
-    ParserStarted = "parser.started", v 1, ParseStart,
+    ParserStarted = "parser.started", v 1, ParseStart, Progress,
         producers [by(Parser)], consumer None;
     /// The submission is valid; its normalised spec and content digest follow.
-    ParserCompleted = "parser.completed", v 1, ParsedFunction,
+    ParserCompleted = "parser.completed", v 1, ParsedFunction, Outcome,
         producers [by(Parser)], consumer Some(ContextUploader);
     /// The submission was refused, with every reason.
-    ParserFailed = "parser.failed", v 1, ParseFailure,
+    ParserFailed = "parser.failed", v 1, ParseFailure, Outcome,
         producers [by(Parser)], consumer None;
     /// The build context is in the object store.
-    ContextUploaded = "context.uploaded", v 1, BuildContext,
+    ContextUploaded = "context.uploaded", v 1, BuildContext, Outcome,
         producers [by(ContextUploader)], consumer Some(JobLauncher);
     /// A build began.
-    BuildStarted = "build.started", v 1, BuildStart,
+    BuildStarted = "build.started", v 1, BuildStart, Progress,
         producers [by(JobLauncher)], consumer None;
     /// An image exists for the digest (built now, or found in the cache).
-    BuildCompleted = "build.completed", v 1, BuiltImage,
+    BuildCompleted = "build.completed", v 1, BuiltImage, Outcome,
         producers [by(ContextUploader), by(JobLauncher)], consumer Some(ServiceDeployer);
     /// A build failed, with a classified cause and the end of its log.
-    BuildFailed = "build.failed", v 1, BuildFailure,
+    BuildFailed = "build.failed", v 1, BuildFailure, Outcome,
         producers [by(JobLauncher)], consumer None;
     /// A build passed its deadline.
-    BuildTimeout = "build.timeout", v 1, BuildTimedOut,
+    BuildTimeout = "build.timeout", v 1, BuildTimedOut, Outcome,
         producers [by(JobLauncher)], consumer None;
     /// A user asked to cancel a running build.
-    BuildCancel = "build.cancel", v 1, CancelRequest,
+    BuildCancel = "build.cancel", v 1, CancelRequest, Request,
         producers [Client], consumer Some(JobLauncher);
     /// A build was cancelled at a user's request.
-    BuildCancelled = "build.cancelled", v 1, BuildEnd,
+    BuildCancelled = "build.cancelled", v 1, BuildEnd, Outcome,
         producers [by(JobLauncher)], consumer None;
     /// A build was stopped because a newer submission superseded it.
-    BuildStopped = "build.stopped", v 1, BuildEnd,
+    BuildStopped = "build.stopped", v 1, BuildEnd, Outcome,
         producers [by(JobLauncher)], consumer None;
     /// The function's Service was created.
-    ServiceCreated = "service.created", v 1, ServiceRevision,
+    ServiceCreated = "service.created", v 1, ServiceRevision, Progress,
         producers [by(ServiceDeployer)], consumer None;
     /// The function's Service got a new revision.
-    ServiceUpdated = "service.updated", v 1, ServiceRevision,
+    ServiceUpdated = "service.updated", v 1, ServiceRevision, Progress,
         producers [by(ServiceDeployer)], consumer None;
     /// The function's Service and Trigger were deleted.
-    ServiceDeleted = "service.deleted", v 1, ServiceRemoval,
+    ServiceDeleted = "service.deleted", v 1, ServiceRemoval, Outcome,
         producers [by(ServiceDeployer)], consumer None;
     /// A revision of the function serves traffic.
-    ServiceReady = "service.ready", v 1, ServiceReadiness,
+    ServiceReady = "service.ready", v 1, ServiceReadiness, Outcome,
         producers [by(ServiceDeployer)], consumer None;
     /// A revision of the function did not become ready.
-    ServiceFailed = "service.failed", v 1, ServiceFailure,
+    ServiceFailed = "service.failed", v 1, ServiceFailure, Outcome,
         producers [by(ServiceDeployer)], consumer None;
     /// A function's folded status changed. The status reporter never replies to this type, so
     /// its catch-all Trigger cannot loop.
-    StatusUpdated = "status.updated", v 1, FunctionStatus,
+    StatusUpdated = "status.updated", v 1, FunctionStatus, Outcome,
         producers [by(StatusReporter)], consumer None;
     /// A probe sent through the broker to prove the event path works end to end.
-    HealthCheck = "health.check", v 1, HealthProbe,
+    HealthCheck = "health.check", v 1, HealthProbe, Request,
         producers [Client], consumer None;
 }
 

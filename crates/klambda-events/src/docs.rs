@@ -50,8 +50,12 @@ pub fn events_markdown() -> String {
          The JSON Schema of each type's data is in `eventing/schemas/<type>.v<N>.json`.\n\n\
          The status reporter records every event through its catch-all Trigger; it is not listed as\n\
          a consumer.\n\n\
-         | type | version | data | producers | consumer | meaning |\n\
-         | --- | --- | --- | --- | --- | --- |\n",
+         *Emitted as*: a `request` is posted by a client to the broker ingress (`202` once the broker\n\
+         holds it); an `outcome` is a stage's reply to its input, and the input is not settled until\n\
+         the broker confirmed it, so it arrives at least once whatever crashes; `progress` is\n\
+         reported beside a reply, best effort, and nothing waits for it.\n\n\
+         | type | version | data | emitted as | producers | consumer | meaning |\n\
+         | --- | --- | --- | --- | --- | --- | --- |\n",
     );
     for spec in CATALOGUE {
         let producers: Vec<&str> = spec
@@ -65,10 +69,11 @@ pub fn events_markdown() -> String {
         let consumer = spec.consumer.map_or("—", |s| s.service_name());
         let _ = writeln!(
             md,
-            "| `{}` | {} | `{}` | {} | {} | {} |",
+            "| `{}` | {} | `{}` | {} | {} | {} | {} |",
             spec.type_name,
             spec.version,
             spec.data_name,
+            spec.emission.describe(),
             producers.join(", "),
             consumer,
             spec.description.trim()

@@ -26,7 +26,9 @@ pub mod ids;
 pub mod runtime;
 pub mod spec;
 
-pub use catalogue::{CATALOGUE, EventSpec, EventType, Producer, Stage, TYPE_PREFIX};
+pub use catalogue::{
+    CATALOGUE, Emission, EventSpec, EventType, Producer, Progress, Stage, TYPE_PREFIX,
+};
 pub use envelope::{DecodeError, Envelope, Reply, decode, reply};
 pub use ids::{BuildId, ContentDigest, FunctionName, InvalidId};
 pub use runtime::{Language, Runtime};

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use cloudevents::Event;
+use klambda_events::{Progress, Reply};
 
 use crate::metrics::Metrics;
 use crate::publisher::Publisher;
@@ -18,12 +19,17 @@ pub struct Context {
 }
 
 impl Context {
-    /// Publishes a side event (e.g. `*.started`) to the broker, in the input's trace.
+    /// Publishes progress (e.g. `*.started`) to the broker, in the input's trace.
     ///
-    /// Best effort by design: a side event reports progress, the reply carries the contract, so
-    /// a broker hiccup here is logged and counted (`klambda_stage_side_events_total{outcome=
-    /// "failed"}`) but does not fail the handling and cause a redelivery.
-    pub async fn publish(&self, mut event: Event) {
+    /// Best effort by design, and so only for [`Progress`] types: progress is informative, the
+    /// reply carries the outcome, so a broker hiccup here is logged and counted
+    /// (`klambda_stage_side_events_total{outcome="failed"}`) but does not fail the handling and
+    /// cause a redelivery. An outcome is always the handler's reply ([`crate::Outcome::Reply`]).
+    pub async fn progress<T: Progress>(&self, progress: Reply<T>, data: &T::Data) {
+        self.publish(progress.data(data)).await;
+    }
+
+    async fn publish(&self, mut event: Event) {
         let trace = trace::for_emitted(
             self.trace,
             &self.span,

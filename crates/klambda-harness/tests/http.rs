@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use anyhow::Result;
 use cloudevents::{AttributesReader, Event};
-use klambda_events::catalogue::HealthCheck;
-use klambda_events::data::HealthProbe;
+use klambda_events::catalogue::{HealthCheck, ParserStarted};
+use klambda_events::data::{HealthProbe, Operation, ParseStart};
 use klambda_events::{Envelope, Stage};
 use klambda_harness::publisher::{HttpSink, Memory};
 use klambda_harness::{Context, Handler, HandlerError, Harness, Outcome};
@@ -38,12 +38,15 @@ impl Handler for Echo {
                 Ok(Outcome::Done)
             }
             _ => {
-                let side = Envelope::new(format!("{}-side", event.id()), "/echo")
-                    .encode::<HealthCheck>(&HealthProbe {
-                        origin: "side".into(),
-                        extra: Default::default(),
-                    });
-                context.publish(side).await;
+                context
+                    .progress(
+                        klambda_events::reply::<ParserStarted>(&event, Stage::StatusReporter),
+                        &ParseStart {
+                            function: Some("side".into()),
+                            operation: Operation::Create,
+                        },
+                    )
+                    .await;
                 let reply = klambda_events::reply::<HealthCheck>(&event, Stage::StatusReporter)
                     .data(&HealthProbe {
                         origin: event.id().to_owned(),

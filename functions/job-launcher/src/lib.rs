@@ -1,13 +1,18 @@
 //! The job-launcher stage: starts builds and turns their outcomes into events.
 //!
 //! - **Consumes** `io.knative.lambda.context.uploaded` and `io.knative.lambda.build.cancel`.
-//! - **Replies** `build.started` when a build starts (or is already running: a replay does not
-//!   start a second one), or `build.completed` with `cached: true` when the digest was already
-//!   built.
-//! - **Emits** when the build ends: `build.completed` (the image or local artifact),
-//!   `build.failed` (classified cause and the end of the log), `build.timeout`, or
-//!   `build.cancelled` after a `build.cancel`. On Kubernetes these come from Job status events;
-//!   the local builder reports them directly, the same events either way.
+//! - **Replies** with the build's outcome: `build.completed` (the image or local artifact;
+//!   `cached: true` when the digest was already built), `build.failed` (classified cause and the
+//!   end of the log), `build.timeout`, or `build.cancelled` after a `build.cancel`. The same
+//!   events on either backend, always as replies, so none is lost to a crash or a broker restart:
+//!   - **local**: the delivery of `context.uploaded` waits for the build and answers its
+//!     outcome; `build.started` is reported as progress when the build starts. The input is
+//!     settled only once the outcome is confirmed, so a crash means redelivery and the build
+//!     runs again (same id, same directory); a redelivery while it runs, or within ten minutes
+//!     of its end, joins it rather than building twice.
+//!   - **Kubernetes**: `context.uploaded` is answered `build.started` once the Job exists; the
+//!     Job's status events (ApiServerSource, replayed as `add` when the source restarts) are
+//!     answered with the outcome.
 //! - **Side effects**: runs the build; on success writes the build record
 //!   `images/<digest>.json`, which makes later submissions of the same digest cache hits.
 //!
@@ -19,7 +24,7 @@ pub mod builder;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use cloudevents::Event;
 use k8s_openapi::api::batch::v1::Job;
@@ -32,7 +37,7 @@ use klambda_events::{BuildId, EventType, FunctionName, Reply, Stage, decode, rep
 use klambda_harness::metrics::{BuildResult, Metrics};
 use klambda_harness::{ConfigError, ConfigSource, Context, Handler, HandlerError, Outcome};
 use klambda_storage::{ImageRecord, ObjectStore};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use tracing::Instrument as _;
 
 use crate::builder::kaniko::{self, KanikoJobs, KanikoSettings};
@@ -45,8 +50,23 @@ fn answer<T: EventType>(input: &Event, function: &FunctionName) -> Reply<T> {
     reply::<T>(input, Stage::JobLauncher).subject(function.to_string())
 }
 
-/// Running builds: id → (function, the way to cancel it).
-type Running = Arc<Mutex<HashMap<BuildId, (FunctionName, oneshot::Sender<String>)>>>;
+/// A local build of this process.
+struct LocalBuild {
+    function: FunctionName,
+    /// How to stop it, while it runs.
+    cancel: Option<oneshot::Sender<String>>,
+    /// Its outcome, once it ended.
+    outcome: watch::Receiver<Option<BuildOutcome>>,
+    /// When it ended.
+    ended: Option<Instant>,
+}
+
+/// This process's local builds by id, running or ended within [`REMEMBER_OUTCOMES`].
+type Builds = Arc<Mutex<HashMap<BuildId, LocalBuild>>>;
+
+/// How long an ended local build's outcome answers a redelivery of its input without building
+/// again (a redelivery after the broker restarted, whose first answer was not confirmed).
+const REMEMBER_OUTCOMES: Duration = Duration::from_secs(600);
 
 /// Where builds run.
 #[derive(Clone)]
@@ -62,7 +82,7 @@ enum Backend {
 pub struct JobLauncher {
     backend: Backend,
     store: Arc<dyn ObjectStore>,
-    running: Running,
+    builds: Builds,
 }
 
 /// Where the `context.uploaded` event that started a cluster build is kept, so the Job's outcome
@@ -82,7 +102,7 @@ impl JobLauncher {
         Self {
             backend: Backend::Local(builder),
             store,
-            running: Arc::default(),
+            builds: Arc::default(),
         }
     }
 
@@ -92,7 +112,7 @@ impl JobLauncher {
         Self {
             backend: Backend::Cluster(Box::new(jobs)),
             store,
-            running: Arc::default(),
+            builds: Arc::default(),
         }
     }
 
@@ -151,9 +171,12 @@ impl JobLauncher {
         }
     }
 
-    /// How many builds are running now.
+    /// How many local builds are running now.
     pub fn running(&self) -> usize {
-        self.running.lock().map(|r| r.len()).unwrap_or_default()
+        self.builds
+            .lock()
+            .map(|builds| builds.values().filter(|b| b.ended.is_none()).count())
+            .unwrap_or_default()
     }
 
     async fn start(&self, event: Event, context: &Context) -> Result<Outcome, HandlerError> {
@@ -174,20 +197,15 @@ impl JobLauncher {
             return Ok(Outcome::Reply(reply));
         }
 
-        let started = answer::<BuildStarted>(&event, &name).data(&BuildStart {
-            function: name.clone(),
-            build_id: build_id.clone(),
+        let request = BuildRequest {
+            spec: uploaded.spec.clone(),
             digest: uploaded.digest.clone(),
-        });
+            build_id: build_id.clone(),
+            context: uploaded.context.clone(),
+        };
         let builder = match &self.backend {
             Backend::Local(builder) => Arc::clone(builder),
             Backend::Cluster(jobs) => {
-                let request = BuildRequest {
-                    spec: uploaded.spec.clone(),
-                    digest: uploaded.digest.clone(),
-                    build_id: build_id.clone(),
-                    context: uploaded.context.clone(),
-                };
                 let record = serde_json::to_vec(&event)
                     .map_err(|e| HandlerError::Internal(e.to_string()))?;
                 self.store
@@ -199,55 +217,114 @@ impl JobLauncher {
                     other => HandlerError::Unavailable(other.to_string()),
                 })?;
                 tracing::info!(build_id = %build_id, ?launched, "build Job launched");
-                return Ok(Outcome::Reply(started));
+                // The Job's outcome arrives later as its status events, answered then.
+                return Ok(Outcome::Reply(answer::<BuildStarted>(&event, &name).data(
+                    &BuildStart {
+                        function: name.clone(),
+                        build_id,
+                        digest: uploaded.digest,
+                    },
+                )));
             }
         };
-        let (cancel, cancelled) = oneshot::channel();
-        {
-            let mut running = self.running.lock().map_err(|_| {
-                HandlerError::Internal("the running-builds table is poisoned".into())
-            })?;
-            if running.contains_key(&build_id) {
-                // A replay while the build runs: same answer, no second build.
-                return Ok(Outcome::Reply(started));
-            }
-            running.insert(build_id.clone(), (name.clone(), cancel));
+        // A local build's outcome is this delivery's reply: the input stays unsettled until the
+        // broker confirmed the outcome, so a crash or a broker restart delivers it again and the
+        // build runs again (same id, same directory), or is joined if it still runs here.
+        let (mut ended, fresh) = self.join_or_start(builder, request, context)?;
+        if fresh {
+            context
+                .progress(
+                    answer::<BuildStarted>(&event, &name),
+                    &BuildStart {
+                        function: name.clone(),
+                        build_id: build_id.clone(),
+                        digest: uploaded.digest.clone(),
+                    },
+                )
+                .await;
         }
-        let request = BuildRequest {
-            spec: uploaded.spec.clone(),
-            digest: uploaded.digest.clone(),
-            build_id: build_id.clone(),
-            context: uploaded.context.clone(),
-        };
-        // The build's span is a child of this handling span, though it outlives it: the trace
-        // shows how long the build took, inside the journey.
-        let build = builder
-            .build(request, cancelled)
-            .instrument(tracing::info_span!(
-                "builder",
-                otel.name = "builder.build",
-                backend = "local",
-                build_id = %build_id,
-            ));
-        let launcher = self.clone();
+        let outcome = ended
+            .wait_for(Option::is_some)
+            .await
+            .ok()
+            .and_then(|outcome| outcome.clone())
+            .ok_or_else(|| {
+                HandlerError::Unavailable(format!("build {build_id} stopped without an outcome"))
+            })?;
+        let ended = self
+            .outcome_event(&event, uploaded, build_id, outcome)
+            .await;
+        Ok(Outcome::Reply(ended))
+    }
+
+    /// The running (or just finished) build `request.build_id` of this process, or a new one:
+    /// the receiver of its outcome, and whether it was started now. The build runs in a task of
+    /// its own, so it finishes even when the delivery that started it is abandoned, and a
+    /// redelivery joins it instead of starting a second one.
+    fn join_or_start(
+        &self,
+        builder: Arc<dyn Builder>,
+        request: BuildRequest,
+        context: &Context,
+    ) -> Result<(watch::Receiver<Option<BuildOutcome>>, bool), HandlerError> {
+        let mut builds = self
+            .builds
+            .lock()
+            .map_err(|_| HandlerError::Internal("the build table is poisoned".into()))?;
+        builds.retain(|_, build| {
+            build
+                .ended
+                .is_none_or(|ended| ended.elapsed() < REMEMBER_OUTCOMES)
+        });
+        if let Some(build) = builds.get(&request.build_id) {
+            // Ended with an outcome, or running (its task holds the sender); a task that died
+            // without one is started again.
+            let alive = build.outcome.borrow().is_some() || build.outcome.has_changed().is_ok();
+            if alive {
+                return Ok((build.outcome.clone(), false));
+            }
+        }
+        let (cancel, cancelled) = oneshot::channel();
+        let (report, outcome) = watch::channel(None);
+        builds.insert(
+            request.build_id.clone(),
+            LocalBuild {
+                function: request.spec.name.clone(),
+                cancel: Some(cancel),
+                outcome: outcome.clone(),
+                ended: None,
+            },
+        );
+        // The build's span is a child of this handling span: the trace shows how long the build
+        // took, inside the journey.
+        let span = tracing::info_span!(
+            "builder",
+            otel.name = "builder.build",
+            backend = "local",
+            build_id = %request.build_id,
+        );
+        let builds = Arc::clone(&self.builds);
         let context = context.clone();
+        let runtime = request.spec.runtime;
+        let build_id = request.build_id.clone();
         let began = Instant::now();
+        let build = builder.build(request, cancelled).instrument(span);
         tokio::spawn(async move {
             let outcome = build.await;
             context.metrics().build_ended(
-                uploaded.spec.runtime,
+                runtime,
                 result_of(&outcome),
                 began.elapsed().as_secs_f64(),
             );
-            if let Ok(mut running) = launcher.running.lock() {
-                running.remove(&build_id);
+            if let Ok(mut builds) = builds.lock()
+                && let Some(build) = builds.get_mut(&build_id)
+            {
+                build.cancel = None;
+                build.ended = Some(Instant::now());
             }
-            let ended = launcher
-                .outcome_event(&event, uploaded, build_id, outcome)
-                .await;
-            context.publish(ended).await;
+            let _ = report.send(Some(outcome));
         });
-        Ok(Outcome::Reply(started))
+        Ok((outcome, true))
     }
 
     /// The event announcing how a build ended (writing the build record on success).
@@ -361,7 +438,7 @@ impl JobLauncher {
         Ok(Outcome::Reply(ended))
     }
 
-    async fn cancel(&self, event: &Event, context: &Context) -> Result<Outcome, HandlerError> {
+    async fn cancel(&self, event: &Event) -> Result<Outcome, HandlerError> {
         let request = decode::<BuildCancel>(event)?;
         let reason = request.reason.clone().map_or_else(
             || "cancelled by request".to_owned(),
@@ -375,35 +452,41 @@ impl JobLauncher {
                     .await
                     .map_err(kube_failure)?,
             };
+            let mut cancelled = Vec::new();
             for build_id in targets {
                 if jobs.cancel(&build_id).await.map_err(kube_failure)? {
-                    let ended = reply::<BuildCancelled>(event, Stage::JobLauncher)
-                        .subject(request.function.to_string())
-                        .data(&BuildEnd {
-                            function: request.function.clone(),
-                            build_id,
-                            reason: reason.clone(),
-                        });
-                    context.publish(ended).await;
+                    cancelled.push(build_id);
                 }
             }
-            return Ok(Outcome::Done);
+            // A function has one build at a time (a newer submission stops the older), so the
+            // answer names it; should there be more, the others are named in the log.
+            let Some((build_id, others)) = cancelled.split_first() else {
+                return Ok(Outcome::Done);
+            };
+            if !others.is_empty() {
+                tracing::warn!(function = %request.function, ?others, "more than one build cancelled; build.cancelled names the first");
+            }
+            return Ok(Outcome::Reply(
+                answer::<BuildCancelled>(event, &request.function).data(&BuildEnd {
+                    function: request.function.clone(),
+                    build_id: build_id.clone(),
+                    reason,
+                }),
+            ));
         }
-        let mut running = self
-            .running
+        let mut builds = self
+            .builds
             .lock()
-            .map_err(|_| HandlerError::Internal("the running-builds table is poisoned".into()))?;
-        let targets: Vec<BuildId> = running
-            .iter()
-            .filter(|(id, (function, _))| {
-                *function == request.function && request.build_id.as_ref().is_none_or(|b| b == *id)
-            })
-            .map(|(id, _)| id.clone())
-            .collect();
-        for id in &targets {
-            if let Some((_, cancel)) = running.remove(id) {
-                // The build task reports build.cancelled when it stops.
+            .map_err(|_| HandlerError::Internal("the build table is poisoned".into()))?;
+        let mut targets = Vec::new();
+        for (id, build) in builds.iter_mut() {
+            if build.function == request.function
+                && request.build_id.as_ref().is_none_or(|b| b == id)
+                && let Some(cancel) = build.cancel.take()
+            {
+                // The build's own delivery answers build.cancelled when it stops.
                 let _ = cancel.send(reason.clone());
+                targets.push(id.clone());
             }
         }
         tracing::info!(function = %request.function, cancelled = targets.len(), "build.cancel handled");
@@ -430,7 +513,7 @@ impl Handler for JobLauncher {
     async fn handle(&self, event: Event, context: &Context) -> Result<Outcome, HandlerError> {
         let ty = cloudevents::AttributesReader::ty(&event);
         if ty == BuildCancel::TYPE {
-            self.cancel(&event, context).await
+            self.cancel(&event).await
         } else if APISERVER_EVENT_TYPES.contains(&ty) {
             match &self.backend {
                 Backend::Cluster(jobs) => self.job_changed(jobs, &event, context).await,

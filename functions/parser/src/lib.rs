@@ -95,11 +95,15 @@ impl Handler for Parser {
             Operation::Create
         };
         let (name, result) = self.parse_event(&event, operation)?;
-        let started = reply::<ParserStarted>(&event, Stage::Parser).data(&ParseStart {
-            function: name.clone(),
-            operation,
-        });
-        context.publish(started).await;
+        context
+            .progress(
+                reply::<ParserStarted>(&event, Stage::Parser),
+                &ParseStart {
+                    function: name.clone(),
+                    operation,
+                },
+            )
+            .await;
         let reply = match result {
             Ok((spec, digest)) => {
                 let subject = spec.name.to_string();

@@ -37,6 +37,26 @@ fn answer<T: EventType>(input: &Event, function: &FunctionName) -> Reply<T> {
     reply::<T>(input, Stage::ServiceDeployer).subject(function.to_string())
 }
 
+/// Reports a new revision as progress: `service.created` for a function's first, else
+/// `service.updated`.
+async fn announce(
+    context: &Context,
+    input: &Event,
+    function: &FunctionName,
+    first: bool,
+    revision: &ServiceRevision,
+) {
+    if first {
+        context
+            .progress(answer::<ServiceCreated>(input, function), revision)
+            .await;
+    } else {
+        context
+            .progress(answer::<ServiceUpdated>(input, function), revision)
+            .await;
+    }
+}
+
 /// Where functions run.
 #[derive(Clone)]
 enum Backend {
@@ -136,12 +156,7 @@ impl ServiceDeployer {
                     image: built.image.clone(),
                     digest: built.digest.clone(),
                 };
-                let side = if applied.first {
-                    answer::<ServiceCreated>(event, function).data(&data)
-                } else {
-                    answer::<ServiceUpdated>(event, function).data(&data)
-                };
-                context.publish(side).await;
+                announce(context, event, function, applied.first, &data).await;
             }
             return Ok(Outcome::Done);
         }
@@ -163,16 +178,13 @@ impl ServiceDeployer {
                 ));
             };
             if let Some(digest) = rolled.digest {
-                context
-                    .publish(
-                        answer::<ServiceUpdated>(event, function).data(&ServiceRevision {
-                            function: function.clone(),
-                            revision: rolled.revision,
-                            image: rolled.image,
-                            digest,
-                        }),
-                    )
-                    .await;
+                let data = ServiceRevision {
+                    function: function.clone(),
+                    revision: rolled.revision,
+                    image: rolled.image,
+                    digest,
+                };
+                announce(context, event, function, false, &data).await;
             }
             return Ok(Outcome::Done);
         }
@@ -205,12 +217,7 @@ impl ServiceDeployer {
                         image: revision.image.clone(),
                         digest: revision.digest.clone(),
                     };
-                    let event = if revision.first {
-                        answer::<ServiceCreated>(input, function).data(&data)
-                    } else {
-                        answer::<ServiceUpdated>(input, function).data(&data)
-                    };
-                    context.publish(event).await;
+                    announce(context, input, function, revision.first, &data).await;
                 }
                 answer::<ServiceReady>(input, function).data(&ServiceReadiness {
                     function: function.clone(),
