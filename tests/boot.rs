@@ -15,7 +15,7 @@
 //! API), every event to the status reporter, and a Buildkite delivery to the webhook gateway.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -182,22 +182,6 @@ fn kubeconfig(stand: &Stand, namespace: &str, account: &str) -> Result<PathBuf> 
     Ok(path)
 }
 
-/// The binary a container runs: the workspace's build of the container's name.
-fn binary(container: &str) -> Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .context("the test binary is not in <target>/<profile>/deps")?;
-    let path = dir.join(container);
-    ensure!(
-        path.is_file(),
-        "{} is not built; `cargo test --workspace` builds every binary (or run `cargo build --workspace --bins`)",
-        path.display()
-    );
-    Ok(path)
-}
-
 async fn boot(stand: &Stand, service: &Value, objects: &[Value]) -> Result<Booted> {
     let name = service["metadata"]["name"]
         .as_str()
@@ -212,7 +196,7 @@ async fn boot(stand: &Stand, service: &Value, objects: &[Value]) -> Result<Boote
     let cwd = stand.scratch.join(format!("cwd-{name}"));
     std::fs::create_dir_all(&cwd)?;
     let log = std::fs::File::create(stand.scratch.join(format!("{name}.log")))?;
-    let mut child = Command::new(binary(&container)?)
+    let mut child = Command::new(klambda_tests::workspace_binary(&container)?)
         .env_clear()
         .envs(&env)
         .env("PATH", std::env::var("PATH").unwrap_or_default())

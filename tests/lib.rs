@@ -1,7 +1,7 @@
 //! The workspace's cross-function tests live in `tests/*.rs` beside this file; this library holds
 //! what several of them share.
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use klambda_test_support::http::post;
 
 /// Invokes the function serving at `url` with a CloudEvent whose data is `{"name": name}`;
@@ -237,4 +237,60 @@ pub mod documented {
         }
         problems
     }
+}
+
+/// The workspace's build of binary `name` (next to the test binaries, in `<target>/<profile>`),
+/// to start it as it ships.
+pub fn workspace_binary(name: &str) -> Result<std::path::PathBuf> {
+    let exe = std::env::current_exe()?;
+    let dir = exe
+        .parent()
+        .and_then(std::path::Path::parent)
+        .context("the test binary is not in <target>/<profile>/deps")?;
+    let path = dir.join(name);
+    anyhow::ensure!(
+        path.is_file(),
+        "{} is not built; `cargo test --workspace` builds every binary (or run `cargo build --workspace --bins`)",
+        path.display()
+    );
+    Ok(path)
+}
+
+/// The RabbitMQ topology `klambda up --instance <instance>` declared, with what is in it:
+/// each queue's name and how many messages it holds (ready and unacknowledged).
+pub fn rabbitmq_queues(instance: &str) -> Result<Vec<(String, u64)>> {
+    let output = std::process::Command::new("rabbitmqctl")
+        .args([
+            "list_queues",
+            "--no-table-headers",
+            "--quiet",
+            "name",
+            "messages",
+        ])
+        .output()
+        .context("running rabbitmqctl (scripts/services.sh installs RabbitMQ)")?;
+    anyhow::ensure!(
+        output.status.success(),
+        "rabbitmqctl list_queues failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| {
+            let (name, count) = line.split_once('\t')?;
+            let ours = name.ends_with(&format!(".{instance}"));
+            ours.then(|| (name.to_owned(), count.trim().parse().unwrap_or(u64::MAX)))
+        })
+        .collect())
+}
+
+/// Deletes what `klambda up --instance <instance>` declared in RabbitMQ at `url`.
+pub async fn delete_topology(url: &str, instance: &str) -> Result<()> {
+    let eventing = klambda_test_support::repo::root().join("eventing");
+    let triggers = klambda_broker::trigger::load(&eventing, klambda_cli::embedded::BROKER)?;
+    let topology = klambda_broker::amqp::Topology::new(klambda_cli::embedded::BROKER, instance);
+    let broker = klambda_broker::AmqpBroker::connect(url, topology, &triggers).await?;
+    broker.delete(&triggers).await?;
+    broker.close().await;
+    Ok(())
 }

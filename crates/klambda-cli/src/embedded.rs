@@ -164,7 +164,20 @@ impl Platform {
         let ingress = Ingress::new();
         let metrics = Arc::new(Metrics::new("klambda"));
         let builder = Arc::new(LocalBuilder::new(Arc::clone(&objects), data("builds")));
-        let runner = Arc::new(LocalRunner::new());
+        // The runner serves its recorded functions again only in the process that runs the
+        // service-deployer: processes sharing a data directory must not each start a copy.
+        let deploys = settings.stages.as_ref().is_none_or(|stages| {
+            stages
+                .iter()
+                .any(|s| s == Stage::ServiceDeployer.service_name())
+        });
+        let runner = Arc::new(if deploys {
+            LocalRunner::recover(data("runner"))
+                .await
+                .context("reading the local runner's state")?
+        } else {
+            LocalRunner::new()
+        });
         let mut subscribers: HashMap<String, Arc<dyn Subscriber>> = [
             stage(Parser::new(), &ingress, &metrics),
             stage(uploader, &ingress, &metrics),

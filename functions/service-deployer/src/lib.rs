@@ -88,8 +88,9 @@ impl ServiceDeployer {
     }
 
     /// A deployer configured from the environment: `KLAMBDA_DEPLOYER=local` (default) runs
-    /// functions as local processes; `kubernetes` deploys Knative Services through the
-    /// in-cluster ServiceAccount (see [`KnativeSettings::from_config`]).
+    /// functions as local processes, keeping their revisions in `KLAMBDA_RUNNER_DIR` (default
+    /// `klambda-runner`) and serving them again when it restarts; `kubernetes` deploys Knative
+    /// Services through the in-cluster ServiceAccount (see [`KnativeSettings::from_config`]).
     /// With `kubernetes`, `KUBECONFIG` names a kubeconfig to use instead (see
     /// `klambda_kube::client`).
     pub async fn from_config(config: &dyn ConfigSource) -> Result<Self, ConfigError> {
@@ -98,7 +99,17 @@ impl ServiceDeployer {
             .unwrap_or_else(|| "local".to_owned());
         let problem = |p: String| ConfigError { problems: vec![p] };
         match choice.as_str() {
-            "local" => Ok(Self::new(Arc::new(LocalRunner::new()))),
+            "local" => {
+                let dir = config
+                    .setting("KLAMBDA_RUNNER_DIR")
+                    .unwrap_or_else(|| "klambda-runner".to_owned());
+                let runner = LocalRunner::recover(&dir).await.map_err(|e| {
+                    problem(format!(
+                        "KLAMBDA_RUNNER_DIR={dir}: the runner's state cannot be read: {e}"
+                    ))
+                })?;
+                Ok(Self::new(Arc::new(runner)))
+            }
             "kubernetes" => {
                 let kubeconfig = config.setting(klambda_kube::KUBECONFIG);
                 let client = klambda_kube::client(kubeconfig.as_deref())

@@ -242,3 +242,89 @@ async fn a_function_that_cannot_start_fails_with_its_output() -> Result<()> {
     assert_eq!(missing.reason, "RevisionMissing");
     Ok(())
 }
+
+/// Waits until nothing answers `GET url/health`.
+async fn gone(url: &str) -> Result<()> {
+    let started = Instant::now();
+    while get(&format!("{url}/health")).await.is_ok() {
+        if started.elapsed() > Duration::from_secs(10) {
+            bail!("{url} still answers");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_restarted_runner_serves_its_revisions_again_and_a_redelivery_starts_nothing()
+-> Result<()> {
+    let rig = rig("recover");
+    let state = rig.root.join("runner");
+    let runner = |side: Memory| {
+        let state = state.clone();
+        async move {
+            let runner = LocalRunner::recover(&state).await?;
+            anyhow::Ok(
+                Harness::new(ServiceDeployer::new(Arc::new(runner))).with_publisher(Arc::new(side)),
+            )
+        }
+    };
+    let v1 = built(&rig, "phoenix", V1).await?;
+    let first_side = Memory::default();
+    let first = runner(first_side.clone()).await?;
+    let Outcome::Reply(ready) = first.dispatch(v1.clone()).await? else {
+        bail!("no reply");
+    };
+    let serving = decode::<ServiceReady>(&ready)?;
+    assert_eq!(serving.revision, "phoenix-00001");
+
+    // The runner goes away (its processes with it, as with SIGKILL and --pdeathsig), and a
+    // new one starts from the same state directory.
+    drop(first);
+    gone(&serving.url).await?;
+    let second_side = Memory::default();
+    let second = runner(second_side.clone()).await?;
+    assert_eq!(
+        invoke(&serving.url, "").await?.json()?,
+        serde_json::json!({"version": 1}),
+        "the revision serves again on its URL, before any event"
+    );
+    // RabbitMQ redelivers the build.completed the dead runner never settled: the same answer,
+    // no new revision, no progress reported.
+    let Outcome::Reply(again) = second.dispatch(v1).await? else {
+        bail!("no reply");
+    };
+    assert_eq!(again, ready);
+    assert!(
+        second_side.events().is_empty(),
+        "{:?}",
+        second_side.events()
+    );
+
+    // The next revision is numbered after the recorded ones.
+    let Outcome::Reply(updated) = second.dispatch(built(&rig, "phoenix", V2).await?).await? else {
+        bail!("no reply");
+    };
+    assert_eq!(decode::<ServiceReady>(&updated)?.revision, "phoenix-00002");
+
+    // Deleted functions are forgotten: a third runner starts nothing.
+    let delete = Envelope::new("d-phoenix", "/cli")
+        .subject("phoenix")
+        .encode::<FunctionDeleted>(&FunctionDeletion {
+            name: FunctionName::new("phoenix")?,
+            extra: Default::default(),
+        });
+    let Outcome::Reply(deleted) = second.dispatch(delete).await? else {
+        bail!("no reply");
+    };
+    assert_eq!(deleted.ty(), ServiceDeleted::TYPE);
+    drop(second);
+    let third = LocalRunner::recover(&state).await?;
+    assert!(
+        service_deployer::deployer::Deployer::logs(&third, &FunctionName::new("phoenix")?)
+            .await
+            .is_none()
+    );
+    assert_eq!(std::fs::read_dir(&state)?.count(), 0, "no state left");
+    Ok(())
+}

@@ -1,9 +1,19 @@
 //! The local runner: each revision is a process of the runtime's shim serving the built
 //! artifact on a free port. A new revision must answer its health check before the previous one
 //! stops; a revision that exits unexpectedly is restarted with backoff on the same port.
+//!
+//! One process per revision, whatever crashes:
+//! - Function processes die with the runner (`setpriv --pdeathsig KILL`, util-linux): a runner
+//!   killed with SIGKILL leaves no orphan serving unsupervised.
+//! - With a state directory ([`LocalRunner::recover`]) the runner writes each function's
+//!   revisions (name, port, artifact, configuration) there after every change, and on start
+//!   serves each function's current revision again on its port. A redelivered
+//!   `build.completed` then finds that revision serving and changes nothing.
+//! - Deploys of different functions run in parallel: each function has its own lock, held
+//!   across its health wait; the table of functions is locked only to find one.
 
 use std::collections::{HashMap, VecDeque};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex as SyncMutex};
 use std::time::Duration;
@@ -14,6 +24,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use klambda_events::{ContentDigest, FunctionName, FunctionSpec};
 use klambda_runtimes::Template;
+use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::{Mutex, oneshot};
@@ -28,7 +39,7 @@ const TAIL: usize = 200;
 const FAILURE_LINES: usize = 20;
 
 /// How to start one revision.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Launch {
     program: String,
     args: Vec<String>,
@@ -53,17 +64,195 @@ struct FunctionState {
     next: u32,
 }
 
+/// A function's revisions as the state directory keeps them.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Saved {
+    revisions: Vec<SavedRevision>,
+    current: Option<usize>,
+    next: u32,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct SavedRevision {
+    name: String,
+    url: String,
+    image: String,
+    digest: ContentDigest,
+    config: String,
+    launch: Launch,
+}
+
+impl FunctionState {
+    fn saved(&self) -> Saved {
+        Saved {
+            revisions: self
+                .revisions
+                .iter()
+                .map(|r| SavedRevision {
+                    name: r.revision.name.clone(),
+                    url: r.revision.url.clone(),
+                    image: r.revision.image.clone(),
+                    digest: r.revision.digest.clone(),
+                    config: r.config.clone(),
+                    launch: r.launch.clone(),
+                })
+                .collect(),
+            current: self.current,
+            next: self.next,
+        }
+    }
+
+    /// The state read back: nothing runs yet.
+    fn from_saved(saved: Saved) -> Self {
+        Self {
+            revisions: saved
+                .revisions
+                .into_iter()
+                .enumerate()
+                .map(|(index, r)| RevisionState {
+                    revision: Revision {
+                        name: r.name,
+                        url: r.url,
+                        image: r.image,
+                        digest: r.digest,
+                        first: index == 0,
+                        changed: true,
+                    },
+                    config: r.config,
+                    launch: r.launch,
+                    stop: None,
+                    output: Tail::default(),
+                })
+                .collect(),
+            current: saved.current,
+            next: saved.next,
+        }
+    }
+}
+
+/// One function's state, locked on its own so deploys of different functions run in parallel.
+type Function = Arc<Mutex<FunctionState>>;
+
 /// Runs functions as local processes.
 #[derive(Debug, Default)]
 pub struct LocalRunner {
-    functions: Mutex<HashMap<FunctionName, FunctionState>>,
+    functions: SyncMutex<HashMap<FunctionName, Function>>,
+    /// Where each function's revisions are kept (`<name>.json`), if anywhere.
+    state_dir: Option<PathBuf>,
 }
 
 impl LocalRunner {
-    /// A runner with no functions.
+    /// A runner with no functions that keeps nothing: a restart forgets what ran (tests).
     pub fn new() -> Self {
         Self::default()
     }
+
+    /// A runner keeping its functions' revisions in `state_dir`: the current revision of every
+    /// function recorded there is started again (on its port) before this returns, so a
+    /// restarted runner serves what it served and never starts a second copy.
+    pub async fn recover(state_dir: impl Into<PathBuf>) -> std::io::Result<Self> {
+        let state_dir = state_dir.into();
+        tokio::fs::create_dir_all(&state_dir).await?;
+        let mut functions = HashMap::new();
+        let mut entries = tokio::fs::read_dir(&state_dir).await?;
+        while let Some(entry) = entries.next_entry().await? {
+            let path = entry.path();
+            let Some(name) = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_suffix(".json"))
+                .and_then(|n| FunctionName::new(n).ok())
+            else {
+                continue;
+            };
+            let saved: Saved = match serde_json::from_slice(&tokio::fs::read(&path).await?) {
+                Ok(saved) => saved,
+                Err(error) => {
+                    tracing::error!(path = %path.display(), %error, "unreadable runner state; the function is not restarted");
+                    continue;
+                }
+            };
+            functions.insert(name, FunctionState::from_saved(saved));
+        }
+        let mut restarts = tokio::task::JoinSet::new();
+        for (name, mut function) in functions {
+            restarts.spawn(async move {
+                if let Some(current) = function.current
+                    && let Some(revision) = function.revisions.get_mut(current)
+                {
+                    match start(&revision.launch, &revision.revision.name, &revision.output).await
+                    {
+                        Ok(stopper) => {
+                            tracing::info!(function = %name, revision = %revision.revision.name, "serving again after a restart");
+                            revision.stop = Some(stopper);
+                        }
+                        // Not serving: the next deploy of any image starts a new revision.
+                        Err(not_ready) => {
+                            tracing::error!(function = %name, revision = %revision.revision.name, message = %not_ready.message, "could not serve again after a restart");
+                        }
+                    }
+                }
+                (name, function)
+            });
+        }
+        let mut recovered = HashMap::new();
+        while let Some(restarted) = restarts.join_next().await {
+            let (name, function) = restarted.map_err(std::io::Error::other)?;
+            recovered.insert(name, Arc::new(Mutex::new(function)));
+        }
+        Ok(Self {
+            functions: SyncMutex::new(recovered),
+            state_dir: Some(state_dir),
+        })
+    }
+
+    /// `name`'s state, created empty if the runner does not know it.
+    fn function(&self, name: &FunctionName) -> Function {
+        let mut functions = self
+            .functions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        Arc::clone(functions.entry(name.clone()).or_default())
+    }
+
+    /// `name`'s state, if the runner knows it.
+    fn known(&self, name: &FunctionName) -> Option<Function> {
+        self.functions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(name)
+            .cloned()
+    }
+
+    /// Writes `function`'s revisions to the state directory (atomically: a crash leaves the
+    /// previous or the new file). A failed write is logged: what runs keeps running, and only
+    /// a restart of the runner would forget it.
+    async fn save(&self, name: &FunctionName, function: &FunctionState) {
+        let Some(dir) = &self.state_dir else {
+            return;
+        };
+        if let Err(error) = write_state(dir, name, &function.saved()).await {
+            tracing::error!(function = %name, %error, "runner state not written");
+        }
+    }
+
+    async fn forget(&self, name: &FunctionName) {
+        if let Some(dir) = &self.state_dir {
+            let _ = tokio::fs::remove_file(state_file(dir, name)).await;
+        }
+    }
+}
+
+fn state_file(dir: &Path, name: &FunctionName) -> PathBuf {
+    dir.join(format!("{name}.json"))
+}
+
+async fn write_state(dir: &Path, name: &FunctionName, saved: &Saved) -> std::io::Result<()> {
+    let json = serde_json::to_vec_pretty(saved).map_err(std::io::Error::other)?;
+    let path = state_file(dir, name);
+    let partial = path.with_extension("json.partial");
+    tokio::fs::write(&partial, json).await?;
+    tokio::fs::rename(&partial, &path).await
 }
 
 /// What decides whether a deployment is new: the image and the configuration the shim runs with.
@@ -138,9 +327,12 @@ fn free_port() -> Result<u16, NotReady> {
 /// The last lines a process wrote, shared with the tasks reading its output.
 type Tail = Arc<SyncMutex<VecDeque<String>>>;
 
-/// Starts the process, keeping the last lines of its output in `tail`.
+/// Starts the process, keeping the last lines of its output in `tail`. It runs under
+/// `setpriv --pdeathsig KILL`, so it dies when the runner dies, however the runner dies.
 fn spawn(launch: &Launch, tail: &Tail) -> Result<Child, String> {
-    let mut child = Command::new(&launch.program)
+    let mut child = Command::new("setpriv")
+        .args(["--pdeathsig", "KILL", "--"])
+        .arg(&launch.program)
         .args(&launch.args)
         .envs(launch.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .current_dir(&launch.dir)
@@ -279,8 +471,8 @@ impl Deployer for LocalRunner {
         image: &'a str,
     ) -> BoxFuture<'a, Result<Revision, NotReady>> {
         Box::pin(async move {
-            let mut functions = self.functions.lock().await;
-            let function = functions.entry(spec.name.clone()).or_default();
+            let function = self.function(&spec.name);
+            let mut function = function.lock().await;
             let config = config_of(spec);
             if let Some(current) = function.current.map(|i| &function.revisions[i])
                 && current.revision.image == image
@@ -293,6 +485,8 @@ impl Deployer for LocalRunner {
                 });
             }
             function.next += 1;
+            // Numbers are never reused, even those of revisions that failed.
+            self.save(&spec.name, &function).await;
             let name = format!("{}-{:05}", spec.name, function.next);
             let port = free_port()?;
             let launch = launch_for(spec, image, port).map_err(|e| NotReady {
@@ -322,6 +516,7 @@ impl Deployer for LocalRunner {
                 output,
             });
             function.current = Some(function.revisions.len() - 1);
+            self.save(&spec.name, &function).await;
             Ok(revision)
         })
     }
@@ -332,15 +527,15 @@ impl Deployer for LocalRunner {
         to: Option<&'a str>,
     ) -> BoxFuture<'a, Result<Revision, NotReady>> {
         Box::pin(async move {
-            let mut functions = self.functions.lock().await;
             let missing = |message: String| NotReady {
                 revision: None,
                 reason: "RevisionMissing".into(),
                 message,
             };
-            let function = functions
-                .get_mut(name)
+            let function = self
+                .known(name)
                 .ok_or_else(|| missing(format!("{name} has no revisions")))?;
+            let mut function = function.lock().await;
             let current = function
                 .current
                 .ok_or_else(|| missing(format!("{name} serves no revision")))?;
@@ -370,6 +565,7 @@ impl Deployer for LocalRunner {
             stop(&mut function.revisions[current]);
             function.revisions[target].stop = Some(stopper);
             function.current = Some(target);
+            self.save(name, &function).await;
             Ok(Revision {
                 changed: true,
                 first: false,
@@ -380,8 +576,8 @@ impl Deployer for LocalRunner {
 
     fn logs<'a>(&'a self, name: &'a FunctionName) -> BoxFuture<'a, Option<(String, Vec<String>)>> {
         Box::pin(async move {
-            let functions = self.functions.lock().await;
-            let function = functions.get(name)?;
+            let function = self.known(name)?;
+            let function = function.lock().await;
             let current = &function.revisions[function.current?];
             Some((
                 current.revision.name.clone(),
@@ -392,16 +588,20 @@ impl Deployer for LocalRunner {
 
     fn delete<'a>(&'a self, name: &'a FunctionName) -> BoxFuture<'a, bool> {
         Box::pin(async move {
-            let mut functions = self.functions.lock().await;
-            match functions.remove(name) {
-                Some(mut function) => {
-                    for revision in &mut function.revisions {
-                        stop(revision);
-                    }
-                    true
-                }
-                None => false,
+            let Some(function) = self.known(name) else {
+                return false;
+            };
+            // A deploy of this function in progress finishes first; then it goes.
+            let mut function = function.lock().await;
+            for revision in &mut function.revisions {
+                stop(revision);
             }
+            self.functions
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .remove(name);
+            self.forget(name).await;
+            true
         })
     }
 }
