@@ -1,6 +1,6 @@
 """Drives a real `klambda up` and prints the pipeline figures recorded in docs/BENCHMARKS.md.
 
-Usage: bench_pipeline.py KLAMBDA_BINARY [--functions N] [--concurrent N]
+Usage: bench_pipeline.py KLAMBDA_BINARY [--functions N] [--concurrent N] [--resume N]
 Standard library only.
 """
 import argparse
@@ -35,20 +35,30 @@ def rss_kib(pid):
 
 class Platform:
     def __init__(self, binary):
+        self.binary = binary
         self.port = free_port()
         self.data = tempfile.mkdtemp(prefix="klambda-bench-")
-        self.process = subprocess.Popen(
-            [binary, "up", "--port", str(self.port), "--data-dir", self.data],
-            stdout=subprocess.DEVNULL, stderr=open(os.path.join(self.data, "up.log"), "w"),
-        )
         self.base = f"http://127.0.0.1:{self.port}"
-        for _ in range(200):
+        self.start()
+
+    def start(self):
+        self.process = subprocess.Popen(
+            [self.binary, "up", "--port", str(self.port), "--data-dir", self.data],
+            stdout=subprocess.DEVNULL, stderr=open(os.path.join(self.data, "up.log"), "a"),
+        )
+        for _ in range(600):
             try:
                 self.get("/functions")
                 return
             except OSError:
                 time.sleep(0.05)
         raise SystemExit("klambda up did not start; see " + self.data)
+
+    def crash_and_restart(self):
+        """SIGKILL, then the same command on the same data directory; returns when it answers."""
+        self.process.kill()
+        self.process.wait()
+        self.start()
 
     def get(self, path):
         with urllib.request.urlopen(self.base + path, timeout=30) as response:
@@ -91,6 +101,7 @@ def main():
     parser.add_argument("binary")
     parser.add_argument("--functions", type=int, default=20)
     parser.add_argument("--concurrent", type=int, default=1000)
+    parser.add_argument("--resume", type=int, default=10)
     args = parser.parse_args()
 
     platform = Platform(args.binary)
@@ -154,6 +165,19 @@ def main():
         sampling[0] = False
         sampler.join()
         dead = platform.get("/dead-letters")
+
+        # Restart → resumed work done: N fresh functions submitted, klambda up killed with
+        # SIGKILL before they are ready, started again; the time from its restart (answering
+        # again) until every one is ready, from what the status store recorded.
+        names = [f"resume-{i}" for i in range(args.resume)]
+        for i, name in enumerate(names):
+            platform.submit(name, f"resume-{i}", i)
+        platform.crash_and_restart()
+        restarted = time.time()
+        for name in names:
+            state = platform.wait_ready(name)
+            assert state["phase"] == "ready", state
+        resumed = time.time() - restarted
     finally:
         platform.stop()
 
@@ -164,6 +188,7 @@ def main():
         ("cached redeploy → ready (p50 / p99)", f"{statistics.median(cached):.0f} / {percentile(cached, 99):.0f} ms"),
         (f"{args.concurrent} concurrent submissions: accepted in", f"{accepted:.1f} s"),
         (f"{args.concurrent} concurrent submissions: all ready in", f"{elapsed:.1f} s ({ready}/{args.concurrent} ready, {len(dead)} dead letters)"),
+        (f"klambda up killed with {args.resume} fresh submissions: restart → all ready", f"{resumed:.2f} s"),
         ("klambda up RSS idle", f"{idle_rss / 1024:.1f} MiB"),
         ("klambda up RSS peak under load", f"{peak[0] / 1024:.1f} MiB"),
     ]

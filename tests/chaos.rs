@@ -4,9 +4,11 @@
 //! job-launcher and service-deployer processes are killed with SIGKILL and started again, and
 //! RabbitMQ is stopped and started (`rabbitmqctl stop_app` / `start_app`). Every submission
 //! must end `ready` and answer with its own code; each function runs exactly one process; no
-//! message is left in any queue; no function process outlives the platform.
+//! message is left in any queue; no function process outlives the platform. And the embedded
+//! default, whose broker keeps nothing: `klambda up` killed mid-run and started again resumes
+//! every accepted submission.
 //!
-//! Bounded: 12 functions whose builds take ~2 s each (an npm `preinstall` that waits), faults
+//! Bounded: 12 (and 6) functions whose builds take ~2 s each (an npm `preinstall` that waits), faults
 //! at fixed offsets, two minutes for everything to settle.
 //!
 //! Needs RabbitMQ on 127.0.0.1:5672 and PostgreSQL on 127.0.0.1:5432 (`scripts/services.sh`
@@ -40,23 +42,41 @@ fn database_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
 }
 
-/// One `klambda up --stages …` process of the split platform.
+/// One `klambda up` process: the whole platform, or some stages of a split one.
 struct Process {
-    stages: &'static str,
+    /// What it runs, for messages and its log's name.
+    label: String,
+    /// Its arguments after `up --port P --data-dir D --eventing-dir E`.
+    args: Vec<String>,
     port: u16,
-    instance: String,
     data_dir: PathBuf,
     child: Child,
 }
 
 impl Process {
-    async fn start(stages: &'static str, instance: &str, data_dir: &Path) -> Result<Self> {
-        let port = free_port()?;
-        let child = spawn(stages, port, instance, data_dir)?;
-        let mut process = Self {
+    /// The stages `stages` of the platform `instance`, on RabbitMQ and PostgreSQL.
+    async fn stages(stages: &str, instance: &str, data_dir: &Path) -> Result<Self> {
+        let args = [
+            "--instance",
+            instance,
+            "--stages",
             stages,
+            "--broker",
+            &amqp_url(),
+            "--database-url",
+            &database_url(),
+        ];
+        Self::start(stages, args.map(str::to_owned).to_vec(), data_dir).await
+    }
+
+    async fn start(label: &str, args: Vec<String>, data_dir: &Path) -> Result<Self> {
+        let port = free_port()?;
+        let label = label.replace(',', "+");
+        let child = spawn(&label, &args, port, data_dir)?;
+        let mut process = Self {
+            label,
+            args,
             port,
-            instance: instance.to_owned(),
             data_dir: data_dir.to_owned(),
             child,
         };
@@ -70,9 +90,9 @@ impl Process {
             .await
             .with_context(|| {
                 format!(
-                    "klambda up --stages {} (log: {})",
-                    self.stages,
-                    log(&self.data_dir, self.stages).display()
+                    "klambda up ({}) did not start; log: {}",
+                    self.label,
+                    log(&self.data_dir, &self.label).display()
                 )
             })
     }
@@ -82,12 +102,20 @@ impl Process {
         self.child.kill()?;
         self.child.wait()?;
         tokio::time::sleep(pause).await;
-        self.child = spawn(self.stages, self.port, &self.instance, &self.data_dir)?;
+        self.child = spawn(&self.label, &self.args, self.port, &self.data_dir)?;
         self.wait().await
     }
 
     fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// SIGTERM, as Knative stops a pod: it must exit cleanly.
+    fn stop(&mut self) -> Result<()> {
+        let code =
+            tokio::task::block_in_place(|| terminate(&mut self.child, Duration::from_secs(20)))?;
+        ensure!(code.success(), "klambda up ({}) exited {code}", self.label);
+        Ok(())
     }
 }
 
@@ -99,24 +127,23 @@ impl Drop for Process {
     }
 }
 
-fn log(data_dir: &Path, stages: &str) -> PathBuf {
-    data_dir.join(format!("{}.log", stages.replace(',', "+")))
+fn log(data_dir: &Path, label: &str) -> PathBuf {
+    data_dir.join(format!("{label}.log"))
 }
 
-fn spawn(stages: &str, port: u16, instance: &str, data_dir: &Path) -> Result<Child> {
+fn spawn(label: &str, args: &[String], port: u16, data_dir: &Path) -> Result<Child> {
     std::fs::create_dir_all(data_dir)?;
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(log(data_dir, stages))?;
+        .open(log(data_dir, label))?;
     Command::new(workspace_binary("klambda")?)
-        .args(["up", "--port", &port.to_string(), "--instance", instance])
-        .args(["--stages", stages, "--broker", &amqp_url()])
-        .args(["--database-url", &database_url()])
+        .args(["up", "--port", &port.to_string()])
         .arg("--data-dir")
         .arg(data_dir)
         .arg("--eventing-dir")
         .arg(repo::root().join("eventing"))
+        .args(args)
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
@@ -188,6 +215,85 @@ async fn phases(status: &Process, names: &[String]) -> Result<BTreeMap<String, S
     Ok(phases)
 }
 
+/// Submits `count` functions named `<prefix>-<n>` through `platform`'s ingress; their names.
+async fn submit(platform: &Process, prefix: &str, count: usize) -> Result<Vec<String>> {
+    let names: Vec<String> = (0..count).map(|n| format!("{prefix}-{n}")).collect();
+    for (n, name) in names.iter().enumerate() {
+        let event = Envelope::new(name.clone(), "/tests")
+            .subject(name.clone())
+            .encode::<FunctionCreated>(&submission(name, n)?);
+        let answer = klambda_tests::deliver(&platform.url("/"), &event).await?;
+        ensure!(answer.status == 202, "submitting {name}: {answer:?}");
+    }
+    Ok(names)
+}
+
+/// Waits until every one of `names` settled, then checks that each is ready, serves its own
+/// code (`n`), and runs in exactly one process.
+async fn all_ready_once(status: &Process, names: &[String], data_dir: &Path) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let settled = loop {
+        let phases = phases(status, names).await?;
+        if phases.values().all(|p| p == "ready" || p == "failed") {
+            break phases;
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "not settled within 120 s of the faults: {phases:?}; logs in {}",
+                data_dir.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let not_ready: Vec<_> = settled.iter().filter(|(_, p)| *p != "ready").collect();
+    ensure!(
+        not_ready.is_empty(),
+        "every function is genuine and must end ready: {not_ready:?}; logs in {}",
+        data_dir.display()
+    );
+    for (n, name) in names.iter().enumerate() {
+        let state = get(&status.url(&format!("/functions/{name}")))
+            .await?
+            .json()?;
+        let url = state["url"]
+            .as_str()
+            .context("a ready function has a URL")?;
+        let reply = klambda_tests::invoke(url, "chaos").await?;
+        ensure!(
+            reply["n"] == n,
+            "{name} serves another function's code: {reply}"
+        );
+    }
+    // Nothing twice: one process per function, though its build.completed may have been
+    // delivered to a runner that was killed and again to the one that replaced it.
+    let Some(prefix) = names
+        .first()
+        .and_then(|n| n.rsplit_once('-'))
+        .map(|(p, _)| p)
+    else {
+        return Ok(());
+    };
+    let running = function_processes(&format!("{prefix}-"))?;
+    for name in names {
+        let copies = running.iter().filter(|(_, f)| f == name).count();
+        ensure!(
+            copies == 1,
+            "{name} runs in {copies} processes: {running:?}"
+        );
+    }
+    Ok(())
+}
+
+/// No process serves a function named `prefix…` any more.
+fn no_orphans(prefix: &str) -> Result<()> {
+    let orphans = function_processes(prefix)?;
+    ensure!(
+        orphans.is_empty(),
+        "function processes outlived the platform: {orphans:?}"
+    );
+    Ok(())
+}
+
 /// Waits until at least one of `names` reports `phase`.
 async fn wait_for_any(
     status: &Process,
@@ -240,19 +346,12 @@ async fn every_submission_ends_ready_when_stages_and_rabbitmq_crash_mid_run() ->
     let run = std::process::id();
     let instance = format!("chaos-{run}");
     let data_dir = klambda_tests::data_dir("chaos");
-    let mut status = Process::start("status-reporter", &instance, &data_dir).await?;
-    let mut front = Process::start("parser,context-uploader", &instance, &data_dir).await?;
-    let mut builder = Process::start("job-launcher", &instance, &data_dir).await?;
-    let mut deployer = Process::start("service-deployer", &instance, &data_dir).await?;
+    let mut status = Process::stages("status-reporter", &instance, &data_dir).await?;
+    let mut front = Process::stages("parser,context-uploader", &instance, &data_dir).await?;
+    let mut builder = Process::stages("job-launcher", &instance, &data_dir).await?;
+    let mut deployer = Process::stages("service-deployer", &instance, &data_dir).await?;
 
-    let names: Vec<String> = (0..FUNCTIONS).map(|n| format!("chaos-{run}-{n}")).collect();
-    for (n, name) in names.iter().enumerate() {
-        let event = Envelope::new(format!("chaos-{run}-{n}"), "/tests")
-            .subject(name.clone())
-            .encode::<FunctionCreated>(&submission(name, n)?);
-        let answer = klambda_tests::deliver(&status.url("/"), &event).await?;
-        ensure!(answer.status == 202, "submitting {name}: {answer:?}");
-    }
+    let names = submit(&status, &format!("chaos-{run}"), FUNCTIONS).await?;
 
     // Faults while the work is in flight: the parser/uploader process right away, the
     // job-launcher once builds run, RabbitMQ while later builds and deploys run.
@@ -279,46 +378,7 @@ async fn every_submission_ends_ready_when_stages_and_rabbitmq_crash_mid_run() ->
         .await
         .context("restarting the service-deployer process")?;
 
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let settled = loop {
-        let phases = phases(&status, &names).await?;
-        if phases.values().all(|p| p == "ready" || p == "failed") {
-            break phases;
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "not settled within 120 s of the faults: {phases:?}; logs in {}",
-                data_dir.display()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    };
-    let not_ready: Vec<_> = settled.iter().filter(|(_, p)| *p != "ready").collect();
-    ensure!(
-        not_ready.is_empty(),
-        "every function is genuine and must end ready: {not_ready:?}; logs in {}",
-        data_dir.display()
-    );
-    for (n, name) in names.iter().enumerate() {
-        let state = get(&status.url(&format!("/functions/{name}")))
-            .await?
-            .json()?;
-        let url = state["url"]
-            .as_str()
-            .context("a ready function has a URL")?;
-        let reply = klambda_tests::invoke(url, "chaos").await?;
-        assert_eq!(reply["n"], n, "{name} serves its own code");
-    }
-    // Nothing twice: one process per function, though its build.completed was delivered to
-    // the service-deployer that was killed and again to the one that replaced it.
-    let running = function_processes(&format!("chaos-{run}-"))?;
-    for name in &names {
-        let copies = running.iter().filter(|(_, f)| f == name).count();
-        ensure!(
-            copies == 1,
-            "{name} runs in {copies} processes: {running:?}"
-        );
-    }
+    all_ready_once(&status, &names, &data_dir).await?;
     // Nothing left unsent: every queue of the platform drains (redeliveries of work already
     // done are answered from what is recorded, quickly, but may still be in flight).
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -337,21 +397,33 @@ async fn every_submission_ends_ready_when_stages_and_rabbitmq_crash_mid_run() ->
     }
 
     for process in [&mut deployer, &mut builder, &mut front, &mut status] {
-        let code =
-            tokio::task::block_in_place(|| terminate(&mut process.child, Duration::from_secs(20)))?;
-        ensure!(
-            code.success(),
-            "klambda up --stages {} exited {code}",
-            process.stages
-        );
+        process.stop()?;
     }
     // No orphan: the killed service-deployer's functions died with it, the last one's on stop.
-    let orphans = function_processes(&format!("chaos-{run}-"))?;
-    ensure!(
-        orphans.is_empty(),
-        "function processes outlived the platform: {orphans:?}"
-    );
+    no_orphans(&format!("chaos-{run}-"))?;
     klambda_tests::delete_topology(&amqp_url(), &instance).await?;
+    let _ = std::fs::remove_dir_all(&data_dir);
+    Ok(())
+}
+
+/// The embedded default keeps nothing in its broker: `klambda up` killed with SIGKILL while
+/// functions parse and build, and started again on the same data directory, resumes every
+/// accepted submission from its status store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn klambda_up_killed_mid_run_resumes_every_accepted_submission() -> Result<()> {
+    let run = std::process::id();
+    let data_dir = klambda_tests::data_dir("crash");
+    let mut platform = Process::start("embedded", Vec::new(), &data_dir).await?;
+    let names = submit(&platform, &format!("crash-{run}"), 6).await?;
+    // Killed while builds run (each takes ~2 s), some functions still parsing.
+    wait_for_any(&platform, &names, "building", Duration::from_secs(60)).await?;
+    platform
+        .crash_and_restart(Duration::from_millis(200))
+        .await
+        .context("starting klambda up again")?;
+    all_ready_once(&platform, &names, &data_dir).await?;
+    platform.stop()?;
+    no_orphans(&format!("crash-{run}-"))?;
     let _ = std::fs::remove_dir_all(&data_dir);
     Ok(())
 }

@@ -716,10 +716,21 @@ pub async fn status(platform: &Platform, name: Option<&str>, output: Output) -> 
         "NAME", "PHASE", "REVISION"
     );
     for f in list {
-        let tail = f["url"]
-            .as_str()
-            .or(f["lastError"].as_str())
-            .unwrap_or_default();
+        let stalled = f["stalled"].as_object().map(|stalled| {
+            format!(
+                "stalled: waiting on {} for {} s (its deadline is {} s); `klambda replay` its last input",
+                stalled["stage"].as_str().unwrap_or("?"),
+                stalled["waitingSeconds"],
+                stalled["deadlineSeconds"]
+            )
+        });
+        let tail = stalled.unwrap_or_else(|| {
+            f["url"]
+                .as_str()
+                .or(f["lastError"].as_str())
+                .unwrap_or_default()
+                .to_owned()
+        });
         println!(
             "{:<24} {:<10} {:<16} {tail}",
             f["name"].as_str().unwrap_or_default(),

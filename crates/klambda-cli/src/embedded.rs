@@ -102,6 +102,24 @@ impl Bus {
     }
 }
 
+impl Platform {
+    /// Takes a client's event: `Ok` once it is safe. RabbitMQ confirms it; the in-memory broker
+    /// keeps nothing across a crash, so the event is first recorded in the status store, from
+    /// which a restarted platform resumes it.
+    pub async fn accept(&self, event: cloudevents::Event) -> Result<(), PublishError> {
+        if let Bus::Embedded(_) = &self.bus {
+            self.reporter
+                .record(&event)
+                .await
+                .map_err(|error| PublishError::Unreachable {
+                    sink: "the status store".to_owned(),
+                    reason: error.to_string(),
+                })?;
+        }
+        self.bus.publish(event).await
+    }
+}
+
 /// A running embedded platform.
 #[derive(Clone)]
 pub struct Platform {
@@ -261,6 +279,22 @@ impl Platform {
                 }
             }
         };
+        // The in-memory broker starts empty: journeys a killed process left unfinished are sent
+        // on again from what the status store recorded (RabbitMQ keeps its own queues).
+        if let Bus::Embedded(broker) = &bus {
+            let unfinished = status_reporter::resume::unfinished(store.as_ref())
+                .await
+                .context("reading unfinished journeys from the status store")?;
+            if !unfinished.is_empty() {
+                tracing::info!(
+                    journeys = unfinished.len(),
+                    "resuming journeys a previous run left unfinished"
+                );
+            }
+            for event in unfinished {
+                broker.publish(event);
+            }
+        }
         Ok(Self {
             bus,
             store,

@@ -34,7 +34,7 @@ pub fn router(platform: Platform) -> Router {
 
 async fn ingress(State(platform): State<Platform>, headers: HeaderMap, body: Bytes) -> Response {
     match codec::decode(&headers, body) {
-        Ok(event) => match platform.bus.publish(event).await {
+        Ok(event) => match platform.accept(event).await {
             Ok(()) => StatusCode::ACCEPTED.into_response(),
             Err(error) => ProblemDetails::new(
                 StatusCode::INTERNAL_SERVER_ERROR,

@@ -12,7 +12,9 @@ use klambda_events::{CATALOGUE, Envelope, EventSpec, EventType, decode};
 use serde_json::Value;
 
 fn fixture(spec: &EventSpec) -> Result<Value> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    // The package directory `cargo test` names at run time (see generated.rs).
+    let path = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
         .join("tests/fixtures")
         .join(format!("{}.json", spec.type_name));
     let text = std::fs::read_to_string(&path)

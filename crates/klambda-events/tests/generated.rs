@@ -6,8 +6,12 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 use klambda_events::docs::{events_markdown, schema_files};
 
+/// The repository root, from the package directory `cargo test` names at run time (the
+/// compiled-in one can be another checkout's when they share a target directory).
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
+        .join("../..")
 }
 
 fn bless() -> bool {

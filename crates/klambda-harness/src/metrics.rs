@@ -10,8 +10,8 @@
 //! runtimes, Trigger names come from the installed Triggers, outcomes, causes, steps and phases
 //! are fixed words. No function names or ids are labels.
 
-use klambda_events::Runtime;
 use klambda_events::data::{BuildFailureCause, Phase};
+use klambda_events::{Runtime, Stage};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -93,6 +93,11 @@ struct PhaseLabels {
     phase: &'static str,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StageLabels {
+    stage: &'static str,
+}
+
 type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
 
 fn histograms<L: Clone + std::hash::Hash + Eq>(buckets: fn() -> Histogram) -> Histograms<L> {
@@ -139,6 +144,7 @@ struct Families {
     submit_to_ready: Histogram,
     journeys: Family<OutcomeLabels, Counter>,
     functions: Family<PhaseLabels, Gauge>,
+    stalled: Family<StageLabels, Gauge>,
     dead_letters: Gauge,
 }
 
@@ -162,6 +168,7 @@ impl Families {
             submit_to_ready: Histogram::new(JOURNEY_BUCKETS),
             journeys: Family::default(),
             functions: Family::default(),
+            stalled: Family::default(),
             dead_letters: Gauge::default(),
         };
         let f = families.clone();
@@ -229,6 +236,11 @@ impl Families {
             "klambda_status_functions",
             "Functions by phase, as stored by the status reporter",
             f.functions,
+        );
+        registry.register(
+            "klambda_status_functions_stalled",
+            "Functions whose journey waits on a stage past that stage's deadline, by stage",
+            f.stalled,
         );
         registry.register(
             "klambda_status_dead_letters",
@@ -441,6 +453,21 @@ impl Metrics {
                 .set(functions(phase));
         }
         self.families.dead_letters.set(dead_letters);
+    }
+
+    /// Sets how many journeys are stalled, per stage that journeys can wait on (zero included).
+    pub fn stalled(&self, stalled: impl Fn(Stage) -> i64) {
+        for stage in Stage::ALL {
+            if stage == Stage::StatusReporter {
+                continue;
+            }
+            self.families
+                .stalled
+                .get_or_create(&StageLabels {
+                    stage: stage.service_name(),
+                })
+                .set(stalled(stage));
+        }
     }
 
     /// The OpenMetrics text exposition.

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use serde_json::json;
 
-use crate::fold::FunctionState;
+use crate::fold::{FunctionState, Stalled};
 use crate::store::{StatusStore, StoreError};
 
 /// Where the Broker's `deadLetterSink` delivers (`eventing/broker.yaml`).
@@ -41,19 +41,27 @@ pub fn routes(store: Arc<dyn StatusStore>) -> Router {
         .with_state(store)
 }
 
-/// A function as the API shows it: its state and the stage timings derived from it.
+/// A function as the API shows it: its state, the stage timings derived from it, and whether
+/// its journey is stalled.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 struct FunctionView {
     #[serde(flatten)]
     state: FunctionState,
     timings_ms: BTreeMap<&'static str, i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stalled: Option<Stalled>,
 }
 
 impl From<FunctionState> for FunctionView {
     fn from(state: FunctionState) -> Self {
         let timings_ms = state.timings_ms();
-        Self { state, timings_ms }
+        let stalled = state.stalled(chrono::Utc::now());
+        Self {
+            state,
+            timings_ms,
+            stalled,
+        }
     }
 }
 

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use cloudevents::{AttributesReader as _, Event};
 use klambda_events::catalogue::*;
 use klambda_events::data::Phase;
-use klambda_events::{EventType, FunctionName, TYPE_PREFIX, decode};
+use klambda_events::{Emission, EventType, FunctionName, Producer, Stage, TYPE_PREFIX, decode};
 use serde::{Deserialize, Serialize};
 
 /// What the status reporter knows about one function.
@@ -85,6 +85,72 @@ impl FunctionState {
             .filter_map(|(stage, from, to)| Some((stage, (to? - from?).num_milliseconds())))
             .filter(|(_, ms)| *ms >= 0)
             .collect()
+    }
+}
+
+/// A journey waiting on a stage longer than that stage takes when it works: reported by the
+/// API (`stalled`), `klambda status` and `/metrics` (`klambda_status_functions_stalled`), so a
+/// lost piece of work is seen rather than waited on. `klambda replay` of the stage's input
+/// resumes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Stalled {
+    /// The stage it waits on (its Service name).
+    pub stage: &'static str,
+    /// Seconds since the journey's last event.
+    pub waiting_seconds: i64,
+    /// How long that stage may take.
+    pub deadline_seconds: i64,
+}
+
+/// How long `stage` may take before a journey waiting on it is stalled: beyond the slowest
+/// honest run.
+pub fn stage_deadline_seconds(stage: Stage) -> i64 {
+    match stage {
+        Stage::Parser => 60,
+        // A git clone or an S3 download of a large source.
+        Stage::ContextUploader => 600,
+        // The longest build deadline a spec may set (3600 s), and a wait for a builder.
+        Stage::JobLauncher => 3900,
+        // Knative's default progress deadline (600 s), and a wait for a node.
+        Stage::ServiceDeployer => 900,
+        Stage::StatusReporter => i64::MAX,
+    }
+}
+
+impl FunctionState {
+    /// The stage the function's journey waits on: the consumer of its last event, or, after
+    /// progress (`build.started`), the stage that reported it. `None` once the journey ended.
+    pub fn waiting_on(&self) -> Option<Stage> {
+        if !matches!(
+            self.phase,
+            Phase::Parsing | Phase::Building | Phase::Deploying
+        ) {
+            return None;
+        }
+        let spec = klambda_events::catalogue::find(&self.last_event_type)?;
+        spec.consumer.or_else(|| {
+            (spec.emission == Emission::Progress)
+                .then(|| {
+                    spec.producers.iter().find_map(|producer| match producer {
+                        Producer::Stage(stage) => Some(*stage),
+                        Producer::Client => None,
+                    })
+                })
+                .flatten()
+        })
+    }
+
+    /// Whether the journey waited on its stage past that stage's deadline, as of `now`.
+    pub fn stalled(&self, now: DateTime<Utc>) -> Option<Stalled> {
+        let stage = self.waiting_on()?;
+        let waiting_seconds = (now - self.updated_at).num_seconds();
+        let deadline_seconds = stage_deadline_seconds(stage);
+        (waiting_seconds > deadline_seconds).then_some(Stalled {
+            stage: stage.service_name(),
+            waiting_seconds,
+            deadline_seconds,
+        })
     }
 }
 

@@ -20,6 +20,7 @@
 
 pub mod api;
 pub mod fold;
+pub mod resume;
 pub mod store;
 
 use std::sync::Arc;
@@ -52,6 +53,22 @@ impl StatusReporter {
     /// A reporter over `store`.
     pub fn new(store: Arc<dyn StatusStore>) -> Self {
         Self { store }
+    }
+
+    /// Records `event` without answering it. The embedded platform's ingress keeps a client's
+    /// event here before it answers `202`, so an accepted event outlives the in-memory broker
+    /// (see [`resume`]); the catch-all delivery that follows finds it recorded.
+    pub async fn record(&self, event: &Event) -> Result<(), store::StoreError> {
+        let function = function_of(event);
+        self.store
+            .record(
+                event,
+                function.as_ref().map(|f| f.as_str()),
+                Utc::now(),
+                fold,
+            )
+            .await
+            .map(drop)
     }
 
     /// A reporter over the store `DATABASE_URL` names (default [`DEFAULT_DATABASE_URL`]).
@@ -98,13 +115,14 @@ impl Handler for StatusReporter {
             )
             .await
             .map_err(|e| HandlerError::Unavailable(e.to_string()))?;
-        let Some(state) = recorded
-            .state
-            .filter(|_| recorded.new && event.ty() != StatusUpdated::TYPE)
-        else {
+        // A redelivery (or an event the ingress recorded ahead) gets the same answer again: the
+        // first may not have reached the broker. Its id is derived, so it is recorded once.
+        let Some(state) = recorded.state.filter(|_| event.ty() != StatusUpdated::TYPE) else {
             return Ok(Outcome::Done);
         };
-        observe(context.metrics(), &state, event.ty(), received_at);
+        if recorded.new {
+            observe(context.metrics(), &state, event.ty(), received_at);
+        }
         let status = FunctionStatus {
             function: state.name.clone(),
             phase: state.phase,
@@ -138,6 +156,21 @@ impl Handler for StatusReporter {
             ),
             // The gauges keep their last values; the scrape still answers.
             Err(error) => tracing::warn!(%error, "the status store could not be counted"),
+        }
+        match self.store.functions().await {
+            Ok(functions) => {
+                let now = Utc::now();
+                let waiting: Vec<Stage> = functions
+                    .iter()
+                    .filter(|f| f.stalled(now).is_some())
+                    .filter_map(FunctionState::waiting_on)
+                    .collect();
+                metrics.stalled(|stage| {
+                    i64::try_from(waiting.iter().filter(|s| **s == stage).count())
+                        .unwrap_or(i64::MAX)
+                });
+            }
+            Err(error) => tracing::warn!(%error, "stalled journeys could not be counted"),
         }
     }
 }

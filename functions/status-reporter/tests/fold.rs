@@ -148,3 +148,48 @@ fn timings_come_from_the_current_submission() {
     assert_eq!(timings.get("deploy"), Some(&500));
     assert_eq!(timings.get("total"), Some(&1590));
 }
+
+#[test]
+fn a_journey_waiting_on_a_stage_past_its_deadline_is_stalled() {
+    let at = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).single();
+    let Some(at) = at else {
+        panic!("a valid time");
+    };
+    let build =
+        json!({"function": "slow", "buildId": "b-0123456789abcdef01234567", "digest": DIGEST});
+    let mut state = None;
+    for step in [
+        event("function.created", "slow", json!({})),
+        event("context.uploaded", "slow", json!({})),
+        event("build.started", "slow", build),
+    ] {
+        state = fold(state, &step, at);
+    }
+    let Some(state) = state else {
+        panic!("a state");
+    };
+    // Waiting on the stage that reported progress: job-launcher, whose deadline is 3900 s.
+    assert_eq!(state.waiting_on(), Some(klambda_events::Stage::JobLauncher));
+    assert_eq!(state.stalled(at + Duration::seconds(3900)), None);
+    let stalled = state.stalled(at + Duration::seconds(4000));
+    assert_eq!(
+        stalled.map(|s| (s.stage, s.waiting_seconds, s.deadline_seconds)),
+        Some(("job-launcher", 4000, 3900))
+    );
+    // A parsed submission waits on the context-uploader (600 s).
+    let parsed = FunctionState {
+        last_event_type: format!("{}parser.completed", klambda_events::TYPE_PREFIX),
+        phase: Phase::Parsing,
+        ..state.clone()
+    };
+    assert_eq!(
+        parsed.stalled(at + Duration::seconds(601)).map(|s| s.stage),
+        Some("context-uploader")
+    );
+    // An ended journey never stalls.
+    let ready = FunctionState {
+        phase: Phase::Ready,
+        ..state
+    };
+    assert_eq!(ready.stalled(at + Duration::days(30)), None);
+}

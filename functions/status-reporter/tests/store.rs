@@ -199,3 +199,76 @@ async fn concurrent_records_of_one_function_are_all_kept() -> Result<()> {
     }
     drop_schema(&schema).await
 }
+
+/// A platform event about `function`, with an id of its own.
+fn platform_event(ty: &str, function: &str, data: serde_json::Value) -> Result<Event> {
+    Ok(EventBuilderV10::new()
+        .id(format!("{function}-{ty}"))
+        .source("/tests")
+        .ty(ty)
+        .subject(function)
+        .data("application/json", data)
+        .build()?)
+}
+
+#[tokio::test]
+async fn unfinished_journeys_resume_from_their_last_unanswered_input() -> Result<()> {
+    use klambda_events::catalogue::{
+        BuildStarted, ContextUploaded, FunctionCreated, FunctionDeleted, ServiceDeleted,
+        ServiceReady,
+    };
+    let store = sqlite()?;
+    let build = serde_json::json!({"function": "midway", "buildId": "b-0123456789abcdef01234567",
+        "digest": "sha256:2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae"});
+    // Killed while building: resumes from context.uploaded (build.started is only progress).
+    for (ty, data) in [
+        (FunctionCreated::TYPE, serde_json::json!({})),
+        (ContextUploaded::TYPE, serde_json::json!({})),
+        (BuildStarted::TYPE, build),
+    ] {
+        record(store.as_ref(), &platform_event(ty, "midway", data)?).await?;
+    }
+    // Ready: nothing to resume.
+    for ty in [FunctionCreated::TYPE, ServiceReady::TYPE] {
+        let data =
+            serde_json::json!({"function": "done", "revision": "done-00001", "url": "http://x"});
+        record(store.as_ref(), &platform_event(ty, "done", data)?).await?;
+    }
+    // A deletion never answered, of a ready function: resumes from function.deleted.
+    for ty in [
+        FunctionCreated::TYPE,
+        ServiceReady::TYPE,
+        FunctionDeleted::TYPE,
+    ] {
+        let data = serde_json::json!({"function": "gone", "name": "gone", "revision": "gone-00001", "url": "http://x"});
+        record(store.as_ref(), &platform_event(ty, "gone", data)?).await?;
+    }
+    // A deletion answered: nothing.
+    for ty in [
+        FunctionCreated::TYPE,
+        FunctionDeleted::TYPE,
+        ServiceDeleted::TYPE,
+    ] {
+        let data = serde_json::json!({"function": "over", "name": "over"});
+        record(store.as_ref(), &platform_event(ty, "over", data)?).await?;
+    }
+    let mut resumed: Vec<(String, String)> = status_reporter::resume::unfinished(store.as_ref())
+        .await?
+        .iter()
+        .map(|e| {
+            (
+                e.subject().unwrap_or_default().to_owned(),
+                e.ty().to_owned(),
+            )
+        })
+        .collect();
+    resumed.sort();
+    assert_eq!(
+        resumed,
+        [
+            ("gone".to_owned(), FunctionDeleted::TYPE.to_owned()),
+            ("midway".to_owned(), ContextUploaded::TYPE.to_owned()),
+        ]
+    );
+    Ok(())
+}
