@@ -19,6 +19,7 @@
 
 pub mod catalogue;
 pub mod data;
+pub mod digest;
 pub mod docs;
 pub mod envelope;
 pub mod external;

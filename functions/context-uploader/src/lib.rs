@@ -9,6 +9,9 @@
 //! - **Sources**: inline files; `s3://bucket/key` archives (tar.gz, zip) and `s3://bucket/prefix/`
 //!   trees, unpacked safely (see `klambda_runtimes::archive`); git repositories over https at a
 //!   ref, one commit deep; all in a work directory removed after.
+//! - **Checks** what it can: the digest must be the one `klambda_events::digest` gives the spec's
+//!   source (400, dead-lettered, otherwise): a `parser.completed` posted by anyone but the parser
+//!   cannot make its source the cached build of another function's digest.
 //! - **Side effects**: writes `contexts/<digest>.tar.gz` (deterministic: the same digest always
 //!   gives the same bytes), once: a replay finds it and skips the upload.
 //!
@@ -22,7 +25,7 @@ use std::time::Instant;
 use cloudevents::Event;
 use klambda_events::catalogue::{BuildCompleted, BuildFailed, ContextUploaded, ParserCompleted};
 use klambda_events::data::{
-    BuildContext, BuildFailure, BuildFailureCause, BuiltImage, ObjectRef, ParsedFunction,
+    BuildContext, BuildFailure, BuildFailureCause, BuiltImage, ObjectRef, ParsedFunction, Problem,
 };
 use klambda_events::{BuildId, ContentDigest, Stage, decode, reply};
 use klambda_harness::{ConfigError, ConfigSource, Context, Handler, HandlerError, Outcome};
@@ -165,6 +168,17 @@ impl Handler for ContextUploader {
 
     async fn handle(&self, event: Event, context: &Context) -> Result<Outcome, HandlerError> {
         let mut parsed = decode::<ParserCompleted>(&event)?;
+        let named =
+            klambda_events::digest::content_digest(parsed.spec.runtime, &parsed.spec.source);
+        if named != parsed.digest {
+            return Err(HandlerError::Invalid(vec![Problem::new(
+                "data.digest",
+                format!(
+                    "{} is not the digest of this source, which is {named}: only the parser names a source's digest",
+                    parsed.digest
+                ),
+            )]));
+        }
         let name = parsed.spec.name.to_string();
         // A source named by a movable reference (a git branch) is pinned to what it names now,
         // so its digest is a digest of content: a moved branch rebuilds, an unmoved one does not.

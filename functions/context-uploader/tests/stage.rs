@@ -148,6 +148,55 @@ async fn unbuildable_functions_get_build_failed_with_the_reason() -> Result<()> 
 }
 
 #[tokio::test]
+async fn a_parser_completed_whose_digest_is_not_its_sources_is_refused() -> Result<()> {
+    let dir = store_dir("forged");
+    let harness = Harness::new(ContextUploader::new(Arc::new(LocalDir::new(&dir))));
+    let (victim, victim_digest) = parsed(node())?;
+    // Posted by someone who is not the parser: an attacker's code under the digest the
+    // victim's code will have, so that the victim's own deploy would come back cached.
+    let mut forged = decode::<ParserCompleted>(&victim)?;
+    forged.spec.source = klambda_events::spec::Source::Inline {
+        files: vec![klambda_events::spec::InlineFile {
+            path: "index.js".into(),
+            content: "exports.handler = async () => 'not yours';".into(),
+            encoding: Default::default(),
+        }],
+    };
+    let forged = Envelope::new("forged-1", "/knative-lambda/parser")
+        .subject("hello")
+        .encode::<ParserCompleted>(&forged);
+    let error = harness
+        .dispatch(forged)
+        .await
+        .err()
+        .context("a digest that is not the source's must be refused")?;
+    assert!(
+        matches!(error, HandlerError::Invalid(_)) && !error.is_retryable(),
+        "refused for good (dead-lettered): {error}"
+    );
+    assert!(error.to_string().contains("digest"), "{error}");
+    assert!(
+        !dir.join(context_key(&victim_digest)).exists(),
+        "nothing stored under the victim's digest"
+    );
+    // The victim's own submission then builds the victim's code.
+    let uploaded = reply(&harness, victim).await?;
+    assert_eq!(uploaded.ty(), ContextUploaded::TYPE);
+    let bytes = std::fs::read(dir.join(context_key(&victim_digest)))?;
+    let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(bytes.as_slice()));
+    let mut code = String::new();
+    for entry in tar.entries()? {
+        let mut entry = entry?;
+        if entry.path()?.as_os_str() == "function/index.js" {
+            std::io::Read::read_to_string(&mut entry, &mut code)?;
+        }
+    }
+    assert_eq!(code, "exports.handler = async (e) => e;");
+    std::fs::remove_dir_all(&dir)?;
+    Ok(())
+}
+
+#[tokio::test]
 async fn a_broken_store_is_retryable() -> Result<()> {
     // The store's root is a file: every write fails.
     let file = store_dir("broken");
@@ -324,7 +373,7 @@ fn with_source(id: &str, source: klambda_events::spec::Source) -> Result<Event> 
         "source": {"kind": "git", "url": "https://git.example.com/fn.git", "ref": "main"}}))?;
     let mut parsed = decode::<ParserCompleted>(&event)?;
     // The digest the parser would give this source, so each source has its own context.
-    parsed.digest = parser::digest::content_digest(parsed.spec.runtime, &source);
+    parsed.digest = klambda_events::digest::content_digest(parsed.spec.runtime, &source);
     parsed.spec.source = source;
     Ok(Envelope::new(format!("p-{id}"), "/knative-lambda/parser")
         .subject("fetched")

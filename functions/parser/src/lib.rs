@@ -16,10 +16,9 @@
 //! - [`validate`]: submission → spec, every problem listed.
 //! - [`source`]: inline files, `s3://` and git sources.
 //! - [`ssrf`]: which hosts a git source may name.
-//! - [`digest`]: the content digest.
+//! - the content digest is part of the contract: `klambda_events::digest`.
 //! - [`limits`]: the bounds a submission must stay within.
 
-pub mod digest;
 pub mod limits;
 pub mod source;
 pub mod ssrf;

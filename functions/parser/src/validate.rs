@@ -9,9 +9,9 @@ use klambda_events::spec::{
 };
 use klambda_events::{ContentDigest, FunctionName, FunctionSpec, Language, Runtime};
 
-use crate::digest::content_digest;
 use crate::limits::Limits;
 use crate::source;
+use klambda_events::digest::content_digest;
 
 /// Characters that mean something to a shell. Handlers reach the runtime shim's start command,
 /// so none may appear in one, whatever the runtime.

@@ -1,13 +1,20 @@
 //! The content digest: sha256 over the normalised source, the runtime and its template version.
 //!
+//! Part of the contract, not of the parser: the parser names a submission's digest, and every
+//! stage that receives a spec with a digest can check that the one names the other (a forged
+//! `parser.completed` carrying another function's digest would otherwise make its source the
+//! cached build of that digest).
+//!
 //! The input is a length-prefixed canonical encoding, not JSON, so it does not depend on field
 //! order, whitespace or how a file's content was encoded in the submission. Handler, env,
 //! resources and triggers are deliberately left out: they change the deployment, not the image,
 //! so changing them redeploys without rebuilding.
 
-use klambda_events::spec::{ContentEncoding, Source};
-use klambda_events::{ContentDigest, Runtime};
+use base64::Engine as _;
 use sha2::{Digest as _, Sha256};
+
+use crate::spec::{ContentEncoding, Source};
+use crate::{ContentDigest, Runtime};
 
 const DOMAIN: &[u8] = b"knative-lambda content digest v1\n";
 
@@ -27,7 +34,9 @@ pub fn content_digest(runtime: Runtime, source: &Source) -> ContentDigest {
                     ContentEncoding::Utf8 => field(&mut hash, file.content.as_bytes()),
                     ContentEncoding::Base64 => field(
                         &mut hash,
-                        &crate::source::decode_base64(&file.content).unwrap_or_default(),
+                        &base64::engine::general_purpose::STANDARD
+                            .decode(file.content.as_bytes())
+                            .unwrap_or_default(),
                     ),
                 }
             }
