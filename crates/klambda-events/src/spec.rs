@@ -154,6 +154,36 @@ pub struct TriggerFilter {
     pub extra: Extra,
 }
 
+/// Env names a function may not set: the platform or the runtime shim sets them, or they change
+/// how the runtime itself starts (a preloaded library, interpreter options, module search
+/// paths, a startup script). Part of the contract: the parser refuses them and every stage
+/// that runs a spec checks again (a spec on the broker may not come from the parser).
+pub const RESERVED_ENV: &[&str] = &[
+    "PORT",
+    "PATH",
+    "HOME",
+    "_HANDLER",
+    "LAMBDA_TASK_ROOT",
+    "LAMBDA_RUNTIME_DIR",
+    "LD_PRELOAD",
+    "LD_LIBRARY_PATH",
+    "LD_AUDIT",
+    "NODE_OPTIONS",
+    "NODE_PATH",
+    "PYTHONPATH",
+    "PYTHONSTARTUP",
+    "PYTHONHOME",
+    "BASH_ENV",
+];
+
+/// Prefixes of env names a function may not set (the platform's, Knative's, Lambda's).
+pub const RESERVED_ENV_PREFIXES: &[&str] = &["K_", "KLAMBDA_", "AWS_LAMBDA_", "KNATIVE_"];
+
+/// Whether a function may not set the env name `name` (see [`RESERVED_ENV`]).
+pub fn is_reserved_env(name: &str) -> bool {
+    RESERVED_ENV.contains(&name) || RESERVED_ENV_PREFIXES.iter().any(|p| name.starts_with(p))
+}
+
 /// The normalised function: validated, defaults filled in, source in canonical form.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]

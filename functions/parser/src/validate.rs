@@ -179,20 +179,6 @@ fn check_handler(
     }
 }
 
-/// Names the platform or the runtime shim sets, or that change how the shim itself starts.
-const RESERVED_ENV: &[&str] = &[
-    "PORT",
-    "PATH",
-    "HOME",
-    "_HANDLER",
-    "LAMBDA_TASK_ROOT",
-    "LAMBDA_RUNTIME_DIR",
-    "LD_PRELOAD",
-    "LD_LIBRARY_PATH",
-    "LD_AUDIT",
-];
-const RESERVED_ENV_PREFIXES: &[&str] = &["K_", "KLAMBDA_", "AWS_LAMBDA_", "KNATIVE_"];
-
 fn check_env(env: &BTreeMap<String, String>, limits: &Limits, problems: &mut Vec<Problem>) {
     if env.len() > limits.max_env_vars {
         problems.push(Problem::new(
@@ -226,12 +212,10 @@ fn check_env(env: &BTreeMap<String, String>, limits: &Limits, problems: &mut Vec
                 ),
             ));
         }
-        if RESERVED_ENV.contains(&name.as_str())
-            || RESERVED_ENV_PREFIXES.iter().any(|p| name.starts_with(p))
-        {
+        if klambda_events::spec::is_reserved_env(name) {
             problems.push(Problem::new(
                 field.clone(),
-                "is reserved: the platform or the runtime sets it",
+                "is reserved: the platform or the runtime sets it, or it changes how the runtime starts",
             ));
         }
         if value.contains('\0') {

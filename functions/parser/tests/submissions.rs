@@ -530,6 +530,36 @@ fn submissions() {
             &["env.LD_PRELOAD"],
         ),
         (
+            "env NODE_OPTIONS",
+            env("NODE_OPTIONS", "--require /tmp/evil.js"),
+            &["env.NODE_OPTIONS"],
+        ),
+        (
+            "env NODE_PATH",
+            env("NODE_PATH", "/tmp"),
+            &["env.NODE_PATH"],
+        ),
+        (
+            "env PYTHONPATH",
+            env("PYTHONPATH", "/tmp"),
+            &["env.PYTHONPATH"],
+        ),
+        (
+            "env PYTHONSTARTUP",
+            env("PYTHONSTARTUP", "/tmp/evil.py"),
+            &["env.PYTHONSTARTUP"],
+        ),
+        (
+            "env PYTHONHOME",
+            env("PYTHONHOME", "/tmp"),
+            &["env.PYTHONHOME"],
+        ),
+        (
+            "env BASH_ENV",
+            env("BASH_ENV", "/tmp/evil.sh"),
+            &["env.BASH_ENV"],
+        ),
+        (
             "env Knative reserved",
             env("K_SERVICE", "x"),
             &["env.K_SERVICE"],

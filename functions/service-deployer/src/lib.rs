@@ -24,7 +24,9 @@ use klambda_events::catalogue::{
     BuildCompleted, FunctionDeleted, FunctionRollback, ServiceCreated, ServiceDeleted,
     ServiceFailed, ServiceReady, ServiceUpdated,
 };
-use klambda_events::data::{ServiceFailure, ServiceReadiness, ServiceRemoval, ServiceRevision};
+use klambda_events::data::{
+    Problem, ServiceFailure, ServiceReadiness, ServiceRemoval, ServiceRevision,
+};
 use klambda_events::{Envelope, EventType, FunctionName, Reply, Stage, decode, reply};
 use klambda_harness::{ConfigError, ConfigSource, Context, Handler, HandlerError, Outcome};
 
@@ -35,6 +37,30 @@ use crate::deployer::{Deployer, NotReady, Revision};
 /// service-deployer's event of type `T` answering `input`, about `function`.
 fn answer<T: EventType>(input: &Event, function: &FunctionName) -> Reply<T> {
     reply::<T>(input, Stage::ServiceDeployer).subject(function.to_string())
+}
+
+/// A `build.completed`, refused (400, dead-lettered) when its spec sets an env name no function
+/// may set: the parser refuses those, so such a spec did not come from the parser, and running
+/// it would let its sender preload code into the runtime.
+fn decoded_build(event: &Event) -> Result<klambda_events::data::BuiltImage, HandlerError> {
+    let built = decode::<BuildCompleted>(event)?;
+    let reserved: Vec<Problem> = built
+        .spec
+        .env
+        .keys()
+        .filter(|name| klambda_events::spec::is_reserved_env(name))
+        .map(|name| {
+            Problem::new(
+                format!("data.spec.env.{name}"),
+                "is reserved: the platform or the runtime sets it, or it changes how the runtime starts",
+            )
+        })
+        .collect();
+    if reserved.is_empty() {
+        Ok(built)
+    } else {
+        Err(HandlerError::Invalid(reserved))
+    }
 }
 
 /// Reports a new revision as progress: `service.created` for a function's first, else
@@ -139,7 +165,7 @@ impl ServiceDeployer {
             return Ok(service_changed(event));
         }
         if ty == BuildCompleted::TYPE {
-            let built = decode::<BuildCompleted>(event)?;
+            let built = decoded_build(event)?;
             let function = &built.spec.name;
             let started = Instant::now();
             let applied = services
@@ -272,7 +298,7 @@ impl Handler for ServiceDeployer {
                 .deployed(operation, outcome, started.elapsed().as_secs_f64());
         };
         let reply = if ty == BuildCompleted::TYPE {
-            let built = decode::<BuildCompleted>(&event)?;
+            let built = decoded_build(&event)?;
             let result = deployer
                 .deploy(&built.spec, &built.digest, &built.image)
                 .instrument(deployer_span("deployer.apply"))

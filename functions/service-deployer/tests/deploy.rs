@@ -19,7 +19,7 @@ use klambda_events::data::{
 };
 use klambda_events::{BuildId, Envelope, EventType, FunctionName, decode};
 use klambda_harness::publisher::Memory;
-use klambda_harness::{Harness, Outcome};
+use klambda_harness::{HandlerError, Harness, Outcome};
 use klambda_storage::{LocalDir, ObjectStore};
 use klambda_test_support::http::{get, post};
 use service_deployer::ServiceDeployer;
@@ -326,5 +326,60 @@ async fn a_restarted_runner_serves_its_revisions_again_and_a_redelivery_starts_n
             .is_none()
     );
     assert_eq!(std::fs::read_dir(&state)?.count(), 0, "no state left");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_function_sees_only_its_own_env_and_a_spec_the_parser_would_refuse_is_refused()
+-> Result<()> {
+    let rig = rig("env");
+    let code = "exports.handler = async () => ({ env: process.env });";
+    let built_event = built(&rig, "envs", code).await?;
+    let with_env = |name: &str, value: &str, id: &str| -> Result<Event> {
+        let mut data = decode::<BuildCompleted>(&built_event)?;
+        data.spec.env.insert(name.into(), value.into());
+        Ok(Envelope::new(id, "/knative-lambda/job-launcher")
+            .subject("envs")
+            .encode::<BuildCompleted>(&data))
+    };
+
+    // A build.completed whose spec preloads a library did not come from the parser: refused
+    // for good (dead-lettered), and nothing runs.
+    let error = rig
+        .deployer
+        .dispatch(with_env("LD_PRELOAD", "/tmp/evil.so", "forged")?)
+        .await
+        .err()
+        .context("a reserved env name must be refused")?;
+    assert!(
+        matches!(&error, HandlerError::Invalid(problems) if problems.iter().any(|p| p.field == "data.spec.env.LD_PRELOAD")),
+        "{error}"
+    );
+    assert!(!error.is_retryable());
+
+    // A genuine one: the function sees its own env and the shim's settings, and of the
+    // platform's environment only what finds programs, the locale, CA bundles and proxies.
+    let ready =
+        decode::<ServiceReady>(&reply(&rig, with_env("GREETING", "hi", "genuine")?).await?)?;
+    let env = invoke(&ready.url, "").await?.json()?["env"].clone();
+    assert_eq!(env["GREETING"], "hi");
+    let shim = [
+        "PORT",
+        "KLAMBDA_FUNCTION_ROOT",
+        "KLAMBDA_HANDLER",
+        "KLAMBDA_FUNCTION_NAME",
+        "KLAMBDA_TIMEOUT_SECONDS",
+        "GREETING",
+    ];
+    let foreign: Vec<&String> = env
+        .as_object()
+        .context("process.env is an object")?
+        .keys()
+        .filter(|name| {
+            !shim.contains(&name.as_str())
+                && !service_deployer::deployer::local::INHERITED_ENV.contains(&name.as_str())
+        })
+        .collect();
+    assert!(foreign.is_empty(), "the function sees {foreign:?}");
     Ok(())
 }

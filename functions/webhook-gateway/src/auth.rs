@@ -114,7 +114,9 @@ pub fn buildkite(
         let seconds: i64 = timestamp
             .parse()
             .map_err(|_| malformed("the timestamp is not Unix seconds"))?;
-        let age = now - seconds;
+        // Saturating: any i64 may arrive, and a timestamp at the end of the range must be
+        // refused as stale, not overflow.
+        let age = now.saturating_sub(seconds);
         if age.unsigned_abs() > secrets.tolerance.as_secs() {
             return Err(AuthError::Stale {
                 age_seconds: age,
@@ -162,6 +164,31 @@ pub fn github(headers: &HeaderMap, body: &[u8], secret: Option<&Secret>) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timestamps_at_the_ends_of_the_range_are_stale_not_a_panic() {
+        let secrets = BuildkiteSecrets {
+            signing_key: Some(Secret::new("key")),
+            ..BuildkiteSecrets::default()
+        };
+        for timestamp in [i64::MIN, i64::MAX] {
+            let mut headers = HeaderMap::new();
+            let value = format!("timestamp={timestamp},signature=00");
+            headers.insert(
+                "x-buildkite-signature",
+                value
+                    .parse()
+                    .unwrap_or_else(|_| http::HeaderValue::from_static("")),
+            );
+            assert!(
+                matches!(
+                    buildkite(&headers, b"{}", &secrets, 1_700_000_000),
+                    Err(AuthError::Stale { .. })
+                ),
+                "{timestamp}"
+            );
+        }
+    }
 
     #[test]
     fn constant_time_eq_compares_whole_values() {

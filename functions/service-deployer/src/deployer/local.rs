@@ -9,6 +9,8 @@
 //!   revisions (name, port, artifact, configuration) there after every change, and on start
 //!   serves each function's current revision again on its port. A redelivered
 //!   `build.completed` then finds that revision serving and changes nothing.
+//! - A function sees only its own: its process starts with a cleared environment (see
+//!   [`INHERITED_ENV`]), not the platform's settings and credentials.
 //! - Deploys of different functions run in parallel: each function has its own lock, held
 //!   across its health wait; the table of functions is locked only to find one.
 
@@ -327,13 +329,41 @@ fn free_port() -> Result<u16, NotReady> {
 /// The last lines a process wrote, shared with the tasks reading its output.
 type Tail = Arc<SyncMutex<VecDeque<String>>>;
 
+/// What a function process inherits from the platform's environment: finding programs, the
+/// locale and time zone, the machine's CA bundle and proxies. Nothing else: the platform's own
+/// settings and credentials (`AWS_SECRET_ACCESS_KEY`, webhook secrets, `DATABASE_URL`) are not
+/// the function's to read.
+pub const INHERITED_ENV: &[&str] = &[
+    "PATH",
+    "LANG",
+    "LC_ALL",
+    "LC_CTYPE",
+    "TZ",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    "NODE_EXTRA_CA_CERTS",
+    "REQUESTS_CA_BUNDLE",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "NO_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "no_proxy",
+];
+
 /// Starts the process, keeping the last lines of its output in `tail`. It runs under
-/// `setpriv --pdeathsig KILL`, so it dies when the runner dies, however the runner dies.
+/// `setpriv --pdeathsig KILL`, so it dies when the runner dies, however the runner dies, with a
+/// cleared environment: [`INHERITED_ENV`], then the function's own env and the shim's settings.
 fn spawn(launch: &Launch, tail: &Tail) -> Result<Child, String> {
+    let inherited = INHERITED_ENV
+        .iter()
+        .filter_map(|name| Some((*name, std::env::var_os(name)?)));
     let mut child = Command::new("setpriv")
         .args(["--pdeathsig", "KILL", "--"])
         .arg(&launch.program)
         .args(&launch.args)
+        .env_clear()
+        .envs(inherited)
         .envs(launch.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .current_dir(&launch.dir)
         .stdin(Stdio::null())
