@@ -81,10 +81,24 @@ impl SqlStore {
         };
         // Fail fast when the database is unreachable: the stage answers 503 and the broker's
         // backoff does the waiting, instead of a request hanging for sqlx's default 30 s.
-        let pool = AnyPoolOptions::new()
+        let mut options = AnyPoolOptions::new()
             .max_connections(connections)
-            .acquire_timeout(std::time::Duration::from_secs(3))
-            .connect_lazy(&url)?;
+            .acquire_timeout(std::time::Duration::from_secs(3));
+        if dialect == Dialect::Sqlite {
+            // Write-ahead log (sqlx's default) synced at checkpoints, not at every commit: a
+            // commit survives the process being killed at any instant (it is in the log, which
+            // the OS holds), though not the machine losing power. The embedded platform records
+            // every accepted event before its 202, so a sync per commit would cap the ingress
+            // at the disk's fsync rate.
+            options = options.after_connect(|connection, _| {
+                Box::pin(async move {
+                    sqlx::Executor::execute(&mut *connection, "PRAGMA synchronous = NORMAL")
+                        .await
+                        .map(drop)
+                })
+            });
+        }
+        let pool = options.connect_lazy(&url)?;
         Ok(Self {
             pool,
             dialect,
