@@ -166,7 +166,8 @@ impl Platform {
             Some(s3) => Arc::new(s3.clone()),
             None => Arc::new(LocalDir::new(data("store"))),
         };
-        let uploader = ContextUploader::new(Arc::clone(&objects));
+        // Everything `klambda up` writes is under its data directory.
+        let uploader = ContextUploader::new(Arc::clone(&objects)).with_work_dir(data("sources"));
         let uploader = match s3 {
             Some(s3) => uploader.with_s3_sources(s3),
             None => uploader,

@@ -85,6 +85,13 @@ impl ContextUploader {
         self
     }
 
+    /// Fetches sources into `dir` (one work directory per fetch, removed after) instead of
+    /// `klambda-sources` under the system's temp dir.
+    pub fn with_work_dir(mut self, dir: impl Into<std::path::PathBuf>) -> Self {
+        self.sources.work = dir.into();
+        self
+    }
+
     /// With other bounds on what an unpacked source may be.
     pub fn with_source_limits(mut self, limits: klambda_runtimes::archive::Limits) -> Self {
         self.sources.limits = limits;
@@ -94,12 +101,16 @@ impl ContextUploader {
     /// An uploader over the store `KLAMBDA_STORE` names (`s3://bucket`, with
     /// `KLAMBDA_S3_ENDPOINT` / `KLAMBDA_S3_REGION`, or a directory; default
     /// [`DEFAULT_STORE_DIR`]). With S3, `s3://` sources are fetched with the same credentials.
+    /// `KLAMBDA_SOURCE_DIR` is where sources are fetched (default: under the temp dir).
     pub fn from_config(config: &dyn ConfigSource) -> Result<Self, ConfigError> {
         let (store, s3) = klambda_storage::from_settings(|key| config.get(key), DEFAULT_STORE_DIR)
             .map_err(|problem| ConfigError {
                 problems: vec![problem],
             })?;
-        let uploader = Self::new(store);
+        let mut uploader = Self::new(store);
+        if let Some(dir) = config.setting("KLAMBDA_SOURCE_DIR") {
+            uploader = uploader.with_work_dir(dir);
+        }
         Ok(match s3 {
             Some(s3) => uploader.with_s3_sources(s3),
             None => uploader,

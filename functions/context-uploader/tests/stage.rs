@@ -409,7 +409,12 @@ async fn archives_are_downloaded_checked_against_their_sha256_and_unpacked() -> 
     let server = klambda_test_support::http::TestServer::start(router).await?;
     let dir = store_dir("archive-store");
     let store = LocalDir::new(&dir);
-    let harness = Harness::new(ContextUploader::new(Arc::new(store.clone())).with_http_archives());
+    let work = store_dir("archive-work");
+    let harness = Harness::new(
+        ContextUploader::new(Arc::new(store.clone()))
+            .with_http_archives()
+            .with_work_dir(&work),
+    );
     let source =
         |url: String, sha256: String| klambda_events::spec::Source::Archive { url, sha256 };
     let url = server.url("/fn.tar.gz");
@@ -442,6 +447,13 @@ async fn archives_are_downloaded_checked_against_their_sha256_and_unpacked() -> 
         let failure = decode::<BuildFailed>(&answer)?;
         assert!(failure.reason.contains(needle), "{id}: {}", failure.reason);
     }
+    // Downloads happened in the work directory it was given, and nothing is left there.
+    assert!(work.is_dir(), "the work directory was used");
+    assert_eq!(
+        std::fs::read_dir(&work)?.count(),
+        0,
+        "work directories removed"
+    );
     // In production archives come over https only (a fresh store: nothing cached).
     let https_only = Harness::new(ContextUploader::new(Arc::new(LocalDir::new(store_dir(
         "archive-https-only",
