@@ -8,7 +8,8 @@
 //! stage is idempotent (the same input gives the same answer, without doing the work twice).
 
 use cloudevents::{AttributesReader as _, Event};
-use klambda_events::catalogue;
+use klambda_events::EventType as _;
+use klambda_events::catalogue::{self, StatusUpdated};
 use klambda_events::data::Phase;
 
 use crate::store::{StatusStore, StoreError, StoredEvent};
@@ -23,15 +24,26 @@ const PAGE: i64 = 500;
 pub async fn unfinished(store: &dyn StatusStore) -> Result<Vec<Event>, StoreError> {
     let mut resume = Vec::new();
     for function in store.functions().await? {
-        let name = function.name.as_str();
-        let log = whole_log(store, name).await?;
-        let Some(position) = log.iter().rposition(|stored| consumed(stored).is_some()) else {
-            continue;
-        };
         let on_its_way = matches!(
             function.phase,
             Phase::Parsing | Phase::Building | Phase::Deploying
         );
+        // Only these can be unfinished; the others' logs are not read.
+        let ends_with_input =
+            catalogue::find(&function.last_event_type).is_some_and(|spec| spec.consumer.is_some());
+        if !on_its_way && !ends_with_input {
+            continue;
+        }
+        let name = function.name.as_str();
+        // The status reporter's own `status.updated` answers nothing a stage was asked.
+        let log: Vec<StoredEvent> = whole_log(store, name)
+            .await?
+            .into_iter()
+            .filter(|stored| stored.json()["type"] != StatusUpdated::TYPE)
+            .collect();
+        let Some(position) = log.iter().rposition(|stored| consumed(stored).is_some()) else {
+            continue;
+        };
         let unanswered = position == log.len() - 1;
         if (on_its_way || unanswered)
             && let Some(event) = consumed(&log[position])

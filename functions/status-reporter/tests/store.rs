@@ -215,7 +215,7 @@ fn platform_event(ty: &str, function: &str, data: serde_json::Value) -> Result<E
 async fn unfinished_journeys_resume_from_their_last_unanswered_input() -> Result<()> {
     use klambda_events::catalogue::{
         BuildStarted, ContextUploaded, FunctionCreated, FunctionDeleted, ServiceDeleted,
-        ServiceReady,
+        ServiceReady, StatusUpdated,
     };
     let store = sqlite()?;
     let build = serde_json::json!({"function": "midway", "buildId": "b-0123456789abcdef01234567",
@@ -234,11 +234,13 @@ async fn unfinished_journeys_resume_from_their_last_unanswered_input() -> Result
             serde_json::json!({"function": "done", "revision": "done-00001", "url": "http://x"});
         record(store.as_ref(), &platform_event(ty, "done", data)?).await?;
     }
-    // A deletion never answered, of a ready function: resumes from function.deleted.
+    // A deletion never answered, of a ready function (the status reporter's own status.updated
+    // after it answers nothing): resumes from function.deleted.
     for ty in [
         FunctionCreated::TYPE,
         ServiceReady::TYPE,
         FunctionDeleted::TYPE,
+        StatusUpdated::TYPE,
     ] {
         let data = serde_json::json!({"function": "gone", "name": "gone", "revision": "gone-00001", "url": "http://x"});
         record(store.as_ref(), &platform_event(ty, "gone", data)?).await?;
