@@ -296,6 +296,28 @@ async fn stand() -> Result<Stand> {
     })
 }
 
+/// Checks that a stage applied `name` (of `(group, resource)`) in the namespace the ConfigMap
+/// `config` names under `namespace_key`.
+fn applied(
+    stand: &Stand,
+    config: &serde_json::Value,
+    namespace_key: &str,
+    (group, resource): (&str, &str),
+    name: &str,
+) -> Result<()> {
+    let namespace = config["data"][namespace_key].as_str().unwrap_or_default();
+    ensure!(
+        stand
+            .kube
+            .kube
+            .object(group, resource, namespace, name)
+            .is_some(),
+        "no {resource} {name} in {namespace}: {:?}",
+        stand.kube.kube.objects(group, resource, namespace)
+    );
+    Ok(())
+}
+
 #[tokio::test]
 async fn every_deployed_binary_boots_with_its_manifests_environment_and_handles_a_first_event()
 -> Result<()> {
@@ -391,23 +413,13 @@ async fn every_deployed_binary_boots_with_its_manifests_environment_and_handles_
         klambda_events::catalogue::BuildStarted::TYPE,
     )?);
     let build_id = BuildId::derive(&context.spec.name, &context.digest);
-    let builds = config["data"]["KLAMBDA_BUILD_NAMESPACE"]
-        .as_str()
-        .unwrap_or_default();
-    ensure!(
-        stand
-            .kube
-            .kube
-            .object(
-                "batch",
-                "jobs",
-                builds,
-                &format!("klambda-{}", build_id.as_str())
-            )
-            .is_some(),
-        "no Job for {build_id} in {builds}: {:?}",
-        stand.kube.kube.objects("batch", "jobs", builds)
-    );
+    applied(
+        &stand,
+        config,
+        "KLAMBDA_BUILD_NAMESPACE",
+        ("batch", "jobs"),
+        &format!("klambda-{}", build_id.as_str()),
+    )?;
 
     // service-deployer: the build's image becomes a Knative Service and its Trigger.
     let deployer = stage("service-deployer")?;
@@ -431,17 +443,13 @@ async fn every_deployed_binary_boots_with_its_manifests_environment_and_handles_
         answer.status,
         answer.body
     );
-    let functions = config["data"]["KLAMBDA_FUNCTIONS_NAMESPACE"]
-        .as_str()
-        .unwrap_or_default();
-    ensure!(
-        stand
-            .kube
-            .kube
-            .object("serving.knative.dev", "services", functions, &function)
-            .is_some(),
-        "no Knative Service {function} in {functions}"
-    );
+    applied(
+        &stand,
+        config,
+        "KLAMBDA_FUNCTIONS_NAMESPACE",
+        ("serving.knative.dev", "services"),
+        &function,
+    )?;
 
     // status-reporter: every event so far, into PostgreSQL; the function's status follows.
     let reporter = stage("status-reporter")?;

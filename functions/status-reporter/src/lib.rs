@@ -32,7 +32,7 @@ use klambda_events::catalogue::{
     BuildCompleted, BuildFailed, BuildTimeout, ContextUploaded, ParserCompleted, ParserFailed,
     ServiceFailed, ServiceReady, StatusUpdated,
 };
-use klambda_events::data::FunctionStatus;
+use klambda_events::data::{FunctionStatus, Phase};
 use klambda_events::{EventType, Stage, reply};
 use klambda_harness::metrics::Metrics;
 use klambda_harness::{ConfigError, ConfigSource, Context, Handler, HandlerError, Outcome};
@@ -149,13 +149,27 @@ impl Handler for StatusReporter {
     }
 
     async fn refresh_metrics(&self, metrics: &Metrics) {
-        match self.store.census().await {
-            Ok(census) => metrics.stored(
-                |phase| census.phases.get(&phase).copied().unwrap_or_default(),
-                census.dead_letters,
-            ),
+        let under_way = match self.store.census().await {
+            Ok(census) => {
+                metrics.stored(
+                    |phase| census.phases.get(&phase).copied().unwrap_or_default(),
+                    census.dead_letters,
+                );
+                [Phase::Parsing, Phase::Building, Phase::Deploying]
+                    .iter()
+                    .map(|phase| census.phases.get(phase).copied().unwrap_or_default())
+                    .sum::<i64>()
+            }
             // The gauges keep their last values; the scrape still answers.
-            Err(error) => tracing::warn!(%error, "the status store could not be counted"),
+            Err(error) => {
+                tracing::warn!(%error, "the status store could not be counted");
+                return;
+            }
+        };
+        // Only a journey under way can stall: with none (the usual scrape), no state is read.
+        if under_way == 0 {
+            metrics.stalled(|_| 0);
+            return;
         }
         match self.store.functions().await {
             Ok(functions) => {
