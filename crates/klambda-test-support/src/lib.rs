@@ -4,6 +4,7 @@
 //! - [`manifests`]: load YAML manifests and check them against the real Knative CRD schemas in
 //!   `../shared/schemas` (validation and the API server's pruning of undeclared fields).
 //! - [`bench`]: arguments of the benchmark binaries.
+//! - [`fixtures`]: specs and events built from the contract, so no stage's tests borrow another.
 //! - [`http`]: serve a router on a port-0 listener and talk to it over real HTTP.
 //! - [`otlp`]: an OTLP/gRPC trace receiver that keeps what it is sent.
 //! - [`process`]: free ports, waiting for a process to answer, stopping it with SIGTERM.
@@ -11,6 +12,7 @@
 //! - [`s3`]: a real S3-compatible server (`s3s-fs`) per test.
 
 pub mod bench;
+pub mod fixtures;
 pub mod http;
 pub mod kubernetes;
 pub mod manifests;

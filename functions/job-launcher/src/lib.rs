@@ -17,7 +17,8 @@
 //!   `images/<digest>.json`, which makes later submissions of the same digest cache hits.
 //!
 //! # Layout
-//! - [`builder`]: the `Builder` trait and the local builder.
+//! - [`builder`]: the `Builder` trait (the seam to a build backend), the local builder and the
+//!   Kaniko Job builder. Nothing here names a backend but [`JobLauncher::from_config`].
 
 pub mod builder;
 
@@ -27,7 +28,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cloudevents::Event;
-use k8s_openapi::api::batch::v1::Job;
 use klambda_events::catalogue::{
     BuildCancel, BuildCancelled, BuildCompleted, BuildFailed, BuildStarted, BuildTimeout,
     ContextUploaded,
@@ -40,10 +40,9 @@ use klambda_storage::{ImageRecord, ObjectStore};
 use tokio::sync::{oneshot, watch};
 use tracing::Instrument as _;
 
-use crate::builder::kaniko::{self, KanikoJobs, KanikoSettings};
+use crate::builder::kaniko::{KanikoJobs, KanikoSettings};
 use crate::builder::local::LocalBuilder;
-use crate::builder::{BuildOutcome, BuildRequest, Builder};
-use klambda_kube::{APISERVER_EVENT_TYPES, KubeError};
+use crate::builder::{BuildOutcome, BuildRequest, Builder, Launch};
 
 /// job-launcher's event of type `T` answering `input`, about `function`.
 fn answer<T: EventType>(input: &Event, function: &FunctionName) -> Reply<T> {
@@ -56,10 +55,13 @@ struct LocalBuild {
     /// How to stop it, while it runs.
     cancel: Option<oneshot::Sender<String>>,
     /// Its outcome, once it ended.
-    outcome: watch::Receiver<Option<BuildOutcome>>,
+    outcome: watch::Receiver<Option<Reported>>,
     /// When it ended.
     ended: Option<Instant>,
 }
+
+/// What a build running here reported: its outcome, or why the builder gave none (retried).
+type Reported = Result<BuildOutcome, String>;
 
 /// This process's local builds by id, running or ended within [`REMEMBER_OUTCOMES`].
 type Builds = Arc<Mutex<HashMap<BuildId, LocalBuild>>>;
@@ -68,19 +70,10 @@ type Builds = Arc<Mutex<HashMap<BuildId, LocalBuild>>>;
 /// again (a redelivery after the broker restarted, whose first answer was not confirmed).
 const REMEMBER_OUTCOMES: Duration = Duration::from_secs(600);
 
-/// Where builds run.
-#[derive(Clone)]
-enum Backend {
-    /// In this process's reach; the builder reports each outcome itself.
-    Local(Arc<dyn Builder>),
-    /// Kaniko Jobs on Kubernetes; outcomes arrive as Job events from the ApiServerSource.
-    Cluster(Box<KanikoJobs>),
-}
-
 /// The job-launcher's handler.
 #[derive(Clone)]
 pub struct JobLauncher {
-    backend: Backend,
+    builder: Arc<dyn Builder>,
     store: Arc<dyn ObjectStore>,
     builds: Builds,
 }
@@ -97,20 +90,11 @@ fn build_counted_key(build_id: &BuildId) -> String {
 }
 
 impl JobLauncher {
-    /// A launcher running builds with `builder`, recording them in `store`.
+    /// A launcher running builds with `builder`, keeping build records in `store` (where the
+    /// contexts are).
     pub fn new(builder: Arc<dyn Builder>, store: Arc<dyn ObjectStore>) -> Self {
         Self {
-            backend: Backend::Local(builder),
-            store,
-            builds: Arc::default(),
-        }
-    }
-
-    /// A launcher running builds as Kaniko Jobs through `jobs`, keeping build records in
-    /// `store` (the S3 store the contexts are in).
-    pub fn on_kubernetes(jobs: KanikoJobs, store: Arc<dyn ObjectStore>) -> Self {
-        Self {
-            backend: Backend::Cluster(Box::new(jobs)),
+            builder,
             store,
             builds: Arc::default(),
         }
@@ -157,9 +141,10 @@ impl JobLauncher {
                     .map_err(|error| problems.push(format!("KLAMBDA_BUILDER=kubernetes: {error}")))
                     .ok();
                 match (client, settings) {
-                    (Some(client), Some(settings)) if problems.is_empty() => Ok(
-                        Self::on_kubernetes(KanikoJobs::new(client, settings), store),
-                    ),
+                    (Some(client), Some(settings)) if problems.is_empty() => Ok(Self::new(
+                        Arc::new(KanikoJobs::new(client, settings)),
+                        store,
+                    )),
                     _ => Err(ConfigError { problems }),
                 }
             }
@@ -203,34 +188,14 @@ impl JobLauncher {
             build_id: build_id.clone(),
             context: uploaded.context.clone(),
         };
-        let builder = match &self.backend {
-            Backend::Local(builder) => Arc::clone(builder),
-            Backend::Cluster(jobs) => {
-                let record = serde_json::to_vec(&event)
-                    .map_err(|e| HandlerError::Internal(e.to_string()))?;
-                self.store
-                    .put(&build_record_key(&build_id), record.into())
-                    .await
-                    .map_err(|e| HandlerError::Unavailable(e.to_string()))?;
-                let launched = jobs.launch(&request).await.map_err(|e| match e {
-                    kaniko::LaunchError::Api(e) => kube_failure(e),
-                    other => HandlerError::Unavailable(other.to_string()),
-                })?;
-                tracing::info!(build_id = %build_id, ?launched, "build Job launched");
-                // The Job's outcome arrives later as its status events, answered then.
-                return Ok(Outcome::Reply(answer::<BuildStarted>(&event, &name).data(
-                    &BuildStart {
-                        function: name.clone(),
-                        build_id,
-                        digest: uploaded.digest,
-                    },
-                )));
-            }
-        };
-        // A local build's outcome is this delivery's reply: the input stays unsettled until the
-        // broker confirmed the outcome, so a crash or a broker restart delivers it again and the
-        // build runs again (same id, same directory), or is joined if it still runs here.
-        let (mut ended, fresh) = self.join_or_start(builder, request, context)?;
+        if !self.builder.status_events().is_empty() {
+            return self.start_elsewhere(&event, uploaded, request).await;
+        }
+        // A build that runs here answers its outcome as this delivery's reply: the input stays
+        // unsettled until the broker confirmed the outcome, so a crash or a broker restart
+        // delivers it again and the build runs again (same id, same directory), or is joined if
+        // it still runs here.
+        let (mut ended, fresh) = self.join_or_start(request, context)?;
         if fresh {
             context
                 .progress(
@@ -250,11 +215,45 @@ impl JobLauncher {
             .and_then(|outcome| outcome.clone())
             .ok_or_else(|| {
                 HandlerError::Unavailable(format!("build {build_id} stopped without an outcome"))
-            })?;
+            })?
+            .map_err(HandlerError::Unavailable)?;
         let ended = self
             .outcome_event(&event, uploaded, build_id, outcome)
             .await;
         Ok(Outcome::Reply(ended))
+    }
+
+    /// Starts a build that runs elsewhere and answers `build.started`; its outcome arrives later
+    /// as the builder's status events, answered then as the build started by `event`, which is
+    /// kept for that (same reply id, same trace, whichever replica sees the status).
+    async fn start_elsewhere(
+        &self,
+        event: &Event,
+        uploaded: klambda_events::data::BuildContext,
+        request: BuildRequest,
+    ) -> Result<Outcome, HandlerError> {
+        let record =
+            serde_json::to_vec(event).map_err(|e| HandlerError::Internal(e.to_string()))?;
+        self.store
+            .put(&build_record_key(&request.build_id), record.into())
+            .await
+            .map_err(|e| HandlerError::Unavailable(e.to_string()))?;
+        // Nothing runs here to cancel: the builder's own `cancel` stops it.
+        let (_, never) = oneshot::channel();
+        let name = request.spec.name.clone();
+        let build_id = request.build_id.clone();
+        match self.builder.launch(request, never).await? {
+            Launch::Running => Ok(Outcome::Reply(answer::<BuildStarted>(event, &name).data(
+                &BuildStart {
+                    function: name.clone(),
+                    build_id,
+                    digest: uploaded.digest,
+                },
+            ))),
+            Launch::Ended(outcome) => Ok(Outcome::Reply(
+                self.outcome_event(event, uploaded, build_id, outcome).await,
+            )),
+        }
     }
 
     /// The running (or just finished) build `request.build_id` of this process, or a new one:
@@ -263,10 +262,9 @@ impl JobLauncher {
     /// redelivery joins it instead of starting a second one.
     fn join_or_start(
         &self,
-        builder: Arc<dyn Builder>,
         request: BuildRequest,
         context: &Context,
-    ) -> Result<(watch::Receiver<Option<BuildOutcome>>, bool), HandlerError> {
+    ) -> Result<(watch::Receiver<Option<Reported>>, bool), HandlerError> {
         let mut builds = self
             .builds
             .lock()
@@ -300,7 +298,7 @@ impl JobLauncher {
         let span = tracing::info_span!(
             "builder",
             otel.name = "builder.build",
-            backend = "local",
+            backend = self.builder.backend(),
             build_id = %request.build_id,
         );
         let builds = Arc::clone(&self.builds);
@@ -308,14 +306,22 @@ impl JobLauncher {
         let runtime = request.spec.runtime;
         let build_id = request.build_id.clone();
         let began = Instant::now();
-        let build = builder.build(request, cancelled).instrument(span);
+        let build = self.builder.launch(request, cancelled).instrument(span);
         tokio::spawn(async move {
-            let outcome = build.await;
-            context.metrics().build_ended(
-                runtime,
-                result_of(&outcome),
-                began.elapsed().as_secs_f64(),
-            );
+            let outcome = match build.await {
+                Ok(Launch::Ended(outcome)) => Ok(outcome),
+                Ok(Launch::Running) => Err(format!(
+                    "build {build_id}: a builder without status events left the build running"
+                )),
+                Err(error) => Err(error.to_string()),
+            };
+            if let Ok(outcome) = &outcome {
+                context.metrics().build_ended(
+                    runtime,
+                    result_of(outcome),
+                    began.elapsed().as_secs_f64(),
+                );
+            }
             if let Ok(mut builds) = builds.lock()
                 && let Some(build) = builds.get_mut(&build_id)
             {
@@ -385,24 +391,18 @@ impl JobLauncher {
         }
     }
 
-    /// A Job's status changed: when it finished, answer the build's outcome as the build
-    /// started by the recorded `context.uploaded`. Repeated updates of a finished Job give the
-    /// same event (same id), which the broker's consumers deduplicate.
-    async fn job_changed(
+    /// A build running elsewhere changed (a Job's status event): when it ended, answer its
+    /// outcome as the build started by the recorded `context.uploaded`. Repeated updates of an
+    /// ended build give the same event (same id), which the broker's consumers deduplicate.
+    async fn status_changed(
         &self,
-        jobs: &KanikoJobs,
-        event: &Event,
+        event: Event,
         context: &Context,
     ) -> Result<Outcome, HandlerError> {
-        let job: Job = klambda_kube::object_of(event).map_err(|e| invalid("data", &e))?;
-        let Some(build_id) = kaniko::build_id_of(&job) else {
+        // The backend is asked how the build ended only once its build record is known to exist.
+        let Some(build_id) = self.builder.ended(&event)? else {
             return Ok(Outcome::Done);
         };
-        // A running Job's updates cost nothing; a finished one's pods and log are read only
-        // once its build record is known to exist.
-        if !kaniko::finished(&job) {
-            return Ok(Outcome::Done);
-        }
         let record = self
             .store
             .get(&build_record_key(&build_id))
@@ -412,9 +412,10 @@ impl JobLauncher {
             tracing::warn!(build_id = %build_id, "a finished build Job without a build record; ignored");
             return Ok(Outcome::Done);
         };
-        let Some(outcome) = jobs.outcome(&job).await.map_err(kube_failure)? else {
+        let Some(ended) = self.builder.outcome(event).await? else {
             return Ok(Outcome::Done);
         };
+        let outcome = ended.outcome;
         let started: Event = serde_json::from_slice(&record)
             .map_err(|e| HandlerError::Internal(format!("build record {build_id}: {e}")))?;
         let uploaded = decode::<ContextUploaded>(&started)?;
@@ -423,7 +424,7 @@ impl JobLauncher {
         // marker write only risks a later double count).
         let counted = build_counted_key(&build_id);
         if self.store.head(&counted).await.ok().flatten().is_none() {
-            if let Some(seconds) = kaniko::duration_of(&job) {
+            if let Some(seconds) = ended.seconds {
                 context
                     .metrics()
                     .build_ended(uploaded.spec.runtime, result_of(&outcome), seconds);
@@ -444,25 +445,14 @@ impl JobLauncher {
             || "cancelled by request".to_owned(),
             |r| format!("cancelled by request: {r}"),
         );
-        if let Backend::Cluster(jobs) = &self.backend {
-            let targets = match &request.build_id {
-                Some(id) => vec![id.clone()],
-                None => jobs
-                    .builds_of(&request.function)
-                    .await
-                    .map_err(kube_failure)?,
-            };
-            let mut cancelled = Vec::new();
-            for build_id in targets {
-                if jobs.cancel(&build_id).await.map_err(kube_failure)? {
-                    cancelled.push(build_id);
-                }
-            }
-            // A function has one build at a time (a newer submission stops the older), so the
-            // answer names it; should there be more, the others are named in the log.
-            let Some((build_id, others)) = cancelled.split_first() else {
-                return Ok(Outcome::Done);
-            };
+        // Builds running elsewhere are stopped by the builder, and answered here.
+        let cancelled = self
+            .builder
+            .cancel(request.function.clone(), request.build_id.clone())
+            .await?;
+        // A function has one build at a time (a newer submission stops the older), so the
+        // answer names it; should there be more, the others are named in the log.
+        if let Some((build_id, others)) = cancelled.split_first() {
             if !others.is_empty() {
                 tracing::warn!(function = %request.function, ?others, "more than one build cancelled; build.cancelled names the first");
             }
@@ -506,19 +496,15 @@ impl Handler for JobLauncher {
     fn accepts(&self, event_type: &str) -> bool {
         klambda_events::catalogue::find(event_type)
             .is_some_and(|spec| spec.consumer == Some(Stage::JobLauncher))
-            || (matches!(self.backend, Backend::Cluster(_))
-                && APISERVER_EVENT_TYPES.contains(&event_type))
+            || self.builder.status_events().contains(&event_type)
     }
 
     async fn handle(&self, event: Event, context: &Context) -> Result<Outcome, HandlerError> {
         let ty = cloudevents::AttributesReader::ty(&event);
         if ty == BuildCancel::TYPE {
             self.cancel(&event).await
-        } else if APISERVER_EVENT_TYPES.contains(&ty) {
-            match &self.backend {
-                Backend::Cluster(jobs) => self.job_changed(jobs, &event, context).await,
-                Backend::Local(_) => Ok(Outcome::Done),
-            }
+        } else if self.builder.status_events().contains(&ty) {
+            self.status_changed(event, context).await
         } else {
             self.start(event, context).await
         }
@@ -533,14 +519,4 @@ fn result_of(outcome: &BuildOutcome) -> BuildResult {
         BuildOutcome::TimedOut { .. } => BuildResult::TimedOut,
         BuildOutcome::Cancelled { .. } => BuildResult::Cancelled,
     }
-}
-
-/// A Kubernetes failure as the stage's answer: retried (5xx) whether the API is down or refuses
-/// (a Role missing a verb is fixed by the operator; the events wait meanwhile).
-fn kube_failure(error: KubeError) -> HandlerError {
-    HandlerError::Unavailable(error.to_string())
-}
-
-fn invalid(field: &str, reason: &str) -> HandlerError {
-    HandlerError::Invalid(vec![klambda_events::data::Problem::new(field, reason)])
 }

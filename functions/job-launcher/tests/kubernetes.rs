@@ -13,9 +13,8 @@ use job_launcher::JobLauncher;
 use job_launcher::builder::kaniko::{KanikoJobs, KanikoSettings, job_name};
 use klambda_events::catalogue::{
     BuildCancel, BuildCancelled, BuildCompleted, BuildFailed, BuildStarted, BuildTimeout,
-    ContextUploaded,
 };
-use klambda_events::data::{BuildContext, BuildFailureCause, CancelRequest, ObjectRef};
+use klambda_events::data::{BuildFailureCause, CancelRequest};
 use klambda_events::{BuildId, Envelope, EventType, FunctionName, decode};
 use klambda_harness::publisher::Memory;
 use klambda_harness::{Harness, Outcome};
@@ -48,8 +47,8 @@ async fn cluster(test: &str) -> Result<Cluster> {
     let dir = std::env::temp_dir().join(format!("klambda-kube-{test}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let published = Memory::default();
-    let launcher = Harness::new(JobLauncher::on_kubernetes(
-        KanikoJobs::new(client, settings),
+    let launcher = Harness::new(JobLauncher::new(
+        Arc::new(KanikoJobs::new(client, settings)),
         Arc::new(LocalDir::new(dir)),
     ))
     .with_publisher(Arc::new(published.clone()));
@@ -62,28 +61,12 @@ async fn cluster(test: &str) -> Result<Cluster> {
 
 /// A `context.uploaded` for a Node.js function, its context in S3.
 fn uploaded(name: &str) -> Result<Event> {
-    let submission = json!({"name": name, "runtime": "nodejs20", "handler": "index.handler",
-        "source": {"kind": "inline", "files": [{"path": "index.js", "content": "exports.handler = async () => 1;"}]},
-        "build": {"timeoutSeconds": 600}});
-    let (spec, digest) = parser::parse(
-        serde_json::from_value(submission)?,
-        &parser::Limits::default(),
-    )
-    .map_err(|p| anyhow::anyhow!("{p:?}"))?;
-    Ok(Envelope::new(
-        format!("u-{}", digest.hex()),
-        "/knative-lambda/context-uploader",
-    )
-    .subject(spec.name.to_string())
-    .encode::<ContextUploaded>(&BuildContext {
-        context: ObjectRef {
-            uri: format!("s3://klambda/contexts/{}.tar.gz", digest.hex()),
-            size: 1234,
-        },
-        spec,
-        digest,
-        commit: None,
-    }))
+    let (mut spec, digest) = klambda_test_support::fixtures::node_function(name)?;
+    spec.build.timeout_seconds = 600;
+    let uri = format!("s3://klambda/contexts/{}.tar.gz", digest.hex());
+    Ok(klambda_test_support::fixtures::context_uploaded(
+        spec, digest, &uri,
+    ))
 }
 
 async fn reply(cluster: &Cluster, event: Event) -> Result<Option<Event>> {
@@ -557,8 +540,11 @@ async fn a_role_without_a_verb_makes_the_stage_answer_503_and_keep_the_event() -
     let fake = FakeKube::new(&[narrow])?.serve().await?;
     let mut config = kube::Config::new(fake.url().parse()?);
     config.auth_info.impersonate = Some(service_account("knative-lambda", "job-launcher"));
-    let launcher = Harness::new(JobLauncher::on_kubernetes(
-        KanikoJobs::new(kube::Client::try_from(config)?, KanikoSettings::default()),
+    let launcher = Harness::new(JobLauncher::new(
+        Arc::new(KanikoJobs::new(
+            kube::Client::try_from(config)?,
+            KanikoSettings::default(),
+        )),
         Arc::new(LocalDir::new(dir.join("store"))),
     ));
     let error = match launcher.dispatch(uploaded("hello")?).await {

@@ -23,7 +23,10 @@ use serde_json::json;
 
 use klambda_kube::KubeError;
 
-use crate::builder::{BuildOutcome, BuildRequest};
+use cloudevents::Event;
+use tokio::sync::oneshot;
+
+use crate::builder::{BoxFuture, BuildOutcome, BuildRequest, Builder, BuilderError, Ended, Launch};
 
 /// Labels and annotations of build Jobs (besides [`klambda_kube::labels`]).
 pub mod labels {
@@ -354,6 +357,71 @@ impl KanikoJobs {
             _ => None,
         };
         Ok(Some(classify(job, end, &pods, log.as_deref())))
+    }
+}
+
+impl Builder for KanikoJobs {
+    fn backend(&self) -> &'static str {
+        "kubernetes"
+    }
+
+    fn launch(
+        &self,
+        request: BuildRequest,
+        _cancel: oneshot::Receiver<String>,
+    ) -> BoxFuture<Result<Launch, BuilderError>> {
+        let jobs = self.clone();
+        Box::pin(async move {
+            let launched = jobs.launch(&request).await.map_err(|e| match e {
+                LaunchError::Api(e) => BuilderError::from(e),
+                other => BuilderError::Unavailable(other.to_string()),
+            })?;
+            tracing::info!(build_id = %request.build_id, ?launched, "build Job launched");
+            Ok(Launch::Running)
+        })
+    }
+
+    fn status_events(&self) -> &'static [&'static str] {
+        &klambda_kube::APISERVER_EVENT_TYPES
+    }
+
+    fn ended(&self, event: &Event) -> Result<Option<BuildId>, BuilderError> {
+        let job: Job = klambda_kube::object_of(event).map_err(BuilderError::Unreadable)?;
+        // A running Job's updates cost nothing.
+        Ok(build_id_of(&job).filter(|_| finished(&job)))
+    }
+
+    fn outcome(&self, event: Event) -> BoxFuture<Result<Option<Ended>, BuilderError>> {
+        let jobs = self.clone();
+        Box::pin(async move {
+            let job: Job = klambda_kube::object_of(&event).map_err(BuilderError::Unreadable)?;
+            let outcome = KanikoJobs::outcome(&jobs, &job).await?;
+            Ok(outcome.map(|outcome| Ended {
+                outcome,
+                seconds: duration_of(&job),
+            }))
+        })
+    }
+
+    fn cancel(
+        &self,
+        function: FunctionName,
+        build: Option<BuildId>,
+    ) -> BoxFuture<Result<Vec<BuildId>, BuilderError>> {
+        let jobs = self.clone();
+        Box::pin(async move {
+            let targets = match build {
+                Some(id) => vec![id],
+                None => jobs.builds_of(&function).await?,
+            };
+            let mut cancelled = Vec::new();
+            for build_id in targets {
+                if KanikoJobs::cancel(&jobs, &build_id).await? {
+                    cancelled.push(build_id);
+                }
+            }
+            Ok(cancelled)
+        })
     }
 }
 

@@ -16,7 +16,7 @@ use klambda_runtimes::Template;
 use klambda_storage::ObjectStore;
 use tokio::sync::oneshot;
 
-use super::{BoxFuture, BuildOutcome, BuildRequest, Builder};
+use super::{BoxFuture, BuildOutcome, BuildRequest, Builder, BuilderError, Launch};
 
 /// Lines of output kept in `build.failed`.
 const EXCERPT_LINES: usize = 20;
@@ -93,22 +93,27 @@ impl LocalBuilder {
 }
 
 impl Builder for LocalBuilder {
-    fn build(
+    fn backend(&self) -> &'static str {
+        "local"
+    }
+
+    fn launch(
         &self,
         request: BuildRequest,
         cancel: oneshot::Receiver<String>,
-    ) -> BoxFuture<BuildOutcome> {
+    ) -> BoxFuture<Result<Launch, BuilderError>> {
         let builder = self.clone();
         Box::pin(async move {
             let deadline = request.spec.build.timeout_seconds;
             let build = builder.run(&request);
-            tokio::select! {
+            let outcome = tokio::select! {
                 outcome = tokio::time::timeout(Duration::from_secs(u64::from(deadline)), build) => {
                     outcome.unwrap_or(BuildOutcome::TimedOut { deadline_seconds: deadline })
                 }
                 Ok(reason) = cancel => BuildOutcome::Cancelled { reason },
-            }
+            };
             // Dropping the build future kills its child process (kill_on_drop).
+            Ok(Launch::Ended(outcome))
         })
     }
 }
