@@ -2,14 +2,20 @@
 //! borrow another stage (the parser) to make their inputs.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 
-use klambda_events::catalogue::ContextUploaded;
+use klambda_events::catalogue::{BuildCompleted, ContextUploaded};
 use klambda_events::cloudevents::Event;
-use klambda_events::data::{BuildContext, ObjectRef};
+use klambda_events::data::{BuildContext, BuiltImage, ObjectRef};
 use klambda_events::spec::{
     BuildSettings, ContentEncoding, InlineFile, Resources, Scaling, Source,
 };
-use klambda_events::{ContentDigest, Envelope, FunctionName, FunctionSpec, Runtime, Stage};
+use klambda_events::{
+    BuildId, ContentDigest, Envelope, FunctionName, FunctionSpec, Runtime, Stage,
+};
+use klambda_runtimes::Template;
+use klambda_runtimes::archive::Limits;
+use klambda_runtimes::context::SourceFile;
 
 /// A normalised spec of an inline function named `name` on `runtime` with `files` (path,
 /// UTF-8 content), every setting at its default, and its content digest: what the parser makes
@@ -46,13 +52,16 @@ pub fn inline_function(
     Ok((spec, digest))
 }
 
+/// The catalogue's runtime `id` (`nodejs20`, `python3.12`, …).
+pub fn runtime(id: &str) -> anyhow::Result<Runtime> {
+    Runtime::find(id).ok_or_else(|| anyhow::anyhow!("the catalogue has no runtime {id}"))
+}
+
 /// A Node.js function `name` whose handler returns 1.
 pub fn node_function(name: &str) -> anyhow::Result<(FunctionSpec, ContentDigest)> {
-    let runtime = Runtime::find("nodejs20")
-        .ok_or_else(|| anyhow::anyhow!("the catalogue has no nodejs20 runtime"))?;
     inline_function(
         name,
-        runtime,
+        runtime("nodejs20")?,
         "index.handler",
         &[("index.js", "exports.handler = async () => 1;")],
     )
@@ -74,4 +83,45 @@ pub fn context_uploaded(spec: FunctionSpec, digest: ContentDigest, uri: &str) ->
         digest,
         commit: None,
     })
+}
+
+/// The `build.completed` the job-launcher sends for `spec` built as `image`.
+pub fn build_completed(spec: FunctionSpec, digest: ContentDigest, image: &str) -> Event {
+    let build_id = BuildId::derive(&spec.name, &digest);
+    Envelope::new(
+        format!("b-{}", digest.hex()),
+        Stage::JobLauncher.event_source(),
+    )
+    .subject(spec.name.to_string())
+    .encode::<BuildCompleted>(&BuiltImage {
+        spec,
+        digest,
+        build_id,
+        image: image.to_owned(),
+        cached: false,
+    })
+}
+
+/// What the local builder makes of a dependency-free inline `spec`: its build context (the
+/// runtime's template around the function's files) unpacked in `dir`, as the `local:` image
+/// the local runner starts.
+pub fn local_artifact(spec: &FunctionSpec, dir: &Path) -> anyhow::Result<String> {
+    let Source::Inline { files } = &spec.source else {
+        anyhow::bail!("local_artifact makes inline functions only");
+    };
+    let files: Vec<SourceFile> = files
+        .iter()
+        .map(|file| SourceFile::in_memory(file.path.clone(), file.content.as_bytes()))
+        .collect();
+    let template = Template::of(spec.runtime)?;
+    let archive = klambda_runtimes::context::build(&template, &files)?;
+    let _ = std::fs::remove_dir_all(dir);
+    if let Some(parent) = dir.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let packed = dir.with_extension("tar.gz");
+    std::fs::write(&packed, archive)?;
+    klambda_runtimes::archive::extract(&packed, dir, &Limits::default())?;
+    std::fs::remove_file(&packed)?;
+    Ok(format!("local:{}", dir.display()))
 }

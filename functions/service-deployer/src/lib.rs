@@ -9,7 +9,9 @@
 //!   same `service.ready`.
 //!
 //! # Layout
-//! - [`deployer`]: the `Deployer` trait and the local process runner.
+//! - [`deployer`]: the `Deployer` trait (the seam to where functions run), the local process
+//!   runner and Knative Services. Nothing here names a backend but
+//!   [`ServiceDeployer::from_config`].
 
 pub mod deployer;
 
@@ -30,9 +32,9 @@ use klambda_events::data::{
 use klambda_events::{Envelope, EventType, FunctionName, Reply, Stage, decode, reply};
 use klambda_harness::{ConfigError, ConfigSource, Context, Handler, HandlerError, Outcome};
 
-use crate::deployer::knative::{self, KnativeServices, KnativeSettings};
+use crate::deployer::knative::{KnativeServices, KnativeSettings};
 use crate::deployer::local::LocalRunner;
-use crate::deployer::{Deployer, NotReady, Revision};
+use crate::deployer::{Deployer, Deployment, Observation, Revision};
 
 /// service-deployer's event of type `T` answering `input`, about `function`.
 fn answer<T: EventType>(input: &Event, function: &FunctionName) -> Reply<T> {
@@ -83,34 +85,16 @@ async fn announce(
     }
 }
 
-/// Where functions run.
-#[derive(Clone)]
-enum Backend {
-    /// A deployer that waits until the revision settles (the local process runner).
-    Local(Arc<dyn Deployer>),
-    /// Knative Services, whose readiness arrives as Service events.
-    Cluster(Arc<KnativeServices>),
-}
-
 /// The service-deployer's handler.
 #[derive(Clone)]
 pub struct ServiceDeployer {
-    backend: Backend,
+    deployer: Arc<dyn Deployer>,
 }
 
 impl ServiceDeployer {
-    /// A deployer over `deployer`.
+    /// A stage deploying through `deployer`.
     pub fn new(deployer: Arc<dyn Deployer>) -> Self {
-        Self {
-            backend: Backend::Local(deployer),
-        }
-    }
-
-    /// A deployer of Knative Services through `services`.
-    pub fn on_kubernetes(services: KnativeServices) -> Self {
-        Self {
-            backend: Backend::Cluster(Arc::new(services)),
-        }
+        Self { deployer }
     }
 
     /// A deployer configured from the environment: `KLAMBDA_DEPLOYER=local` (default) runs
@@ -141,10 +125,10 @@ impl ServiceDeployer {
                 let client = klambda_kube::client(kubeconfig.as_deref())
                     .await
                     .map_err(|e| problem(format!("KLAMBDA_DEPLOYER=kubernetes: {e}")))?;
-                Ok(Self::on_kubernetes(KnativeServices::new(
+                Ok(Self::new(Arc::new(KnativeServices::new(
                     client,
                     KnativeSettings::from_config(config),
-                )))
+                ))))
             }
             other => Err(problem(format!(
                 "KLAMBDA_DEPLOYER={other:?}: must be local or kubernetes"
@@ -152,122 +136,63 @@ impl ServiceDeployer {
         }
     }
 
-    /// On Kubernetes, what service-deployer answers: the apply's side event now, readiness
-    /// later from the Service's status.
-    async fn on_cluster(
-        &self,
-        services: &KnativeServices,
-        event: &Event,
-        context: &Context,
-    ) -> Result<Outcome, HandlerError> {
-        let ty = event.ty();
-        if klambda_kube::APISERVER_EVENT_TYPES.contains(&ty) {
-            return Ok(service_changed(event));
-        }
-        if ty == BuildCompleted::TYPE {
-            let built = decoded_build(event)?;
-            let function = &built.spec.name;
-            let started = Instant::now();
-            let applied = services
-                .apply(&built.spec, &built.digest, &built.image)
-                .await;
-            let outcome = if applied.is_ok() { "ok" } else { "failed" };
-            context
-                .metrics()
-                .deployed("apply", outcome, started.elapsed().as_secs_f64());
-            let applied = applied.map_err(kube_failure)?;
-            if let Some((revision, url)) = applied.ready {
-                // A replay of what already serves: the same answer as the first time.
-                return Ok(Outcome::Reply(
-                    answer::<ServiceReady>(event, function).data(&ServiceReadiness {
-                        function: function.clone(),
-                        revision,
-                        url,
-                    }),
-                ));
-            }
-            if let Some(revision) = applied.revision {
-                let data = ServiceRevision {
-                    function: function.clone(),
-                    revision,
-                    image: built.image.clone(),
-                    digest: built.digest.clone(),
-                };
-                announce(context, event, function, applied.first, &data).await;
-            }
-            return Ok(Outcome::Done);
-        }
-        if ty == FunctionRollback::TYPE {
-            let request = decode::<FunctionRollback>(event)?;
-            let function = &request.name;
-            let rolled = services
-                .rollback(function, request.to_revision.as_deref())
-                .await
-                .map_err(kube_failure)?;
-            let Some(rolled) = rolled else {
-                return Ok(Outcome::Reply(
-                    answer::<ServiceFailed>(event, function).data(&ServiceFailure {
-                        function: function.clone(),
-                        revision: request.to_revision.clone(),
-                        reason: "RevisionMissing".to_owned(),
-                        message: "no earlier revision to roll back to".to_owned(),
-                    }),
-                ));
-            };
-            if let Some(digest) = rolled.digest {
-                let data = ServiceRevision {
-                    function: function.clone(),
-                    revision: rolled.revision,
-                    image: rolled.image,
-                    digest,
-                };
-                announce(context, event, function, false, &data).await;
-            }
-            return Ok(Outcome::Done);
-        }
-        let deletion = decode::<FunctionDeleted>(event)?;
-        let existed = services
-            .delete(&deletion.name)
-            .await
-            .map_err(kube_failure)?;
-        tracing::info!(function = %deletion.name, existed, "deleted");
-        Ok(Outcome::Reply(
-            answer::<ServiceDeleted>(event, &deletion.name).data(&ServiceRemoval {
-                function: deletion.name.clone(),
-            }),
-        ))
-    }
-
+    /// The answer to a deploy or rollback: `service.ready` / `service.failed` when it settled
+    /// (a new revision announced first), else the new revision announced and readiness answered
+    /// later from the deployer's status events.
     async fn settle(
         &self,
         input: &Event,
         context: &Context,
         function: &FunctionName,
-        result: Result<Revision, NotReady>,
-    ) -> Event {
-        match result {
-            Ok(revision) => {
-                if revision.changed {
-                    let data = ServiceRevision {
-                        function: function.clone(),
-                        revision: revision.name.clone(),
-                        image: revision.image.clone(),
-                        digest: revision.digest.clone(),
-                    };
-                    announce(context, input, function, revision.first, &data).await;
+        deployment: Deployment,
+    ) -> Outcome {
+        let announce_new = |revision: &Revision| ServiceRevision {
+            function: function.clone(),
+            revision: revision.name.clone(),
+            image: revision.image.clone(),
+            digest: revision.digest.clone(),
+        };
+        match deployment {
+            Deployment::Applied { created } => {
+                if let Some(revision) = created {
+                    announce(
+                        context,
+                        input,
+                        function,
+                        revision.first,
+                        &announce_new(&revision),
+                    )
+                    .await;
                 }
-                answer::<ServiceReady>(input, function).data(&ServiceReadiness {
-                    function: function.clone(),
-                    revision: revision.name,
-                    url: revision.url,
-                })
+                Outcome::Done
             }
-            Err(not_ready) => answer::<ServiceFailed>(input, function).data(&ServiceFailure {
-                function: function.clone(),
-                revision: not_ready.revision,
-                reason: not_ready.reason,
-                message: not_ready.message,
-            }),
+            Deployment::Settled(Ok(revision)) => {
+                if revision.changed {
+                    announce(
+                        context,
+                        input,
+                        function,
+                        revision.first,
+                        &announce_new(&revision),
+                    )
+                    .await;
+                }
+                Outcome::Reply(
+                    answer::<ServiceReady>(input, function).data(&ServiceReadiness {
+                        function: function.clone(),
+                        revision: revision.name,
+                        url: revision.url,
+                    }),
+                )
+            }
+            Deployment::Settled(Err(not_ready)) => Outcome::Reply(
+                answer::<ServiceFailed>(input, function).data(&ServiceFailure {
+                    function: function.clone(),
+                    revision: not_ready.revision,
+                    reason: not_ready.reason,
+                    message: not_ready.message,
+                }),
+            ),
         }
     }
 }
@@ -280,109 +205,99 @@ impl Handler for ServiceDeployer {
     fn accepts(&self, event_type: &str) -> bool {
         klambda_events::catalogue::find(event_type)
             .is_some_and(|spec| spec.consumer == Some(Stage::ServiceDeployer))
-            || (matches!(self.backend, Backend::Cluster(_))
-                && klambda_kube::APISERVER_EVENT_TYPES.contains(&event_type))
+            || self.deployer.status_events().contains(&event_type)
     }
 
     async fn handle(&self, event: Event, context: &Context) -> Result<Outcome, HandlerError> {
-        let deployer = match &self.backend {
-            Backend::Cluster(services) => return self.on_cluster(services, &event, context).await,
-            Backend::Local(deployer) => deployer,
-        };
         let ty = event.ty().to_owned();
+        if self.deployer.status_events().contains(&ty.as_str()) {
+            return Ok(self
+                .deployer
+                .observe(&event)
+                .map_or(Outcome::Done, |seen| Outcome::Reply(observed(seen))));
+        }
         let started = Instant::now();
+        let span = |name: &'static str| {
+            tracing::info_span!(
+                "deployer",
+                otel.name = name,
+                backend = self.deployer.backend()
+            )
+        };
         let timed = |operation, ok: bool| {
             let outcome = if ok { "ok" } else { "failed" };
             context
                 .metrics()
                 .deployed(operation, outcome, started.elapsed().as_secs_f64());
         };
-        let reply = if ty == BuildCompleted::TYPE {
+        if ty == BuildCompleted::TYPE {
             let built = decoded_build(&event)?;
-            let result = deployer
+            let result = self
+                .deployer
                 .deploy(&built.spec, &built.digest, &built.image)
-                .instrument(deployer_span("deployer.apply"))
+                .instrument(span("deployer.apply"))
                 .await;
-            timed("apply", result.is_ok());
-            self.settle(&event, context, &built.spec.name, result).await
+            timed(
+                "apply",
+                matches!(
+                    result,
+                    Ok(Deployment::Settled(Ok(_)) | Deployment::Applied { .. })
+                ),
+            );
+            Ok(self
+                .settle(&event, context, &built.spec.name, result?)
+                .await)
         } else if ty == FunctionRollback::TYPE {
             let request = decode::<FunctionRollback>(&event)?;
-            let result = deployer
+            let result = self
+                .deployer
                 .rollback(&request.name, request.to_revision.as_deref())
-                .instrument(deployer_span("deployer.rollback"))
+                .instrument(span("deployer.rollback"))
                 .await;
-            timed("rollback", result.is_ok());
-            self.settle(&event, context, &request.name, result).await
+            timed(
+                "rollback",
+                matches!(
+                    result,
+                    Ok(Deployment::Settled(Ok(_)) | Deployment::Applied { .. })
+                ),
+            );
+            Ok(self.settle(&event, context, &request.name, result?).await)
         } else {
             let deletion = decode::<FunctionDeleted>(&event)?;
-            let existed = deployer
+            let existed = self
+                .deployer
                 .delete(&deletion.name)
-                .instrument(deployer_span("deployer.delete"))
+                .instrument(span("deployer.delete"))
                 .await;
-            timed("delete", true);
+            timed("delete", existed.is_ok());
+            let existed = existed?;
             tracing::info!(function = %deletion.name, existed, "deleted");
-            reply::<ServiceDeleted>(&event, Stage::ServiceDeployer)
-                .subject(deletion.name.to_string())
-                .data(&ServiceRemoval {
+            Ok(Outcome::Reply(
+                answer::<ServiceDeleted>(&event, &deletion.name).data(&ServiceRemoval {
                     function: deletion.name,
-                })
-        };
-        Ok(Outcome::Reply(reply))
+                }),
+            ))
+        }
     }
 }
 
-/// A function Service's status changed: `service.ready` or `service.failed` once Knative
-/// decided about its latest generation. The answer's id derives from the Service's uid,
-/// generation and verdict, so the repeated updates Knative makes give one event.
-fn service_changed(event: &Event) -> Outcome {
-    let Ok(service) = klambda_kube::object_of::<serde_json::Value>(event) else {
-        return Outcome::Done;
-    };
-    let labels = &service["metadata"]["labels"];
-    let function = labels[klambda_kube::labels::FUNCTION]
-        .as_str()
-        .and_then(|name| FunctionName::new(name).ok());
-    let ours = labels[klambda_kube::labels::MANAGED_BY] == klambda_kube::labels::PLATFORM;
-    let (Some(function), true) = (function, ours) else {
-        return Outcome::Done;
-    };
-    let Some(verdict) = knative::readiness(&service) else {
-        return Outcome::Done;
-    };
-    let key = format!(
-        "{}/{}/{}",
-        service["metadata"]["uid"].as_str().unwrap_or_default(),
-        service["metadata"]["generation"],
-        match &verdict {
-            Ok((revision, _)) => format!("ready/{revision}"),
-            Err(not_ready) => format!("failed/{}", not_ready.reason),
-        }
-    );
-    let id = hex::encode(&sha2::Sha256::digest(key.as_bytes())[..16]);
+/// The answer to a readiness a status event reported: its id derives from the observation's
+/// key, so the repeated updates that carry one verdict give one event.
+fn observed(seen: Observation) -> Event {
+    let id = hex::encode(&sha2::Sha256::digest(seen.key.as_bytes())[..16]);
     let envelope =
-        Envelope::new(id, Stage::ServiceDeployer.event_source()).subject(function.to_string());
-    Outcome::Reply(match verdict {
+        Envelope::new(id, Stage::ServiceDeployer.event_source()).subject(seen.function.to_string());
+    match seen.verdict {
         Ok((revision, url)) => envelope.encode::<ServiceReady>(&ServiceReadiness {
-            function,
+            function: seen.function,
             revision,
             url,
         }),
         Err(not_ready) => envelope.encode::<ServiceFailed>(&ServiceFailure {
-            function,
+            function: seen.function,
             revision: not_ready.revision,
             reason: not_ready.reason,
             message: not_ready.message,
         }),
-    })
-}
-
-/// A Kubernetes failure as the stage's answer: retried (5xx), whether the API is down or
-/// refuses (a Role missing a verb is fixed by the operator; the events wait meanwhile).
-fn kube_failure(error: klambda_kube::KubeError) -> HandlerError {
-    HandlerError::Unavailable(error.to_string())
-}
-
-/// The span of one call to the local deployer (the Knative deployer's methods make their own).
-fn deployer_span(name: &'static str) -> tracing::Span {
-    tracing::info_span!("deployer", otel.name = name, backend = "local")
+    }
 }

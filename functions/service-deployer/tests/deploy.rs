@@ -7,27 +7,22 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 use cloudevents::{AttributesReader as _, Event};
-use context_uploader::ContextUploader;
-use job_launcher::builder::local::LocalBuilder;
-use job_launcher::builder::{BuildOutcome, BuildRequest, Builder as _};
 use klambda_events::catalogue::{
-    BuildCompleted, ContextUploaded, FunctionDeleted, FunctionRollback, ParserCompleted,
-    ServiceCreated, ServiceDeleted, ServiceFailed, ServiceReady, ServiceUpdated,
+    BuildCompleted, FunctionDeleted, FunctionRollback, ServiceCreated, ServiceDeleted,
+    ServiceFailed, ServiceReady, ServiceUpdated,
 };
-use klambda_events::data::{
-    BuiltImage, FunctionDeletion, Operation, ParsedFunction, RollbackRequest,
-};
-use klambda_events::{BuildId, Envelope, EventType, FunctionName, decode};
+use klambda_events::data::{FunctionDeletion, RollbackRequest};
+use klambda_events::{Envelope, EventType, FunctionName, decode};
 use klambda_harness::publisher::Memory;
 use klambda_harness::{HandlerError, Harness, Outcome};
-use klambda_storage::{LocalDir, ObjectStore};
+
+use klambda_test_support::fixtures;
 use klambda_test_support::http::{get, post};
 use service_deployer::ServiceDeployer;
 use service_deployer::deployer::local::LocalRunner;
 
 struct Rig {
     root: std::path::PathBuf,
-    store: Arc<dyn ObjectStore>,
     deployer: Harness<ServiceDeployer>,
     side: Memory,
 }
@@ -35,70 +30,27 @@ struct Rig {
 fn rig(name: &str) -> Rig {
     let root = std::env::temp_dir().join(format!("klambda-deploy-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&root);
-    let store: Arc<dyn ObjectStore> = Arc::new(LocalDir::new(root.join("store")));
     let side = Memory::default();
     let deployer = Harness::new(ServiceDeployer::new(Arc::new(LocalRunner::new())))
         .with_publisher(Arc::new(side.clone()));
     Rig {
         root,
-        store,
         deployer,
         side,
     }
 }
 
-/// Builds `code` as the function `name` and returns its `build.completed`.
+/// Builds `code` as the function `name` (as the local builder would) and returns its
+/// `build.completed`.
 async fn built(rig: &Rig, name: &str, code: &str) -> Result<Event> {
-    let submission = serde_json::json!({"name": name, "runtime": "nodejs20", "handler": "index.handler",
-        "source": {"kind": "inline", "files": [{"path": "index.js", "content": code}]}});
-    let (spec, digest) = parser::parse(
-        serde_json::from_value(submission)?,
-        &parser::Limits::default(),
-    )
-    .map_err(|p| anyhow::anyhow!("{p:?}"))?;
-    let parsed = Envelope::new(format!("p-{}", digest.hex()), "/knative-lambda/parser")
-        .subject(name)
-        .encode::<ParserCompleted>(&ParsedFunction {
-            operation: Operation::Create,
-            spec,
-            digest,
-        });
-    let Outcome::Reply(uploaded) = Harness::new(ContextUploader::new(Arc::clone(&rig.store)))
-        .dispatch(parsed)
-        .await?
-    else {
-        bail!("no context");
-    };
-    let uploaded = decode::<ContextUploaded>(&uploaded)?;
-    let build_id = BuildId::derive(&uploaded.spec.name, &uploaded.digest);
-    let builder = LocalBuilder::new(Arc::clone(&rig.store), rig.root.join("work"));
-    let (_keep, cancel) = tokio::sync::oneshot::channel();
-    let outcome = builder
-        .build(
-            BuildRequest {
-                spec: uploaded.spec.clone(),
-                digest: uploaded.digest.clone(),
-                build_id: build_id.clone(),
-                context: uploaded.context.clone(),
-            },
-            cancel,
-        )
-        .await;
-    let BuildOutcome::Completed { image } = outcome else {
-        bail!("build failed: {outcome:?}")
-    };
-    Ok(Envelope::new(
-        format!("b-{}", uploaded.digest.hex()),
-        "/knative-lambda/job-launcher",
-    )
-    .subject(name)
-    .encode::<BuildCompleted>(&BuiltImage {
-        spec: uploaded.spec,
-        digest: uploaded.digest,
-        build_id,
-        image,
-        cached: false,
-    }))
+    let (spec, digest) = fixtures::inline_function(
+        name,
+        fixtures::runtime("nodejs20")?,
+        "index.handler",
+        &[("index.js", code)],
+    )?;
+    let image = fixtures::local_artifact(&spec, &rig.root.join("work").join(digest.hex()))?;
+    Ok(fixtures::build_completed(spec, digest, &image))
 }
 
 async fn reply(rig: &Rig, event: Event) -> Result<Event> {

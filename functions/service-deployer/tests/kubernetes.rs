@@ -11,11 +11,11 @@ use std::sync::Arc;
 use anyhow::{Result, bail};
 use cloudevents::{AttributesReader as _, Event, EventBuilder as _};
 use klambda_events::catalogue::{
-    BuildCompleted, FunctionDeleted, FunctionRollback, ServiceCreated, ServiceDeleted,
-    ServiceFailed, ServiceReady, ServiceUpdated,
+    FunctionDeleted, FunctionRollback, ServiceCreated, ServiceDeleted, ServiceFailed, ServiceReady,
+    ServiceUpdated,
 };
-use klambda_events::data::{BuiltImage, FunctionDeletion, RollbackRequest};
-use klambda_events::{BuildId, Envelope, EventType, FunctionName, decode};
+use klambda_events::data::{FunctionDeletion, RollbackRequest};
+use klambda_events::{Envelope, EventType, FunctionName, decode};
 use klambda_harness::publisher::Memory;
 use klambda_harness::{Harness, Outcome};
 use klambda_test_support::kubernetes::{FakeKube, Served, service_account};
@@ -43,7 +43,7 @@ async fn cluster() -> Result<Cluster> {
     let services =
         KnativeServices::new(kube::Client::try_from(config)?, KnativeSettings::default());
     let published = Memory::default();
-    let deployer = Harness::new(ServiceDeployer::on_kubernetes(services))
+    let deployer = Harness::new(ServiceDeployer::new(Arc::new(services)))
         .with_publisher(Arc::new(published.clone()));
     Ok(Cluster {
         fake,
@@ -54,29 +54,23 @@ async fn cluster() -> Result<Cluster> {
 
 /// `build.completed` for `name` built as `image`, with `env` and one Trigger filter.
 fn built(name: &str, image: &str, greeting: &str) -> Result<Event> {
-    let submission = json!({"name": name, "runtime": "nodejs20", "handler": "index.handler",
-        "source": {"kind": "inline", "files": [{"path": "index.js", "content": format!("// {greeting}")}]},
-        "env": {"GREETING": greeting},
-        "scaling": {"minScale": 1, "maxScale": 5, "concurrency": 10},
-        "triggers": [{"attributes": {"type": "com.example.order.created"}}]});
-    let (spec, digest) = parser::parse(
-        serde_json::from_value(submission)?,
-        &parser::Limits::default(),
-    )
-    .map_err(|p| anyhow::anyhow!("{p:?}"))?;
-    let build_id = BuildId::derive(&spec.name, &digest);
-    Ok(Envelope::new(
-        format!("b-{}", digest.hex()),
-        "/knative-lambda/job-launcher",
-    )
-    .subject(name)
-    .encode::<BuildCompleted>(&BuiltImage {
-        spec,
-        digest,
-        build_id,
-        image: image.to_owned(),
-        cached: false,
-    }))
+    let runtime = klambda_test_support::fixtures::runtime("nodejs20")?;
+    let code = format!("// {greeting}");
+    let (mut spec, digest) = klambda_test_support::fixtures::inline_function(
+        name,
+        runtime,
+        "index.handler",
+        &[("index.js", &code)],
+    )?;
+    spec.env.insert("GREETING".to_owned(), greeting.to_owned());
+    spec.scaling =
+        serde_json::from_value(json!({"minScale": 1, "maxScale": 5, "concurrency": 10}))?;
+    spec.triggers = vec![serde_json::from_value(
+        json!({"attributes": {"type": "com.example.order.created"}}),
+    )?];
+    Ok(klambda_test_support::fixtures::build_completed(
+        spec, digest, image,
+    ))
 }
 
 async fn answer(cluster: &Cluster, event: Event) -> Result<Option<Event>> {

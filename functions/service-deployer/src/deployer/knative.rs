@@ -25,7 +25,11 @@ use kube::api::{
 use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
 
-use crate::deployer::NotReady;
+use cloudevents::Event;
+
+use crate::deployer::{
+    BoxFuture, DeployError, Deployer, Deployment, NotReady, Observation, Revision,
+};
 
 /// Annotation on the Service: the revision that served before the latest apply.
 pub const PREVIOUS_REVISION: &str = "lambda.knative.dev/previous-revision";
@@ -486,6 +490,101 @@ impl KnativeServices {
             Err(kube::Error::Api(status)) if status.is_not_found() => Ok(false),
             Err(error) => Err(KubeError::of(format!("deleting Service {name}"))(error)),
         }
+    }
+}
+
+impl Deployer for KnativeServices {
+    fn backend(&self) -> &'static str {
+        "knative"
+    }
+
+    fn deploy<'a>(
+        &'a self,
+        spec: &'a FunctionSpec,
+        digest: &'a ContentDigest,
+        image: &'a str,
+    ) -> BoxFuture<'a, Result<Deployment, DeployError>> {
+        Box::pin(async move {
+            let applied = self.apply(spec, digest, image).await?;
+            let revision = |name: String, url: String| Revision {
+                name,
+                url,
+                image: image.to_owned(),
+                digest: digest.clone(),
+                first: applied.first,
+                changed: applied.changed,
+            };
+            Ok(match (applied.ready.clone(), applied.revision.clone()) {
+                // A replay of what already serves: the same answer as the first time.
+                (Some((name, url)), _) => Deployment::Settled(Ok(revision(name, url))),
+                (None, created) => Deployment::Applied {
+                    created: created.map(|name| revision(name, String::new())),
+                },
+            })
+        })
+    }
+
+    fn rollback<'a>(
+        &'a self,
+        name: &'a FunctionName,
+        to: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Deployment, DeployError>> {
+        Box::pin(async move {
+            let Some(rolled) = KnativeServices::rollback(self, name, to).await? else {
+                return Ok(Deployment::Settled(Err(NotReady {
+                    revision: to.map(str::to_owned),
+                    reason: "RevisionMissing".to_owned(),
+                    message: "no earlier revision to roll back to".to_owned(),
+                })));
+            };
+            Ok(Deployment::Applied {
+                created: rolled.digest.map(|digest| Revision {
+                    name: rolled.revision,
+                    url: String::new(),
+                    image: rolled.image,
+                    digest,
+                    first: false,
+                    changed: true,
+                }),
+            })
+        })
+    }
+
+    fn delete<'a>(&'a self, name: &'a FunctionName) -> BoxFuture<'a, Result<bool, DeployError>> {
+        Box::pin(async move { Ok(KnativeServices::delete(self, name).await?) })
+    }
+
+    fn status_events(&self) -> &'static [&'static str] {
+        &klambda_kube::APISERVER_EVENT_TYPES
+    }
+
+    /// A function Service's status: a verdict once Knative decided about its latest generation,
+    /// keyed by the Service's uid, generation and verdict, so the repeated updates Knative makes
+    /// give one answer.
+    fn observe(&self, event: &Event) -> Option<Observation> {
+        let service = klambda_kube::object_of::<Value>(event).ok()?;
+        let labels = &service["metadata"]["labels"];
+        let function = labels[labels::FUNCTION]
+            .as_str()
+            .and_then(|name| FunctionName::new(name).ok())?;
+        if labels[labels::MANAGED_BY] != labels::PLATFORM {
+            return None;
+        }
+        let verdict = readiness(&service)?;
+        let key = format!(
+            "{}/{}/{}",
+            service["metadata"]["uid"].as_str().unwrap_or_default(),
+            service["metadata"]["generation"],
+            match &verdict {
+                Ok((revision, _)) => format!("ready/{revision}"),
+                Err(not_ready) => format!("failed/{}", not_ready.reason),
+            }
+        );
+        Some(Observation {
+            function,
+            key,
+            verdict,
+        })
     }
 }
 

@@ -31,7 +31,7 @@ use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::{Mutex, oneshot};
 
-use super::{BoxFuture, Deployer, NotReady, Revision};
+use super::{BoxFuture, DeployError, Deployer, Deployment, NotReady, Revision};
 
 /// How long a new revision has to answer `/health`.
 const READY_WITHIN: Duration = Duration::from_secs(30);
@@ -494,144 +494,167 @@ fn stop(state: &mut RevisionState) {
 }
 
 impl Deployer for LocalRunner {
+    fn backend(&self) -> &'static str {
+        "local"
+    }
+
     fn deploy<'a>(
         &'a self,
         spec: &'a FunctionSpec,
         digest: &'a ContentDigest,
         image: &'a str,
-    ) -> BoxFuture<'a, Result<Revision, NotReady>> {
-        Box::pin(async move {
-            let function = self.function(&spec.name);
-            let mut function = function.lock().await;
-            let config = config_of(spec);
-            if let Some(current) = function.current.map(|i| &function.revisions[i])
-                && current.revision.image == image
-                && current.config == config
-                && current.stop.is_some()
-            {
-                return Ok(Revision {
-                    changed: false,
-                    ..current.revision.clone()
-                });
-            }
-            function.next += 1;
-            // Numbers are never reused, even those of revisions that failed.
-            self.save(&spec.name, &function).await;
-            let name = format!("{}-{:05}", spec.name, function.next);
-            let port = free_port()?;
-            let launch = launch_for(spec, image, port).map_err(|e| NotReady {
-                revision: Some(name.clone()),
-                ..e
-            })?;
-            let output = Tail::default();
-            let stopper = start(&launch, &name, &output).await?;
-            let first = function.revisions.is_empty();
-            let revision = Revision {
-                name,
-                url: format!("http://127.0.0.1:{port}"),
-                image: image.to_owned(),
-                digest: digest.clone(),
-                first,
-                changed: true,
-            };
-            // The new revision is ready: only now does the previous one stop.
-            if let Some(previous) = function.current {
-                stop(&mut function.revisions[previous]);
-            }
-            function.revisions.push(RevisionState {
-                revision: revision.clone(),
-                config,
-                launch,
-                stop: Some(stopper),
-                output,
-            });
-            function.current = Some(function.revisions.len() - 1);
-            self.save(&spec.name, &function).await;
-            Ok(revision)
-        })
+    ) -> BoxFuture<'a, Result<Deployment, DeployError>> {
+        Box::pin(async move { Ok(Deployment::Settled(self.run(spec, digest, image).await)) })
     }
 
     fn rollback<'a>(
         &'a self,
         name: &'a FunctionName,
         to: Option<&'a str>,
-    ) -> BoxFuture<'a, Result<Revision, NotReady>> {
-        Box::pin(async move {
-            let missing = |message: String| NotReady {
-                revision: None,
-                reason: "RevisionMissing".into(),
-                message,
-            };
-            let function = self
-                .known(name)
-                .ok_or_else(|| missing(format!("{name} has no revisions")))?;
-            let mut function = function.lock().await;
-            let current = function
-                .current
-                .ok_or_else(|| missing(format!("{name} serves no revision")))?;
-            let target = match to {
-                Some(wanted) => function
-                    .revisions
-                    .iter()
-                    .position(|r| r.revision.name == wanted)
-                    .ok_or_else(|| missing(format!("{name} has no revision {wanted}")))?,
-                None => current.checked_sub(1).ok_or_else(|| {
-                    missing(format!(
-                        "{name} has no revision before {}",
-                        function.revisions[current].revision.name
-                    ))
-                })?,
-            };
-            if target == current {
-                return Ok(Revision {
-                    changed: false,
-                    ..function.revisions[current].revision.clone()
-                });
-            }
-            let launch = function.revisions[target].launch.clone();
-            let revision_name = function.revisions[target].revision.name.clone();
-            let output = Arc::clone(&function.revisions[target].output);
-            let stopper = start(&launch, &revision_name, &output).await?;
-            stop(&mut function.revisions[current]);
-            function.revisions[target].stop = Some(stopper);
-            function.current = Some(target);
-            self.save(name, &function).await;
-            Ok(Revision {
-                changed: true,
-                first: false,
-                ..function.revisions[target].revision.clone()
-            })
-        })
+    ) -> BoxFuture<'a, Result<Deployment, DeployError>> {
+        Box::pin(async move { Ok(Deployment::Settled(self.return_to(name, to).await)) })
     }
 
     fn logs<'a>(&'a self, name: &'a FunctionName) -> BoxFuture<'a, Option<(String, Vec<String>)>> {
-        Box::pin(async move {
-            let function = self.known(name)?;
-            let function = function.lock().await;
-            let current = &function.revisions[function.current?];
-            Some((
-                current.revision.name.clone(),
-                tail_lines(&current.output, TAIL),
-            ))
+        Box::pin(self.output(name))
+    }
+
+    fn delete<'a>(&'a self, name: &'a FunctionName) -> BoxFuture<'a, Result<bool, DeployError>> {
+        Box::pin(async move { Ok(self.remove(name).await) })
+    }
+}
+
+impl LocalRunner {
+    /// Serves `spec` at `image` in a new process, ready before the previous one stops.
+    async fn run(
+        &self,
+        spec: &FunctionSpec,
+        digest: &ContentDigest,
+        image: &str,
+    ) -> Result<Revision, NotReady> {
+        let function = self.function(&spec.name);
+        let mut function = function.lock().await;
+        let config = config_of(spec);
+        if let Some(current) = function.current.map(|i| &function.revisions[i])
+            && current.revision.image == image
+            && current.config == config
+            && current.stop.is_some()
+        {
+            return Ok(Revision {
+                changed: false,
+                ..current.revision.clone()
+            });
+        }
+        function.next += 1;
+        // Numbers are never reused, even those of revisions that failed.
+        self.save(&spec.name, &function).await;
+        let name = format!("{}-{:05}", spec.name, function.next);
+        let port = free_port()?;
+        let launch = launch_for(spec, image, port).map_err(|e| NotReady {
+            revision: Some(name.clone()),
+            ..e
+        })?;
+        let output = Tail::default();
+        let stopper = start(&launch, &name, &output).await?;
+        let first = function.revisions.is_empty();
+        let revision = Revision {
+            name,
+            url: format!("http://127.0.0.1:{port}"),
+            image: image.to_owned(),
+            digest: digest.clone(),
+            first,
+            changed: true,
+        };
+        // The new revision is ready: only now does the previous one stop.
+        if let Some(previous) = function.current {
+            stop(&mut function.revisions[previous]);
+        }
+        function.revisions.push(RevisionState {
+            revision: revision.clone(),
+            config,
+            launch,
+            stop: Some(stopper),
+            output,
+        });
+        function.current = Some(function.revisions.len() - 1);
+        self.save(&spec.name, &function).await;
+        Ok(revision)
+    }
+
+    /// Serves an earlier revision again: `to`, or the one before the current.
+    async fn return_to(&self, name: &FunctionName, to: Option<&str>) -> Result<Revision, NotReady> {
+        let missing = |message: String| NotReady {
+            revision: None,
+            reason: "RevisionMissing".into(),
+            message,
+        };
+        let function = self
+            .known(name)
+            .ok_or_else(|| missing(format!("{name} has no revisions")))?;
+        let mut function = function.lock().await;
+        let current = function
+            .current
+            .ok_or_else(|| missing(format!("{name} serves no revision")))?;
+        let target = match to {
+            Some(wanted) => function
+                .revisions
+                .iter()
+                .position(|r| r.revision.name == wanted)
+                .ok_or_else(|| missing(format!("{name} has no revision {wanted}")))?,
+            None => current.checked_sub(1).ok_or_else(|| {
+                missing(format!(
+                    "{name} has no revision before {}",
+                    function.revisions[current].revision.name
+                ))
+            })?,
+        };
+        if target == current {
+            return Ok(Revision {
+                changed: false,
+                ..function.revisions[current].revision.clone()
+            });
+        }
+        let launch = function.revisions[target].launch.clone();
+        let revision_name = function.revisions[target].revision.name.clone();
+        let output = Arc::clone(&function.revisions[target].output);
+        let stopper = start(&launch, &revision_name, &output).await?;
+        stop(&mut function.revisions[current]);
+        function.revisions[target].stop = Some(stopper);
+        function.current = Some(target);
+        self.save(name, &function).await;
+        Ok(Revision {
+            changed: true,
+            first: false,
+            ..function.revisions[target].revision.clone()
         })
     }
 
-    fn delete<'a>(&'a self, name: &'a FunctionName) -> BoxFuture<'a, bool> {
-        Box::pin(async move {
-            let Some(function) = self.known(name) else {
-                return false;
-            };
-            // A deploy of this function in progress finishes first; then it goes.
-            let mut function = function.lock().await;
-            for revision in &mut function.revisions {
-                stop(revision);
-            }
-            self.functions
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .remove(name);
-            self.forget(name).await;
-            true
-        })
+    /// The serving revision's name and recent output lines.
+    pub async fn output(&self, name: &FunctionName) -> Option<(String, Vec<String>)> {
+        let function = self.known(name)?;
+        let function = function.lock().await;
+        let current = &function.revisions[function.current?];
+        Some((
+            current.revision.name.clone(),
+            tail_lines(&current.output, TAIL),
+        ))
+    }
+
+    /// Stops and forgets every revision of `name`; false when it had none.
+    async fn remove(&self, name: &FunctionName) -> bool {
+        let Some(function) = self.known(name) else {
+            return false;
+        };
+        // A deploy of this function in progress finishes first; then it goes.
+        let mut function = function.lock().await;
+        for revision in &mut function.revisions {
+            stop(revision);
+        }
+        self.functions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(name);
+        self.forget(name).await;
+        true
     }
 }
