@@ -124,3 +124,87 @@ fn no_crate_but_the_contract_spells_an_event_type() -> Result<()> {
     );
     Ok(())
 }
+
+/// Dependencies (of any kind: normal, dev, build) from one stage to another, read from
+/// `cargo metadata --no-deps` output: `(from, to, kind)`. Stages are the packages under
+/// `functions/`.
+fn stage_to_stage_edges(metadata: &serde_json::Value) -> Vec<(String, String, String)> {
+    let packages = metadata["packages"].as_array().cloned().unwrap_or_default();
+    let is_stage = |package: &serde_json::Value| {
+        package["manifest_path"]
+            .as_str()
+            .is_some_and(|path| path.contains("/functions/"))
+    };
+    let stages: Vec<&str> = packages
+        .iter()
+        .filter(|p| is_stage(p))
+        .filter_map(|p| p["name"].as_str())
+        .collect();
+    let mut edges = Vec::new();
+    for package in packages.iter().filter(|p| is_stage(p)) {
+        let from = package["name"].as_str().unwrap_or_default();
+        for dependency in package["dependencies"].as_array().into_iter().flatten() {
+            let to = dependency["name"].as_str().unwrap_or_default();
+            if stages.contains(&to) {
+                let kind = dependency["kind"].as_str().unwrap_or("normal");
+                edges.push((from.to_owned(), to.to_owned(), kind.to_owned()));
+            }
+        }
+    }
+    edges
+}
+
+#[test]
+fn the_stage_dependency_check_finds_an_edge_it_is_fed() {
+    let fed = serde_json::json!({"packages": [
+        {"name": "parser", "manifest_path": "/r/functions/parser/Cargo.toml", "dependencies": []},
+        {"name": "job-launcher", "manifest_path": "/r/functions/job-launcher/Cargo.toml",
+         "dependencies": [{"name": "parser", "kind": "dev"}, {"name": "klambda-events", "kind": null}]},
+    ]});
+    assert_eq!(
+        stage_to_stage_edges(&fed),
+        vec![("job-launcher".into(), "parser".into(), "dev".into())]
+    );
+}
+
+/// Stages meet only through the contract: none depends on another, not even in its tests
+/// (their inputs come from `klambda_test_support::fixtures`).
+#[test]
+fn no_stage_depends_on_another_stage() -> Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let output = std::process::Command::new(cargo)
+        .args([
+            "metadata",
+            "--no-deps",
+            "--format-version",
+            "1",
+            "--offline",
+        ])
+        .current_dir(repo::root())
+        .output()?;
+    anyhow::ensure!(
+        output.status.success(),
+        "cargo metadata failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let metadata: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+    let stages = metadata["packages"]
+        .as_array()
+        .map(|p| {
+            p.iter()
+                .filter(|p| {
+                    p["manifest_path"]
+                        .as_str()
+                        .is_some_and(|m| m.contains("/functions/"))
+                })
+                .count()
+        })
+        .unwrap_or_default();
+    anyhow::ensure!(
+        stages >= 5,
+        "found only {stages} stage packages under functions/"
+    );
+    let edges = stage_to_stage_edges(&metadata);
+    assert!(edges.is_empty(), "stages depending on stages: {edges:?}");
+    Ok(())
+}

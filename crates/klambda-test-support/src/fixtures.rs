@@ -4,9 +4,9 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use klambda_events::catalogue::{BuildCompleted, ContextUploaded};
+use klambda_events::catalogue::{BuildCompleted, ContextUploaded, ParserCompleted};
 use klambda_events::cloudevents::Event;
-use klambda_events::data::{BuildContext, BuiltImage, ObjectRef};
+use klambda_events::data::{BuildContext, BuiltImage, ObjectRef, Operation, ParsedFunction};
 use klambda_events::spec::{
     BuildSettings, ContentEncoding, InlineFile, Resources, Scaling, Source,
 };
@@ -16,6 +16,30 @@ use klambda_events::{
 use klambda_runtimes::Template;
 use klambda_runtimes::archive::Limits;
 use klambda_runtimes::context::SourceFile;
+
+/// A normalised spec of the function `name` on `runtime` with `source` (already in the parser's
+/// canonical form), every setting at its default, and its content digest.
+pub fn function(
+    name: &str,
+    runtime: Runtime,
+    handler: &str,
+    source: Source,
+) -> anyhow::Result<(FunctionSpec, ContentDigest)> {
+    let digest = klambda_events::digest::content_digest(runtime, &source);
+    let spec = FunctionSpec {
+        name: FunctionName::new(name)?,
+        runtime,
+        handler: handler.to_owned(),
+        source,
+        env: BTreeMap::new(),
+        resources: Resources::default(),
+        scaling: Scaling::default(),
+        build: BuildSettings::default(),
+        triggers: Vec::new(),
+        extra: BTreeMap::new(),
+    };
+    Ok((spec, digest))
+}
 
 /// A normalised spec of an inline function named `name` on `runtime` with `files` (path,
 /// UTF-8 content), every setting at its default, and its content digest: what the parser makes
@@ -35,21 +59,18 @@ pub fn inline_function(
         })
         .collect();
     files.sort_by(|a, b| a.path.cmp(&b.path));
-    let source = Source::Inline { files };
-    let digest = klambda_events::digest::content_digest(runtime, &source);
-    let spec = FunctionSpec {
-        name: FunctionName::new(name)?,
-        runtime,
-        handler: handler.to_owned(),
-        source,
-        env: BTreeMap::new(),
-        resources: Resources::default(),
-        scaling: Scaling::default(),
-        build: BuildSettings::default(),
-        triggers: Vec::new(),
-        extra: BTreeMap::new(),
-    };
-    Ok((spec, digest))
+    function(name, runtime, handler, Source::Inline { files })
+}
+
+/// The `parser.completed` (operation create) the parser sends for `spec`, with event id `id`.
+pub fn parser_completed(id: &str, spec: FunctionSpec, digest: ContentDigest) -> Event {
+    Envelope::new(id, Stage::Parser.event_source())
+        .subject(spec.name.to_string())
+        .encode::<ParserCompleted>(&ParsedFunction {
+            operation: Operation::Create,
+            spec,
+            digest,
+        })
 }
 
 /// The catalogue's runtime `id` (`nodejs20`, `python3.12`, …).
@@ -102,19 +123,24 @@ pub fn build_completed(spec: FunctionSpec, digest: ContentDigest, image: &str) -
     })
 }
 
-/// What the local builder makes of a dependency-free inline `spec`: its build context (the
-/// runtime's template around the function's files) unpacked in `dir`, as the `local:` image
-/// the local runner starts.
-pub fn local_artifact(spec: &FunctionSpec, dir: &Path) -> anyhow::Result<String> {
+/// The build context the context-uploader makes of an inline `spec`: the runtime's template
+/// around the function's files, as tar.gz bytes (stored under `contexts/<digest>.tar.gz`).
+pub fn context_archive(spec: &FunctionSpec) -> anyhow::Result<Vec<u8>> {
     let Source::Inline { files } = &spec.source else {
-        anyhow::bail!("local_artifact makes inline functions only");
+        anyhow::bail!("fixtures make contexts of inline functions only");
     };
     let files: Vec<SourceFile> = files
         .iter()
         .map(|file| SourceFile::in_memory(file.path.clone(), file.content.as_bytes()))
         .collect();
     let template = Template::of(spec.runtime)?;
-    let archive = klambda_runtimes::context::build(&template, &files)?;
+    Ok(klambda_runtimes::context::build(&template, &files)?)
+}
+
+/// What the local builder makes of a dependency-free inline `spec`: its build context unpacked
+/// in `dir`, as the `local:` image the local runner starts.
+pub fn local_artifact(spec: &FunctionSpec, dir: &Path) -> anyhow::Result<String> {
+    let archive = context_archive(spec)?;
     let _ = std::fs::remove_dir_all(dir);
     if let Some(parent) = dir.parent() {
         std::fs::create_dir_all(parent)?;

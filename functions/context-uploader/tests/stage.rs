@@ -8,11 +8,12 @@ use anyhow::{Context as _, Result};
 use cloudevents::{AttributesReader as _, Event};
 use context_uploader::{ContextUploader, context_key, image_record_key};
 use klambda_events::catalogue::{BuildCompleted, BuildFailed, ContextUploaded, ParserCompleted};
-use klambda_events::data::{Operation, ParsedFunction};
+use klambda_events::spec::Source;
 use klambda_events::{ContentDigest, Envelope, EventType, FunctionSpec, decode};
 use klambda_harness::{HandlerError, Harness, Outcome};
 use klambda_storage::ImageRecord;
 use klambda_storage::{LocalDir, ObjectStore as _, S3Settings, S3Store};
+use klambda_test_support::fixtures;
 use klambda_test_support::s3::{ACCESS_KEY, S3Server, SECRET_KEY};
 
 fn store_dir(name: &str) -> std::path::PathBuf {
@@ -21,29 +22,41 @@ fn store_dir(name: &str) -> std::path::PathBuf {
     dir
 }
 
-fn parsed(spec: serde_json::Value) -> Result<(Event, ContentDigest)> {
-    let submission = serde_json::from_value(spec)?;
-    let (spec, digest): (FunctionSpec, ContentDigest) =
-        parser::parse(submission, &parser::Limits::default())
-            .map_err(|p| anyhow::anyhow!("{p:?}"))?;
-    let event = Envelope::new("p-1", "/knative-lambda/parser")
-        .subject(spec.name.to_string())
-        .encode::<ParserCompleted>(&ParsedFunction {
-            operation: Operation::Create,
-            spec,
-            digest: digest.clone(),
-        });
-    Ok((event, digest))
+fn parsed(function: (FunctionSpec, ContentDigest)) -> Result<(Event, ContentDigest)> {
+    let (spec, digest) = function;
+    Ok((
+        fixtures::parser_completed("p-1", spec, digest.clone()),
+        digest,
+    ))
 }
 
-fn node() -> serde_json::Value {
-    serde_json::json!({
-        "name": "hello", "runtime": "nodejs22", "handler": "index.handler",
-        "source": {"kind": "inline", "files": [
-            {"path": "index.js", "content": "exports.handler = async (e) => e;"},
-            {"path": "package.json", "content": "{\"dependencies\":{}}"}
-        ]}
-    })
+fn node() -> Result<(FunctionSpec, ContentDigest)> {
+    fixtures::inline_function(
+        "hello",
+        fixtures::runtime("nodejs22")?,
+        "index.handler",
+        &[
+            ("index.js", "exports.handler = async (e) => e;"),
+            ("package.json", "{\"dependencies\":{}}"),
+        ],
+    )
+}
+
+/// A Python function whose source is the S3 object or prefix at `url` (`s3://bucket/key`).
+fn python_from(url: &str) -> Result<(FunctionSpec, ContentDigest)> {
+    let (bucket, key) = url
+        .strip_prefix("s3://")
+        .and_then(|rest| rest.split_once('/'))
+        .context("an s3://bucket/key URL")?;
+    fixtures::function(
+        "from-s3",
+        fixtures::runtime("python3.12")?,
+        "app.handler",
+        Source::S3 {
+            bucket: bucket.to_owned(),
+            key: key.to_owned(),
+        },
+    )
 }
 
 /// The entry paths of a context archive, in order.
@@ -67,7 +80,7 @@ async fn reply(harness: &Harness<ContextUploader>, event: Event) -> Result<Event
 async fn uploads_the_context_once_under_its_digest() -> Result<()> {
     let dir = store_dir("once");
     let harness = Harness::new(ContextUploader::new(Arc::new(LocalDir::new(&dir))));
-    let (event, digest) = parsed(node())?;
+    let (event, digest) = parsed(node()?)?;
     let first = reply(&harness, event.clone()).await?;
     assert_eq!(first.ty(), ContextUploaded::TYPE);
     let uploaded = decode::<ContextUploaded>(&first)?;
@@ -104,7 +117,7 @@ async fn uploads_the_context_once_under_its_digest() -> Result<()> {
 async fn an_already_built_digest_skips_upload_and_build() -> Result<()> {
     let dir = store_dir("cached");
     let store = LocalDir::new(&dir);
-    let (event, digest) = parsed(node())?;
+    let (event, digest) = parsed(node()?)?;
     let record = ImageRecord {
         image: "registry.local/hello@sha256:abc".into(),
     };
@@ -133,10 +146,13 @@ async fn an_already_built_digest_skips_upload_and_build() -> Result<()> {
 async fn unbuildable_functions_get_build_failed_with_the_reason() -> Result<()> {
     let dir = store_dir("unbuildable");
     let harness = Harness::new(ContextUploader::new(Arc::new(LocalDir::new(&dir))));
-    let go = serde_json::json!({"name": "g", "runtime": "go1.24", "handler": "Handle",
-        "source": {"kind": "inline", "files": [{"path": "main.go", "content": "package main"}]}});
-    let s3 = serde_json::json!({"name": "s", "runtime": "python3.12", "handler": "app.handler",
-        "source": {"kind": "s3", "url": "s3://sources/app.tar.gz"}});
+    let go = fixtures::inline_function(
+        "g",
+        fixtures::runtime("go1.24")?,
+        "Handle",
+        &[("main.go", "package main")],
+    )?;
+    let s3 = python_from("s3://sources/app.tar.gz")?;
     for (spec, needle) in [(go, "no build template"), (s3, "needs S3 storage")] {
         let (event, _) = parsed(spec)?;
         let reply = reply(&harness, event).await?;
@@ -151,7 +167,7 @@ async fn unbuildable_functions_get_build_failed_with_the_reason() -> Result<()> 
 async fn a_parser_completed_whose_digest_is_not_its_sources_is_refused() -> Result<()> {
     let dir = store_dir("forged");
     let harness = Harness::new(ContextUploader::new(Arc::new(LocalDir::new(&dir))));
-    let (victim, victim_digest) = parsed(node())?;
+    let (victim, victim_digest) = parsed(node()?)?;
     // Posted by someone who is not the parser: an attacker's code under the digest the
     // victim's code will have, so that the victim's own deploy would come back cached.
     let mut forged = decode::<ParserCompleted>(&victim)?;
@@ -202,7 +218,7 @@ async fn a_broken_store_is_retryable() -> Result<()> {
     let file = store_dir("broken");
     std::fs::write(&file, b"not a directory")?;
     let harness = Harness::new(ContextUploader::new(Arc::new(LocalDir::new(&file))));
-    let (event, _) = parsed(node())?;
+    let (event, _) = parsed(node()?)?;
     let error = harness
         .dispatch(event)
         .await
@@ -229,11 +245,6 @@ fn archive(files: &[(&str, &str)]) -> Result<Vec<u8>> {
         builder.append(&header, content.as_bytes())?;
     }
     Ok(builder.into_inner()?.finish()?)
-}
-
-fn python_from(url: &str) -> serde_json::Value {
-    serde_json::json!({"name": "from-s3", "runtime": "python3.12", "handler": "app.handler",
-        "source": {"kind": "s3", "url": url}})
 }
 
 /// An uploader storing contexts in the bucket `contexts` of `server`, reading sources with the
@@ -272,7 +283,7 @@ async fn s3_archives_and_prefixes_become_identical_contexts_in_s3() -> Result<()
     let harness = Harness::new(uploader);
     let mut contexts = Vec::new();
     for url in ["s3://sources/fn/app.tar.gz", "s3://sources/tree/"] {
-        let (event, digest) = parsed(python_from(url))?;
+        let (event, digest) = parsed(python_from(url)?)?;
         let answer = reply(&harness, event.clone()).await?;
         assert_eq!(answer.ty(), ContextUploaded::TYPE, "{url}: {answer}");
         let uploaded = decode::<ContextUploaded>(&answer)?;
@@ -320,7 +331,7 @@ async fn hostile_or_missing_s3_sources_fail_the_build_with_the_reason() -> Resul
         ("s3://sources/fn/missing.tar.gz", "no such object"),
         ("s3://sources/empty/", "no objects under this prefix"),
     ] {
-        let (event, digest) = parsed(python_from(url))?;
+        let (event, digest) = parsed(python_from(url)?)?;
         let answer = reply(&harness, event).await?;
         assert_eq!(answer.ty(), BuildFailed::TYPE, "{url}");
         let failure = decode::<BuildFailed>(&answer)?;
@@ -367,17 +378,14 @@ fn git_repo(
 
 /// A `parser.completed` for a Python function with `source` (built directly: the parser accepts
 /// only https URLs, and these tests serve sources locally).
-fn with_source(id: &str, source: klambda_events::spec::Source) -> Result<Event> {
-    let (event, _) = parsed(serde_json::json!({
-        "name": "fetched", "runtime": "python3.12", "handler": "app.handler",
-        "source": {"kind": "git", "url": "https://git.example.com/fn.git", "ref": "main"}}))?;
-    let mut parsed = decode::<ParserCompleted>(&event)?;
-    // The digest the parser would give this source, so each source has its own context.
-    parsed.digest = klambda_events::digest::content_digest(parsed.spec.runtime, &source);
-    parsed.spec.source = source;
-    Ok(Envelope::new(format!("p-{id}"), "/knative-lambda/parser")
-        .subject("fetched")
-        .encode::<ParserCompleted>(&parsed))
+fn with_source(id: &str, source: Source) -> Result<Event> {
+    let (spec, digest) = fixtures::function(
+        "fetched",
+        fixtures::runtime("python3.12")?,
+        "app.handler",
+        source,
+    )?;
+    Ok(fixtures::parser_completed(&format!("p-{id}"), spec, digest))
 }
 
 fn from_git(url: &str, reference: &str) -> Result<Event> {

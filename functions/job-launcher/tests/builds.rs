@@ -8,22 +8,20 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 use cloudevents::{AttributesReader as _, Event};
-use context_uploader::ContextUploader;
 use job_launcher::JobLauncher;
 use job_launcher::builder::local::LocalBuilder;
 use klambda_events::catalogue::{
     BuildCancel, BuildCancelled, BuildCompleted, BuildFailed, BuildStarted, BuildTimeout,
-    ParserCompleted,
 };
-use klambda_events::data::{BuildFailureCause, CancelRequest, Operation, ParsedFunction};
+use klambda_events::data::{BuildFailureCause, CancelRequest};
 use klambda_events::{Envelope, EventType, FunctionName, decode};
 use klambda_harness::publisher::Memory;
 use klambda_harness::{Harness, Outcome};
 use klambda_storage::{LocalDir, ObjectStore};
+use klambda_test_support::fixtures;
 
 struct Bench {
     launcher: Harness<JobLauncher>,
-    uploader: Harness<ContextUploader>,
     published: Memory,
     store: Arc<dyn ObjectStore>,
 }
@@ -36,40 +34,47 @@ fn bench(name: &str) -> Bench {
     let published = Memory::default();
     let launcher = Harness::new(JobLauncher::new(builder, Arc::clone(&store)))
         .with_publisher(Arc::new(published.clone()));
-    let uploader = Harness::new(ContextUploader::new(Arc::clone(&store)));
     Bench {
         launcher,
-        uploader,
         published,
         store,
     }
 }
 
-/// Parses `submission` (build deadline overridden) and uploads its context: the job launcher's input.
+/// The context of `submission` (an inline function, build deadline overridden) in the store,
+/// and the `context.uploaded` announcing it: the job launcher's input.
 async fn uploaded(
     bench: &Bench,
     submission: serde_json::Value,
     deadline: Option<u32>,
 ) -> Result<Event> {
-    let (mut spec, digest) = parser::parse(
-        serde_json::from_value(submission)?,
-        &parser::Limits::default(),
-    )
-    .map_err(|p| anyhow::anyhow!("{p:?}"))?;
+    let text = |field: &serde_json::Value| field.as_str().unwrap_or_default().to_owned();
+    let files: Vec<(String, String)> = submission["source"]["files"]
+        .as_array()
+        .context("an inline submission")?
+        .iter()
+        .map(|file| (text(&file["path"]), text(&file["content"])))
+        .collect();
+    let files: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(p, c)| (p.as_str(), c.as_str()))
+        .collect();
+    let (mut spec, digest) = fixtures::inline_function(
+        &text(&submission["name"]),
+        fixtures::runtime(&text(&submission["runtime"]))?,
+        &text(&submission["handler"]),
+        &files,
+    )?;
     if let Some(deadline) = deadline {
         spec.build.timeout_seconds = deadline;
     }
-    let parsed = Envelope::new(format!("p-{}", digest.hex()), "/knative-lambda/parser")
-        .subject(spec.name.to_string())
-        .encode::<ParserCompleted>(&ParsedFunction {
-            operation: Operation::Create,
-            spec,
-            digest,
-        });
-    match bench.uploader.dispatch(parsed).await? {
-        Outcome::Reply(reply) => Ok(reply),
-        Outcome::Done => bail!("the uploader did not reply"),
-    }
+    let key = klambda_storage::context_key(digest.hex());
+    bench
+        .store
+        .put(&key, fixtures::context_archive(&spec)?.into())
+        .await?;
+    let uri = format!("file:///{key}");
+    Ok(fixtures::context_uploaded(spec, digest, &uri))
 }
 
 async fn reply(bench: &Bench, event: Event) -> Result<Event> {

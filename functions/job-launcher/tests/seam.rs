@@ -68,7 +68,7 @@ async fn a_third_builder_is_one_impl() -> Result<()> {
     assert!(
         !launcher
             .handler()
-            .accepts("dev.knative.apiserver.resource.update")
+            .accepts(klambda_events::external::APISERVER_RESOURCE_UPDATE)
     );
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())

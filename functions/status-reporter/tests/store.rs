@@ -99,8 +99,12 @@ async fn suite(store: Box<dyn StatusStore>) -> Result<()> {
         }
     );
 
-    let (spec, digest) = parser::parse(submission()?, &parser::Limits::default())
-        .map_err(|p| anyhow::anyhow!("{p:?}"))?;
+    let (spec, digest) = klambda_test_support::fixtures::inline_function(
+        "hello",
+        klambda_test_support::fixtures::runtime("nodejs22")?,
+        "index.handler",
+        &[("index.js", "exports.handler = async (e) => e;")],
+    )?;
     let completed = reply::<ParserCompleted>(&created, klambda_events::Stage::Parser)
         .subject("hello")
         .data(&ParsedFunction {
