@@ -81,7 +81,7 @@ pub async fn deploy_example(
     store: Option<&klambda_storage::S3Store>,
 ) -> Result<i32> {
     klambda_cli::client::deploy(
-        &klambda_cli::client::Platform::new(&server.url("")),
+        &klambda_cli::client::Api::new(&server.url("")),
         &klambda_test_support::repo::root()
             .join("examples")
             .join(example),

@@ -239,7 +239,7 @@ async fn a_dead_letter_redriven_with_the_cli_goes_through_the_pipeline() -> Resu
     let sunk = klambda_tests::deliver(&server.url("/dead-letters"), &letter).await?;
     assert_eq!(sunk.status, 202, "{:?}", sunk.body);
 
-    let endpoint = client::Platform::new(&server.url(""));
+    let endpoint = client::Api::new(&server.url(""));
     assert_eq!(client::dlq(&endpoint, Dlq::List, Output::Json).await?, 0);
     let stored = platform.store.dead_letters(10).await?;
     assert_eq!(stored.len(), 1);
@@ -336,7 +336,7 @@ async fn webhook_dead_letters_are_listed_and_redriven_with_the_cli() -> Result<(
     .await?;
     assert_eq!(reply.status, 202);
     assert_eq!(reply.json()?["deadLettered"], true);
-    let endpoint = client::Platform::new(&gateway.url(""));
+    let endpoint = client::Api::new(&gateway.url(""));
     assert_eq!(
         client::webhook_dlq(&endpoint, WebhookDlq::List, Output::Text).await?,
         0

@@ -51,7 +51,7 @@ async fn both_examples_deploy_over_rabbitmq_with_the_parser_in_its_own_process()
     .await?;
     let parser = platform(&instance, "parser", vec!["parser"]).await?;
     let server = TestServer::start(klambda_cli::server::router(main.clone())).await?;
-    let endpoint = client::Platform::new(&server.url(""));
+    let endpoint = client::Api::new(&server.url(""));
     for (example, name) in [
         ("hello-python", "hello-python"),
         ("hello-node", "hello-node"),

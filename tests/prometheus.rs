@@ -167,7 +167,7 @@ async fn a_failing_build_raises_the_build_failure_alert_in_prometheus() -> Resul
     let broken = broken_function(&dir)?;
     for _ in 0..2 {
         let code = klambda_cli::client::deploy(
-            &klambda_cli::client::Platform::new(&server.url("")),
+            &klambda_cli::client::Api::new(&server.url("")),
             &broken,
             klambda_cli::client::Output::Json,
             None,

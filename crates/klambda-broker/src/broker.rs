@@ -212,7 +212,14 @@ async fn worker(
         // delivery is retried, as on the RabbitMQ broker.
         let next = receiver.lock().await.recv().await;
         let Some(event) = next else { return };
-        let outcome = deliver(&trigger, subscriber.as_ref(), event, &metrics).await;
+        let outcome = deliver(
+            &trigger.name,
+            &trigger.delivery,
+            subscriber.as_ref(),
+            event,
+            &metrics,
+        )
+        .await;
         let Some(inner) = inner.upgrade() else { return };
         match outcome {
             Delivered::Reply(reply) => {

@@ -16,7 +16,6 @@ use serde_json::Value;
 
 use crate::dead_letter::{DeadLetter, with_error_attributes};
 use crate::subscriber::{Answer, Subscriber};
-use crate::trigger::Trigger;
 
 /// How the wait between attempts grows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -156,16 +155,16 @@ pub(crate) enum Delivered {
     DeadLetter(DeadLetter),
 }
 
-/// Delivers `event` to `subscriber` under `trigger`'s delivery rules: per-attempt timeout,
-/// retry on retryable answers with the policy's backoff, dead letter with Knative's error
-/// attributes at the end.
+/// Delivers `event` to `subscriber` for the Trigger named `trigger` under its `delivery` rules:
+/// per-attempt timeout, retry on retryable answers with the policy's backoff, dead letter with
+/// Knative's error attributes at the end.
 pub(crate) async fn deliver(
-    trigger: &Trigger,
+    trigger: &str,
+    delivery: &Delivery,
     subscriber: &dyn Subscriber,
     event: Event,
     metrics: &Metrics,
 ) -> Delivered {
-    let delivery = &trigger.delivery;
     let attempts = delivery.attempts();
     let mut attempt = 1;
     loop {
@@ -183,25 +182,25 @@ pub(crate) async fn deliver(
         };
         match answer {
             Answer::Reply(reply) => {
-                metrics.delivery(&trigger.name, "replied");
+                metrics.delivery(trigger, "replied");
                 return Delivered::Reply(reply);
             }
             Answer::Accepted => {
-                metrics.delivery(&trigger.name, "accepted");
+                metrics.delivery(trigger, "accepted");
                 return Delivered::Accepted;
             }
             Answer::Failed { status, body } => {
                 if !is_retryable(status) || attempt >= attempts {
-                    metrics.delivery(&trigger.name, "dead_lettered");
+                    metrics.delivery(trigger, "dead_lettered");
                     let event = with_error_attributes(event, &subscriber.address(), status, &body);
                     return Delivered::DeadLetter(DeadLetter {
-                        trigger: trigger.name.clone(),
+                        trigger: trigger.to_owned(),
                         attempts: attempt,
                         event,
                     });
                 }
-                metrics.delivery(&trigger.name, "retried");
-                tracing::debug!(trigger = %trigger.name, attempt, ?status, "delivery failed; retrying");
+                metrics.delivery(trigger, "retried");
+                tracing::debug!(trigger = %trigger, attempt, ?status, "delivery failed; retrying");
                 tokio::time::sleep(delivery.backoff(attempt)).await;
                 attempt += 1;
             }

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand, ValueEnum};
-use klambda_cli::client::{self, Output, Platform};
+use klambda_cli::client::{self, Api, Output};
 use klambda_cli::{embedded, server};
 
 #[derive(Parser)]
@@ -223,7 +223,7 @@ async fn run(cli: Cli) -> Result<i32> {
         Format::Text => Output::Text,
         Format::Json => Output::Json,
     };
-    let platform = Platform::new(&cli.endpoint);
+    let platform = Api::new(&cli.endpoint);
     match cli.command {
         Command::Up {
             port,
@@ -283,7 +283,7 @@ async fn run(cli: Cli) -> Result<i32> {
                 WebhookDlqCommand::List => client::WebhookDlq::List,
                 WebhookDlqCommand::Redrive { id, .. } => client::WebhookDlq::Redrive(id),
             };
-            client::webhook_dlq(&Platform::new(&gateway), command, output).await
+            client::webhook_dlq(&Api::new(&gateway), command, output).await
         }
         Command::Rollback { name, to } => client::rollback(&platform, &name, to, output).await,
     }

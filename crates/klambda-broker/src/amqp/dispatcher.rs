@@ -260,7 +260,8 @@ async fn settle(work: &Work, message: Message) {
     };
     tracing::debug!(queue = %work.queue, event_id = %event.id(), redelivered, "delivering");
     let outcome = deliver(
-        &work.trigger,
+        &work.trigger.name,
+        &work.trigger.delivery,
         work.subscriber.as_ref(),
         event,
         work.broker.metrics(),

@@ -1,0 +1,275 @@
+//! The commands about one function or event: deploy, invoke, status, events, logs, replay,
+//! delete, rollback.
+
+use std::path::Path;
+
+use super::{Api, Output, detail, event_id, package, package_to_s3};
+use anyhow::{Context as _, Result, bail};
+use bytes::Bytes;
+use http::Request;
+use http_body_util::Full;
+use klambda_events::EventType as _;
+use klambda_events::catalogue::{
+    FunctionCreated, FunctionDeleted, FunctionRollback, FunctionUpdated, ServiceDeleted,
+    ServiceReady,
+};
+use klambda_events::data::{FunctionDeletion, RollbackRequest};
+use klambda_events::{Envelope, FunctionName};
+use klambda_storage::S3Store;
+use serde_json::Value;
+
+/// `klambda deploy DIR`: submits the function and follows it until ready or failed.
+pub async fn deploy(
+    platform: &Api,
+    dir: &Path,
+    output: Output,
+    store: Option<&S3Store>,
+) -> Result<i32> {
+    let submission = match store {
+        Some(store) => package_to_s3(dir, store).await?,
+        None => package(dir)?,
+    };
+    let name = submission.name.clone();
+    let exists = platform
+        .get_json(&format!("/functions/{name}"))
+        .await?
+        .is_some();
+    let since = platform.last_seq(&name).await?;
+    let envelope = Envelope::new(event_id("deploy"), "/klambda-cli").subject(name.clone());
+    let event = if exists {
+        envelope.encode::<FunctionUpdated>(&submission)
+    } else {
+        envelope.encode::<FunctionCreated>(&submission)
+    };
+    platform.publish(&event).await?;
+    if output == Output::Text {
+        println!(
+            "{} {name} ({})",
+            if exists { "updating" } else { "creating" },
+            match &submission.source {
+                klambda_events::spec::SourceSubmission::Inline { files } =>
+                    format!("{} files", files.len()),
+                klambda_events::spec::SourceSubmission::S3 { url } => url.clone(),
+                klambda_events::spec::SourceSubmission::Git { url, .. }
+                | klambda_events::spec::SourceSubmission::Archive { url, .. } => url.clone(),
+            }
+        );
+    }
+    platform
+        .follow(&name, since, &[ServiceReady::TYPE], output)
+        .await
+}
+
+/// `klambda invoke NAME [DATA]`: sends one event to the function and prints its reply.
+pub async fn invoke(platform: &Api, name: &str, data: &str, event_type: &str) -> Result<i32> {
+    let function = platform
+        .get_json(&format!("/functions/{name}"))
+        .await?
+        .with_context(|| {
+            format!("no function named {name}; deploy it with `klambda deploy DIR`")
+        })?;
+    let url = function["url"].as_str().with_context(|| {
+        format!(
+            "{name} is not serving (phase {}); see `klambda events {name}`",
+            function["phase"]
+        )
+    })?;
+    let _: Value =
+        serde_json::from_str(data).context("DATA must be JSON, e.g. '{\"name\":\"world\"}'")?;
+    let request = Request::post(format!("{url}/"))
+        .header("ce-specversion", "1.0")
+        .header("ce-id", event_id("invoke"))
+        .header("ce-source", "/klambda-cli")
+        .header("ce-type", event_type)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(data.to_owned())))?;
+    let answer = platform.send(request).await?;
+    let text = String::from_utf8_lossy(&answer.body);
+    match answer.status {
+        200 => {
+            let pretty = serde_json::from_slice::<Value>(&answer.body)
+                .and_then(|v| serde_json::to_string_pretty(&v))
+                .unwrap_or_else(|_| text.into_owned());
+            println!("{pretty}");
+            Ok(0)
+        }
+        202 => {
+            eprintln!(
+                "accepted, no reply ({})",
+                answer
+                    .headers
+                    .get("ce-type")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("no event")
+            );
+            Ok(0)
+        }
+        status => {
+            eprintln!("the function answered {status}: {text}");
+            Ok(1)
+        }
+    }
+}
+
+/// `klambda status [NAME]`.
+pub async fn status(platform: &Api, name: Option<&str>, output: Output) -> Result<i32> {
+    let path = name.map_or_else(|| "/functions".to_owned(), |n| format!("/functions/{n}"));
+    let Some(value) = platform.get_json(&path).await? else {
+        eprintln!("no function named {}", name.unwrap_or_default());
+        return Ok(1);
+    };
+    if output == Output::Json {
+        println!("{}", serde_json::to_string_pretty(&value)?);
+        return Ok(0);
+    }
+    let list = if value.is_array() {
+        value.as_array().cloned().unwrap_or_default()
+    } else {
+        vec![value]
+    };
+    println!(
+        "{:<24} {:<10} {:<16} URL / LAST ERROR",
+        "NAME", "PHASE", "REVISION"
+    );
+    for f in list {
+        let stalled = f["stalled"].as_object().map(|stalled| {
+            format!(
+                "stalled: waiting on {} for {} s (its deadline is {} s); `klambda replay` its last input",
+                stalled["stage"].as_str().unwrap_or("?"),
+                stalled["waitingSeconds"],
+                stalled["deadlineSeconds"]
+            )
+        });
+        let tail = stalled.unwrap_or_else(|| {
+            f["url"]
+                .as_str()
+                .or(f["lastError"].as_str())
+                .unwrap_or_default()
+                .to_owned()
+        });
+        println!(
+            "{:<24} {:<10} {:<16} {tail}",
+            f["name"].as_str().unwrap_or_default(),
+            f["phase"].as_str().unwrap_or_default(),
+            f["revision"].as_str().unwrap_or("-")
+        );
+    }
+    Ok(0)
+}
+
+/// `klambda events NAME`.
+pub async fn events(platform: &Api, name: &str, output: Output) -> Result<i32> {
+    let events = platform
+        .get_json(&format!("/functions/{name}/events?limit=10000"))
+        .await?
+        .unwrap_or_default();
+    for entry in events.as_array().into_iter().flatten() {
+        match output {
+            Output::Json => println!("{}", serde_json::to_string(entry)?),
+            Output::Text => {
+                let event = &entry["event"];
+                let ty = event["type"].as_str().unwrap_or_default();
+                let short = ty.strip_prefix(klambda_events::TYPE_PREFIX).unwrap_or(ty);
+                println!(
+                    "{:>5}  {}  {short:<18} {}  {}",
+                    entry["seq"],
+                    entry["receivedAt"].as_str().unwrap_or_default(),
+                    event["id"].as_str().unwrap_or_default(),
+                    detail(short, &event["data"])
+                );
+            }
+        }
+    }
+    Ok(0)
+}
+
+/// `klambda replay EVENT_ID`: publishes a recorded event again, exactly as recorded.
+pub async fn replay(platform: &Api, id: &str) -> Result<i32> {
+    let answer = platform.get(&format!("/events/{id}")).await?;
+    if answer.status != 200 {
+        bail!("no recorded event with id {id} (`klambda events NAME` lists them)");
+    }
+    let request = Request::post(format!("{}/", platform.endpoint))
+        .header("content-type", "application/cloudevents+json")
+        .body(Full::new(answer.body))?;
+    let answer = platform.send(request).await?;
+    if answer.status != 202 {
+        bail!(
+            "the broker refused the replay ({}): {}",
+            answer.status,
+            String::from_utf8_lossy(&answer.body)
+        );
+    }
+    println!("replayed {id}");
+    Ok(0)
+}
+
+/// `klambda delete NAME`.
+pub async fn delete(platform: &Api, name: &str, output: Output) -> Result<i32> {
+    let function = FunctionName::new(name).map_err(|e| anyhow::anyhow!("{name:?} {e}"))?;
+    let since = platform.last_seq(name).await?;
+    let event = Envelope::new(event_id("delete"), "/klambda-cli")
+        .subject(name)
+        .encode::<FunctionDeleted>(&FunctionDeletion {
+            name: function,
+            extra: Default::default(),
+        });
+    platform.publish(&event).await?;
+    platform
+        .follow(name, since, &[ServiceDeleted::TYPE], output)
+        .await
+}
+
+/// `klambda rollback NAME [--to REVISION]`.
+pub async fn rollback(
+    platform: &Api,
+    name: &str,
+    to: Option<String>,
+    output: Output,
+) -> Result<i32> {
+    let function = FunctionName::new(name).map_err(|e| anyhow::anyhow!("{name:?} {e}"))?;
+    let since = platform.last_seq(name).await?;
+    let event = Envelope::new(event_id("rollback"), "/klambda-cli")
+        .subject(name)
+        .encode::<FunctionRollback>(&RollbackRequest {
+            name: function,
+            to_revision: to,
+            extra: Default::default(),
+        });
+    platform.publish(&event).await?;
+    platform
+        .follow(name, since, &[ServiceReady::TYPE], output)
+        .await
+}
+
+/// `klambda logs NAME`: the latest build's log and the serving revision's output.
+pub async fn logs(platform: &Api, name: &str, output: Output) -> Result<i32> {
+    let logs = platform
+        .get_json(&format!("/functions/{name}/logs"))
+        .await?
+        .with_context(|| format!("no function named {name}"))?;
+    if output == Output::Json {
+        println!("{}", serde_json::to_string_pretty(&logs)?);
+        return Ok(0);
+    }
+    let print = |title: String, lines: &Value| {
+        println!("== {title}");
+        for line in lines.as_array().into_iter().flatten() {
+            println!("{}", line.as_str().unwrap_or_default());
+        }
+    };
+    print(
+        format!("build {}", logs["build"]["id"].as_str().unwrap_or("-")),
+        &logs["build"]["lines"],
+    );
+    print(
+        format!(
+            "runtime {}",
+            logs["runtime"]["revision"]
+                .as_str()
+                .unwrap_or("(not serving)")
+        ),
+        &logs["runtime"]["lines"],
+    );
+    Ok(0)
+}

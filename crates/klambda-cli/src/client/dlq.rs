@@ -1,0 +1,200 @@
+//! Dead letters: the broker's (`klambda dlq`) and the webhook gateway's (`klambda webhook-dlq`).
+
+use super::{Api, Output};
+use anyhow::{Context as _, Result};
+use bytes::Bytes;
+use http::Request;
+use http_body_util::Full;
+use serde_json::Value;
+
+/// What `klambda dlq` does with the dead letters (kept by the status reporter, the Broker's
+/// dead-letter sink).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dlq {
+    /// One line per letter.
+    List,
+    /// One letter, with its error attributes.
+    Show(i64),
+    /// Publish one letter (or all: `None`) to the broker again, without its error attributes,
+    /// and forget it once the broker accepted it.
+    Redrive(Option<i64>),
+    /// Forget every letter.
+    Purge,
+}
+
+/// The attributes the broker adds to a dead letter; a redriven event goes without them.
+const ERROR_ATTRIBUTES: [&str; 3] = ["knativeerrordest", "knativeerrorcode", "knativeerrordata"];
+
+/// `klambda dlq list | show ID | redrive ID|--all | purge`.
+pub async fn dlq(platform: &Api, command: Dlq, output: Output) -> Result<i32> {
+    match command {
+        Dlq::List => {
+            let letters = platform
+                .get_json("/dead-letters?limit=10000")
+                .await?
+                .unwrap_or_default();
+            if output == Output::Json {
+                println!("{}", serde_json::to_string_pretty(&letters)?);
+                return Ok(0);
+            }
+            let letters = letters.as_array().cloned().unwrap_or_default();
+            if letters.is_empty() {
+                println!("no dead letters");
+                return Ok(0);
+            }
+            println!(
+                "{:>5}  {:<25}  {:<36}  {:<16}  {:>4}  DESTINATION",
+                "ID", "RECEIVED", "TYPE", "SUBJECT", "CODE"
+            );
+            for letter in &letters {
+                let event = &letter["event"];
+                let text = |key: &str| event[key].as_str().unwrap_or("-").to_owned();
+                println!(
+                    "{:>5}  {:<25}  {:<36}  {:<16}  {:>4}  {}",
+                    letter["seq"],
+                    letter["receivedAt"].as_str().unwrap_or_default(),
+                    text("type"),
+                    text("subject"),
+                    text("knativeerrorcode"),
+                    text("knativeerrordest"),
+                );
+            }
+            Ok(0)
+        }
+        Dlq::Show(seq) => {
+            let letter = dead_letter(platform, seq).await?;
+            if output == Output::Json {
+                println!("{}", serde_json::to_string_pretty(&letter)?);
+                return Ok(0);
+            }
+            let event = &letter["event"];
+            let error_data = event["knativeerrordata"]
+                .as_str()
+                .and_then(|b64| {
+                    use base64::Engine as _;
+                    base64::engine::general_purpose::STANDARD.decode(b64).ok()
+                })
+                .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+                .unwrap_or_default();
+            println!("dead letter {seq}, received {}", letter["receivedAt"]);
+            println!("  failed at   {}", event["knativeerrordest"]);
+            println!("  status      {}", event["knativeerrorcode"]);
+            println!("  answer      {error_data}");
+            println!("event:");
+            println!("{}", serde_json::to_string_pretty(event)?);
+            Ok(0)
+        }
+        Dlq::Redrive(only) => {
+            let letters = match only {
+                Some(seq) => vec![dead_letter(platform, seq).await?],
+                None => platform
+                    .get_json("/dead-letters?limit=10000")
+                    .await?
+                    .and_then(|l| l.as_array().cloned())
+                    .unwrap_or_default(),
+            };
+            let mut redriven = 0;
+            for letter in &letters {
+                let seq = letter["seq"].as_i64().context("a dead letter has a seq")?;
+                let mut event = letter["event"].clone();
+                if let Some(attributes) = event.as_object_mut() {
+                    for name in ERROR_ATTRIBUTES {
+                        attributes.remove(name);
+                    }
+                }
+                // Published first, forgotten second: a failure in between redrives it twice
+                // (harmless, stages are idempotent) rather than losing it.
+                platform.publish_structured(&event).await?;
+                platform.delete(&format!("/dead-letters/{seq}")).await?;
+                redriven += 1;
+                if output == Output::Text {
+                    println!("redriven {seq}: {} {}", event["type"], event["id"]);
+                }
+            }
+            if output == Output::Json {
+                println!("{}", serde_json::json!({ "redriven": redriven }));
+            } else if redriven == 0 {
+                println!("no dead letters");
+            }
+            Ok(0)
+        }
+        Dlq::Purge => {
+            let answer = platform.delete("/dead-letters").await?;
+            let removed: Value = serde_json::from_slice(&answer.body)?;
+            match output {
+                Output::Json => println!("{removed}"),
+                Output::Text => println!("purged {} dead letters", removed["removed"]),
+            }
+            Ok(0)
+        }
+    }
+}
+
+/// What `klambda webhooks dlq` does with the webhook gateway's dead letters (events it could
+/// not publish to the broker).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WebhookDlq {
+    /// One line per letter.
+    List,
+    /// Publish one (or all: `None`) again.
+    Redrive(Option<String>),
+}
+
+/// `klambda webhooks dlq list | redrive ID|--all`, against the gateway at `gateway`.
+pub async fn webhook_dlq(gateway: &Api, command: WebhookDlq, output: Output) -> Result<i32> {
+    match command {
+        WebhookDlq::List => {
+            let letters = gateway.get_json("/dead-letters").await?.unwrap_or_default();
+            if output == Output::Json {
+                println!("{}", serde_json::to_string_pretty(&letters)?);
+                return Ok(0);
+            }
+            let letters = letters.as_array().cloned().unwrap_or_default();
+            if letters.is_empty() {
+                println!("no dead letters");
+            }
+            for letter in &letters {
+                println!(
+                    "{}  {}  {} (subject {})  {} attempts: {}",
+                    letter["id"].as_str().unwrap_or_default(),
+                    letter["receivedAt"].as_str().unwrap_or_default(),
+                    letter["event"]["type"].as_str().unwrap_or_default(),
+                    letter["event"]["subject"].as_str().unwrap_or("-"),
+                    letter["attempts"],
+                    letter["reason"].as_str().unwrap_or_default(),
+                );
+            }
+            Ok(0)
+        }
+        WebhookDlq::Redrive(only) => {
+            let path = match &only {
+                Some(id) => format!("/dead-letters/redrive?id={id}"),
+                None => "/dead-letters/redrive".to_owned(),
+            };
+            let request = Request::post(format!("{}{path}", gateway.endpoint))
+                .body(Full::new(Bytes::new()))?;
+            let answer = gateway.send(request).await?;
+            let body: Value = serde_json::from_slice(&answer.body).unwrap_or_default();
+            if answer.status != 200 {
+                eprintln!(
+                    "the gateway stopped the redrive ({}): {}",
+                    answer.status,
+                    body["detail"].as_str().unwrap_or_default()
+                );
+                return Ok(1);
+            }
+            match output {
+                Output::Json => println!("{body}"),
+                Output::Text => println!("redriven {}", body["redriven"]),
+            }
+            Ok(0)
+        }
+    }
+}
+
+async fn dead_letter(platform: &Api, seq: i64) -> Result<Value> {
+    platform
+        .get_json(&format!("/dead-letters/{seq}"))
+        .await?
+        .with_context(|| format!("no dead letter {seq}; `klambda dlq list` shows them"))
+}
