@@ -20,6 +20,7 @@ use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
+use sha2::Digest as _;
 use tokio::sync::OnceCell;
 
 use crate::stream::next;
@@ -174,6 +175,85 @@ impl S3Store {
             }
         }
         Ok(keys)
+    }
+
+    /// What the user's source at `key` (one object) or at the prefix `key` (ending in `/`, or
+    /// empty) is now, as a revision: the object's ETag, or a hash of every object's key, size
+    /// and ETag under the prefix; `None` when there is nothing there. The same content gives
+    /// the same revision; any change of an object gives another.
+    pub async fn revision(&self, key: &str) -> Result<Option<String>, StorageError> {
+        let prefix = key.is_empty() || key.ends_with('/');
+        let mut listed = Vec::new();
+        let mut pages = self
+            .client()
+            .await
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(key)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(self.failed(key, "list"))?;
+            for object in page.contents() {
+                let Some(name) = object.key() else { continue };
+                if !prefix && name != key {
+                    continue;
+                }
+                // Some S3-compatible servers leave the ETag out of listings; HEAD has it.
+                let etag = match object.e_tag() {
+                    Some(etag) => etag.to_owned(),
+                    None => self.etag(name).await?.unwrap_or_default(),
+                };
+                let etag = etag.trim_matches('"');
+                let size = object.size().unwrap_or_default();
+                listed.push(format!("{name}\t{size}\t{etag}"));
+            }
+        }
+        if listed.is_empty() {
+            return Ok(None);
+        }
+        if !prefix {
+            let etag = listed[0].rsplit('\t').next().unwrap_or_default();
+            return Ok(Some(format!("etag:{etag}")));
+        }
+        listed.sort();
+        let hash = sha2::Sha256::digest(listed.join("\n").as_bytes());
+        Ok(Some(format!("objects:{}", hex::encode(hash))))
+    }
+
+    /// HEAD of any key: the object's metadata, `None` when there is no such object.
+    async fn head_any(
+        &self,
+        key: &str,
+    ) -> Result<Option<aws_sdk_s3::operation::head_object::HeadObjectOutput>, StorageError> {
+        match self
+            .client()
+            .await
+            .head_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(head) => Ok(Some(head)),
+            Err(error)
+                if error.as_service_error().is_some_and(|e| e.is_not_found())
+                    || error
+                        .raw_response()
+                        .is_some_and(|r| r.status().as_u16() == 404) =>
+            {
+                Ok(None)
+            }
+            Err(error) => Err(self.failed(key, "head")(error)),
+        }
+    }
+
+    /// The ETag of any key (a user's source), `None` when there is no such object.
+    async fn etag(&self, key: &str) -> Result<Option<String>, StorageError> {
+        Ok(self
+            .head_any(key)
+            .await?
+            .map(|head| head.e_tag().unwrap_or_default().to_owned()))
     }
 
     /// Starts reading `key`: its body, or `None` when there is no such object.
@@ -353,26 +433,10 @@ impl ObjectStore for S3Store {
     fn head<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<u64>, StorageError>> {
         crate::traced("head", "s3", key, async move {
             check_key(key)?;
-            match self
-                .client()
-                .await
-                .head_object()
-                .bucket(&self.bucket)
-                .key(key)
-                .send()
-                .await
-            {
-                Ok(head) => Ok(Some(head.content_length().unwrap_or_default().max(0) as u64)),
-                Err(error)
-                    if error.as_service_error().is_some_and(|e| e.is_not_found())
-                        || error
-                            .raw_response()
-                            .is_some_and(|r| r.status().as_u16() == 404) =>
-                {
-                    Ok(None)
-                }
-                Err(error) => Err(self.failed(key, "head")(error)),
-            }
+            Ok(self
+                .head_any(key)
+                .await?
+                .map(|head| head.content_length().unwrap_or_default().max(0) as u64))
         })
     }
 

@@ -191,15 +191,19 @@ impl Handler for ContextUploader {
             )]));
         }
         let name = parsed.spec.name.to_string();
-        // A source named by a movable reference (a git branch) is pinned to what it names now,
-        // so its digest is a digest of content: a moved branch rebuilds, an unmoved one does not.
-        let commit = match self.sources.resolve(&parsed.spec.source).await? {
-            Ok(commit) => commit,
+        // A source named by something that can change under the same name (a git branch, an S3
+        // object or prefix) is pinned to what it holds now, so its digest is a digest of
+        // content: a moved branch or a replaced object rebuilds, an unchanged one does not.
+        let revision = match self.sources.resolve(&parsed.spec.source).await? {
+            Ok(revision) => revision,
             Err(reason) => return Ok(Outcome::Reply(unbuildable(&event, &parsed, reason))),
         };
-        if let Some(commit) = &commit {
-            parsed.digest = parsed.digest.at_revision(commit);
+        if let Some(revision) = &revision {
+            parsed.digest = parsed.digest.at_revision(revision);
         }
+        let commit = revision
+            .clone()
+            .filter(|_| matches!(parsed.spec.source, klambda_events::spec::Source::Git { .. }));
 
         // Already built: skip the upload and the build.
         if let Some(record) = ImageRecord::load(self.store.as_ref(), parsed.digest.hex())
@@ -236,7 +240,7 @@ impl Handler for ContextUploader {
             None => {
                 let (files, _work) = match self
                     .sources
-                    .fetch(&parsed.spec.source, commit.as_deref())
+                    .fetch(&parsed.spec.source, revision.as_deref())
                     .await?
                 {
                     Fetched::Files(files, work) => (files, work),

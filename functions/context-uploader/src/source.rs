@@ -88,8 +88,8 @@ impl Default for Sources {
 }
 
 impl Sources {
-    /// Fetches `source`; a git source must arrive at `pinned`, the commit [`Sources::resolve`]
-    /// found (else the fetch is retried).
+    /// Fetches `source`; a git or S3 source must arrive at `pinned`, the revision
+    /// [`Sources::resolve`] found (else the fetch is retried).
     pub async fn fetch(
         &self,
         source: &Source,
@@ -110,6 +110,16 @@ impl Sources {
                 } else {
                     self.archive(&s3, key, &work).await?
                 };
+                // What was read must be the revision the digest was pinned to: a source changed
+                // in between is fetched again on the broker's retry, under its new digest.
+                if let Some(pinned) = pinned {
+                    let now = s3.revision(key).await.map_err(unavailable)?;
+                    if now.as_deref() != Some(pinned) {
+                        return Err(HandlerError::Unavailable(format!(
+                            "s3://{bucket}/{key} changed while it was fetched"
+                        )));
+                    }
+                }
                 Ok(match fetched {
                     Ok(files) => Fetched::Files(files, Some(work)),
                     Err(reason) => {
@@ -310,14 +320,26 @@ impl Sources {
         protocols
     }
 
-    /// The commit a source's content is pinned to now, for sources named by a movable
-    /// reference: a git ref resolved with `git ls-remote` (a full commit id is taken as it is).
-    /// `Ok(Ok(None))` for sources whose digest already covers their content. A ref that does
-    /// not exist is a refusal.
+    /// The revision a source's content is pinned to now, for sources named by something that
+    /// can change under the same name: a git ref resolved with `git ls-remote` to a commit (a
+    /// full commit id is taken as it is); an S3 object or prefix to its ETags (see
+    /// `S3Store::revision`). `Ok(Ok(None))` for sources whose digest already covers their
+    /// content (inline, an archive pinned by its sha256), and for an S3 source with nothing
+    /// there (the fetch refuses it). A ref that does not exist is a refusal.
     pub async fn resolve(
         &self,
         source: &Source,
     ) -> Result<Result<Option<String>, String>, HandlerError> {
+        if let Source::S3 { bucket, key } = source {
+            return Ok(Ok(match &self.s3 {
+                Some(s3) => s3
+                    .in_bucket(bucket)
+                    .revision(key)
+                    .await
+                    .map_err(unavailable)?,
+                None => None,
+            }));
+        }
         let Source::Git { url, reference } = source else {
             return Ok(Ok(None));
         };

@@ -69,6 +69,21 @@ fn context_paths(bytes: &[u8]) -> Result<Vec<String>> {
     Ok(paths)
 }
 
+/// The entries of a context archive with their text, in order.
+fn unpacked(bytes: &[u8]) -> Result<Vec<(String, String)>> {
+    use std::io::Read as _;
+    let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(bytes));
+    let mut files = Vec::new();
+    for entry in tar.entries()? {
+        let mut entry = entry?;
+        let path = entry.path()?.display().to_string();
+        let mut text = String::new();
+        entry.read_to_string(&mut text)?;
+        files.push((path, text));
+    }
+    Ok(files)
+}
+
 async fn reply(harness: &Harness<ContextUploader>, event: Event) -> Result<Event> {
     match harness.dispatch(event).await? {
         Outcome::Reply(reply) => Ok(reply),
@@ -283,11 +298,14 @@ async fn s3_archives_and_prefixes_become_identical_contexts_in_s3() -> Result<()
     let harness = Harness::new(uploader);
     let mut contexts = Vec::new();
     for url in ["s3://sources/fn/app.tar.gz", "s3://sources/tree/"] {
-        let (event, digest) = parsed(python_from(url)?)?;
+        let (event, named) = parsed(python_from(url)?)?;
         let answer = reply(&harness, event.clone()).await?;
         assert_eq!(answer.ty(), ContextUploaded::TYPE, "{url}: {answer}");
         let uploaded = decode::<ContextUploaded>(&answer)?;
-        let key = context_key(&digest);
+        // The digest is pinned to what the source holds now (its ETags), not only its name.
+        assert_ne!(uploaded.digest, named, "{url}");
+        assert_eq!(uploaded.commit, None, "commit is a git source's");
+        let key = context_key(&uploaded.digest);
         assert_eq!(uploaded.context.uri, format!("s3://contexts/{key}"));
         let bytes = store.get(&key).await?.context("the context is in S3")?;
         assert_eq!(uploaded.context.size, bytes.len() as u64);
@@ -304,6 +322,64 @@ async fn s3_archives_and_prefixes_become_identical_contexts_in_s3() -> Result<()
     );
     // No multipart upload is left open.
     assert_eq!(server.unfinished_uploads()?, 0);
+    Ok(())
+}
+
+/// An S3 source is named by a URL whose content can be replaced: the digest follows the content
+/// (ETags), so a replaced object or a changed file under a prefix rebuilds, and the same content
+/// stays a cache hit.
+#[tokio::test]
+async fn a_replaced_s3_source_gets_a_new_digest_and_an_unchanged_one_keeps_its_own() -> Result<()> {
+    let server = S3Server::start("uploader-s3-moved").await?;
+    let (uploader, store) = s3_uploader(&server)?;
+    let sources = store.in_bucket("sources");
+    let harness = Harness::new(uploader);
+    let v1 = [("app.py", "def handler(event, context):\n    return 1\n")];
+    let v2 = [("app.py", "def handler(event, context):\n    return 2\n")];
+    let digest_of = |answer: &Event| -> Result<ContentDigest> {
+        assert_eq!(answer.ty(), ContextUploaded::TYPE, "{answer}");
+        Ok(decode::<ContextUploaded>(answer)?.digest)
+    };
+    for (url, put_v1, put_v2) in [
+        (
+            "s3://sources/one/app.tar.gz",
+            "one/app.tar.gz",
+            "one/app.tar.gz",
+        ),
+        ("s3://sources/tree/", "tree/app.py", "tree/app.py"),
+    ] {
+        let prefix = url.ends_with('/');
+        let bytes = |files: &[(&str, &str)]| -> Result<Vec<u8>> {
+            Ok(if prefix {
+                files[0].1.as_bytes().to_vec()
+            } else {
+                archive(files)?
+            })
+        };
+        sources.put(put_v1, bytes(&v1)?.into()).await?;
+        let (event, _) = parsed(python_from(url)?)?;
+        let first = digest_of(&reply(&harness, event.clone()).await?)?;
+        // Unchanged: the same digest, so the same context and the same build.
+        assert_eq!(
+            digest_of(&reply(&harness, event.clone()).await?)?,
+            first,
+            "{url}"
+        );
+        sources.put(put_v2, bytes(&v2)?.into()).await?;
+        let second = digest_of(&reply(&harness, event.clone()).await?)?;
+        assert_ne!(second, first, "{url}: replaced content must rebuild");
+        let context = store
+            .get(&context_key(&second))
+            .await?
+            .context("the new context is in S3")?;
+        let files = unpacked(&context)?;
+        assert!(
+            files
+                .iter()
+                .any(|(path, content)| path == "function/app.py" && content.contains("return 2")),
+            "{url}: the new context holds the new code: {files:?}"
+        );
+    }
     Ok(())
 }
 
