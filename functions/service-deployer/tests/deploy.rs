@@ -53,6 +53,19 @@ async fn built(rig: &Rig, name: &str, code: &str) -> Result<Event> {
     Ok(fixtures::build_completed(spec, digest, &image))
 }
 
+/// Waits until nothing answers `/health` at `url` (a stopped revision's process takes a moment
+/// to exit); fails after 5 s.
+async fn stops_answering(url: &str, what: &str) -> Result<()> {
+    let started = Instant::now();
+    while get(&format!("{url}/health")).await.is_ok() {
+        if started.elapsed() > Duration::from_secs(5) {
+            bail!("{what} still answers at {url} after 5 s");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
 async fn reply(rig: &Rig, event: Event) -> Result<Event> {
     match rig.deployer.dispatch(event).await? {
         Outcome::Reply(reply) => Ok(reply),
@@ -128,11 +141,7 @@ async fn create_update_rollback_restart_delete() -> Result<()> {
         invoke(&second.url, "").await?.json()?,
         serde_json::json!({"version": 2})
     );
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(
-        get(&format!("{}/health", first.url)).await.is_err(),
-        "the old revision still answers"
-    );
+    stops_answering(&first.url, "the old revision").await?;
 
     // Rollback: the previous revision serves again.
     let name = FunctionName::new("hello")?;
@@ -158,11 +167,7 @@ async fn create_update_rollback_restart_delete() -> Result<()> {
             extra: Default::default(),
         });
     assert_eq!(reply(&rig, delete).await?.ty(), ServiceDeleted::TYPE);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(
-        get(&format!("{}/health", back.url)).await.is_err(),
-        "a deleted function still answers"
-    );
+    stops_answering(&back.url, "a deleted function").await?;
     Ok(())
 }
 
