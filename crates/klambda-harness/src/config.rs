@@ -84,6 +84,69 @@ pub const FLAGS: &[(&str, &str, &str)] = &[
     ),
 ];
 
+/// A setting a stage reads besides the harness's own ([`FLAGS`]): shown by `--help` and
+/// `config show`, and checked against what the stage's code reads (`tests/boot.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StageSetting {
+    /// The environment variable.
+    pub name: &'static str,
+    /// What it does, its values.
+    pub help: &'static str,
+    /// The value used when it is unset, if any.
+    pub default: Option<&'static str>,
+    /// Never printed (`config show` redacts it).
+    pub secret: bool,
+}
+
+impl StageSetting {
+    /// A setting without a default.
+    pub const fn new(name: &'static str, help: &'static str) -> Self {
+        Self {
+            name,
+            help,
+            default: None,
+            secret: false,
+        }
+    }
+
+    /// With the value used when it is unset.
+    pub const fn default(self, value: &'static str) -> Self {
+        Self {
+            default: Some(value),
+            ..self
+        }
+    }
+
+    /// Redacted by `config show`.
+    pub const fn secret(self) -> Self {
+        Self {
+            secret: true,
+            ..self
+        }
+    }
+}
+
+/// Where a stage keeps build contexts and records: `klambda_storage::from_settings`.
+pub const STORE_SETTINGS: &[StageSetting] = &[
+    StageSetting::new(
+        "KLAMBDA_STORE",
+        "where contexts and build records are: s3://bucket or a directory",
+    )
+    .default("klambda-store"),
+    StageSetting::new(
+        "KLAMBDA_STORE_DIR",
+        "the directory store (older name of KLAMBDA_STORE)",
+    ),
+    StageSetting::new(
+        "KLAMBDA_S3_ENDPOINT",
+        "S3-compatible endpoint (MinIO, Garage, …); unset: AWS",
+    ),
+    StageSetting::new(
+        "KLAMBDA_S3_REGION",
+        "S3 region (unset: the AWS configuration's, else us-east-1)",
+    ),
+];
+
 /// What the command line asked for.
 #[derive(Debug)]
 pub enum Command<S> {
@@ -91,6 +154,8 @@ pub enum Command<S> {
     Run(WithFlags<S>),
     /// Print the usage and exit.
     Help,
+    /// Print every setting with its value (secrets redacted) and exit.
+    ShowConfig(WithFlags<S>),
 }
 
 impl<S: ConfigSource> WithFlags<S> {
@@ -101,6 +166,10 @@ impl<S: ConfigSource> WithFlags<S> {
     ) -> Result<Command<S>, ConfigError> {
         let mut flags = HashMap::new();
         let mut problems = Vec::new();
+        let args: Vec<String> = args.into_iter().collect();
+        if args == ["config", "show"] {
+            return Ok(Command::ShowConfig(Self { flags, base }));
+        }
         let mut args = args.into_iter();
         while let Some(arg) = args.next() {
             if arg == "--help" || arg == "-h" {
@@ -135,18 +204,55 @@ impl<S: ConfigSource> ConfigSource for WithFlags<S> {
     }
 }
 
-/// The usage text of a stage binary.
-pub fn usage(stage: &str) -> String {
+/// The usage text of a stage binary reading `settings` besides the harness's own.
+pub fn usage(stage: &str, settings: &[StageSetting]) -> String {
     let mut text = format!(
         "{stage}: a knative-lambda stage. Serves CloudEvents on POST /, with /health, /ready, /metrics.\n\
-         Runs as an AWS Lambda when AWS_LAMBDA_RUNTIME_API is set.\n\nFlags (each overrides its environment variable):\n"
+         Runs as an AWS Lambda when AWS_LAMBDA_RUNTIME_API is set.\n\n\
+         Usage: {stage} [FLAGS]      serve\n       {stage} config show  print every setting (secrets redacted)\n\n\
+         Flags (each overrides its environment variable):\n"
     );
     for (flag, key, help) in FLAGS {
         text.push_str(&format!("  {flag:<26} {key:<32} {help}\n"));
     }
+    if !settings.is_empty() {
+        text.push_str(&format!("\n{stage} settings (environment):\n"));
+        for setting in settings {
+            let default = setting
+                .default
+                .map(|d| format!(" (default {d})"))
+                .unwrap_or_default();
+            let secret = if setting.secret { " (secret)" } else { "" };
+            text.push_str(&format!(
+                "  {:<40} {}{default}{secret}\n",
+                setting.name, setting.help
+            ));
+        }
+    }
     text.push_str(
         "\nAlso: RUST_LOG (log filter, default info), OTEL_EXPORTER_OTLP_HEADERS (secret).\n",
     );
+    text
+}
+
+/// Every setting of a stage reading `settings`, one `NAME=value` line each: its value from
+/// `source`, else `<default: …>` or `<unset>`; secrets as `<redacted>` when set.
+pub fn show(source: &dyn ConfigSource, settings: &[StageSetting]) -> String {
+    let common = FLAGS.iter().map(|(_, key, _)| StageSetting::new(key, ""));
+    let common = common.chain([
+        StageSetting::new("RUST_LOG", "").default("info"),
+        StageSetting::new("OTEL_EXPORTER_OTLP_HEADERS", "").secret(),
+    ]);
+    let mut text = String::new();
+    for setting in common.chain(settings.iter().copied()) {
+        let value = match (source.setting(setting.name), setting.default) {
+            (Some(_), _) if setting.secret => "<redacted>".to_owned(),
+            (Some(value), _) => value,
+            (None, Some(default)) => format!("<default: {default}>"),
+            (None, None) => "<unset>".to_owned(),
+        };
+        text.push_str(&format!("{}={value}\n", setting.name));
+    }
     text
 }
 

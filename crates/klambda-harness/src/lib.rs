@@ -34,7 +34,7 @@ pub mod serve;
 pub mod telemetry;
 pub mod trace;
 
-pub use config::{ConfigError, ConfigSource, Settings};
+pub use config::{ConfigError, ConfigSource, Settings, StageSetting};
 pub use context::Context;
 pub use handler::{Handler, HandlerError, Outcome};
 pub use harness::Harness;

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 
-use crate::config::{Command, ConfigError, ConfigSource, Env, Settings, WithFlags, usage};
+use crate::config::{
+    Command, ConfigError, ConfigSource, Env, Settings, StageSetting, WithFlags, usage,
+};
 use crate::handler::Handler;
 use crate::harness::Harness;
 use crate::telemetry;
@@ -73,16 +75,25 @@ pub async fn shutdown_signal() {
 /// `make` (which reads its own settings from the same source, inside the async runtime, so it
 /// may create clients and await their configuration), then serves it over HTTP, or as an AWS
 /// Lambda when `AWS_LAMBDA_RUNTIME_API` is set. Bad configuration exits 64 listing every
-/// problem.
-pub fn run<H, F>(service: &'static str, make: F) -> ExitCode
+/// problem. `--help` lists the harness's flags and the stage's own `settings`; `config show`
+/// prints each with its value, secrets redacted.
+pub fn run<H, F>(service: &'static str, settings: &[&[StageSetting]], make: F) -> ExitCode
 where
     H: Handler,
     F: AsyncFnOnce(&dyn ConfigSource) -> Result<H, ConfigError>,
 {
+    let settings: Vec<StageSetting> = settings
+        .iter()
+        .flat_map(|group| group.iter().copied())
+        .collect();
     let source = match WithFlags::parse(std::env::args().skip(1), Env) {
         Ok(Command::Run(source)) => source,
         Ok(Command::Help) => {
-            print!("{}", usage(service));
+            print!("{}", usage(service, &settings));
+            return ExitCode::SUCCESS;
+        }
+        Ok(Command::ShowConfig(source)) => {
+            print!("{}", crate::config::show(&source, &settings));
             return ExitCode::SUCCESS;
         }
         Err(error) => {

@@ -37,6 +37,13 @@ pub mod source;
 
 use source::{Fetched, Sources};
 
+/// The settings this stage reads besides the harness's and the store's
+/// (`klambda_harness::config::STORE_SETTINGS`).
+pub const SETTINGS: &[klambda_harness::StageSetting] = &[klambda_harness::StageSetting::new(
+    "KLAMBDA_SOURCE_DIR",
+    "where sources are fetched and unpacked (default: under the temp dir)",
+)];
+
 /// The object store used when `KLAMBDA_STORE_DIR` is not set.
 pub const DEFAULT_STORE_DIR: &str = "klambda-store";
 

@@ -2,7 +2,12 @@
 //! harness, storing contexts under `KLAMBDA_STORE_DIR`.
 
 fn main() -> std::process::ExitCode {
-    klambda_harness::run("context-uploader", async |config| {
-        context_uploader::ContextUploader::from_config(config)
-    })
+    klambda_harness::run(
+        "context-uploader",
+        &[
+            klambda_harness::config::STORE_SETTINGS,
+            context_uploader::SETTINGS,
+        ],
+        async |config| context_uploader::ContextUploader::from_config(config),
+    )
 }

@@ -35,7 +35,9 @@ use klambda_events::catalogue::{
 use klambda_events::data::{BuildEnd, BuildFailure, BuildStart, BuildTimedOut, BuiltImage};
 use klambda_events::{BuildId, EventType, FunctionName, Reply, Stage, decode, reply};
 use klambda_harness::metrics::{BuildResult, Metrics};
-use klambda_harness::{ConfigError, ConfigSource, Context, Handler, HandlerError, Outcome};
+use klambda_harness::{
+    ConfigError, ConfigSource, Context, Handler, HandlerError, Outcome, StageSetting,
+};
 use klambda_storage::{ImageRecord, ObjectStore};
 use tokio::sync::{oneshot, watch};
 use tracing::Instrument as _;
@@ -43,6 +45,65 @@ use tracing::Instrument as _;
 use crate::builder::kaniko::{KanikoJobs, KanikoSettings};
 use crate::builder::local::LocalBuilder;
 use crate::builder::{BuildOutcome, BuildRequest, Builder, Launch};
+
+/// The settings this stage reads besides the harness's and the store's
+/// (`klambda_harness::config::STORE_SETTINGS`); the Kaniko ones only with
+/// `KLAMBDA_BUILDER=kubernetes` (see [`KanikoSettings::from_config`]).
+pub const SETTINGS: &[StageSetting] = &[
+    StageSetting::new("KLAMBDA_BUILDER", "where builds run: local or kubernetes").default("local"),
+    StageSetting::new("KLAMBDA_BUILD_DIR", "local builds' work directory")
+        .default("klambda-builds"),
+    StageSetting::new(
+        klambda_kube::KUBECONFIG,
+        "kubernetes: a kubeconfig instead of the pod's ServiceAccount",
+    ),
+    StageSetting::new(
+        "KLAMBDA_BUILD_NAMESPACE",
+        "kubernetes: where build Jobs run",
+    )
+    .default("knative-lambda-builds"),
+    StageSetting::new(
+        "KLAMBDA_KANIKO_IMAGE",
+        "kubernetes: the Kaniko executor image (pin by digest)",
+    )
+    .default("cgr.dev/chainguard/kaniko:latest"),
+    StageSetting::new("KLAMBDA_REGISTRY", "kubernetes: where images are pushed")
+        .default("registry.knative-lambda.svc.cluster.local/functions"),
+    StageSetting::new(
+        "KLAMBDA_CACHE_REPO",
+        "kubernetes: Kaniko's layer cache repository (unset: no cache)",
+    ),
+    StageSetting::new(
+        "KLAMBDA_BUILD_STORE_SECRET",
+        "kubernetes: the Secret with the context store's AWS keys",
+    )
+    .default("klambda-build-store"),
+    StageSetting::new(
+        "KLAMBDA_REGISTRY_SECRET",
+        "kubernetes: the dockerconfigjson Secret Kaniko pushes with",
+    )
+    .default("klambda-registry"),
+    StageSetting::new(
+        "KLAMBDA_BUILDER_SERVICE_ACCOUNT",
+        "kubernetes: the build pods' ServiceAccount",
+    )
+    .default("klambda-builder"),
+    StageSetting::new(
+        "KLAMBDA_BUILD_TTL_SECONDS",
+        "kubernetes: how long a finished Job stays",
+    )
+    .default("3600"),
+    StageSetting::new(
+        "KLAMBDA_BUILD_CPU",
+        "kubernetes: the build container's CPU request",
+    )
+    .default("1"),
+    StageSetting::new(
+        "KLAMBDA_BUILD_MEMORY",
+        "kubernetes: the build container's memory",
+    )
+    .default("2Gi"),
+];
 
 /// job-launcher's event of type `T` answering `input`, about `function`.
 fn answer<T: EventType>(input: &Event, function: &FunctionName) -> Reply<T> {

@@ -2,5 +2,12 @@
 //! `KLAMBDA_BUILDER` names (local, or Kaniko Jobs on Kubernetes).
 
 fn main() -> std::process::ExitCode {
-    klambda_harness::run("job-launcher", job_launcher::JobLauncher::from_config)
+    klambda_harness::run(
+        "job-launcher",
+        &[
+            klambda_harness::config::STORE_SETTINGS,
+            job_launcher::SETTINGS,
+        ],
+        job_launcher::JobLauncher::from_config,
+    )
 }

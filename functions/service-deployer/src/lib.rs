@@ -36,6 +36,35 @@ use crate::deployer::knative::{KnativeServices, KnativeSettings};
 use crate::deployer::local::LocalRunner;
 use crate::deployer::{Deployer, Deployment, Observation, Revision};
 
+/// The settings this stage reads besides the harness's; the Knative ones only with
+/// `KLAMBDA_DEPLOYER=kubernetes`.
+pub const SETTINGS: &[klambda_harness::StageSetting] = &[
+    klambda_harness::StageSetting::new(
+        "KLAMBDA_DEPLOYER",
+        "where functions run: local or kubernetes",
+    )
+    .default("local"),
+    klambda_harness::StageSetting::new(
+        "KLAMBDA_RUNNER_DIR",
+        "local: where the runner keeps its revisions, served again after a restart",
+    )
+    .default("klambda-runner"),
+    klambda_harness::StageSetting::new(
+        klambda_kube::KUBECONFIG,
+        "kubernetes: a kubeconfig instead of the pod's ServiceAccount",
+    ),
+    klambda_harness::StageSetting::new(
+        "KLAMBDA_FUNCTIONS_NAMESPACE",
+        "kubernetes: where function Services and Triggers go",
+    )
+    .default("knative-lambda"),
+    klambda_harness::StageSetting::new(
+        "KLAMBDA_BROKER",
+        "kubernetes: the Broker functions subscribe to",
+    )
+    .default("klambda"),
+];
+
 /// service-deployer's event of type `T` answering `input`, about `function`.
 fn answer<T: EventType>(input: &Event, function: &FunctionName) -> Reply<T> {
     reply::<T>(input, Stage::ServiceDeployer).subject(function.to_string())

@@ -4,6 +4,7 @@
 fn main() -> std::process::ExitCode {
     klambda_harness::run(
         "service-deployer",
+        &[service_deployer::SETTINGS],
         service_deployer::ServiceDeployer::from_config,
     )
 }

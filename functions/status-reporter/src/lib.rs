@@ -40,6 +40,14 @@ use klambda_harness::{ConfigError, ConfigSource, Context, Handler, HandlerError,
 use crate::fold::{FunctionState, fold, function_of};
 use crate::store::StatusStore;
 
+/// The settings this stage reads besides the harness's.
+pub const SETTINGS: &[klambda_harness::StageSetting] = &[klambda_harness::StageSetting::new(
+    "DATABASE_URL",
+    "the status store: sqlite:PATH or postgres://…",
+)
+.default(DEFAULT_DATABASE_URL)
+.secret()];
+
 /// The store used when `DATABASE_URL` is not set.
 pub const DEFAULT_DATABASE_URL: &str = "sqlite:klambda-status.db";
 

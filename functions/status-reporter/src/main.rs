@@ -2,7 +2,9 @@
 //! harness, with the store `DATABASE_URL` names.
 
 fn main() -> std::process::ExitCode {
-    klambda_harness::run("status-reporter", async |config| {
-        status_reporter::StatusReporter::from_config(config)
-    })
+    klambda_harness::run(
+        "status-reporter",
+        &[status_reporter::SETTINGS],
+        async |config| status_reporter::StatusReporter::from_config(config),
+    )
 }
