@@ -15,6 +15,7 @@
 //! - [`runtime`]: the known runtimes and their template versions.
 //! - [`envelope`]: typed data in and out of `cloudevents::Event`, deterministic reply ids.
 //! - [`external`]: types other components define that stages consume (ApiServerSource).
+//! - [`status`]: the status API's answers, served by the status reporter and read by the CLI.
 //! - [`docs`]: the generated `docs/EVENTS.md` and `eventing/schemas/` files.
 
 pub mod catalogue;
@@ -26,6 +27,7 @@ pub mod external;
 pub mod ids;
 pub mod runtime;
 pub mod spec;
+pub mod status;
 
 pub use catalogue::{
     CATALOGUE, Emission, EventSpec, EventType, Producer, Progress, Stage, TYPE_PREFIX,

@@ -1,7 +1,6 @@
 //! The status API: `GET /functions`, `GET /functions/{name}`, `GET /functions/{name}/events`,
 //! `GET /events/{id}`.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::Router;
@@ -11,11 +10,12 @@ use axum::routing::{get, post};
 use http::StatusCode;
 use http::header::CONTENT_TYPE;
 use klambda_harness::problem::ProblemDetails;
-use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde::Deserialize;
 use serde_json::json;
 
-use crate::fold::{FunctionState, Stalled};
+use klambda_events::status::{self, EventRecord, FunctionStatus};
+
+use crate::fold::FunctionState;
 use crate::store::{StatusStore, StoreError};
 
 /// Where the Broker's `deadLetterSink` delivers (`eventing/broker.yaml`).
@@ -41,36 +41,40 @@ pub fn routes(store: Arc<dyn StatusStore>) -> Router {
         .with_state(store)
 }
 
-/// A function as the API shows it: its state, the stage timings derived from it, and whether
-/// its journey is stalled.
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-struct FunctionView {
-    #[serde(flatten)]
-    state: FunctionState,
-    timings_ms: BTreeMap<&'static str, i64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    stalled: Option<Stalled>,
-}
-
-impl From<FunctionState> for FunctionView {
-    fn from(state: FunctionState) -> Self {
-        let timings_ms = state.timings_ms();
-        let stalled = state.stalled(chrono::Utc::now());
-        Self {
-            state,
-            timings_ms,
-            stalled,
-        }
+/// A function as the API shows it (`klambda_events::status`): its state, the stage timings
+/// derived from it, and whether its journey is stalled.
+fn status_of(state: FunctionState) -> FunctionStatus {
+    let time = |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339();
+    let timings_ms = state
+        .timings_ms()
+        .into_iter()
+        .map(|(stage, ms)| (stage.to_owned(), ms))
+        .collect();
+    let stalled = state.stalled(chrono::Utc::now()).map(|s| status::Stalled {
+        stage: s.stage.to_owned(),
+        waiting_seconds: s.waiting_seconds,
+        deadline_seconds: s.deadline_seconds,
+    });
+    FunctionStatus {
+        name: state.name,
+        phase: state.phase,
+        revision: state.revision,
+        digest: state.digest,
+        commit: state.commit,
+        image: state.image,
+        url: state.url,
+        last_error: state.last_error,
+        last_event_type: state.last_event_type,
+        updated_at: time(state.updated_at),
+        marks: state
+            .marks
+            .into_iter()
+            .map(|(ty, at)| (ty, time(at)))
+            .collect(),
+        trace_id: state.trace_id,
+        timings_ms,
+        stalled,
     }
-}
-
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-struct EventView {
-    seq: i64,
-    received_at: String,
-    event: Value,
 }
 
 #[derive(Debug, Deserialize)]
@@ -97,7 +101,7 @@ fn not_found(what: String) -> Response {
 async fn functions(State(store): State<Arc<dyn StatusStore>>) -> Response {
     match store.functions().await {
         Ok(states) => {
-            let views: Vec<FunctionView> = states.into_iter().map(FunctionView::from).collect();
+            let views: Vec<FunctionStatus> = states.into_iter().map(status_of).collect();
             axum::Json(views).into_response()
         }
         Err(error) => unavailable(&error),
@@ -106,7 +110,7 @@ async fn functions(State(store): State<Arc<dyn StatusStore>>) -> Response {
 
 async fn function(State(store): State<Arc<dyn StatusStore>>, Path(name): Path<String>) -> Response {
     match store.function(&name).await {
-        Ok(Some(state)) => axum::Json(FunctionView::from(state)).into_response(),
+        Ok(Some(state)) => axum::Json(status_of(state)).into_response(),
         Ok(None) => not_found(format!("no function named {name:?} has been seen")),
         Err(error) => unavailable(&error),
     }
@@ -123,7 +127,7 @@ async fn function_events(
         .await
     {
         Ok(events) => {
-            let views: Vec<EventView> = events.iter().map(EventView::from).collect();
+            let views: Vec<EventRecord> = events.iter().map(record_of).collect();
             axum::Json(views).into_response()
         }
         Err(error) => unavailable(&error),
@@ -184,7 +188,7 @@ async fn dead_letters(
     let limit = page.limit.unwrap_or(1000).clamp(1, 10_000);
     match store.dead_letters(limit).await {
         Ok(letters) => {
-            axum::Json(letters.iter().map(EventView::from).collect::<Vec<_>>()).into_response()
+            axum::Json(letters.iter().map(record_of).collect::<Vec<_>>()).into_response()
         }
         Err(error) => unavailable(&error),
     }
@@ -196,7 +200,7 @@ async fn one_dead_letter(
     Path(seq): Path<i64>,
 ) -> Response {
     match store.dead_letter(seq).await {
-        Ok(Some(letter)) => axum::Json(EventView::from(&letter)).into_response(),
+        Ok(Some(letter)) => axum::Json(record_of(&letter)).into_response(),
         Ok(None) => not_found(format!("no dead letter {seq}")),
         Err(error) => unavailable(&error),
     }
@@ -222,12 +226,11 @@ async fn purge_dead_letters(State(store): State<Arc<dyn StatusStore>>) -> Respon
     }
 }
 
-impl From<&crate::store::StoredEvent> for EventView {
-    fn from(stored: &crate::store::StoredEvent) -> Self {
-        Self {
-            seq: stored.seq,
-            received_at: stored.received_at.to_rfc3339(),
-            event: stored.json(),
-        }
+/// A stored event as the API shows it.
+fn record_of(stored: &crate::store::StoredEvent) -> EventRecord {
+    EventRecord {
+        seq: stored.seq,
+        received_at: stored.received_at.to_rfc3339(),
+        event: stored.json(),
     }
 }

@@ -14,6 +14,7 @@ use klambda_events::catalogue::{
     ServiceReady,
 };
 use klambda_events::data::{FunctionDeletion, RollbackRequest};
+use klambda_events::status::{EventRecord, FunctionStatus};
 use klambda_events::{Envelope, FunctionName};
 use klambda_storage::S3Store;
 use serde_json::Value;
@@ -31,7 +32,7 @@ pub async fn deploy(
     };
     let name = submission.name.clone();
     let exists = platform
-        .get_json(&format!("/functions/{name}"))
+        .get_json::<FunctionStatus>(&format!("/functions/{name}"))
         .await?
         .is_some();
     let since = platform.last_seq(&name).await?;
@@ -63,15 +64,15 @@ pub async fn deploy(
 /// `klambda invoke NAME [DATA]`: sends one event to the function and prints its reply.
 pub async fn invoke(platform: &Api, name: &str, data: &str, event_type: &str) -> Result<i32> {
     let function = platform
-        .get_json(&format!("/functions/{name}"))
+        .get_json::<FunctionStatus>(&format!("/functions/{name}"))
         .await?
         .with_context(|| {
             format!("no function named {name}; deploy it with `klambda deploy DIR`")
         })?;
-    let url = function["url"].as_str().with_context(|| {
+    let url = function.url.as_deref().with_context(|| {
         format!(
             "{name} is not serving (phase {}); see `klambda events {name}`",
-            function["phase"]
+            function.phase.label()
         )
     })?;
     let _: Value =
@@ -114,44 +115,49 @@ pub async fn invoke(platform: &Api, name: &str, data: &str, event_type: &str) ->
 /// `klambda status [NAME]`.
 pub async fn status(platform: &Api, name: Option<&str>, output: Output) -> Result<i32> {
     let path = name.map_or_else(|| "/functions".to_owned(), |n| format!("/functions/{n}"));
-    let Some(value) = platform.get_json(&path).await? else {
-        eprintln!("no function named {}", name.unwrap_or_default());
-        return Ok(1);
+    let list: Vec<FunctionStatus> = match name {
+        None => platform.get_json(&path).await?.unwrap_or_default(),
+        Some(name) => match platform.get_json::<FunctionStatus>(&path).await? {
+            Some(function) => {
+                if output == Output::Json {
+                    println!("{}", serde_json::to_string_pretty(&function)?);
+                    return Ok(0);
+                }
+                vec![function]
+            }
+            None => {
+                eprintln!("no function named {name}");
+                return Ok(1);
+            }
+        },
     };
     if output == Output::Json {
-        println!("{}", serde_json::to_string_pretty(&value)?);
+        println!("{}", serde_json::to_string_pretty(&list)?);
         return Ok(0);
     }
-    let list = if value.is_array() {
-        value.as_array().cloned().unwrap_or_default()
-    } else {
-        vec![value]
-    };
     println!(
         "{:<24} {:<10} {:<16} URL / LAST ERROR",
         "NAME", "PHASE", "REVISION"
     );
     for f in list {
-        let stalled = f["stalled"].as_object().map(|stalled| {
+        let stalled = f.stalled.as_ref().map(|stalled| {
             format!(
                 "stalled: waiting on {} for {} s (its deadline is {} s); `klambda replay` its last input",
-                stalled["stage"].as_str().unwrap_or("?"),
-                stalled["waitingSeconds"],
-                stalled["deadlineSeconds"]
+                stalled.stage, stalled.waiting_seconds, stalled.deadline_seconds
             )
         });
         let tail = stalled.unwrap_or_else(|| {
-            f["url"]
-                .as_str()
-                .or(f["lastError"].as_str())
+            f.url
+                .as_deref()
+                .or(f.last_error.as_deref())
                 .unwrap_or_default()
                 .to_owned()
         });
         println!(
             "{:<24} {:<10} {:<16} {tail}",
-            f["name"].as_str().unwrap_or_default(),
-            f["phase"].as_str().unwrap_or_default(),
-            f["revision"].as_str().unwrap_or("-")
+            f.name.as_str(),
+            f.phase.label(),
+            f.revision.as_deref().unwrap_or("-")
         );
     }
     Ok(0)
@@ -159,21 +165,21 @@ pub async fn status(platform: &Api, name: Option<&str>, output: Output) -> Resul
 
 /// `klambda events NAME`.
 pub async fn events(platform: &Api, name: &str, output: Output) -> Result<i32> {
-    let events = platform
+    let events: Vec<EventRecord> = platform
         .get_json(&format!("/functions/{name}/events?limit=10000"))
         .await?
         .unwrap_or_default();
-    for entry in events.as_array().into_iter().flatten() {
+    for entry in &events {
         match output {
             Output::Json => println!("{}", serde_json::to_string(entry)?),
             Output::Text => {
-                let event = &entry["event"];
+                let event = &entry.event;
                 let ty = event["type"].as_str().unwrap_or_default();
                 let short = ty.strip_prefix(klambda_events::TYPE_PREFIX).unwrap_or(ty);
                 println!(
                     "{:>5}  {}  {short:<18} {}  {}",
-                    entry["seq"],
-                    entry["receivedAt"].as_str().unwrap_or_default(),
+                    entry.seq,
+                    entry.received_at,
                     event["id"].as_str().unwrap_or_default(),
                     detail(short, &event["data"])
                 );
@@ -244,7 +250,7 @@ pub async fn rollback(
 
 /// `klambda logs NAME`: the latest build's log and the serving revision's output.
 pub async fn logs(platform: &Api, name: &str, output: Output) -> Result<i32> {
-    let logs = platform
+    let logs: Value = platform
         .get_json(&format!("/functions/{name}/logs"))
         .await?
         .with_context(|| format!("no function named {name}"))?;

@@ -29,7 +29,7 @@ const ERROR_ATTRIBUTES: [&str; 3] = ["knativeerrordest", "knativeerrorcode", "kn
 pub async fn dlq(platform: &Api, command: Dlq, output: Output) -> Result<i32> {
     match command {
         Dlq::List => {
-            let letters = platform
+            let letters: Value = platform
                 .get_json("/dead-letters?limit=10000")
                 .await?
                 .unwrap_or_default();
@@ -88,7 +88,7 @@ pub async fn dlq(platform: &Api, command: Dlq, output: Output) -> Result<i32> {
             let letters = match only {
                 Some(seq) => vec![dead_letter(platform, seq).await?],
                 None => platform
-                    .get_json("/dead-letters?limit=10000")
+                    .get_json::<Value>("/dead-letters?limit=10000")
                     .await?
                     .and_then(|l| l.as_array().cloned())
                     .unwrap_or_default(),
@@ -144,7 +144,7 @@ pub enum WebhookDlq {
 pub async fn webhook_dlq(gateway: &Api, command: WebhookDlq, output: Output) -> Result<i32> {
     match command {
         WebhookDlq::List => {
-            let letters = gateway.get_json("/dead-letters").await?.unwrap_or_default();
+            let letters: Value = gateway.get_json("/dead-letters").await?.unwrap_or_default();
             if output == Output::Json {
                 println!("{}", serde_json::to_string_pretty(&letters)?);
                 return Ok(0);

@@ -29,6 +29,7 @@ use klambda_events::catalogue::{
     ParserCompleted, ParserFailed, ServiceCreated, ServiceFailed, ServiceReady, ServiceUpdated,
     StatusUpdated,
 };
+use klambda_events::status::EventRecord;
 use serde_json::Value;
 
 /// How output is printed.
@@ -98,10 +99,15 @@ impl Api {
         Ok(answer)
     }
 
-    pub(super) async fn get_json(&self, path: &str) -> Result<Option<Value>> {
+    pub(super) async fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+    ) -> Result<Option<T>> {
         let answer = self.get(path).await?;
         match answer.status {
-            200 => Ok(Some(serde_json::from_slice(&answer.body)?)),
+            200 => Ok(Some(serde_json::from_slice(&answer.body).with_context(
+                || format!("{path} answered what this klambda does not read"),
+            )?)),
             404 => Ok(None),
             status => bail!(
                 "{path} answered {status}: {}",
@@ -134,13 +140,13 @@ impl Api {
     }
 
     /// `name`'s events after sequence number `after`, at most 1000.
-    pub(super) async fn events_after(&self, name: &str, after: i64) -> Result<Vec<Value>> {
+    pub(super) async fn events_after(&self, name: &str, after: i64) -> Result<Vec<EventRecord>> {
         let page = self
             .get_json(&format!(
                 "/functions/{name}/events?after={after}&limit=1000"
             ))
             .await?;
-        Ok(page.and_then(|p| p.as_array().cloned()).unwrap_or_default())
+        Ok(page.unwrap_or_default())
     }
 
     /// The highest event sequence recorded for `name` so far (0 when none).
@@ -148,7 +154,7 @@ impl Api {
         let mut last = 0;
         loop {
             let page = self.events_after(name, last).await?;
-            match page.last().and_then(|e| e["seq"].as_i64()) {
+            match page.last().map(|e| e.seq) {
                 Some(seq) => last = seq,
                 None => return Ok(last),
             }
@@ -170,12 +176,12 @@ impl Api {
             // Only what arrived since the last poll: the log is not reread.
             let events = self.events_after(name, seen).await?;
             for entry in &events {
-                let seq = entry["seq"].as_i64().unwrap_or(0);
+                let seq = entry.seq;
                 if seq <= seen {
                     continue;
                 }
                 seen = seq;
-                let event = &entry["event"];
+                let event = &entry.event;
                 let ty = event["type"].as_str().unwrap_or_default();
                 if ty == StatusUpdated::TYPE {
                     continue;
