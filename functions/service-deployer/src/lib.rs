@@ -34,7 +34,7 @@ use klambda_harness::{ConfigError, ConfigSource, Context, Handler, HandlerError,
 
 use crate::deployer::knative::{KnativeServices, KnativeSettings};
 use crate::deployer::local::LocalRunner;
-use crate::deployer::{Deployer, Deployment, Observation, Revision};
+use crate::deployer::{DeployError, Deployer, Deployment, Observation};
 
 /// The settings this stage reads besides the harness's; the Knative ones only with
 /// `KLAMBDA_DEPLOYER=kubernetes`.
@@ -175,45 +175,30 @@ impl ServiceDeployer {
         function: &FunctionName,
         deployment: Deployment,
     ) -> Outcome {
-        let announce_new = |revision: &Revision| ServiceRevision {
-            function: function.clone(),
-            revision: revision.name.clone(),
-            image: revision.image.clone(),
-            digest: revision.digest.clone(),
+        // A new revision is announced first, whether it settled now or readiness comes later.
+        let new = match &deployment {
+            Deployment::Applied { created } => created.as_ref(),
+            Deployment::Settled(Ok(revision)) => Some(revision).filter(|r| r.changed),
+            Deployment::Settled(Err(_)) => None,
         };
+        if let Some(revision) = new {
+            let data = ServiceRevision {
+                function: function.clone(),
+                revision: revision.name.clone(),
+                image: revision.image.clone(),
+                digest: revision.digest.clone(),
+            };
+            announce(context, input, function, revision.first, &data).await;
+        }
         match deployment {
-            Deployment::Applied { created } => {
-                if let Some(revision) = created {
-                    announce(
-                        context,
-                        input,
-                        function,
-                        revision.first,
-                        &announce_new(&revision),
-                    )
-                    .await;
-                }
-                Outcome::Done
-            }
-            Deployment::Settled(Ok(revision)) => {
-                if revision.changed {
-                    announce(
-                        context,
-                        input,
-                        function,
-                        revision.first,
-                        &announce_new(&revision),
-                    )
-                    .await;
-                }
-                Outcome::Reply(
-                    answer::<ServiceReady>(input, function).data(&ServiceReadiness {
-                        function: function.clone(),
-                        revision: revision.name,
-                        url: revision.url,
-                    }),
-                )
-            }
+            Deployment::Applied { .. } => Outcome::Done,
+            Deployment::Settled(Ok(revision)) => Outcome::Reply(
+                answer::<ServiceReady>(input, function).data(&ServiceReadiness {
+                    function: function.clone(),
+                    revision: revision.name,
+                    url: revision.url,
+                }),
+            ),
             Deployment::Settled(Err(not_ready)) => Outcome::Reply(
                 answer::<ServiceFailed>(input, function).data(&ServiceFailure {
                     function: function.clone(),
@@ -266,13 +251,7 @@ impl Handler for ServiceDeployer {
                 .deploy(&built.spec, &built.digest, &built.image)
                 .instrument(span("deployer.apply"))
                 .await;
-            timed(
-                "apply",
-                matches!(
-                    result,
-                    Ok(Deployment::Settled(Ok(_)) | Deployment::Applied { .. })
-                ),
-            );
+            timed("apply", went_through(&result));
             Ok(self
                 .settle(&event, context, &built.spec.name, result?)
                 .await)
@@ -283,13 +262,7 @@ impl Handler for ServiceDeployer {
                 .rollback(&request.name, request.to_revision.as_deref())
                 .instrument(span("deployer.rollback"))
                 .await;
-            timed(
-                "rollback",
-                matches!(
-                    result,
-                    Ok(Deployment::Settled(Ok(_)) | Deployment::Applied { .. })
-                ),
-            );
+            timed("rollback", went_through(&result));
             Ok(self.settle(&event, context, &request.name, result?).await)
         } else {
             let deletion = decode::<FunctionDeleted>(&event)?;
@@ -308,6 +281,14 @@ impl Handler for ServiceDeployer {
             ))
         }
     }
+}
+
+/// Whether a deploy or rollback did what was asked (the deployer answered, and not "not ready").
+fn went_through(result: &Result<Deployment, DeployError>) -> bool {
+    matches!(
+        result,
+        Ok(Deployment::Settled(Ok(_)) | Deployment::Applied { .. })
+    )
 }
 
 /// The answer to a readiness a status event reported: its id derives from the observation's
