@@ -81,6 +81,27 @@ pub enum HandlerError {
     /// Something failed that may succeed on retry: `500`, retried by the broker.
     #[error("internal error: {0}")]
     Internal(String),
+    /// The event is well formed but what it needs cannot be used, and retrying will not change
+    /// that (a corrupt stored object): `422`, not retried, dead-lettered with the reason for an
+    /// operator.
+    #[error("cannot be processed: {0}")]
+    Unprocessable(String),
+}
+
+impl From<klambda_storage::StorageError> for HandlerError {
+    /// The one retry decision for storage failures: a store that failed may work later; an
+    /// object that is not what the platform wrote, or a key it would never write, will not.
+    fn from(error: klambda_storage::StorageError) -> Self {
+        use klambda_storage::StorageError;
+        match error {
+            StorageError::Corrupt { .. } | StorageError::InvalidKey(_) => {
+                HandlerError::Unprocessable(error.to_string())
+            }
+            StorageError::Remote { .. } | StorageError::Io { .. } => {
+                HandlerError::Unavailable(error.to_string())
+            }
+        }
+    }
 }
 
 fn summary(problems: &[Problem]) -> String {
@@ -98,12 +119,16 @@ impl HandlerError {
             HandlerError::Invalid(_) => StatusCode::BAD_REQUEST,
             HandlerError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             HandlerError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            HandlerError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
         }
     }
 
     /// Whether the broker retries it (per Knative's delivery rules for the status above).
     pub fn is_retryable(&self) -> bool {
-        !matches!(self, HandlerError::Invalid(_))
+        !matches!(
+            self,
+            HandlerError::Invalid(_) | HandlerError::Unprocessable(_)
+        )
     }
 
     /// The RFC 7807 body answered with this error (over HTTP and to in-process callers alike).
@@ -116,6 +141,12 @@ impl HandlerError {
                 "the event was refused and will not be retried; fix it and send it again",
             )
             .with_problems(problems.clone()),
+            HandlerError::Unprocessable(reason) => ProblemDetails::new(
+                self.status(),
+                "unprocessable",
+                "The event cannot be processed",
+                format!("{reason}; the event will not be retried"),
+            ),
             HandlerError::Unavailable(reason) | HandlerError::Internal(reason) => {
                 ProblemDetails::new(
                     self.status(),
@@ -133,6 +164,7 @@ impl HandlerError {
             HandlerError::Invalid(_) => "invalid",
             HandlerError::Unavailable(_) => "unavailable",
             HandlerError::Internal(_) => "internal",
+            HandlerError::Unprocessable(_) => "unprocessable",
         }
     }
 }

@@ -155,12 +155,8 @@ impl ContextUploader {
             (Err(error), Err(_)) => Err(HandlerError::Internal(format!(
                 "rendering the context: {error}"
             ))),
-            (Ok(()), Err(error)) => Err(Self::unavailable(error)),
+            (Ok(()), Err(error)) => Err(error.into()),
         }
-    }
-
-    fn unavailable(error: impl std::fmt::Display) -> HandlerError {
-        HandlerError::Unavailable(error.to_string())
     }
 }
 
@@ -213,10 +209,7 @@ impl Handler for ContextUploader {
             .filter(|_| matches!(parsed.spec.source, klambda_events::spec::Source::Git { .. }));
 
         // Already built: skip the upload and the build.
-        if let Some(record) = ImageRecord::load(self.store.as_ref(), parsed.digest.hex())
-            .await
-            .map_err(Self::unavailable)?
-        {
+        if let Some(record) = ImageRecord::load(self.store.as_ref(), parsed.digest.hex()).await? {
             let build_id = BuildId::derive(&parsed.spec.name, &parsed.digest);
             let reply = reply::<BuildCompleted>(&event, Stage::ContextUploader)
                 .subject(name)
@@ -241,7 +234,7 @@ impl Handler for ContextUploader {
             }
         };
         let key = context_key(&parsed.digest);
-        let size = match self.store.head(&key).await.map_err(Self::unavailable)? {
+        let size = match self.store.head(&key).await? {
             // The same digest always renders the same bytes: a replay finds it and moves on.
             Some(size) => size,
             None => {

@@ -229,9 +229,7 @@ impl JobLauncher {
         let uploaded = decode::<ContextUploaded>(&event)?;
         let name = uploaded.spec.name.clone();
         let build_id = BuildId::derive(&name, &uploaded.digest);
-        let record = ImageRecord::load(self.store.as_ref(), uploaded.digest.hex())
-            .await
-            .map_err(|e| HandlerError::Unavailable(e.to_string()))?;
+        let record = ImageRecord::load(self.store.as_ref(), uploaded.digest.hex()).await?;
         if let Some(record) = record {
             let reply = answer::<BuildCompleted>(&event, &name).data(&BuiltImage {
                 spec: uploaded.spec,
@@ -297,8 +295,7 @@ impl JobLauncher {
             serde_json::to_vec(event).map_err(|e| HandlerError::Internal(e.to_string()))?;
         self.store
             .put(&build_record_key(&request.build_id), record.into())
-            .await
-            .map_err(|e| HandlerError::Unavailable(e.to_string()))?;
+            .await?;
         // Nothing runs here to cancel: the builder's own `cancel` stops it.
         let (_, never) = oneshot::channel();
         let name = request.spec.name.clone();
@@ -464,11 +461,7 @@ impl JobLauncher {
         let Some(build_id) = self.builder.ended(&event)? else {
             return Ok(Outcome::Done);
         };
-        let record = self
-            .store
-            .get(&build_record_key(&build_id))
-            .await
-            .map_err(|e| HandlerError::Unavailable(e.to_string()))?;
+        let record = self.store.get(&build_record_key(&build_id)).await?;
         let Some(record) = record else {
             tracing::warn!(build_id = %build_id, "a finished build Job without a build record; ignored");
             return Ok(Outcome::Done);

@@ -11,8 +11,8 @@ use job_launcher::JobLauncher;
 use job_launcher::builder::{BoxFuture, BuildOutcome, BuildRequest, Builder, BuilderError, Launch};
 use klambda_events::catalogue::BuildCompleted;
 use klambda_events::{EventType, decode};
-use klambda_harness::{Handler as _, Harness, Outcome};
-use klambda_storage::LocalDir;
+use klambda_harness::{Handler as _, HandlerError, Harness, Outcome};
+use klambda_storage::{LocalDir, ObjectStore as _};
 use klambda_test_support::fixtures;
 use tokio::sync::oneshot;
 
@@ -70,6 +70,42 @@ async fn a_third_builder_is_one_impl() -> Result<()> {
             .handler()
             .accepts(klambda_events::external::APISERVER_RESOURCE_UPDATE)
     );
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// A build record that is not what the platform wrote will not be fixed by a retry: the input
+/// is refused once (422, dead-lettered with the reason), not retried until the broker gives up.
+#[tokio::test]
+async fn a_corrupt_build_record_is_unprocessable_not_retried() -> Result<()> {
+    let dir = std::env::temp_dir().join(format!("klambda-seam-corrupt-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let store = Arc::new(LocalDir::new(&dir));
+    let builder = Arc::new(Stamp::default());
+    let launcher = Harness::new(JobLauncher::new(
+        Arc::clone(&builder) as Arc<dyn Builder>,
+        Arc::clone(&store) as _,
+    ));
+    let (spec, digest) = fixtures::node_function("corrupt")?;
+    store
+        .put(
+            &klambda_storage::image_record_key(digest.hex()),
+            b"{not json".to_vec().into(),
+        )
+        .await?;
+    let input = fixtures::context_uploaded(spec, digest, "file:///nowhere.tar.gz");
+    match launcher.dispatch(input).await {
+        Err(error) => {
+            assert!(
+                matches!(error, HandlerError::Unprocessable(ref reason) if reason.contains("corrupt")),
+                "{error}"
+            );
+            assert!(!error.is_retryable());
+            assert_eq!(error.status().as_u16(), 422);
+        }
+        Ok(outcome) => bail!("a corrupt record was used: {outcome:?}"),
+    }
+    assert_eq!(builder.builds.load(Ordering::SeqCst), 0);
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
