@@ -290,7 +290,13 @@ async fn run(cli: Cli) -> Result<i32> {
 }
 
 async fn up(port: u16, settings: embedded::Settings) -> Result<i32> {
-    tracing_init();
+    let telemetry = match tracing_init() {
+        Ok(telemetry) => telemetry,
+        Err(error) => {
+            eprintln!("klambda up: {error}");
+            return Ok(64);
+        }
+    };
     let platform = embedded::Platform::start(&settings).await?;
     let address = SocketAddr::from(([127, 0, 0, 1], port));
     let listener = tokio::net::TcpListener::bind(address)
@@ -329,18 +335,29 @@ async fn up(port: u16, settings: embedded::Settings) -> Result<i32> {
     axum::serve(listener, server::router(platform))
         .with_graceful_shutdown(klambda_harness::serve::shutdown_signal())
         .await?;
+    if let Some(telemetry) = telemetry {
+        telemetry.shutdown();
+    }
     Ok(0)
 }
 
-/// Logs for `klambda up`: text on stdout, `RUST_LOG` (default `warn`, so the terminal stays
-/// readable for the endpoints and the functions' own output).
-fn tracing_init() {
-    let settings = klambda_harness::Settings {
+/// Logs and traces for `klambda up`: text on stdout unless `KLAMBDA_LOG_FORMAT` says json,
+/// `RUST_LOG` (default `warn`, so the terminal stays readable for the endpoints and the
+/// functions' own output), OTLP traces when `OTEL_EXPORTER_OTLP_ENDPOINT` is set: the stages'
+/// telemetry settings. A bad one stops `klambda up` (exit 64) naming it.
+fn tracing_init()
+-> Result<Option<klambda_harness::telemetry::Telemetry>, klambda_harness::ConfigError> {
+    let defaults = klambda_harness::Settings {
         log_format: klambda_harness::config::LogFormat::Text,
-        log_filter: std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".to_owned()),
+        log_filter: "warn".to_owned(),
         ..klambda_harness::Settings::default()
     };
-    if let Err(error) = klambda_harness::telemetry::init("klambda", &settings) {
-        eprintln!("klambda: logging is off: {error}");
+    let settings = klambda_harness::Settings::telemetry(&klambda_harness::config::Env, defaults)?;
+    match klambda_harness::telemetry::init("klambda", &settings) {
+        Ok(telemetry) => Ok(Some(telemetry)),
+        Err(error) => {
+            eprintln!("klambda: logging is off: {error}");
+            Ok(None)
+        }
     }
 }

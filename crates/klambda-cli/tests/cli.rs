@@ -352,3 +352,20 @@ fn update_rollback_failures_and_stage_replays() -> Result<()> {
     );
     Ok(())
 }
+
+/// `klambda up` logs and traces with the stages' settings, and refuses a bad one by name
+/// instead of starting without logs.
+#[test]
+fn up_refuses_a_bad_telemetry_setting_by_name() -> Result<()> {
+    let data = std::env::temp_dir().join(format!("klambda-cli-telemetry-{}", std::process::id()));
+    let output = Command::new(BIN)
+        .args(["up", "--port", &free_port()?.to_string(), "--data-dir"])
+        .arg(&data)
+        .env("KLAMBDA_LOG_FORMAT", "yaml")
+        .output()?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(64), "{stderr}");
+    assert!(stderr.contains("KLAMBDA_LOG_FORMAT"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&data);
+    Ok(())
+}

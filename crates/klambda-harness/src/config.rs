@@ -339,7 +339,63 @@ pub struct ConfigError {
     pub problems: Vec<String>,
 }
 
+/// Reads the telemetry settings (`KLAMBDA_LOG_FORMAT`, `RUST_LOG`, `OTEL_EXPORTER_OTLP_ENDPOINT`,
+/// `OTEL_EXPORTER_OTLP_HEADERS`) into `settings`, adding each bad one to `problems`.
+fn read_telemetry(source: &impl ConfigSource, settings: &mut Settings, problems: &mut Vec<String>) {
+    let non_empty = |key: &str| source.get(key).filter(|v| !v.trim().is_empty());
+    match non_empty("KLAMBDA_LOG_FORMAT").as_deref().map(str::trim) {
+        None | Some("json") => {}
+        Some("text") => settings.log_format = LogFormat::Text,
+        Some(other) => problems.push(format!("KLAMBDA_LOG_FORMAT={other:?} must be json or text")),
+    }
+    if let Some(filter) = non_empty("RUST_LOG") {
+        match tracing_subscriber::EnvFilter::try_new(&filter) {
+            Ok(_) => settings.log_filter = filter,
+            Err(e) => problems.push(format!("RUST_LOG={filter:?} is not a log filter: {e}")),
+        }
+    }
+    if let Some(endpoint) = non_empty("OTEL_EXPORTER_OTLP_ENDPOINT") {
+        match Url::parse(endpoint.trim()) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") => {
+                settings.otlp_endpoint = Some(url)
+            }
+            _ => problems.push(format!(
+                "OTEL_EXPORTER_OTLP_ENDPOINT={endpoint:?} must be an http:// or https:// URL"
+            )),
+        }
+    }
+    if let Some(headers) = non_empty("OTEL_EXPORTER_OTLP_HEADERS") {
+        let well_formed = headers.split(',').all(|pair| {
+            pair.split_once('=')
+                .is_some_and(|(k, _)| !k.trim().is_empty())
+        });
+        if well_formed {
+            settings.otlp_headers = Some(Secret::new(headers));
+        } else {
+            // Never echo the value: it usually holds an API key.
+            problems.push(
+                    "OTEL_EXPORTER_OTLP_HEADERS must be key=value pairs separated by commas (value not shown)"
+                        .into(),
+                );
+        }
+    }
+}
+
 impl Settings {
+    /// `defaults` with the telemetry settings of `source` (log format and filter, OTLP endpoint
+    /// and headers) applied, each validated: for binaries that are not stages (`klambda up`,
+    /// the webhook gateway) but log and trace the same way.
+    pub fn telemetry(source: &impl ConfigSource, defaults: Settings) -> Result<Self, ConfigError> {
+        let mut settings = defaults;
+        let mut problems = Vec::new();
+        read_telemetry(source, &mut settings, &mut problems);
+        if problems.is_empty() {
+            Ok(settings)
+        } else {
+            Err(ConfigError { problems })
+        }
+    }
+
     /// Reads and validates every setting from `source`.
     pub fn from_source(source: &impl ConfigSource) -> Result<Self, ConfigError> {
         let mut problems = Vec::new();
@@ -377,44 +433,7 @@ impl Settings {
                 )),
             }
         }
-        match non_empty("KLAMBDA_LOG_FORMAT").as_deref().map(str::trim) {
-            None | Some("json") => {}
-            Some("text") => settings.log_format = LogFormat::Text,
-            Some(other) => {
-                problems.push(format!("KLAMBDA_LOG_FORMAT={other:?} must be json or text"))
-            }
-        }
-        if let Some(filter) = non_empty("RUST_LOG") {
-            match tracing_subscriber::EnvFilter::try_new(&filter) {
-                Ok(_) => settings.log_filter = filter,
-                Err(e) => problems.push(format!("RUST_LOG={filter:?} is not a log filter: {e}")),
-            }
-        }
-        if let Some(endpoint) = non_empty("OTEL_EXPORTER_OTLP_ENDPOINT") {
-            match Url::parse(endpoint.trim()) {
-                Ok(url) if matches!(url.scheme(), "http" | "https") => {
-                    settings.otlp_endpoint = Some(url)
-                }
-                _ => problems.push(format!(
-                    "OTEL_EXPORTER_OTLP_ENDPOINT={endpoint:?} must be an http:// or https:// URL"
-                )),
-            }
-        }
-        if let Some(headers) = non_empty("OTEL_EXPORTER_OTLP_HEADERS") {
-            let well_formed = headers.split(',').all(|pair| {
-                pair.split_once('=')
-                    .is_some_and(|(k, _)| !k.trim().is_empty())
-            });
-            if well_formed {
-                settings.otlp_headers = Some(Secret::new(headers));
-            } else {
-                // Never echo the value: it usually holds an API key.
-                problems.push(
-                    "OTEL_EXPORTER_OTLP_HEADERS must be key=value pairs separated by commas (value not shown)"
-                        .into(),
-                );
-            }
-        }
+        read_telemetry(source, &mut settings, &mut problems);
         settings.lambda_runtime_api = non_empty("AWS_LAMBDA_RUNTIME_API");
 
         if problems.is_empty() {

@@ -90,11 +90,17 @@ fn main() -> ExitCode {
 }
 
 fn serve(settings: Settings) -> ExitCode {
-    let log = klambda_harness::Settings {
-        log_filter: std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_owned()),
-        ..klambda_harness::Settings::default()
+    // Logs and traces as every stage's: KLAMBDA_LOG_FORMAT, RUST_LOG, OTEL_EXPORTER_OTLP_*.
+    let log = match klambda_harness::Settings::telemetry(
+        &klambda_harness::config::Env,
+        klambda_harness::Settings::default(),
+    ) {
+        Ok(log) => log,
+        Err(error) => {
+            eprintln!("webhook-gateway: {error}");
+            return ExitCode::from(64);
+        }
     };
-    let _ = klambda_harness::telemetry::init("webhook-gateway", &log);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -102,6 +108,9 @@ fn serve(settings: Settings) -> ExitCode {
             return ExitCode::from(70);
         }
     };
+    // The OTLP exporter needs the runtime.
+    let telemetry =
+        runtime.block_on(async { klambda_harness::telemetry::init("webhook-gateway", &log) });
     let publisher: Arc<dyn Publisher> = Arc::new(HttpSink::new(settings.sink.clone()));
     let served = runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(("0.0.0.0", settings.port)).await?;
@@ -113,6 +122,10 @@ fn serve(settings: Settings) -> ExitCode {
         .with_graceful_shutdown(klambda_harness::serve::shutdown_signal())
         .await
     });
+    match telemetry {
+        Ok(telemetry) => telemetry.shutdown(),
+        Err(error) => eprintln!("webhook-gateway: logging was off: {error}"),
+    }
     match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
