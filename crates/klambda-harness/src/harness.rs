@@ -139,6 +139,9 @@ impl<H: Handler> Harness<H> {
             parent.adopt_as_parent_of(&span);
             span.record("trace_id", hex::encode(parent.trace_id));
         }
+        if let Some(build_id) = build_id_of(&event) {
+            span.record("build_id", build_id);
+        }
         let started = Instant::now();
         let result = async {
             if !self.handler.accepts(event.ty()) {
@@ -166,6 +169,9 @@ impl<H: Handler> Harness<H> {
         let _entered = span.enter();
         match result {
             Ok(Outcome::Reply(mut reply)) => {
+                if let Some(build_id) = build_id_of(&reply) {
+                    span.record("build_id", build_id);
+                }
                 let reply_trace = trace::for_emitted(input_trace, &span, reply.id());
                 trace::stamp(&mut reply, reply_trace);
                 self.metrics.request(label, "reply");
@@ -312,4 +318,13 @@ async fn metrics_text<H: Handler>(State(harness): State<Harness<H>>) -> Response
         HeaderValue::from_static(metrics::CONTENT_TYPE),
     );
     response
+}
+
+/// The build an event is about (`data.buildId` of the build events and their answers), for the
+/// handling span's `build_id` field.
+fn build_id_of(event: &Event) -> Option<&str> {
+    match event.data()? {
+        cloudevents::Data::Json(data) => data.get("buildId")?.as_str(),
+        _ => None,
+    }
 }

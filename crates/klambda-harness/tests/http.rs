@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Result;
-use cloudevents::{AttributesReader, Event};
+use cloudevents::{AttributesReader, Event, EventBuilder as _};
 use klambda_events::catalogue::{HealthCheck, ParserStarted};
 use klambda_events::data::{HealthProbe, Operation, ParseStart};
 use klambda_events::{Envelope, Stage};
@@ -558,5 +558,66 @@ async fn in_process_dispatch_matches_http() -> Result<()> {
         }
         Outcome::Done => anyhow::bail!("expected a reply"),
     }
+    Ok(())
+}
+
+/// Log lines written by the harness, for reading back what its spans recorded.
+#[derive(Clone, Default)]
+struct Lines(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Lines {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .map_err(|_| std::io::Error::other("poisoned"))?
+            .extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Lines {
+    type Writer = Lines;
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+/// The handling span carries the build an event is about, so a build's log lines can be found
+/// by its id across stages.
+#[tokio::test]
+async fn the_handling_span_records_the_build_id() -> Result<()> {
+    let lines = Lines::default();
+    let settings = klambda_harness::Settings {
+        log_filter: "info".to_owned(),
+        ..klambda_harness::Settings::default()
+    };
+    let (subscriber, _telemetry) =
+        klambda_harness::telemetry::subscriber("test", &settings, lines.clone())?;
+    let _default = tracing::subscriber::set_default(subscriber);
+    let harness = Harness::new(Echo).with_publisher(Arc::new(Memory::default()));
+    let event = cloudevents::EventBuilderV10::new()
+        .id("b-1")
+        .source("/t")
+        .ty("test.done")
+        .data(
+            "application/json",
+            json!({"buildId": "hello-0123456789abcdef"}),
+        )
+        .build()?;
+    harness.dispatch(event).await?;
+    let text = String::from_utf8(
+        lines
+            .0
+            .lock()
+            .map_err(|_| anyhow::anyhow!("poisoned"))?
+            .clone(),
+    )?;
+    assert!(
+        text.contains("\"build_id\":\"hello-0123456789abcdef\""),
+        "no build_id in the logs:\n{text}"
+    );
     Ok(())
 }
