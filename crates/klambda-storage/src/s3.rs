@@ -154,9 +154,9 @@ impl S3Store {
         }
     }
 
-    /// Keys under `prefix`, with their sizes, in key order.
-    pub async fn list(&self, prefix: &str) -> Result<Vec<(String, u64)>, StorageError> {
-        let mut keys = Vec::new();
+    /// The objects under `prefix` as the listing gives them, in key order.
+    async fn objects(&self, prefix: &str) -> Result<Vec<aws_sdk_s3::types::Object>, StorageError> {
+        let mut objects = Vec::new();
         let mut pages = self
             .client()
             .await
@@ -167,14 +167,22 @@ impl S3Store {
             .send();
         while let Some(page) = pages.next().await {
             let page = page.map_err(self.failed(prefix, "list"))?;
-            for object in page.contents() {
-                if let Some(key) = object.key() {
-                    let size = object.size().unwrap_or_default().max(0) as u64;
-                    keys.push((key.to_owned(), size));
-                }
-            }
+            objects.extend(page.contents().iter().cloned());
         }
-        Ok(keys)
+        Ok(objects)
+    }
+
+    /// Keys under `prefix`, with their sizes, in key order.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<(String, u64)>, StorageError> {
+        Ok(self
+            .objects(prefix)
+            .await?
+            .iter()
+            .filter_map(|object| {
+                let size = object.size().unwrap_or_default().max(0) as u64;
+                Some((object.key()?.to_owned(), size))
+            })
+            .collect())
     }
 
     /// What the user's source at `key` (one object) or at the prefix `key` (ending in `/`, or
@@ -184,30 +192,19 @@ impl S3Store {
     pub async fn revision(&self, key: &str) -> Result<Option<String>, StorageError> {
         let prefix = key.is_empty() || key.ends_with('/');
         let mut listed = Vec::new();
-        let mut pages = self
-            .client()
-            .await
-            .list_objects_v2()
-            .bucket(&self.bucket)
-            .prefix(key)
-            .into_paginator()
-            .send();
-        while let Some(page) = pages.next().await {
-            let page = page.map_err(self.failed(key, "list"))?;
-            for object in page.contents() {
-                let Some(name) = object.key() else { continue };
-                if !prefix && name != key {
-                    continue;
-                }
-                // Some S3-compatible servers leave the ETag out of listings; HEAD has it.
-                let etag = match object.e_tag() {
-                    Some(etag) => etag.to_owned(),
-                    None => self.etag(name).await?.unwrap_or_default(),
-                };
-                let etag = etag.trim_matches('"');
-                let size = object.size().unwrap_or_default();
-                listed.push(format!("{name}\t{size}\t{etag}"));
+        for object in self.objects(key).await? {
+            let Some(name) = object.key() else { continue };
+            if !prefix && name != key {
+                continue;
             }
+            // Some S3-compatible servers leave the ETag out of listings; HEAD has it.
+            let etag = match object.e_tag() {
+                Some(etag) => etag.to_owned(),
+                None => self.etag(name).await?.unwrap_or_default(),
+            };
+            let etag = etag.trim_matches('"');
+            let size = object.size().unwrap_or_default();
+            listed.push(format!("{name}\t{size}\t{etag}"));
         }
         if listed.is_empty() {
             return Ok(None);
