@@ -86,7 +86,7 @@ pub async fn deploy_example(
             .join("examples")
             .join(example),
         klambda_cli::client::Output::Json,
-        store,
+        store.map(|s3| s3 as &dyn klambda_storage::ObjectStore),
     )
     .await
 }

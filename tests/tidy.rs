@@ -208,3 +208,46 @@ fn no_stage_depends_on_another_stage() -> Result<()> {
     assert!(edges.is_empty(), "stages depending on stages: {edges:?}");
     Ok(())
 }
+
+/// Lines of production code that name a concrete store type rather than `dyn ObjectStore`.
+fn concrete_store_uses(source: &str) -> Vec<usize> {
+    source
+        .lines()
+        .enumerate()
+        .filter(|(_, line)| !line.trim_start().starts_with("//") && line.contains("S3Store"))
+        .map(|(number, _)| number + 1)
+        .collect()
+}
+
+#[test]
+fn the_store_check_finds_a_use_it_is_fed() {
+    let fed = "/// reads through S3Store docs\nlet s = klambda_storage::S3Store::new(&x);\n";
+    assert_eq!(concrete_store_uses(fed), vec![2]);
+}
+
+/// Stores are a seam: outside `klambda-storage`, production code holds `dyn ObjectStore`
+/// (users' buckets through `ObjectStore::source_buckets`), so a new store is one impl there.
+#[test]
+fn no_production_code_outside_storage_names_a_concrete_store() -> Result<()> {
+    let mut files = Vec::new();
+    for dir in ["crates", "functions"] {
+        rust_files(&repo::root().join(dir), &mut files)?;
+    }
+    let mut found = Vec::new();
+    for file in files {
+        let path = file.to_string_lossy().into_owned();
+        let production = path.contains("/src/") && !path.contains("crates/klambda-storage/");
+        // The test-support crate serves tests only.
+        if !production || path.contains("crates/klambda-test-support/") {
+            continue;
+        }
+        for line in concrete_store_uses(&std::fs::read_to_string(&file)?) {
+            found.push(format!("{path}:{line}"));
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "concrete stores named outside klambda-storage: {found:?}"
+    );
+    Ok(())
+}

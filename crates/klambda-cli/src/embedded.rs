@@ -22,7 +22,7 @@ use klambda_events::Stage;
 use klambda_harness::metrics::Metrics;
 use klambda_harness::publisher::{PublishError, Publisher};
 use klambda_harness::{Handler, Harness};
-use klambda_storage::{LocalDir, ObjectStore, S3Settings, S3Store};
+use klambda_storage::{LocalDir, ObjectStore, S3Settings};
 use parser::Parser;
 use service_deployer::ServiceDeployer;
 use service_deployer::deployer::local::LocalRunner;
@@ -161,17 +161,12 @@ impl Platform {
             )
         })?;
         let data = |name: &str| settings.data_dir.join(name);
-        let s3 = settings.s3.as_ref().map(S3Store::new);
-        let objects: Arc<dyn ObjectStore> = match &s3 {
-            Some(s3) => Arc::new(s3.clone()),
+        let objects: Arc<dyn ObjectStore> = match &settings.s3 {
+            Some(s3) => klambda_storage::s3(s3),
             None => Arc::new(LocalDir::new(data("store"))),
         };
         // Everything `klambda up` writes is under its data directory.
         let uploader = ContextUploader::new(Arc::clone(&objects)).with_work_dir(data("sources"));
-        let uploader = match s3 {
-            Some(s3) => uploader.with_s3_sources(s3),
-            None => uploader,
-        };
         let database_url = settings
             .database_url
             .clone()

@@ -249,8 +249,8 @@ async fn run(cli: Cli) -> Result<i32> {
             up(port, settings).await
         }
         Command::Deploy { dir, store } => {
-            let store = store.s3()?.map(|s3| klambda_storage::S3Store::new(&s3));
-            client::deploy(&platform, &dir, output, store.as_ref()).await
+            let store = store.s3()?.map(|s3| klambda_storage::s3(&s3));
+            client::deploy(&platform, &dir, output, store.as_deref()).await
         }
         Command::Invoke {
             name,

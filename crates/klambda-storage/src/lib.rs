@@ -147,6 +147,36 @@ pub trait ObjectStore: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<Option<u64>, StorageError>>;
     /// How events refer to the object (`file:///…`, `s3://bucket/key`).
     fn uri(&self, key: &str) -> String;
+    /// Users' own buckets, for function sources named `s3://bucket/key`: what this store's
+    /// credentials reach besides its own keys. `None` (the default) for stores that are not S3.
+    fn source_buckets(&self) -> Option<&dyn SourceBuckets> {
+        None
+    }
+}
+
+/// Objects in users' own buckets, read by bucket and key with any key alphabet: function
+/// sources (`s3://bucket/key` archives and `s3://bucket/prefix/` trees).
+pub trait SourceBuckets: Send + Sync {
+    /// What the source at `key` (an object) or the prefix `key` holds now, as a revision that
+    /// changes whenever its content does; `None` when there is nothing there.
+    fn revision<'a>(
+        &'a self,
+        bucket: &'a str,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<Option<String>, StorageError>>;
+    /// The keys under `prefix`, with their sizes, in key order.
+    fn list<'a>(
+        &'a self,
+        bucket: &'a str,
+        prefix: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<(String, u64)>, StorageError>>;
+    /// Copies the object into the file `to`; its size, or `None` when it does not exist.
+    fn fetch<'a>(
+        &'a self,
+        bucket: &'a str,
+        key: &'a str,
+        to: &'a Path,
+    ) -> BoxFuture<'a, Result<Option<u64>, StorageError>>;
 }
 
 /// Validates a key: `/`-separated segments of `[a-z0-9._-]`, none empty, `.` or `..`.
@@ -168,7 +198,12 @@ pub fn check_key(key: &str) -> Result<(), StorageError> {
     }
 }
 
-/// The store a stage's settings name, and the S3 client when it is S3 (for `s3://` sources):
+/// The S3 store `settings` name, as the one store type every caller holds.
+pub fn s3(settings: &S3Settings) -> std::sync::Arc<dyn ObjectStore> {
+    std::sync::Arc::new(S3Store::new(settings))
+}
+
+/// The store a stage's settings name (an S3 store also reads `s3://` sources):
 ///
 /// - `KLAMBDA_STORE`: `s3://bucket` or a directory (`KLAMBDA_STORE_DIR` is the older name for a
 ///   directory); `default_dir` when neither is set;
@@ -177,7 +212,7 @@ pub fn check_key(key: &str) -> Result<(), StorageError> {
 pub fn from_settings(
     get: impl Fn(&str) -> Option<String>,
     default_dir: &str,
-) -> Result<(std::sync::Arc<dyn ObjectStore>, Option<S3Store>), String> {
+) -> Result<std::sync::Arc<dyn ObjectStore>, String> {
     let get = |key: &str| {
         get(key)
             .map(|v| v.trim().to_owned())
@@ -199,8 +234,7 @@ pub fn from_settings(
             region: get("KLAMBDA_S3_REGION"),
             ..S3Settings::new(bucket)
         };
-        let store = S3Store::new(&settings);
-        return Ok((std::sync::Arc::new(store.clone()), Some(store)));
+        return Ok(std::sync::Arc::new(S3Store::new(&settings)));
     }
-    Ok((std::sync::Arc::new(LocalDir::new(location)), None))
+    Ok(std::sync::Arc::new(LocalDir::new(location)))
 }

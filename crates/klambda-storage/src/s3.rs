@@ -419,7 +419,38 @@ impl S3Store {
     }
 }
 
+impl crate::SourceBuckets for S3Store {
+    fn revision<'a>(
+        &'a self,
+        bucket: &'a str,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<Option<String>, StorageError>> {
+        Box::pin(async move { self.in_bucket(bucket).revision(key).await })
+    }
+
+    fn list<'a>(
+        &'a self,
+        bucket: &'a str,
+        prefix: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<(String, u64)>, StorageError>> {
+        Box::pin(async move { self.in_bucket(bucket).list(prefix).await })
+    }
+
+    fn fetch<'a>(
+        &'a self,
+        bucket: &'a str,
+        key: &'a str,
+        to: &'a Path,
+    ) -> BoxFuture<'a, Result<Option<u64>, StorageError>> {
+        Box::pin(async move { self.in_bucket(bucket).download_any(key, to).await })
+    }
+}
+
 impl ObjectStore for S3Store {
+    fn source_buckets(&self) -> Option<&dyn crate::SourceBuckets> {
+        Some(self)
+    }
+
     fn put<'a>(&'a self, key: &'a str, bytes: Bytes) -> BoxFuture<'a, Result<(), StorageError>> {
         crate::traced("put", "s3", key, async move {
             check_key(key)?;

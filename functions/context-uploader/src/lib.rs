@@ -31,7 +31,7 @@ use klambda_events::{BuildId, ContentDigest, Stage, decode, reply};
 use klambda_harness::{ConfigError, ConfigSource, Context, Handler, HandlerError, Outcome};
 use klambda_runtimes::Template;
 use klambda_runtimes::context::{self, SourceFile};
-use klambda_storage::{ImageRecord, ObjectStore, S3Store, chunk_channel};
+use klambda_storage::{ImageRecord, ObjectStore, chunk_channel};
 
 pub mod source;
 
@@ -66,17 +66,12 @@ pub struct ContextUploader {
 
 impl ContextUploader {
     /// An uploader writing to `store`, for inline sources.
+    /// With an S3 store, `s3://` sources are read with its credentials (any bucket they
+    /// reach); other stores refuse them.
     pub fn new(store: Arc<dyn ObjectStore>) -> Self {
-        Self {
-            store,
-            sources: Sources::default(),
-        }
-    }
-
-    /// Also fetches `s3://` sources through `s3` (any bucket its credentials reach).
-    pub fn with_s3_sources(mut self, s3: S3Store) -> Self {
-        self.sources.s3 = Some(s3);
-        self
+        let mut sources = Sources::default();
+        sources.store = Some(Arc::clone(&store));
+        Self { store, sources }
     }
 
     /// Also lets git fetch over these transports (tests use `file`; production is https only).
@@ -110,7 +105,7 @@ impl ContextUploader {
     /// [`DEFAULT_STORE_DIR`]). With S3, `s3://` sources are fetched with the same credentials.
     /// `KLAMBDA_SOURCE_DIR` is where sources are fetched (default: under the temp dir).
     pub fn from_config(config: &dyn ConfigSource) -> Result<Self, ConfigError> {
-        let (store, s3) = klambda_storage::from_settings(|key| config.get(key), DEFAULT_STORE_DIR)
+        let store = klambda_storage::from_settings(|key| config.get(key), DEFAULT_STORE_DIR)
             .map_err(|problem| ConfigError {
                 problems: vec![problem],
             })?;
@@ -118,10 +113,7 @@ impl ContextUploader {
         if let Some(dir) = config.setting("KLAMBDA_SOURCE_DIR") {
             uploader = uploader.with_work_dir(dir);
         }
-        Ok(match s3 {
-            Some(s3) => uploader.with_s3_sources(s3),
-            None => uploader,
-        })
+        Ok(uploader)
     }
 
     /// Renders the context on a blocking thread and streams it into the store as it is

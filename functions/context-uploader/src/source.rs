@@ -8,6 +8,7 @@
 //! reason); a store that fails is a retryable error.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use base64::Engine as _;
@@ -16,7 +17,7 @@ use klambda_events::spec::{ContentEncoding, Source};
 use klambda_harness::HandlerError;
 use klambda_runtimes::archive::{self, ArchiveError, Limits};
 use klambda_runtimes::context::{Content, SourceFile};
-use klambda_storage::S3Store;
+use klambda_storage::{ObjectStore, SourceBuckets};
 
 /// What fetching found.
 pub enum Fetched {
@@ -51,8 +52,9 @@ impl Drop for WorkDir {
 /// Where sources come from and where they are unpacked.
 #[derive(Clone)]
 pub struct Sources {
-    /// The S3 client for `s3://` sources, if configured.
-    pub s3: Option<S3Store>,
+    /// The store whose credentials read `s3://` sources, when it reaches S3
+    /// ([`ObjectStore::source_buckets`]).
+    pub store: Option<Arc<dyn ObjectStore>>,
     /// Work directories go here.
     pub work: PathBuf,
     /// Bounds on what a source may expand to.
@@ -76,7 +78,7 @@ type HttpsClient = hyper_util::client::legacy::Client<
 impl Default for Sources {
     fn default() -> Self {
         Self {
-            s3: None,
+            store: None,
             work: std::env::temp_dir().join("klambda-sources"),
             limits: Limits::default(),
             git_protocols: Vec::new(),
@@ -88,6 +90,11 @@ impl Default for Sources {
 }
 
 impl Sources {
+    /// Users' buckets, when the store reaches S3.
+    fn buckets(&self) -> Option<&dyn SourceBuckets> {
+        self.store.as_deref()?.source_buckets()
+    }
+
     /// Fetches `source`; a git or S3 source must arrive at `pinned`, the revision
     /// [`Sources::resolve`] found (else the fetch is retried).
     pub async fn fetch(
@@ -98,22 +105,21 @@ impl Sources {
         match source {
             Source::Inline { files } => inline(files).map(|files| Fetched::Files(files, None)),
             Source::S3 { bucket, key } => {
-                let Some(s3) = &self.s3 else {
+                let Some(buckets) = self.buckets() else {
                     return Ok(Fetched::Refused(format!(
                         "the source s3://{bucket}/{key} needs S3 storage; this platform stores locally (configure KLAMBDA_STORE=s3://…)"
                     )));
                 };
-                let s3 = s3.in_bucket(bucket);
                 let work = WorkDir::new(&self.work).map_err(internal)?;
                 let fetched = if key.is_empty() || key.ends_with('/') {
-                    self.prefix(&s3, key, &work).await?
+                    self.prefix(buckets, bucket, key, &work).await?
                 } else {
-                    self.archive(&s3, key, &work).await?
+                    self.archive(buckets, bucket, key, &work).await?
                 };
                 // What was read must be the revision the digest was pinned to: a source changed
                 // in between is fetched again on the broker's retry, under its new digest.
                 if let Some(pinned) = pinned {
-                    let now = s3.revision(key).await.map_err(unavailable)?;
+                    let now = buckets.revision(bucket, key).await.map_err(unavailable)?;
                     if now.as_deref() != Some(pinned) {
                         return Err(HandlerError::Unavailable(format!(
                             "s3://{bucket}/{key} changed while it was fetched"
@@ -323,7 +329,7 @@ impl Sources {
     /// The revision a source's content is pinned to now, for sources named by something that
     /// can change under the same name: a git ref resolved with `git ls-remote` to a commit (a
     /// full commit id is taken as it is); an S3 object or prefix to its ETags (see
-    /// `S3Store::revision`). `Ok(Ok(None))` for sources whose digest already covers their
+    /// `SourceBuckets::revision`). `Ok(Ok(None))` for sources whose digest already covers their
     /// content (inline, an archive pinned by its sha256), and for an S3 source with nothing
     /// there (the fetch refuses it). A ref that does not exist is a refusal.
     pub async fn resolve(
@@ -331,12 +337,8 @@ impl Sources {
         source: &Source,
     ) -> Result<Result<Option<String>, String>, HandlerError> {
         if let Source::S3 { bucket, key } = source {
-            return Ok(Ok(match &self.s3 {
-                Some(s3) => s3
-                    .in_bucket(bucket)
-                    .revision(key)
-                    .await
-                    .map_err(unavailable)?,
+            return Ok(Ok(match self.buckets() {
+                Some(buckets) => buckets.revision(bucket, key).await.map_err(unavailable)?,
                 None => None,
             }));
         }
@@ -443,13 +445,14 @@ impl Sources {
 
     async fn archive(
         &self,
-        s3: &S3Store,
+        buckets: &dyn SourceBuckets,
+        bucket: &str,
         key: &str,
         work: &WorkDir,
     ) -> Result<Result<Vec<SourceFile>, String>, HandlerError> {
         let archive = work.0.join("source.archive");
-        if s3
-            .download_any(key, &archive)
+        if buckets
+            .fetch(bucket, key, &archive)
             .await
             .map_err(unavailable)?
             .is_none()
@@ -482,11 +485,12 @@ impl Sources {
 
     async fn prefix(
         &self,
-        s3: &S3Store,
+        buckets: &dyn SourceBuckets,
+        bucket: &str,
         prefix: &str,
         work: &WorkDir,
     ) -> Result<Result<Vec<SourceFile>, String>, HandlerError> {
-        let objects = s3.list(prefix).await.map_err(unavailable)?;
+        let objects = buckets.list(bucket, prefix).await.map_err(unavailable)?;
         if objects.is_empty() {
             return Ok(Err("no objects under this prefix".into()));
         }
@@ -515,7 +519,10 @@ impl Sources {
             if let Some(parent) = target.parent() {
                 std::fs::create_dir_all(parent).map_err(internal)?;
             }
-            s3.download_any(&key, &target).await.map_err(unavailable)?;
+            buckets
+                .fetch(bucket, &key, &target)
+                .await
+                .map_err(unavailable)?;
             paths.push(safe.to_string_lossy().into_owned());
         }
         paths.sort();

@@ -274,10 +274,7 @@ fn s3_uploader(server: &S3Server) -> Result<(ContextUploader, S3Store)> {
         ..S3Settings::new("contexts")
     };
     let store = S3Store::new(&settings);
-    Ok((
-        ContextUploader::new(Arc::new(store.clone())).with_s3_sources(store.clone()),
-        store,
-    ))
+    Ok((ContextUploader::new(Arc::new(store.clone())), store))
 }
 
 #[tokio::test]

@@ -173,7 +173,7 @@ impl JobLauncher {
     pub async fn from_config(config: &dyn ConfigSource) -> Result<Self, ConfigError> {
         let setting =
             |key: &str, default: &str| config.setting(key).unwrap_or_else(|| default.to_owned());
-        let (store, s3) = klambda_storage::from_settings(|key| config.get(key), "klambda-store")
+        let store = klambda_storage::from_settings(|key| config.get(key), "klambda-store")
             .map_err(|problem| ConfigError {
                 problems: vec![problem],
             })?;
@@ -187,7 +187,7 @@ impl JobLauncher {
             }
             "kubernetes" => {
                 let mut problems = Vec::new();
-                if s3.is_none() {
+                if !store.uri("").starts_with("s3://") {
                     problems.push(
                         "KLAMBDA_BUILDER=kubernetes: Kaniko reads build contexts from S3; set KLAMBDA_STORE=s3://bucket"
                             .to_owned(),

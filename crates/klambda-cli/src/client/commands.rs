@@ -16,7 +16,7 @@ use klambda_events::catalogue::{
 use klambda_events::data::{FunctionDeletion, RollbackRequest};
 use klambda_events::status::{EventRecord, FunctionStatus};
 use klambda_events::{Envelope, FunctionName};
-use klambda_storage::S3Store;
+use klambda_storage::ObjectStore;
 use serde_json::Value;
 
 /// `klambda deploy DIR`: submits the function and follows it until ready or failed.
@@ -24,7 +24,7 @@ pub async fn deploy(
     platform: &Api,
     dir: &Path,
     output: Output,
-    store: Option<&S3Store>,
+    store: Option<&dyn ObjectStore>,
 ) -> Result<i32> {
     let submission = match store {
         Some(store) => package_to_s3(dir, store).await?,

@@ -6,7 +6,7 @@ use anyhow::{Context as _, Result};
 use base64::Engine as _;
 use klambda_events::spec::{ContentEncoding, FunctionSubmission, InlineFile};
 use klambda_runtimes::context::{Content, write_archive};
-use klambda_storage::{ObjectStore as _, S3Store, chunk_channel};
+use klambda_storage::{ObjectStore, chunk_channel};
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 
@@ -96,7 +96,7 @@ fn function_files(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
 /// `sources/<sha256>.tar.gz` (once: the same files give the same key) and returns the
 /// submission with that `s3://` source. Streams: the archive goes through a temporary file, not
 /// memory.
-pub async fn package_to_s3(dir: &Path, store: &S3Store) -> Result<FunctionSubmission> {
+pub async fn package_to_s3(dir: &Path, store: &dyn ObjectStore) -> Result<FunctionSubmission> {
     let mut submission = package_manifest(dir)?;
     let files = function_files(dir)?;
     let temp = std::env::temp_dir().join(format!("klambda-deploy-{}.tar.gz", std::process::id()));
