@@ -258,6 +258,33 @@ fn update_rollback_failures_and_stage_replays() -> Result<()> {
     let dir_arg = dir.display().to_string();
     assert!(klambda(&up, &["deploy", &dir_arg])?.status.success());
 
+    // `events` of an unknown function says so and fails, like `status`; a reader that stops
+    // early (`| head -1`) ends the listing quietly, without a panic.
+    let unknown = klambda(&up, &["events", "nosuch"])?;
+    assert_eq!(unknown.status.code(), Some(1), "{}", text(&unknown));
+    assert!(
+        text(&unknown).contains("no function named nosuch"),
+        "{}",
+        text(&unknown)
+    );
+    let mut listing = Command::new(BIN)
+        .args(["--endpoint", &up.endpoint, "events", "hello-node"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    drop(listing.stdout.take());
+    let listed = listing.wait_with_output()?;
+    assert!(
+        listed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
+    assert!(
+        !String::from_utf8_lossy(&listed.stderr).contains("panicked"),
+        "{}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
+
     // Replay every stage's input event three times: still one build and one revision.
     let events = klambda(&up, &["events", "hello-node", "--output", "json"])?;
     let ids: Vec<String> = String::from_utf8_lossy(&events.stdout)

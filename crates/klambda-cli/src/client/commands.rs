@@ -1,6 +1,7 @@
 //! The commands about one function or event: deploy, invoke, status, events, logs, replay,
 //! delete, rollback.
 
+use std::io::Write as _;
 use std::path::Path;
 
 use super::{Api, Output, detail, event_id, package, package_to_s3};
@@ -165,25 +166,42 @@ pub async fn status(platform: &Api, name: Option<&str>, output: Output) -> Resul
 
 /// `klambda events NAME`.
 pub async fn events(platform: &Api, name: &str, output: Output) -> Result<i32> {
+    // An unknown function is an error, as for `status` and `logs`, not an empty history.
+    if platform
+        .get_json::<FunctionStatus>(&format!("/functions/{name}"))
+        .await?
+        .is_none()
+    {
+        eprintln!("no function named {name}");
+        return Ok(1);
+    }
     let events: Vec<EventRecord> = platform
         .get_json(&format!("/functions/{name}/events?limit=10000"))
         .await?
         .unwrap_or_default();
+    let mut out = std::io::stdout().lock();
     for entry in &events {
-        match output {
-            Output::Json => println!("{}", serde_json::to_string(entry)?),
+        let written = match output {
+            Output::Json => writeln!(out, "{}", serde_json::to_string(entry)?),
             Output::Text => {
                 let event = &entry.event;
                 let ty = event["type"].as_str().unwrap_or_default();
                 let short = ty.strip_prefix(klambda_events::TYPE_PREFIX).unwrap_or(ty);
-                println!(
+                writeln!(
+                    out,
                     "{:>5}  {}  {short:<18} {}  {}",
                     entry.seq,
                     entry.received_at,
                     event["id"].as_str().unwrap_or_default(),
                     detail(short, &event["data"])
-                );
+                )
             }
+        };
+        match written {
+            Ok(()) => {}
+            // The reader went away (`klambda events NAME | head`): it has what it wanted.
+            Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => return Ok(0),
+            Err(error) => return Err(error.into()),
         }
     }
     Ok(0)
