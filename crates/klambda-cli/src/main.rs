@@ -127,10 +127,12 @@ struct StoreFlags {
     #[arg(long = "store", env = "KLAMBDA_STORE")]
     location: Option<String>,
     /// A custom S3 endpoint (MinIO, Garage, s3s), path-style addressing.
-    #[arg(long = "s3-endpoint", env = "KLAMBDA_S3_ENDPOINT")]
+    // Its own id: the field name would clash with the global `--endpoint`, and clap would then
+    // refuse `--endpoint` after a subcommand that takes these flags.
+    #[arg(id = "s3_endpoint", long = "s3-endpoint", env = "KLAMBDA_S3_ENDPOINT")]
     endpoint: Option<String>,
     /// The S3 region.
-    #[arg(long = "s3-region", env = "KLAMBDA_S3_REGION")]
+    #[arg(id = "s3_region", long = "s3-region", env = "KLAMBDA_S3_REGION")]
     region: Option<String>,
 }
 

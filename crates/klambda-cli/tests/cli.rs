@@ -377,6 +377,22 @@ fn update_rollback_failures_and_stage_replays() -> Result<()> {
         "the serving revision keeps serving: {}",
         text(&still)
     );
+    // `--endpoint` is global: it works after the subcommand too, also on commands that take
+    // the S3 flags (`--s3-endpoint`): the command reaches the platform (the deploy's own outcome,
+    // the broken code above, is not what this checks).
+    let status = Command::new(BIN)
+        .args(["status", "--endpoint", &up.endpoint])
+        .output()?;
+    assert!(status.status.success(), "{}", text(&status));
+    let deploy = Command::new(BIN)
+        .args(["deploy", &dir_arg, "--endpoint", &up.endpoint])
+        .current_dir(repo::root())
+        .output()?;
+    assert!(
+        text(&deploy).contains("updating hello-node"),
+        "{}",
+        text(&deploy)
+    );
     Ok(())
 }
 
