@@ -190,13 +190,14 @@ impl S3Store {
     /// and ETag under the prefix; `None` when there is nothing there. The same content gives
     /// the same revision; any change of an object gives another.
     pub async fn revision(&self, key: &str) -> Result<Option<String>, StorageError> {
-        let prefix = key.is_empty() || key.ends_with('/');
+        if !(key.is_empty() || key.ends_with('/')) {
+            // One object: its HEAD, not a listing of every key that starts with its name.
+            let etag = self.etag(key).await?;
+            return Ok(etag.map(|etag| format!("etag:{}", etag.trim_matches('"'))));
+        }
         let mut listed = Vec::new();
         for object in self.objects(key).await? {
             let Some(name) = object.key() else { continue };
-            if !prefix && name != key {
-                continue;
-            }
             // Some S3-compatible servers leave the ETag out of listings; HEAD has it.
             let etag = match object.e_tag() {
                 Some(etag) => etag.to_owned(),
@@ -208,10 +209,6 @@ impl S3Store {
         }
         if listed.is_empty() {
             return Ok(None);
-        }
-        if !prefix {
-            let etag = listed[0].rsplit('\t').next().unwrap_or_default();
-            return Ok(Some(format!("etag:{etag}")));
         }
         listed.sort();
         let hash = sha2::Sha256::digest(listed.join("\n").as_bytes());

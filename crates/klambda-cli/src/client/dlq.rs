@@ -33,15 +33,9 @@ pub async fn dlq(platform: &Api, command: Dlq, output: Output) -> Result<i32> {
                 .get_json("/dead-letters?limit=10000")
                 .await?
                 .unwrap_or_default();
-            if output == Output::Json {
-                println!("{}", serde_json::to_string_pretty(&letters)?);
+            let Some(letters) = to_list(&letters, output)? else {
                 return Ok(0);
-            }
-            let letters = letters.as_array().cloned().unwrap_or_default();
-            if letters.is_empty() {
-                println!("no dead letters");
-                return Ok(0);
-            }
+            };
             println!(
                 "{:>5}  {:<25}  {:<36}  {:<16}  {:>4}  DESTINATION",
                 "ID", "RECEIVED", "TYPE", "SUBJECT", "CODE"
@@ -145,14 +139,9 @@ pub async fn webhook_dlq(gateway: &Api, command: WebhookDlq, output: Output) -> 
     match command {
         WebhookDlq::List => {
             let letters: Value = gateway.get_json("/dead-letters").await?.unwrap_or_default();
-            if output == Output::Json {
-                println!("{}", serde_json::to_string_pretty(&letters)?);
+            let Some(letters) = to_list(&letters, output)? else {
                 return Ok(0);
-            }
-            let letters = letters.as_array().cloned().unwrap_or_default();
-            if letters.is_empty() {
-                println!("no dead letters");
-            }
+            };
             for letter in &letters {
                 println!(
                     "{}  {}  {} (subject {})  {} attempts: {}",
@@ -197,4 +186,19 @@ async fn dead_letter(platform: &Api, seq: i64) -> Result<Value> {
         .get_json(&format!("/dead-letters/{seq}"))
         .await?
         .with_context(|| format!("no dead letter {seq}; `klambda dlq list` shows them"))
+}
+
+/// A list of dead letters to print line by line, or `None` when it was printed whole (JSON) or
+/// there are none (said so).
+fn to_list(letters: &Value, output: Output) -> Result<Option<Vec<Value>>> {
+    if output == Output::Json {
+        println!("{}", serde_json::to_string_pretty(letters)?);
+        return Ok(None);
+    }
+    let letters = letters.as_array().cloned().unwrap_or_default();
+    if letters.is_empty() {
+        println!("no dead letters");
+        return Ok(None);
+    }
+    Ok(Some(letters))
 }
