@@ -29,6 +29,7 @@ use klambda_events::data::BuiltImage;
 use klambda_events::{BuildId, Envelope, EventType as _, decode};
 use klambda_harness::codec;
 use klambda_test_support::http::{Reply, TestServer, get, post};
+use klambda_test_support::jobs;
 use klambda_test_support::kubernetes::{FakeKube, service_account};
 use klambda_test_support::manifests::render;
 use klambda_test_support::process::{free_port, terminate, wait_healthy};
@@ -36,6 +37,10 @@ use klambda_test_support::repo;
 use klambda_test_support::s3::{self, S3Server};
 use klambda_tests::deliver;
 use serde_json::Value;
+
+/// The image digest the fake Kaniko build pushed (its termination message).
+const KANIKO_DIGEST: &str =
+    "sha256:5f0c1e9d7b3a2c4e6f8a0b1d3c5e7f9a1b2c3d4e5f6a7b8c9d0e1f2a3b4c5d6e";
 
 /// What stands in for the cluster around the binaries.
 struct Stand {
@@ -296,26 +301,26 @@ async fn stand() -> Result<Stand> {
     })
 }
 
-/// Checks that a stage applied `name` (of `(group, resource)`) in the namespace the ConfigMap
-/// `config` names under `namespace_key`.
+/// The object `name` (of `(group, resource)`) a stage applied in the namespace the ConfigMap
+/// `config` names under `namespace_key`; fails when there is none.
 fn applied(
     stand: &Stand,
     config: &serde_json::Value,
     namespace_key: &str,
     (group, resource): (&str, &str),
     name: &str,
-) -> Result<()> {
+) -> Result<Value> {
     let namespace = config["data"][namespace_key].as_str().unwrap_or_default();
-    ensure!(
-        stand
-            .kube
-            .kube
-            .object(group, resource, namespace, name)
-            .is_some(),
-        "no {resource} {name} in {namespace}: {:?}",
-        stand.kube.kube.objects(group, resource, namespace)
-    );
-    Ok(())
+    stand
+        .kube
+        .kube
+        .object(group, resource, namespace, name)
+        .with_context(|| {
+            format!(
+                "no {resource} {name} in {namespace}: {:?}",
+                stand.kube.kube.objects(group, resource, namespace)
+            )
+        })
 }
 
 #[tokio::test]
@@ -413,13 +418,52 @@ async fn every_deployed_binary_boots_with_its_manifests_environment_and_handles_
         klambda_events::catalogue::BuildStarted::TYPE,
     )?);
     let build_id = BuildId::derive(&context.spec.name, &context.digest);
-    applied(
+    let job = applied(
         &stand,
         config,
         "KLAMBDA_BUILD_NAMESPACE",
         ("batch", "jobs"),
         &format!("klambda-{}", build_id.as_str()),
     )?;
+
+    // A job-launcher killed while its Job runs loses no outcome: started again, it answers the
+    // Job's end (the source's event, which the broker keeps for it meanwhile) from what the
+    // first process recorded, as the reply to that context.uploaded.
+    let launcher = booted.get_mut("job-launcher").context("not booted")?;
+    launcher.child.kill()?;
+    launcher.child.wait()?;
+    let service = services
+        .iter()
+        .find(|s| s["metadata"]["name"] == "job-launcher")
+        .context("job-launcher")?;
+    *launcher = boot(&stand, service, &objects).await?;
+    let stage = |name: &str| booted.get(name).context("not booted");
+    let done = jobs::finished(&job, None);
+    stand.kube.kube.put("batch", "jobs", done.clone());
+    stand.kube.kube.put(
+        "",
+        "pods",
+        jobs::pod(
+            &job,
+            "Succeeded",
+            jobs::terminated(0, "Completed", KANIKO_DIGEST),
+            None,
+        ),
+    );
+    let ended = jobs::job_event(
+        &done,
+        &format!("{function}-job-done"),
+        klambda_events::external::APISERVER_RESOURCE_UPDATE,
+    )?;
+    let launcher = stage("job-launcher")?;
+    let answer = deliver(&format!("{}/", launcher.url), &ended).await?;
+    let completed = reply_of(launcher, &answer, BuildCompleted::TYPE)?;
+    let image = decode::<BuildCompleted>(&completed)?.image;
+    ensure!(
+        image.ends_with(&format!("@{KANIKO_DIGEST}")),
+        "the restarted job-launcher answered {image}"
+    );
+    seen.push(completed);
 
     // service-deployer: the build's image becomes a Knative Service and its Trigger.
     let deployer = stage("service-deployer")?;

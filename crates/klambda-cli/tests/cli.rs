@@ -313,13 +313,26 @@ fn update_rollback_failures_and_stage_replays() -> Result<()> {
     // Each replay is delivered, and answered; wait until the broker has nothing left to do.
     settle(&up, before + 12.0)?;
     // Counted where the work is done, not from the status log (which deduplicates replayed
-    // ids): builds at the builder, revisions at the runner (numbers are never reused).
-    let builds = metric_sum(&scrape(&up)?, "klambda_build_outcomes_total", "");
+    // ids): the effects the stages count, and revisions at the runner (numbers are never
+    // reused).
+    let metrics = scrape(&up)?;
+    let effect = |name: &str| {
+        metric_sum(
+            &metrics,
+            "klambda_effects_total",
+            &format!("effect=\"{name}\""),
+        )
+    };
     let runner = data.join("platform/runner/hello-node.json");
     let state: serde_json::Value = serde_json::from_slice(&std::fs::read(&runner)?)?;
     assert_eq!(
-        (builds, state["next"].as_u64()),
-        (1.0, Some(1)),
+        (
+            effect("build_started"),
+            effect("revision_deployed"),
+            metric_sum(&metrics, "klambda_build_outcomes_total", ""),
+            state["next"].as_u64()
+        ),
+        (1.0, 1.0, 1.0, Some(1)),
         "replays must not rebuild or redeploy"
     );
 

@@ -4,7 +4,10 @@
 //! process serving several stages (`klambda up`) exports each family once. Each stage records
 //! what it alone can see: every stage its requests and handler time; the broker its delivery
 //! attempts; context-uploader context sizes; job-launcher build outcomes; service-deployer its
-//! deployer calls; status-reporter the pipeline's journeys and the stored state.
+//! deployer calls; status-reporter the pipeline's journeys and the stored state. The stages that
+//! change the world (job-launcher, service-deployer) also count each change where they make it
+//! ([`Effect`]), so one submission can be seen to have one build and one revision however often
+//! its events were delivered.
 //!
 //! Labels are bounded: event types are catalogue types or `other`, runtimes are the known
 //! runtimes, Trigger names come from the installed Triggers, outcomes, causes, steps and phases
@@ -89,6 +92,12 @@ struct OutcomeLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EffectLabels {
+    stage: &'static str,
+    effect: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PhaseLabels {
     phase: &'static str,
 }
@@ -128,6 +137,42 @@ impl BuildResult {
     }
 }
 
+/// A change in the world that a stage made, counted where it was made. Replays and
+/// redeliveries of work already done make none, so each should be counted once per submission
+/// (per update, rollback or delete): a count above that is work done twice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Effect {
+    /// A build began: a local build process, or a new build Job (not one found already there).
+    BuildStarted,
+    /// A new revision was cut: a function process started for it by the local runner, or a
+    /// Knative Service change that makes a new revision.
+    RevisionDeployed,
+    /// A rollback changed which revision serves.
+    RevisionRestored,
+    /// A delete removed a function that ran.
+    FunctionRemoved,
+}
+
+impl Effect {
+    /// Every effect, in the order docs/METRICS.md lists them.
+    pub const ALL: [Effect; 4] = [
+        Effect::BuildStarted,
+        Effect::RevisionDeployed,
+        Effect::RevisionRestored,
+        Effect::FunctionRemoved,
+    ];
+
+    /// The `effect` label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::BuildStarted => "build_started",
+            Self::RevisionDeployed => "revision_deployed",
+            Self::RevisionRestored => "revision_restored",
+            Self::FunctionRemoved => "function_removed",
+        }
+    }
+}
+
 /// The families, shared by every [`Metrics::for_stage`] view.
 #[derive(Clone)]
 struct Families {
@@ -138,6 +183,7 @@ struct Families {
     context_size: Histograms<RuntimeLabels>,
     context_upload: Histograms<RuntimeLabels>,
     builds: Family<BuildLabels, Counter>,
+    effects: Family<EffectLabels, Counter>,
     build_duration: Histograms<BuildDurationLabels>,
     deploys: Histograms<DeployLabels>,
     steps: Histograms<StepLabels>,
@@ -160,6 +206,7 @@ impl Families {
             // 5 ms … 80 s.
             context_upload: histograms(|| Histogram::new(exponential_buckets(0.005, 2.0, 15))),
             builds: Family::default(),
+            effects: Family::default(),
             // 1 s … 68 min.
             build_duration: histograms(|| Histogram::new(exponential_buckets(1.0, 2.0, 13))),
             // 10 ms … 160 s.
@@ -206,6 +253,11 @@ impl Families {
             "klambda_build_outcomes",
             "Builds ended, by runtime, outcome and classified failure cause",
             f.builds,
+        );
+        registry.register(
+            "klambda_effects",
+            "Changes a stage made in the world (builds started, revisions deployed or restored, functions removed)",
+            f.effects,
         );
         registry.register(
             "klambda_build_duration_seconds",
@@ -384,6 +436,28 @@ impl Metrics {
                 outcome,
             })
             .observe(seconds);
+    }
+
+    /// Starts the series of `effects` at zero for this stage (see [`Metrics::init_builds`]).
+    pub fn init_effects(&self, effects: &[Effect]) {
+        for effect in effects {
+            self.effect_count(*effect).inc_by(0);
+        }
+    }
+
+    /// Counts one change made in the world.
+    pub fn effect(&self, effect: Effect) {
+        self.effect_count(effect).inc();
+    }
+
+    fn effect_count(&self, effect: Effect) -> Counter {
+        self.families
+            .effects
+            .get_or_create(&EffectLabels {
+                stage: self.stage,
+                effect: effect.label(),
+            })
+            .clone()
     }
 
     /// Records one deployer call: `operation` is `apply`, `rollback` or `delete`; `outcome`

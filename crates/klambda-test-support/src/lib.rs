@@ -5,6 +5,7 @@
 //!   `../shared/schemas` (validation and the API server's pruning of undeclared fields).
 //! - [`bench`]: arguments of the benchmark binaries.
 //! - [`fixtures`]: specs and events built from the contract, so no stage's tests borrow another.
+//! - [`jobs`]: what the Job controller and kubelet leave on a build Job, and its source event.
 //! - [`http`]: serve a router on a port-0 listener and talk to it over real HTTP.
 //! - [`otlp`]: an OTLP/gRPC trace receiver that keeps what it is sent.
 //! - [`process`]: free ports, waiting for a process to answer, stopping it with SIGTERM.
@@ -14,6 +15,7 @@
 pub mod bench;
 pub mod fixtures;
 pub mod http;
+pub mod jobs;
 pub mod kubernetes;
 pub mod manifests;
 pub mod otlp;

@@ -34,7 +34,7 @@ use klambda_events::catalogue::{
 };
 use klambda_events::data::{BuildEnd, BuildFailure, BuildStart, BuildTimedOut, BuiltImage};
 use klambda_events::{BuildId, EventType, FunctionName, Reply, Stage, decode, reply};
-use klambda_harness::metrics::{BuildResult, Metrics};
+use klambda_harness::metrics::{BuildResult, Effect, Metrics};
 use klambda_harness::{
     ConfigError, ConfigSource, Context, Handler, HandlerError, Outcome, StageSetting,
 };
@@ -248,7 +248,9 @@ impl JobLauncher {
             context: uploaded.context.clone(),
         };
         if !self.builder.status_events().is_empty() {
-            return self.start_elsewhere(&event, uploaded, request).await;
+            return self
+                .start_elsewhere(&event, uploaded, request, context)
+                .await;
         }
         // A build that runs here answers its outcome as this delivery's reply: the input stays
         // unsettled until the broker confirmed the outcome, so a crash or a broker restart
@@ -290,6 +292,7 @@ impl JobLauncher {
         event: &Event,
         uploaded: klambda_events::data::BuildContext,
         request: BuildRequest,
+        context: &Context,
     ) -> Result<Outcome, HandlerError> {
         let record =
             serde_json::to_vec(event).map_err(|e| HandlerError::Internal(e.to_string()))?;
@@ -301,13 +304,18 @@ impl JobLauncher {
         let name = request.spec.name.clone();
         let build_id = request.build_id.clone();
         match self.builder.launch(request, never).await? {
-            Launch::Running => Ok(Outcome::Reply(answer::<BuildStarted>(event, &name).data(
-                &BuildStart {
-                    function: name.clone(),
-                    build_id,
-                    digest: uploaded.digest,
-                },
-            ))),
+            Launch::Running { started } => {
+                if started {
+                    context.metrics().effect(Effect::BuildStarted);
+                }
+                Ok(Outcome::Reply(answer::<BuildStarted>(event, &name).data(
+                    &BuildStart {
+                        function: name.clone(),
+                        build_id,
+                        digest: uploaded.digest,
+                    },
+                )))
+            }
             Launch::Ended(outcome) => Ok(Outcome::Reply(
                 self.outcome_event(event, uploaded, build_id, outcome).await,
             )),
@@ -365,10 +373,11 @@ impl JobLauncher {
         let build_id = request.build_id.clone();
         let began = Instant::now();
         let build = self.builder.launch(request, cancelled).instrument(span);
+        context.metrics().effect(Effect::BuildStarted);
         tokio::spawn(async move {
             let outcome = match build.await {
                 Ok(Launch::Ended(outcome)) => Ok(outcome),
-                Ok(Launch::Running) => Err(format!(
+                Ok(Launch::Running { .. }) => Err(format!(
                     "build {build_id}: a builder without status events left the build running"
                 )),
                 Err(error) => Err(error.to_string()),
@@ -545,6 +554,7 @@ impl Handler for JobLauncher {
 
     fn init_metrics(&self, metrics: &Metrics) {
         metrics.init_builds();
+        metrics.init_effects(&[Effect::BuildStarted]);
     }
 
     fn accepts(&self, event_type: &str) -> bool {

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use anyhow::{Result, bail};
-use cloudevents::{AttributesReader as _, Event, EventBuilder as _};
+use cloudevents::{AttributesReader as _, Event};
 use job_launcher::JobLauncher;
 use job_launcher::builder::kaniko::{KanikoJobs, KanikoSettings, job_name};
 use klambda_events::catalogue::{
@@ -19,6 +19,7 @@ use klambda_events::{BuildId, Envelope, EventType, FunctionName, decode};
 use klambda_harness::publisher::Memory;
 use klambda_harness::{Harness, Outcome};
 use klambda_storage::LocalDir;
+use klambda_test_support::jobs::{self, finished, pod, terminated};
 use klambda_test_support::kubernetes::{FakeKube, Served, service_account};
 use klambda_test_support::repo;
 use serde_json::{Value, json};
@@ -95,91 +96,7 @@ async fn launch(cluster: &Cluster, name: &str) -> Result<(BuildId, Value)> {
 
 /// The ApiServerSource event for `job` (Resource mode: the object is the data).
 fn job_event(job: &Value, id: &str) -> Result<Event> {
-    job_event_of(job, id, klambda_events::external::APISERVER_RESOURCE_UPDATE)
-}
-
-/// The same, as `ty` (`…resource.add` when the source lists the Job again after a restart).
-fn job_event_of(job: &Value, id: &str, ty: &str) -> Result<Event> {
-    let name = job["metadata"]["name"].as_str().unwrap_or_default();
-    Ok(cloudevents::EventBuilderV10::new()
-        .id(id)
-        .source("https://10.96.0.1:443")
-        .ty(ty)
-        .subject(format!("/apis/batch/v1/namespaces/{BUILDS}/jobs/{name}"))
-        .extension("klambdakind", "build-job")
-        .data("application/json", job.clone())
-        .build()?)
-}
-
-const STARTED: &str = "2026-11-23T10:00:00Z";
-const ENDED: &str = "2026-11-23T10:02:05Z";
-
-/// The Job as the Job controller leaves it: `Complete`, or `Failed` with `reason`.
-fn finished(job: &Value, failed: Option<(&str, &str)>) -> Value {
-    let mut job = job.clone();
-    let condition = |ty: &str, reason: &str, message: &str| {
-        json!({"type": ty, "status": "True", "reason": reason, "message": message,
-               "lastProbeTime": ENDED, "lastTransitionTime": ENDED})
-    };
-    job["status"] = match failed {
-        None => json!({
-            "startTime": STARTED, "completionTime": ENDED, "succeeded": 1, "ready": 0,
-            "terminating": 0, "uncountedTerminatedPods": {},
-            "conditions": [
-                condition("SuccessCriteriaMet", "CompletionsReached", "Reached expected number of succeeded pods"),
-                condition("Complete", "CompletionsReached", "Reached expected number of succeeded pods"),
-            ],
-        }),
-        Some((reason, message)) => json!({
-            "startTime": STARTED, "failed": 1, "ready": 0, "terminating": 0,
-            "uncountedTerminatedPods": {},
-            "conditions": [
-                condition("FailureTarget", reason, message),
-                condition("Failed", reason, message),
-            ],
-        }),
-    };
-    job
-}
-
-/// The Job's pod as the kubelet reports it, with `container` as the kaniko container's state.
-fn pod(job: &Value, phase: &str, state: Value, scheduled: Option<&str>) -> Value {
-    let job_name = job["metadata"]["name"].as_str().unwrap_or_default();
-    let uid = job["metadata"]["uid"].clone();
-    let mut labels = job["spec"]["template"]["metadata"]["labels"].clone();
-    labels["batch.kubernetes.io/job-name"] = json!(job_name);
-    labels["job-name"] = json!(job_name);
-    labels["batch.kubernetes.io/controller-uid"] = uid.clone();
-    labels["controller-uid"] = uid;
-    let conditions = match scheduled {
-        Some(message) => {
-            json!([{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
-                                  "message": message, "lastProbeTime": null, "lastTransitionTime": STARTED}])
-        }
-        None => {
-            json!([{"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": STARTED}])
-        }
-    };
-    let statuses = if scheduled.is_some() {
-        json!(null)
-    } else {
-        json!([{"name": "kaniko", "state": state, "lastState": {}, "ready": false,
-                 "restartCount": 0, "started": false,
-                 "image": "cgr.dev/chainguard/kaniko:latest", "imageID": ""}])
-    };
-    json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": format!("{job_name}-x7k2p"), "namespace": BUILDS, "labels": labels},
-        "spec": job["spec"]["template"]["spec"].clone(),
-        "status": {"phase": phase, "conditions": conditions, "containerStatuses": statuses,
-                   "qosClass": "Burstable", "startTime": STARTED},
-    })
-}
-
-fn terminated(exit_code: i32, reason: &str, message: &str) -> Value {
-    json!({"terminated": {"exitCode": exit_code, "reason": reason, "message": message,
-                          "startedAt": STARTED, "finishedAt": ENDED,
-                          "containerID": "containerd://0123abcd"}})
+    jobs::job_event(job, id, klambda_events::external::APISERVER_RESOURCE_UPDATE)
 }
 
 /// A failure scenario: function name, the Job's failure, its pod, its log, the expected cause.
@@ -248,6 +165,12 @@ async fn a_context_becomes_one_strictly_valid_kaniko_job_and_a_replay_finds_it()
         .map(|r| r.status)
         .collect();
     assert_eq!(creates, [201, 409]);
+    // Counted where it happens: one build started, though launched twice.
+    let metrics = cluster.launcher.metrics().encode();
+    assert!(
+        metrics.contains(r#"klambda_effects_total{stage="job-launcher",effect="build_started"} 1"#),
+        "{metrics}"
+    );
     Ok(())
 }
 
@@ -321,7 +244,7 @@ async fn finish(
     let Some(first) = reply(cluster, job_event(&done, "update-1")?).await? else {
         bail!("no outcome for a finished Job");
     };
-    let relisted = job_event_of(
+    let relisted = jobs::job_event(
         &done,
         "add-1",
         klambda_events::external::APISERVER_RESOURCE_ADD,

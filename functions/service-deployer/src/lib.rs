@@ -30,11 +30,12 @@ use klambda_events::data::{
     Problem, ServiceFailure, ServiceReadiness, ServiceRemoval, ServiceRevision,
 };
 use klambda_events::{Envelope, EventType, FunctionName, Reply, Stage, decode, reply};
+use klambda_harness::metrics::{Effect, Metrics};
 use klambda_harness::{ConfigError, ConfigSource, Context, Handler, HandlerError, Outcome};
 
 use crate::deployer::knative::{KnativeServices, KnativeSettings};
 use crate::deployer::local::LocalRunner;
-use crate::deployer::{DeployError, Deployer, Deployment, Observation};
+use crate::deployer::{DeployError, Deployer, Deployment, NotReady, Observation};
 
 /// The settings this stage reads besides the harness's; the Knative ones only with
 /// `KLAMBDA_DEPLOYER=kubernetes`.
@@ -174,6 +175,7 @@ impl ServiceDeployer {
         context: &Context,
         function: &FunctionName,
         deployment: Deployment,
+        effect: Effect,
     ) -> Outcome {
         // A new revision is announced first, whether it settled now or readiness comes later.
         let new = match &deployment {
@@ -181,6 +183,19 @@ impl ServiceDeployer {
             Deployment::Settled(Ok(revision)) => Some(revision).filter(|r| r.changed),
             Deployment::Settled(Err(_)) => None,
         };
+        // A revision that was cut and then failed to start was still an effect (the local
+        // runner started its process): a replay that cuts another is work done twice.
+        let failed_start = effect == Effect::RevisionDeployed
+            && matches!(
+                &deployment,
+                Deployment::Settled(Err(NotReady {
+                    revision: Some(_),
+                    ..
+                }))
+            );
+        if new.is_some() || failed_start {
+            context.metrics().effect(effect);
+        }
         if let Some(revision) = new {
             let data = ServiceRevision {
                 function: function.clone(),
@@ -214,6 +229,14 @@ impl ServiceDeployer {
 impl Handler for ServiceDeployer {
     fn stage(&self) -> Stage {
         Stage::ServiceDeployer
+    }
+
+    fn init_metrics(&self, metrics: &Metrics) {
+        metrics.init_effects(&[
+            Effect::RevisionDeployed,
+            Effect::RevisionRestored,
+            Effect::FunctionRemoved,
+        ]);
     }
 
     fn accepts(&self, event_type: &str) -> bool {
@@ -253,7 +276,13 @@ impl Handler for ServiceDeployer {
                 .await;
             timed("apply", went_through(&result));
             Ok(self
-                .settle(&event, context, &built.spec.name, result?)
+                .settle(
+                    &event,
+                    context,
+                    &built.spec.name,
+                    result?,
+                    Effect::RevisionDeployed,
+                )
                 .await)
         } else if ty == FunctionRollback::TYPE {
             let request = decode::<FunctionRollback>(&event)?;
@@ -263,7 +292,15 @@ impl Handler for ServiceDeployer {
                 .instrument(span("deployer.rollback"))
                 .await;
             timed("rollback", went_through(&result));
-            Ok(self.settle(&event, context, &request.name, result?).await)
+            Ok(self
+                .settle(
+                    &event,
+                    context,
+                    &request.name,
+                    result?,
+                    Effect::RevisionRestored,
+                )
+                .await)
         } else {
             let deletion = decode::<FunctionDeleted>(&event)?;
             let existed = self
@@ -273,6 +310,9 @@ impl Handler for ServiceDeployer {
                 .await;
             timed("delete", existed.is_ok());
             let existed = existed?;
+            if existed {
+                context.metrics().effect(Effect::FunctionRemoved);
+            }
             tracing::info!(function = %deletion.name, existed, "deleted");
             Ok(Outcome::Reply(
                 answer::<ServiceDeleted>(&event, &deletion.name).data(&ServiceRemoval {

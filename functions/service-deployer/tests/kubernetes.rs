@@ -301,6 +301,22 @@ async fn deploy_replay_update_rollback_and_delete_with_exactly_the_granted_verbs
             .is_empty()
     );
 
+    // Counted where they happen: two revisions cut (the replay cut none), one rollback, one
+    // delete.
+    let metrics = cluster.deployer.metrics().encode();
+    for (effect, count) in [
+        ("revision_deployed", 2),
+        ("revision_restored", 1),
+        ("function_removed", 1),
+    ] {
+        assert!(
+            metrics.contains(&format!(
+                r#"klambda_effects_total{{stage="service-deployer",effect="{effect}"}} {count}"#
+            )),
+            "{effect} is not {count}: {metrics}"
+        );
+    }
+
     // Least privilege: every call allowed, and the Role grants nothing more than was used.
     let requests = cluster.fake.kube.requests();
     assert!(

@@ -377,7 +377,9 @@ impl Builder for KanikoJobs {
                 other => BuilderError::Unavailable(other.to_string()),
             })?;
             tracing::info!(build_id = %request.build_id, ?launched, "build Job launched");
-            Ok(Launch::Running)
+            Ok(Launch::Running {
+                started: launched == Launched::Created,
+            })
         })
     }
 

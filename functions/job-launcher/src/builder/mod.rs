@@ -66,7 +66,10 @@ pub enum Launch {
     Ended(BuildOutcome),
     /// The build runs elsewhere (a Kubernetes Job); how it ends comes back later as one of the
     /// builder's [`Builder::status_events`], read by [`Builder::ended`] and [`Builder::outcome`].
-    Running,
+    Running {
+        /// False when the build was already running (a replay found it): nothing new started.
+        started: bool,
+    },
 }
 
 /// A build that ended elsewhere, read from a status event.
