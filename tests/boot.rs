@@ -28,6 +28,7 @@ use klambda_events::catalogue::{BuildCompleted, ContextUploaded};
 use klambda_events::data::BuiltImage;
 use klambda_events::{BuildId, Envelope, EventType as _, decode};
 use klambda_harness::codec;
+use klambda_test_support::fixtures::EVENT_KEY;
 use klambda_test_support::http::{Reply, TestServer, get, post};
 use klambda_test_support::jobs;
 use klambda_test_support::kubernetes::{FakeKube, service_account};
@@ -82,6 +83,7 @@ fn secret(name: &str, key: &str) -> Option<String> {
         ("klambda-store-credentials", "AWS_SECRET_ACCESS_KEY") => s3::SECRET_KEY.to_owned(),
         ("klambda-webhook-secrets", "buildkite-token") => BUILDKITE_TOKEN.to_owned(),
         ("klambda-webhook-secrets", "github-secret") => "boot-github-secret".to_owned(),
+        ("klambda-event-keys", "keys") => EVENT_KEY.to_owned(),
         _ => return None,
     })
 }
@@ -479,6 +481,17 @@ async fn every_deployed_binary_boots_with_its_manifests_environment_and_handles_
             ),
             cached: false,
         });
+    // Only the platform may speak for the platform: unsigned, the service-deployer refuses it;
+    // signed with the platform's key (as the job-launcher would), it deploys.
+    let refused = deliver(&format!("{}/", deployer.url), &built).await?;
+    ensure!(
+        refused.status == 403,
+        "service-deployer answered {} to an unsigned build.completed: {:?}",
+        refused.status,
+        refused.body
+    );
+    let mut built = built;
+    klambda_harness::signing::EventKeys::parse(EVENT_KEY)?.sign(&mut built);
     seen.push(built.clone());
     let answer = deliver(&format!("{}/", deployer.url), &built).await?;
     ensure!(

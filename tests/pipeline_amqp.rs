@@ -11,6 +11,7 @@ use klambda_cli::client::{self, Output};
 use klambda_cli::embedded::{self, BROKER, Bus, Platform};
 use klambda_events::EventType as _;
 use klambda_events::data::Phase;
+use klambda_harness::signing::EventKeys;
 use klambda_test_support::http::{TestServer, post};
 use klambda_test_support::repo;
 
@@ -26,6 +27,9 @@ async fn platform(instance: &str, role: &str, stages: Vec<&str>) -> Result<Platf
         broker_url: Some(url()),
         instance: instance.to_owned(),
         stages: Some(stages.into_iter().map(str::to_owned).collect()),
+        // Processes of one platform with data directories of their own share the keys their
+        // events are signed with.
+        event_keys: Some(EventKeys::parse(klambda_test_support::fixtures::EVENT_KEY)?),
         ..embedded::Settings::new(data_dir, repo::root().join("eventing"))
     };
     Platform::start(&settings)

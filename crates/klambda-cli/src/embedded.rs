@@ -21,6 +21,7 @@ use klambda_broker::{
 use klambda_events::Stage;
 use klambda_harness::metrics::Metrics;
 use klambda_harness::publisher::{PublishError, Publisher};
+use klambda_harness::signing::EventKeys;
 use klambda_harness::{Handler, Harness};
 use klambda_storage::{LocalDir, ObjectStore, S3Settings};
 use parser::Parser;
@@ -50,6 +51,9 @@ pub struct Settings {
     pub stages: Option<Vec<String>>,
     /// S3-compatible storage for contexts and sources instead of the data directory.
     pub s3: Option<S3Settings>,
+    /// The keys internal events are signed and checked with; `None`: the data directory's
+    /// `event-keys`, created on first start.
+    pub event_keys: Option<EventKeys>,
 }
 
 impl Settings {
@@ -63,6 +67,7 @@ impl Settings {
             instance: "local".into(),
             stages: None,
             s3: None,
+            event_keys: None,
         }
     }
 }
@@ -143,11 +148,13 @@ fn stage<H: Handler>(
     handler: H,
     ingress: &Ingress,
     metrics: &Metrics,
+    keys: &Arc<EventKeys>,
 ) -> (String, Arc<dyn Subscriber>) {
     let name = handler.stage().service_name();
     let harness = Harness::new(handler)
         .with_publisher(Arc::new(ingress.clone()))
-        .with_metrics(Arc::new(metrics.for_stage(name)));
+        .with_metrics(Arc::new(metrics.for_stage(name)))
+        .with_event_keys(Arc::clone(keys));
     (name.to_owned(), Arc::new(InProcess::new(harness, name)))
 }
 
@@ -192,20 +199,29 @@ impl Platform {
         } else {
             LocalRunner::new()
         });
+        // Every process of one platform signs with the same keys: the data directory's, unless
+        // given.
+        let keys = Arc::new(match &settings.event_keys {
+            Some(keys) => keys.clone(),
+            None => EventKeys::load_or_create(&data("event-keys"))
+                .context("reading the platform's event keys")?,
+        });
         let mut subscribers: HashMap<String, Arc<dyn Subscriber>> = [
-            stage(Parser::new(), &ingress, &metrics),
-            stage(uploader, &ingress, &metrics),
+            stage(Parser::new(), &ingress, &metrics, &keys),
+            stage(uploader, &ingress, &metrics, &keys),
             stage(
                 JobLauncher::new(builder, Arc::clone(&objects)),
                 &ingress,
                 &metrics,
+                &keys,
             ),
             stage(
                 ServiceDeployer::new(Arc::clone(&runner) as _),
                 &ingress,
                 &metrics,
+                &keys,
             ),
-            stage(reporter.clone(), &ingress, &metrics),
+            stage(reporter.clone(), &ingress, &metrics, &keys),
         ]
         .into_iter()
         .collect();

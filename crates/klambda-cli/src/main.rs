@@ -63,6 +63,11 @@ enum Command {
         /// `--stages parser` process to scale the parser.
         #[arg(long, value_delimiter = ',')]
         stages: Option<Vec<String>>,
+        /// The keys internal events are signed and checked with, the signing key first
+        /// (default: `<data-dir>/event-keys`, created on first start; processes of one platform
+        /// on different machines need the same keys).
+        #[arg(long, env = "KLAMBDA_EVENT_KEYS", hide_env_values = true)]
+        event_keys: Option<String>,
         #[command(flatten)]
         store: StoreFlags,
     },
@@ -235,9 +240,15 @@ async fn run(cli: Cli) -> Result<i32> {
             broker,
             instance,
             stages,
+            event_keys,
             store,
         } => {
+            let event_keys = event_keys
+                .map(|keys| klambda_harness::signing::EventKeys::parse(&keys))
+                .transpose()
+                .map_err(|e| anyhow::anyhow!("KLAMBDA_EVENT_KEYS: {e} (value not shown)"))?;
             let settings = embedded::Settings {
+                event_keys,
                 database_url,
                 broker_url: broker,
                 instance,

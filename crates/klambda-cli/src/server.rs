@@ -1,6 +1,9 @@
 //! `klambda up`'s HTTP face, one port: `POST /` is the broker ingress (a CloudEvent in, `202`
 //! once it is queued for every matching Trigger: for RabbitMQ, once the publish is confirmed;
-//! `500` when it could not be), the status API is the status reporter's
+//! `500` when it could not be; `403` for a type only the platform may emit, see
+//! [`client_may_send`]), `POST /events/{id}/replay` publishes a recorded event again as it was
+//! recorded, `POST /dead-letters/{seq}/redrive` a dead letter without its error attributes,
+//! the status API is the status reporter's
 //! (`/functions…`, `/events/{id}`, `/dead-letters`), `GET /functions/{name}/logs` gives the
 //! latest build's log and the serving revision's output, `GET /health` says it is up.
 
@@ -9,6 +12,7 @@ use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::Bytes;
+use cloudevents::AttributesReader as _;
 use http::{HeaderMap, StatusCode};
 use klambda_events::Stage;
 use klambda_harness::Handler as _;
@@ -22,6 +26,8 @@ pub fn router(platform: Platform) -> Router {
     let status = platform.reporter.routes();
     Router::new()
         .route("/", post(ingress))
+        .route("/events/{id}/replay", post(replay))
+        .route("/dead-letters/{seq}/redrive", post(redrive))
         .route("/functions/{name}/logs", get(logs))
         .route("/metrics", get(metrics))
         .route(
@@ -32,8 +38,28 @@ pub fn router(platform: Platform) -> Router {
         .merge(status)
 }
 
+/// Whether a client may send events of type `ty` through the front door: anything but what the
+/// platform's stages emit (outcomes, progress) and what Kubernetes' sources report (a forged Job
+/// status would be a forged build). Those reach the broker from the stages only; a recorded one
+/// goes again through `replay` or `redrive`, never through the ingress.
+pub fn client_may_send(ty: &str) -> bool {
+    !klambda_harness::signing::must_be_signed(ty)
+        && !klambda_events::external::APISERVER_EVENT_TYPES.contains(&ty)
+}
+
 async fn ingress(State(platform): State<Platform>, headers: HeaderMap, body: Bytes) -> Response {
     match codec::decode(&headers, body) {
+        Ok(event) if !client_may_send(event.ty()) => ProblemDetails::new(
+            StatusCode::FORBIDDEN,
+            "internal-event-type",
+            "Only the platform may send this event type",
+            format!(
+                "{} is emitted by the platform's stages; clients send requests such as \
+                 function.created (docs/EVENTS.md); `klambda replay ID` sends a recorded event again",
+                event.ty()
+            ),
+        )
+        .into_response(),
         Ok(event) => match platform.accept(event).await {
             Ok(()) => StatusCode::ACCEPTED.into_response(),
             Err(error) => ProblemDetails::new(
@@ -62,6 +88,96 @@ async fn ingress(State(platform): State<Platform>, headers: HeaderMap, body: Byt
             .into_response()
         }
     }
+}
+
+/// `POST /events/{id}/replay`: the recorded event `id`, published again exactly as recorded (its
+/// signature included, so the stage that consumes it accepts it).
+async fn replay(State(platform): State<Platform>, Path(id): Path<String>) -> Response {
+    match platform.store.event(&id).await {
+        Ok(Some(stored)) => republish(&platform, stored.body, &[]).await,
+        Ok(None) => ProblemDetails::new(
+            StatusCode::NOT_FOUND,
+            "not-found",
+            "Not found",
+            format!("no event with id {id:?} has been recorded (`klambda events NAME` lists them)"),
+        )
+        .into_response(),
+        Err(error) => store_unavailable(&error),
+    }
+}
+
+/// The attributes the broker adds to a dead letter; a redriven event goes without them.
+const ERROR_ATTRIBUTES: [&str; 3] = ["knativeerrordest", "knativeerrorcode", "knativeerrordata"];
+
+/// `POST /dead-letters/{seq}/redrive`: the dead letter published again without its error
+/// attributes, then forgotten (a failure in between redrives it twice, which the stages
+/// deduplicate, rather than losing it).
+async fn redrive(State(platform): State<Platform>, Path(seq): Path<i64>) -> Response {
+    let letter = match platform.store.dead_letter(seq).await {
+        Ok(Some(letter)) => letter,
+        Ok(None) => {
+            return ProblemDetails::new(
+                StatusCode::NOT_FOUND,
+                "not-found",
+                "Not found",
+                format!("no dead letter {seq} (`klambda dlq list` lists them)"),
+            )
+            .into_response();
+        }
+        Err(error) => return store_unavailable(&error),
+    };
+    let published = republish(&platform, letter.body, &ERROR_ATTRIBUTES).await;
+    if published.status() != StatusCode::ACCEPTED {
+        return published;
+    }
+    match platform.store.remove_dead_letters(Some(seq)).await {
+        Ok(_) => published,
+        Err(error) => store_unavailable(&error),
+    }
+}
+
+/// Publishes a stored structured-mode event, without the extensions `drop`: `202`, or why not.
+async fn republish(platform: &Platform, body: String, drop: &[&str]) -> Response {
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/cloudevents+json"),
+    );
+    let mut event = match codec::decode(&headers, Bytes::from(body)) {
+        Ok(event) => event,
+        Err(_) => {
+            return ProblemDetails::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "unreadable-record",
+                "The recorded event cannot be read",
+                "the stored event is not a CloudEvent",
+            )
+            .into_response();
+        }
+    };
+    for name in drop {
+        event.remove_extension(name);
+    }
+    match platform.bus.publish(event).await {
+        Ok(()) => StatusCode::ACCEPTED.into_response(),
+        Err(error) => ProblemDetails::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "publish-failed",
+            "The broker did not take the event",
+            format!("{error}; nothing was published, try again"),
+        )
+        .into_response(),
+    }
+}
+
+fn store_unavailable(error: &dyn std::fmt::Display) -> Response {
+    ProblemDetails::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "store-unavailable",
+        "Status store unavailable",
+        error.to_string(),
+    )
+    .into_response()
 }
 
 /// `GET /metrics`: every in-process stage's metrics (one registry, a `stage` label each).

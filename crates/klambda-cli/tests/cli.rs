@@ -1,59 +1,16 @@
 //! The real `klambda` binary end to end: `klambda up` on a free port, both examples deployed and
 //! invoked, an unchanged redeploy served from the cache, status, events, replay, delete.
 
+mod common;
+
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
-use klambda_test_support::process::{free_port, terminate};
+use common::{BIN, Up, klambda, text, up};
+use klambda_test_support::process::free_port;
 use klambda_test_support::repo;
-
-const BIN: &str = env!("CARGO_BIN_EXE_klambda");
-
-struct Up {
-    child: Child,
-    endpoint: String,
-}
-
-impl Drop for Up {
-    fn drop(&mut self) {
-        // SIGTERM: `klambda up` stops its functions on the way out.
-        let _ = terminate(&mut self.child, Duration::from_secs(10));
-    }
-}
-
-fn up(data: &Path) -> Result<Up> {
-    let port = free_port()?;
-    let child = Command::new(BIN)
-        .args(["up", "--port", &port.to_string(), "--data-dir"])
-        .arg(data)
-        .arg("--eventing-dir")
-        .arg(repo::root().join("eventing"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()?;
-    let up = Up {
-        child,
-        endpoint: format!("http://127.0.0.1:{port}"),
-    };
-    // Wait for an HTTP answer, not a TCP connect: on loopback a connect to a free ephemeral
-    // port can connect to itself and look like a listener.
-    let started = Instant::now();
-    while !Command::new(BIN)
-        .args(["--endpoint", &up.endpoint, "status"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-    {
-        if started.elapsed() > Duration::from_secs(20) {
-            bail!("klambda up did not answer within 20 s");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Ok(up)
-}
 
 /// The platform's `/metrics` text, read over a plain HTTP/1.0 request.
 fn scrape(up: &Up) -> Result<String> {
@@ -115,29 +72,11 @@ fn settle(up: &Up, at_least: f64) -> Result<()> {
     }
 }
 
-fn klambda(up: &Up, args: &[&str]) -> Result<Output> {
-    let output = Command::new(BIN)
-        .arg("--endpoint")
-        .arg(&up.endpoint)
-        .args(args)
-        .current_dir(repo::root())
-        .output()?;
-    Ok(output)
-}
-
-fn text(output: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
-
 #[test]
 fn deploy_invoke_redeploy_replay_delete() -> Result<()> {
     let data = std::env::temp_dir().join(format!("klambda-cli-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&data);
-    let up = up(&data)?;
+    let up = up(&data, &[])?;
 
     for (example, name) in [
         ("examples/hello-python", "hello-python"),
@@ -252,7 +191,7 @@ fn copy_example(example: &str, to: &Path) -> Result<()> {
 fn update_rollback_failures_and_stage_replays() -> Result<()> {
     let data = std::env::temp_dir().join(format!("klambda-cli-life-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&data);
-    let up = up(&data.join("platform"))?;
+    let up = up(&data.join("platform"), &[])?;
     let dir = data.join("fn");
     copy_example("examples/hello-node", &dir)?;
     let dir_arg = dir.display().to_string();

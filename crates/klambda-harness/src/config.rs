@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use url::Url;
 
+use crate::signing::{EventKeys, MIN_KEY_BYTES};
+
 /// Where settings come from.
 pub trait ConfigSource {
     /// The raw value of `key`, if set.
@@ -230,7 +232,9 @@ pub fn usage(stage: &str, settings: &[StageSetting]) -> String {
         }
     }
     text.push_str(
-        "\nAlso: RUST_LOG (log filter, default info), OTEL_EXPORTER_OTLP_HEADERS (secret).\n",
+        "\nAlso: RUST_LOG (log filter, default info), OTEL_EXPORTER_OTLP_HEADERS (secret),\n\
+         KLAMBDA_EVENT_KEYS (secret; required, or KLAMBDA_EVENT_KEYS_FILE: the keys internal\n\
+         events are signed and checked with, the signing key first).\n",
     );
     text
 }
@@ -242,6 +246,8 @@ pub fn show(source: &dyn ConfigSource, settings: &[StageSetting]) -> String {
     let common = common.chain([
         StageSetting::new("RUST_LOG", "").default("info"),
         StageSetting::new("OTEL_EXPORTER_OTLP_HEADERS", "").secret(),
+        StageSetting::new(EVENT_KEYS, "").secret(),
+        StageSetting::new(EVENT_KEYS_FILE, ""),
     ]);
     let mut text = String::new();
     for setting in common.chain(settings.iter().copied()) {
@@ -313,6 +319,8 @@ pub struct Settings {
     pub otlp_headers: Option<Secret>,
     /// Set when running inside AWS Lambda.
     pub lambda_runtime_api: Option<String>,
+    /// The keys internal events are signed and checked with (required of a stage binary).
+    pub event_keys: Option<EventKeys>,
 }
 
 impl Default for Settings {
@@ -327,6 +335,7 @@ impl Default for Settings {
             otlp_endpoint: None,
             otlp_headers: None,
             lambda_runtime_api: None,
+            event_keys: None,
         }
     }
 }
@@ -338,6 +347,32 @@ pub struct ConfigError {
     /// One line per problem, naming the setting.
     pub problems: Vec<String>,
 }
+
+/// The platform's event keys (see [`crate::signing`]): `KLAMBDA_EVENT_KEYS` (from a Secret), or
+/// the file `KLAMBDA_EVENT_KEYS_FILE` names; one is required, since a stage that cannot sign
+/// or check internal events would trust anyone who reaches the broker.
+fn read_event_keys(source: &impl ConfigSource) -> Result<EventKeys, String> {
+    if let Some(keys) = source.setting(EVENT_KEYS) {
+        // Never echo the value.
+        return EventKeys::parse(&keys).map_err(|e| format!("{EVENT_KEYS}: {e} (value not shown)"));
+    }
+    if let Some(path) = source.setting(EVENT_KEYS_FILE) {
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| format!("{EVENT_KEYS_FILE}={path:?} cannot be read: {e}"))?;
+        return EventKeys::parse(&text)
+            .map_err(|e| format!("{EVENT_KEYS_FILE}={path:?}: {e} (value not shown)"));
+    }
+    Err(format!(
+        "{EVENT_KEYS} (or {EVENT_KEYS_FILE}) is required: the keys internal events are signed \
+         and checked with, at least {MIN_KEY_BYTES} bytes each, the signing key first \
+         (docs/SECURITY.md)"
+    ))
+}
+
+/// The setting holding the event keys.
+pub const EVENT_KEYS: &str = "KLAMBDA_EVENT_KEYS";
+/// The setting naming a file holding the event keys.
+pub const EVENT_KEYS_FILE: &str = "KLAMBDA_EVENT_KEYS_FILE";
 
 /// Reads the telemetry settings (`KLAMBDA_LOG_FORMAT`, `RUST_LOG`, `OTEL_EXPORTER_OTLP_ENDPOINT`,
 /// `OTEL_EXPORTER_OTLP_HEADERS`) into `settings`, adding each bad one to `problems`.
@@ -435,6 +470,10 @@ impl Settings {
         }
         read_telemetry(source, &mut settings, &mut problems);
         settings.lambda_runtime_api = non_empty("AWS_LAMBDA_RUNTIME_API");
+        match read_event_keys(source) {
+            Ok(keys) => settings.event_keys = Some(keys),
+            Err(problem) => problems.push(problem),
+        }
 
         if problems.is_empty() {
             Ok(settings)
@@ -448,9 +487,35 @@ impl Settings {
 mod tests {
     use super::*;
 
+    const TEST_KEY: &str = "a-test-event-key-of-at-least-32-bytes";
+
+    #[test]
+    fn event_keys_are_required_and_never_echoed() {
+        let missing = Settings::from_source(&[("UNRELATED", "1")]).unwrap_err();
+        assert!(
+            missing
+                .problems
+                .iter()
+                .any(|p| p
+                    .starts_with("KLAMBDA_EVENT_KEYS (or KLAMBDA_EVENT_KEYS_FILE) is required")),
+            "{missing}"
+        );
+        let short = Settings::from_source(&[(EVENT_KEYS, "hunter2")]).unwrap_err();
+        assert!(short.to_string().contains("at least 32"), "{short}");
+        assert!(!short.to_string().contains("hunter2"), "{short}");
+        let file =
+            std::env::temp_dir().join(format!("klambda-keys-setting-{}", std::process::id()));
+        std::fs::write(&file, format!("{TEST_KEY}\n")).unwrap();
+        let from_file =
+            Settings::from_source(&[(EVENT_KEYS_FILE, file.to_str().unwrap())]).unwrap();
+        assert_eq!(from_file.event_keys, EventKeys::parse(TEST_KEY).ok());
+        let _ = std::fs::remove_file(&file);
+    }
+
     #[test]
     fn defaults_apply_when_nothing_is_set() {
-        let settings = Settings::from_source(&[("UNRELATED", "1")]).unwrap();
+        let settings =
+            Settings::from_source(&[("UNRELATED", "1"), (EVENT_KEYS, TEST_KEY)]).unwrap();
         assert_eq!(settings.port, 8080);
         assert_eq!(settings.body_limit, 1024 * 1024);
         assert!(settings.sink.is_none());
@@ -465,6 +530,7 @@ mod tests {
             ("KLAMBDA_BODY_LIMIT_BYTES", "12"),
             ("KLAMBDA_LOG_FORMAT", "xml"),
             ("OTEL_EXPORTER_OTLP_ENDPOINT", "nope"),
+            (EVENT_KEYS, TEST_KEY),
         ])
         .unwrap_err();
         assert_eq!(error.problems.len(), 5, "{error}");
@@ -484,8 +550,11 @@ mod tests {
 
     #[test]
     fn secrets_never_print() {
-        let settings =
-            Settings::from_source(&[("OTEL_EXPORTER_OTLP_HEADERS", "api-key=hunter2")]).unwrap();
+        let settings = Settings::from_source(&[
+            ("OTEL_EXPORTER_OTLP_HEADERS", "api-key=hunter2"),
+            (EVENT_KEYS, TEST_KEY),
+        ])
+        .unwrap();
         assert!(!format!("{settings:?}").contains("hunter2"));
         assert_eq!(
             settings.otlp_headers.as_ref().map(Secret::expose),
@@ -500,7 +569,9 @@ mod tests {
     #[test]
     fn flags_override_the_environment() {
         let args = ["--port", "9001", "--sink=http://broker.local/ns/b"].map(String::from);
-        let Command::Run(source) = WithFlags::parse(args, [("PORT", "8081")]).unwrap() else {
+        let Command::Run(source) =
+            WithFlags::parse(args, [("PORT", "8081"), (EVENT_KEYS, TEST_KEY)]).unwrap()
+        else {
             panic!("expected Run");
         };
         let settings = Settings::from_source(&source).unwrap();

@@ -7,6 +7,7 @@ use klambda_events::{Progress, Reply};
 
 use crate::metrics::Metrics;
 use crate::publisher::Publisher;
+use crate::signing::EventKeys;
 use crate::trace::{self, TraceParent};
 
 /// The per-event context a [`crate::Handler`] receives.
@@ -16,6 +17,7 @@ pub struct Context {
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) trace: Option<TraceParent>,
     pub(crate) span: tracing::Span,
+    pub(crate) keys: Option<Arc<EventKeys>>,
 }
 
 impl Context {
@@ -36,6 +38,9 @@ impl Context {
             cloudevents::AttributesReader::id(&event),
         );
         trace::stamp(&mut event, trace);
+        if let Some(keys) = &self.keys {
+            keys.sign(&mut event);
+        }
         match self.publisher.publish(event).await {
             Ok(()) => self.metrics.side_event("published"),
             Err(error) => {

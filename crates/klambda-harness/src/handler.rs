@@ -86,6 +86,11 @@ pub enum HandlerError {
     /// operator.
     #[error("cannot be processed: {0}")]
     Unprocessable(String),
+    /// The event claims to come from the platform and cannot prove it (an internal event
+    /// unsigned or mis-signed, see [`crate::signing`]): `403`, not retried, dead-lettered with
+    /// the reason.
+    #[error("forbidden: {0}")]
+    Forbidden(String),
 }
 
 impl From<klambda_storage::StorageError> for HandlerError {
@@ -120,6 +125,7 @@ impl HandlerError {
             HandlerError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             HandlerError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             HandlerError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            HandlerError::Forbidden(_) => StatusCode::FORBIDDEN,
         }
     }
 
@@ -127,7 +133,7 @@ impl HandlerError {
     pub fn is_retryable(&self) -> bool {
         !matches!(
             self,
-            HandlerError::Invalid(_) | HandlerError::Unprocessable(_)
+            HandlerError::Invalid(_) | HandlerError::Unprocessable(_) | HandlerError::Forbidden(_)
         )
     }
 
@@ -145,6 +151,12 @@ impl HandlerError {
                 self.status(),
                 "unprocessable",
                 "The event cannot be processed",
+                format!("{reason}; the event will not be retried"),
+            ),
+            HandlerError::Forbidden(reason) => ProblemDetails::new(
+                self.status(),
+                "forbidden-event",
+                "The event is not the platform's",
                 format!("{reason}; the event will not be retried"),
             ),
             HandlerError::Unavailable(reason) | HandlerError::Internal(reason) => {
@@ -165,6 +177,7 @@ impl HandlerError {
             HandlerError::Unavailable(_) => "unavailable",
             HandlerError::Internal(_) => "internal",
             HandlerError::Unprocessable(_) => "unprocessable",
+            HandlerError::Forbidden(_) => "forbidden",
         }
     }
 }

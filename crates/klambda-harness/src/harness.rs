@@ -24,6 +24,7 @@ use crate::handler::{Handler, HandlerError, Outcome};
 use crate::metrics::{self, Metrics, type_label};
 use crate::problem::ProblemDetails;
 use crate::publisher::{Discard, HttpSink, Publisher};
+use crate::signing::EventKeys;
 use crate::trace::{self, TRACEPARENT, TraceParent};
 
 /// A stage handler with everything needed to serve it.
@@ -32,6 +33,7 @@ pub struct Harness<H> {
     metrics: Arc<Metrics>,
     publisher: Arc<dyn Publisher>,
     body_limit: usize,
+    keys: Option<Arc<EventKeys>>,
 }
 
 impl<H> Clone for Harness<H> {
@@ -41,6 +43,7 @@ impl<H> Clone for Harness<H> {
             metrics: Arc::clone(&self.metrics),
             publisher: Arc::clone(&self.publisher),
             body_limit: self.body_limit,
+            keys: self.keys.clone(),
         }
     }
 }
@@ -56,12 +59,16 @@ impl<H: Handler> Harness<H> {
             metrics: Arc::new(metrics),
             publisher: Arc::new(Discard),
             body_limit: Settings::default().body_limit,
+            keys: None,
         }
     }
 
     /// A harness configured from validated settings (side events to `K_SINK` when set).
     pub fn from_settings(handler: H, settings: &Settings) -> Self {
-        let harness = Self::new(handler).with_body_limit(settings.body_limit);
+        let mut harness = Self::new(handler).with_body_limit(settings.body_limit);
+        if let Some(keys) = &settings.event_keys {
+            harness = harness.with_event_keys(Arc::new(keys.clone()));
+        }
         match &settings.sink {
             Some(sink) => harness.with_publisher(Arc::new(HttpSink::new(sink.clone()))),
             None => harness,
@@ -79,6 +86,14 @@ impl<H: Handler> Harness<H> {
     pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
         self.handler.init_metrics(&metrics);
         self.metrics = metrics;
+        self
+    }
+
+    /// Signs what the stage emits with `keys` and refuses internal events they do not verify
+    /// (see [`crate::signing`]). Without keys, nothing is signed or checked: what tests of a
+    /// stage's logic use; every binary and `klambda up` set them.
+    pub fn with_event_keys(mut self, keys: Arc<EventKeys>) -> Self {
+        self.keys = Some(keys);
         self
     }
 
@@ -144,6 +159,11 @@ impl<H: Handler> Harness<H> {
         }
         let started = Instant::now();
         let result = async {
+            if let Some(keys) = &self.keys
+                && let Err(refusal) = keys.check(&event)
+            {
+                return Err(HandlerError::Forbidden(refusal.to_string()));
+            }
             if !self.handler.accepts(event.ty()) {
                 return Err(HandlerError::Invalid(vec![Problem::new(
                     "type",
@@ -159,6 +179,7 @@ impl<H: Handler> Harness<H> {
                 metrics: Arc::clone(&self.metrics),
                 trace: input_trace,
                 span: tracing::Span::current(),
+                keys: self.keys.clone(),
             };
             self.handler.handle(event, &context).await
         }
@@ -174,6 +195,9 @@ impl<H: Handler> Harness<H> {
                 }
                 let reply_trace = trace::for_emitted(input_trace, &span, reply.id());
                 trace::stamp(&mut reply, reply_trace);
+                if let Some(keys) = &self.keys {
+                    keys.sign(&mut reply);
+                }
                 self.metrics.request(label, "reply");
                 tracing::info!(reply_type = %reply.ty(), reply_id = %reply.id(), "replied");
                 Ok(Outcome::Reply(reply))

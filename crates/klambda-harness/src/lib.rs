@@ -17,6 +17,7 @@
 //! - [`config`]: settings from environment and flags, validated at once; secrets.
 //! - [`trace`]: W3C trace context through events.
 //! - [`metrics`]: Prometheus metrics with bounded labels.
+//! - [`signing`]: internal events signed by the stage that emits them, checked by the next.
 //! - [`telemetry`]: JSON logs and OTLP traces.
 //! - [`serve`]: serving with a graceful drain on SIGTERM; a stage's whole `main`.
 //! - [`lambda`]: the AWS Lambda entry.
@@ -31,6 +32,7 @@ pub mod metrics;
 pub mod problem;
 pub mod publisher;
 pub mod serve;
+pub mod signing;
 pub mod telemetry;
 pub mod trace;
 

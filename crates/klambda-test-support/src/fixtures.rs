@@ -17,6 +17,9 @@ use klambda_runtimes::Template;
 use klambda_runtimes::archive::Limits;
 use klambda_runtimes::context::SourceFile;
 
+/// An event key for stage binaries started by tests (`KLAMBDA_EVENT_KEYS`).
+pub const EVENT_KEY: &str = "a-test-platform-event-key-of-32-bytes";
+
 /// A normalised spec of the function `name` on `runtime` with `source` (already in the parser's
 /// canonical form), every setting at its default, and its content digest.
 pub fn function(

@@ -21,7 +21,13 @@ fn bad_configuration_exits_64_listing_every_problem() -> Result<()> {
         .output()?;
     assert_eq!(output.status.code(), Some(64));
     let stderr = String::from_utf8(output.stderr)?;
-    for key in ["PORT", "K_SINK", "OTEL_EXPORTER_OTLP_HEADERS"] {
+    // A stage without event keys would trust anything on the broker: it does not start.
+    for key in [
+        "PORT",
+        "K_SINK",
+        "OTEL_EXPORTER_OTLP_HEADERS",
+        "KLAMBDA_EVENT_KEYS",
+    ] {
         assert!(stderr.contains(key), "{key} not in {stderr}");
     }
     assert!(
@@ -53,6 +59,10 @@ async fn serves_logs_json_and_stops_on_sigterm() -> Result<()> {
         .arg("--port")
         .arg(port.to_string())
         .env("RUST_LOG", "info")
+        .env(
+            "KLAMBDA_EVENT_KEYS",
+            klambda_test_support::fixtures::EVENT_KEY,
+        )
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()?;

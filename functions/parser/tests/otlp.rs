@@ -23,6 +23,10 @@ async fn spans_are_exported_in_the_events_trace() -> Result<()> {
         .args(["--port", &port.to_string()])
         .env("OTEL_EXPORTER_OTLP_ENDPOINT", &collector_endpoint)
         .env("RUST_LOG", "info")
+        .env(
+            "KLAMBDA_EVENT_KEYS",
+            klambda_test_support::fixtures::EVENT_KEY,
+        )
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()?;

@@ -207,22 +207,19 @@ pub async fn events(platform: &Api, name: &str, output: Output) -> Result<i32> {
     Ok(0)
 }
 
-/// `klambda replay EVENT_ID`: publishes a recorded event again, exactly as recorded.
+/// `klambda replay EVENT_ID`: publishes a recorded event again, exactly as recorded (the
+/// platform does it: the ingress takes only what clients may send).
 pub async fn replay(platform: &Api, id: &str) -> Result<i32> {
-    let answer = platform.get(&format!("/events/{id}")).await?;
-    if answer.status != 200 {
-        bail!("no recorded event with id {id} (`klambda events NAME` lists them)");
-    }
-    let request = Request::post(format!("{}/", platform.endpoint))
-        .header("content-type", "application/cloudevents+json")
-        .body(Full::new(answer.body))?;
+    let request = Request::post(format!("{}/events/{id}/replay", platform.endpoint))
+        .body(Full::new(Bytes::new()))?;
     let answer = platform.send(request).await?;
-    if answer.status != 202 {
-        bail!(
-            "the broker refused the replay ({}): {}",
-            answer.status,
+    match answer.status {
+        202 => {}
+        404 => bail!("no recorded event with id {id} (`klambda events NAME` lists them)"),
+        status => bail!(
+            "the platform refused the replay ({status}): {}",
             String::from_utf8_lossy(&answer.body)
-        );
+        ),
     }
     println!("replayed {id}");
     Ok(0)

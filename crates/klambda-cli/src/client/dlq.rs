@@ -22,9 +22,6 @@ pub enum Dlq {
     Purge,
 }
 
-/// The attributes the broker adds to a dead letter; a redriven event goes without them.
-const ERROR_ATTRIBUTES: [&str; 3] = ["knativeerrordest", "knativeerrorcode", "knativeerrordata"];
-
 /// `klambda dlq list | show ID | redrive ID|--all | purge`.
 pub async fn dlq(platform: &Api, command: Dlq, output: Output) -> Result<i32> {
     match command {
@@ -90,16 +87,18 @@ pub async fn dlq(platform: &Api, command: Dlq, output: Output) -> Result<i32> {
             let mut redriven = 0;
             for letter in &letters {
                 let seq = letter["seq"].as_i64().context("a dead letter has a seq")?;
-                let mut event = letter["event"].clone();
-                if let Some(attributes) = event.as_object_mut() {
-                    for name in ERROR_ATTRIBUTES {
-                        attributes.remove(name);
-                    }
-                }
-                // Published first, forgotten second: a failure in between redrives it twice
-                // (harmless, stages are idempotent) rather than losing it.
-                platform.publish_structured(&event).await?;
-                platform.delete(&format!("/dead-letters/{seq}")).await?;
+                let event = &letter["event"];
+                // The platform publishes it without its error attributes, then forgets it.
+                let request =
+                    Request::post(format!("{}/dead-letters/{seq}/redrive", platform.endpoint))
+                        .body(Full::new(Bytes::new()))?;
+                let answer = platform.send(request).await?;
+                anyhow::ensure!(
+                    answer.status == 202,
+                    "the platform did not redrive dead letter {seq} ({}): {}",
+                    answer.status,
+                    String::from_utf8_lossy(&answer.body)
+                );
                 redriven += 1;
                 if output == Output::Text {
                     println!("redriven {seq}: {} {}", event["type"], event["id"]);

@@ -1,0 +1,78 @@
+//! What the tests of the real `klambda` binary share: `klambda up` on a free port, and the CLI
+//! run against it.
+
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+use klambda_test_support::process::{free_port, terminate};
+use klambda_test_support::repo;
+
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_klambda");
+
+pub(crate) struct Up {
+    pub(crate) child: Child,
+    pub(crate) endpoint: String,
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        // SIGTERM: `klambda up` stops its functions on the way out.
+        let _ = terminate(&mut self.child, Duration::from_secs(10));
+    }
+}
+
+/// `klambda up` on a free port over `data`, with `args` added, once it answers.
+pub(crate) fn up(data: &Path, args: &[&str]) -> Result<Up> {
+    let port = free_port()?;
+    let child = Command::new(BIN)
+        .args(["up", "--port", &port.to_string(), "--data-dir"])
+        .arg(data)
+        .arg("--eventing-dir")
+        .arg(repo::root().join("eventing"))
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()?;
+    let up = Up {
+        child,
+        endpoint: format!("http://127.0.0.1:{port}"),
+    };
+    // Wait for an HTTP answer, not a TCP connect: on loopback a connect to a free ephemeral
+    // port can connect to itself and look like a listener.
+    let started = Instant::now();
+    while !Command::new(BIN)
+        .args(["--endpoint", &up.endpoint, "status"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+    {
+        if started.elapsed() > Duration::from_secs(20) {
+            bail!("klambda up did not answer within 20 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(up)
+}
+
+/// The CLI with `args`, against `up`, from the repository's root.
+pub(crate) fn klambda(up: &Up, args: &[&str]) -> Result<Output> {
+    let output = Command::new(BIN)
+        .arg("--endpoint")
+        .arg(&up.endpoint)
+        .args(args)
+        .current_dir(repo::root())
+        .output()?;
+    Ok(output)
+}
+
+/// Everything a command printed.
+pub(crate) fn text(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}

@@ -1,0 +1,234 @@
+//! The trust boundaries of the real `klambda up` (docs/SECURITY.md), attacked as an attacker
+//! would: one row per attack, each with the answer it must get. The platform runs over the real
+//! RabbitMQ, so forged events are also injected behind the edge, straight into the broker's
+//! exchange, where the stages themselves must refuse them.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, ensure};
+use base64::Engine as _;
+use cloudevents::{Event, EventBuilder as _};
+use common::{klambda, text, up};
+use klambda_broker::amqp::Topology;
+use klambda_broker::{AmqpBroker, trigger};
+use klambda_cli::embedded::BROKER;
+use klambda_events::catalogue::ServiceReady;
+use klambda_events::data::ServiceReadiness;
+use klambda_events::{Envelope, FunctionName, Stage};
+use klambda_harness::codec::to_structured;
+use klambda_harness::signing::EventKeys;
+use klambda_test_support::fixtures::{build_completed, inline_function, parser_completed, runtime};
+use klambda_test_support::http::{get, post};
+use klambda_test_support::{jobs, repo};
+use serde_json::{Value, json};
+
+const VICTIM: &str = "exports.handler = async () => ({ who: 'victim' });";
+const ATTACKER: &str = "exports.handler = async () => ({ who: 'attacker' });";
+
+fn amqp_url() -> String {
+    std::env::var("KLAMBDA_TEST_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
+}
+
+/// Posts `event` to the platform's ingress in structured mode.
+async fn send(endpoint: &str, event: &Event) -> Result<klambda_test_support::http::Reply> {
+    post(
+        &format!("{endpoint}/"),
+        &[("content-type", "application/cloudevents+json")],
+        to_structured(event).to_string(),
+    )
+    .await
+}
+
+/// The platform's dead letters, by the id of the event in each.
+async fn dead_letters(endpoint: &str) -> Result<Vec<Value>> {
+    let answer = get(&format!("{endpoint}/dead-letters")).await?;
+    ensure!(answer.status == 200, "dead letters: {answer:?}");
+    Ok(answer.json()?.as_array().cloned().unwrap_or_default())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_events_are_refused_at_the_edge_and_behind_it() -> Result<()> {
+    let run = std::process::id();
+    let data = std::env::temp_dir().join(format!("klambda-security-{run}"));
+    let _ = std::fs::remove_dir_all(&data);
+    let instance = format!("security-{run}");
+    let url = amqp_url();
+    let platform = tokio::task::block_in_place(|| {
+        up(
+            &data.join("platform"),
+            &["--broker", &url, "--instance", &instance],
+        )
+    })
+    .context("klambda up over RabbitMQ (scripts/services.sh starts RabbitMQ)")?;
+    let endpoint = platform.endpoint.clone();
+
+    // The victim's function, and an attacker's code claiming the victim's content digest.
+    let victim = format!("victim-{run}");
+    let node = runtime("nodejs20")?;
+    let (_, victim_digest) =
+        inline_function(&victim, node, "index.handler", &[("index.js", VICTIM)])?;
+    let (attacker_spec, _) =
+        inline_function(&victim, node, "index.handler", &[("index.js", ATTACKER)])?;
+    let poison = |id: &str| parser_completed(id, attacker_spec.clone(), victim_digest.clone());
+
+    // At the edge: only what clients may send.
+    let ready = Envelope::new(
+        format!("ready-{run}"),
+        Stage::ServiceDeployer.event_source(),
+    )
+    .subject(victim.clone())
+    .encode::<ServiceReady>(&ServiceReadiness {
+        function: FunctionName::new(victim.clone())?,
+        revision: format!("{victim}-00001"),
+        url: "http://attacker.example".into(),
+    });
+    let job = json!({"apiVersion": "batch/v1", "kind": "Job",
+                     "metadata": {"name": "klambda-forged", "namespace": "knative-lambda-builds"}});
+    let own = cloudevents::EventBuilderV10::new()
+        .id(format!("order-{run}"))
+        .source("/shop")
+        .ty("com.example.order.created")
+        .data("application/json", json!({"order": 1}))
+        .build()?;
+    let rows: Vec<(&str, Event, u16)> = vec![
+        (
+            "a parser.completed carrying the victim's digest",
+            poison("edge-1"),
+            403,
+        ),
+        (
+            "a build.completed of the attacker's code",
+            build_completed(attacker_spec.clone(), victim_digest.clone(), "local:/tmp/x"),
+            403,
+        ),
+        ("a service.ready pointing elsewhere", ready, 403),
+        (
+            "a Kubernetes Job status (a forged build outcome on a cluster)",
+            jobs::job_event(
+                &job,
+                "job-1",
+                klambda_events::external::APISERVER_RESOURCE_UPDATE,
+            )?,
+            403,
+        ),
+        ("a client's own event type", own, 202),
+    ];
+    for (attack, event, expected) in &rows {
+        let answer = send(&endpoint, event).await?;
+        ensure!(
+            answer.status == *expected,
+            "{attack}: answered {} where {expected} was expected: {:?}",
+            answer.status,
+            answer.body
+        );
+        if *expected == 403 {
+            let problem = answer.json()?;
+            ensure!(
+                problem["type"]
+                    .as_str()
+                    .is_some_and(|t| t.ends_with("internal-event-type")),
+                "{attack}: not the problem document expected: {problem}"
+            );
+        }
+    }
+
+    // Behind the edge, straight into the broker's exchange: unsigned, signed with another key,
+    // and signed with the platform's own key (a stage's key leaked) but carrying a digest that
+    // is not its source's. Each is refused by the stage and dead-lettered with its reason.
+    let triggers = trigger::load(&repo::root().join("eventing"), BROKER)?;
+    let broker = AmqpBroker::connect(&url, Topology::new(BROKER, &instance), &triggers).await?;
+    let platform_keys =
+        EventKeys::parse(&std::fs::read_to_string(data.join("platform/event-keys"))?)?;
+    let other_keys = EventKeys::parse("an-attackers-own-key-of-32-bytes-at-least")?;
+    let unsigned = poison("inside-unsigned");
+    let mut mis_signed = poison("inside-mis-signed");
+    other_keys.sign(&mut mis_signed);
+    let mut leaked_key = poison("inside-leaked-key");
+    platform_keys.sign(&mut leaked_key);
+    let inside = [
+        ("inside-unsigned", unsigned, "403", "carries no signature"),
+        ("inside-mis-signed", mis_signed, "403", "does not verify"),
+        ("inside-leaked-key", leaked_key, "400", "digest"),
+    ];
+    for (_, event, _, _) in &inside {
+        broker.publish(event).await?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let letters = loop {
+        let letters = dead_letters(&endpoint).await?;
+        let found = inside
+            .iter()
+            .filter(|(id, ..)| letters.iter().any(|l| l["event"]["id"] == *id))
+            .count();
+        if found == inside.len() {
+            break letters;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "not every forged event was dead-lettered within 30 s: {letters:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    for (id, _, code, reason) in &inside {
+        let letter = letters
+            .iter()
+            .find(|l| l["event"]["id"] == *id)
+            .context("found above")?;
+        // The answer's body, base64 as Knative's dead-letter attributes carry it.
+        let answer = letter["event"]["knativeerrordata"]
+            .as_str()
+            .and_then(|d| base64::engine::general_purpose::STANDARD.decode(d).ok())
+            .map(|d| String::from_utf8_lossy(&d).into_owned())
+            .unwrap_or_default();
+        ensure!(
+            letter["event"]["knativeerrorcode"] == *code && answer.contains(reason),
+            "{id}: dead-lettered with {} {answer:?}, expected {code} with {reason:?}",
+            letter["event"]["knativeerrorcode"]
+        );
+    }
+    broker.close().await;
+
+    // The poisoning came to nothing: the victim's own deploy builds its own code and serves it.
+    let dir = data.join("victim");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(
+        dir.join("klambda.json"),
+        json!({"name": victim, "runtime": "nodejs20", "handler": "index.handler"}).to_string(),
+    )?;
+    std::fs::write(dir.join("index.js"), VICTIM)?;
+    let dir = dir.display().to_string();
+    let deployed = tokio::task::block_in_place(|| klambda(&platform, &["deploy", &dir]))?;
+    ensure!(deployed.status.success(), "{}", text(&deployed));
+    ensure!(!text(&deployed).contains("cached"), "{}", text(&deployed));
+    let status = tokio::task::block_in_place(|| {
+        klambda(&platform, &["status", &victim, "--output", "json"])
+    })?;
+    let status: Value = serde_json::from_slice(&status.stdout)?;
+    ensure!(
+        status["digest"] == victim_digest.to_string(),
+        "the forged events must have targeted the victim's digest: {status}"
+    );
+    let invoked = tokio::task::block_in_place(|| klambda(&platform, &["invoke", &victim]))?;
+    let reply: Value = serde_json::from_slice(&invoked.stdout).with_context(|| text(&invoked))?;
+    ensure!(reply["who"] == "victim", "the victim serves {reply}");
+
+    drop(platform);
+    klambda_broker_cleanup(&url, &instance, &triggers).await?;
+    let _ = std::fs::remove_dir_all(&data);
+    Ok(())
+}
+
+/// Deletes what the platform declared in RabbitMQ.
+async fn klambda_broker_cleanup(
+    url: &str,
+    instance: &str,
+    triggers: &[klambda_broker::trigger::Trigger],
+) -> Result<()> {
+    let broker = AmqpBroker::connect(url, Topology::new(BROKER, instance), triggers).await?;
+    broker.delete(triggers).await?;
+    broker.close().await;
+    Ok(())
+}
