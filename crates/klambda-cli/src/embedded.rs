@@ -54,6 +54,10 @@ pub struct Settings {
     /// The keys internal events are signed and checked with; `None`: the data directory's
     /// `event-keys`, created on first start.
     pub event_keys: Option<EventKeys>,
+    /// The API token every request but `/health` and `/metrics` must carry
+    /// (`Authorization: Bearer`); `None`: none is asked (what in-process tests use; `klambda up`
+    /// always sets one).
+    pub api_token: Option<String>,
 }
 
 impl Settings {
@@ -68,6 +72,7 @@ impl Settings {
             stages: None,
             s3: None,
             event_keys: None,
+            api_token: None,
         }
     }
 }
@@ -140,6 +145,8 @@ pub struct Platform {
     pub builds: PathBuf,
     /// Every in-process stage's metrics, one registry (`GET /metrics`).
     pub metrics: Arc<Metrics>,
+    /// The API token requests must carry, if one is set.
+    pub api_token: Option<Arc<str>>,
 }
 
 /// A stage in-process, by its Service name, with its side events going into the broker and
@@ -314,6 +321,7 @@ impl Platform {
             runner,
             builds: data("builds"),
             metrics,
+            api_token: settings.api_token.as_deref().map(Arc::from),
         })
     }
 }

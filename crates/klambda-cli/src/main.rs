@@ -1,6 +1,10 @@
 //! `klambda`: run the platform on one machine and talk to it.
 
 use std::net::SocketAddr;
+use std::path::Path;
+
+/// Where `klambda up` keeps its API token, in its data directory.
+const API_TOKEN_FILE: &str = "api-token";
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -24,6 +28,11 @@ struct Cli {
         default_value = "http://127.0.0.1:8080"
     )]
     endpoint: String,
+    /// The platform's API token (default: .klambda/api-token when it exists, where `klambda up`
+    /// keeps it in its default data directory). For `klambda up`, the token to require instead
+    /// of the data directory's.
+    #[arg(long, global = true, env = "KLAMBDA_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     /// Output format.
     #[arg(long, short, global = true, value_enum, default_value = "text")]
     output: Format,
@@ -230,7 +239,14 @@ async fn run(cli: Cli) -> Result<i32> {
         Format::Text => Output::Text,
         Format::Json => Output::Json,
     };
-    let platform = Api::new(&cli.endpoint);
+    let token = match &cli.token {
+        Some(token) => Some(token.trim().to_owned()),
+        // The default data directory's, when `klambda up` runs here.
+        None => std::fs::read_to_string(Path::new(".klambda").join(API_TOKEN_FILE))
+            .ok()
+            .map(|t| t.trim().to_owned()),
+    };
+    let platform = Api::new(&cli.endpoint).with_token(token);
     match cli.command {
         Command::Up {
             port,
@@ -247,8 +263,17 @@ async fn run(cli: Cli) -> Result<i32> {
                 .map(|keys| klambda_harness::signing::EventKeys::parse(&keys))
                 .transpose()
                 .map_err(|e| anyhow::anyhow!("KLAMBDA_EVENT_KEYS: {e} (value not shown)"))?;
+            let api_token = match cli.token {
+                Some(token) => token.trim().to_owned(),
+                None => {
+                    let path = data_dir.join(API_TOKEN_FILE);
+                    klambda_harness::config::secret_file(&path)
+                        .with_context(|| format!("the API token in {}", path.display()))?
+                }
+            };
             let settings = embedded::Settings {
                 event_keys,
+                api_token: Some(api_token),
                 database_url,
                 broker_url: broker,
                 instance,

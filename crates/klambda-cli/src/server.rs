@@ -10,6 +10,8 @@
 use axum::Router;
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
+use std::sync::Arc;
+
 use axum::routing::{get, post};
 use bytes::Bytes;
 use cloudevents::AttributesReader as _;
@@ -21,10 +23,12 @@ use klambda_harness::problem::ProblemDetails;
 
 use crate::embedded::Platform;
 
-/// The router of a running platform.
+/// The router of a running platform: with an API token set, every route but `GET /health` and
+/// `GET /metrics` asks for it ([`authenticate`]).
 pub fn router(platform: Platform) -> Router {
     let status = platform.reporter.routes();
-    Router::new()
+    let token = platform.api_token.clone();
+    let routes = Router::new()
         .route("/", post(ingress))
         .route("/events/{id}/replay", post(replay))
         .route("/dead-letters/{seq}/redrive", post(redrive))
@@ -36,6 +40,53 @@ pub fn router(platform: Platform) -> Router {
         )
         .with_state(platform)
         .merge(status)
+        .layer(axum::middleware::map_response(
+            klambda_harness::problem::as_problem,
+        ));
+    match token {
+        Some(token) => routes.layer(axum::middleware::from_fn_with_state(token, authenticate)),
+        None => routes,
+    }
+}
+
+/// Lets a request through when it carries `Authorization: Bearer <token>`, or asks only for
+/// what any prober may read (`GET /health`, `GET /metrics`); anything else gets `401`
+/// problem+json, whatever it carries: a client without the token learns nothing and changes
+/// nothing.
+async fn authenticate(
+    State(token): State<Arc<str>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let open = request.method() == http::Method::GET
+        && matches!(request.uri().path(), "/health" | "/metrics");
+    let presented = request
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    if open || presented.is_some_and(|p| same_secret(p.as_bytes(), token.as_bytes())) {
+        return next.run(request).await;
+    }
+    let mut response = ProblemDetails::new(
+        StatusCode::UNAUTHORIZED,
+        "unauthenticated",
+        "The platform's API token is required",
+        "send it as `Authorization: Bearer <token>`; `klambda` reads it from KLAMBDA_TOKEN, else \
+         from .klambda/api-token, where `klambda up` keeps it (in its --data-dir)",
+    )
+    .into_response();
+    response.headers_mut().insert(
+        http::header::WWW_AUTHENTICATE,
+        http::HeaderValue::from_static("Bearer realm=\"klambda\""),
+    );
+    response
+}
+
+/// Compares two secrets in time that depends on their lengths only.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Whether a client may send events of type `ty` through the front door: anything but what the

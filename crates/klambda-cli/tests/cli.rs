@@ -208,6 +208,7 @@ fn update_rollback_failures_and_stage_replays() -> Result<()> {
     );
     let mut listing = Command::new(BIN)
         .args(["--endpoint", &up.endpoint, "events", "hello-node"])
+        .env("KLAMBDA_TOKEN", &up.token)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()?;
@@ -334,10 +335,12 @@ fn update_rollback_failures_and_stage_replays() -> Result<()> {
     // the broken code above, is not what this checks).
     let status = Command::new(BIN)
         .args(["status", "--endpoint", &up.endpoint])
+        .env("KLAMBDA_TOKEN", &up.token)
         .output()?;
     assert!(status.status.success(), "{}", text(&status));
     let deploy = Command::new(BIN)
         .args(["deploy", &dir_arg, "--endpoint", &up.endpoint])
+        .env("KLAMBDA_TOKEN", &up.token)
         .current_dir(repo::root())
         .output()?;
     assert!(

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, ensure};
 use base64::Engine as _;
 use cloudevents::{Event, EventBuilder as _};
-use common::{klambda, text, up};
+use common::{Up, klambda, text, up};
 use klambda_broker::amqp::Topology;
 use klambda_broker::{AmqpBroker, trigger};
 use klambda_cli::embedded::BROKER;
@@ -20,7 +20,7 @@ use klambda_events::{Envelope, FunctionName, Stage};
 use klambda_harness::codec::to_structured;
 use klambda_harness::signing::EventKeys;
 use klambda_test_support::fixtures::{build_completed, inline_function, parser_completed, runtime};
-use klambda_test_support::http::{get, post};
+use klambda_test_support::http::{Reply, get_with, post, send as http_send};
 use klambda_test_support::{jobs, repo};
 use serde_json::{Value, json};
 
@@ -32,19 +32,33 @@ fn amqp_url() -> String {
         .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
 }
 
-/// Posts `event` to the platform's ingress in structured mode.
-async fn send(endpoint: &str, event: &Event) -> Result<klambda_test_support::http::Reply> {
+/// The `Authorization` header `klambda up` asks of clients.
+fn bearer(up: &Up) -> (&'static str, String) {
+    ("authorization", format!("Bearer {}", up.token))
+}
+
+/// Posts `event` to the platform's ingress in structured mode, with the API token.
+async fn send(platform: &Up, event: &Event) -> Result<Reply> {
+    let (name, value) = bearer(platform);
     post(
-        &format!("{endpoint}/"),
-        &[("content-type", "application/cloudevents+json")],
+        &format!("{}/", platform.endpoint),
+        &[
+            ("content-type", "application/cloudevents+json"),
+            (name, &value),
+        ],
         to_structured(event).to_string(),
     )
     .await
 }
 
 /// The platform's dead letters, by the id of the event in each.
-async fn dead_letters(endpoint: &str) -> Result<Vec<Value>> {
-    let answer = get(&format!("{endpoint}/dead-letters")).await?;
+async fn dead_letters(platform: &Up) -> Result<Vec<Value>> {
+    let (name, value) = bearer(platform);
+    let answer = get_with(
+        &format!("{}/dead-letters", platform.endpoint),
+        &[(name, &value)],
+    )
+    .await?;
     ensure!(answer.status == 200, "dead letters: {answer:?}");
     Ok(answer.json()?.as_array().cloned().unwrap_or_default())
 }
@@ -63,7 +77,6 @@ async fn forged_events_are_refused_at_the_edge_and_behind_it() -> Result<()> {
         )
     })
     .context("klambda up over RabbitMQ (scripts/services.sh starts RabbitMQ)")?;
-    let endpoint = platform.endpoint.clone();
 
     // The victim's function, and an attacker's code claiming the victim's content digest.
     let victim = format!("victim-{run}");
@@ -117,7 +130,7 @@ async fn forged_events_are_refused_at_the_edge_and_behind_it() -> Result<()> {
         ("a client's own event type", own, 202),
     ];
     for (attack, event, expected) in &rows {
-        let answer = send(&endpoint, event).await?;
+        let answer = send(&platform, event).await?;
         ensure!(
             answer.status == *expected,
             "{attack}: answered {} where {expected} was expected: {:?}",
@@ -158,7 +171,7 @@ async fn forged_events_are_refused_at_the_edge_and_behind_it() -> Result<()> {
     }
     let deadline = Instant::now() + Duration::from_secs(30);
     let letters = loop {
-        let letters = dead_letters(&endpoint).await?;
+        let letters = dead_letters(&platform).await?;
         let found = inside
             .iter()
             .filter(|(id, ..)| letters.iter().any(|l| l["event"]["id"] == *id))
@@ -230,5 +243,124 @@ async fn klambda_broker_cleanup(
     let broker = AmqpBroker::connect(url, Topology::new(BROKER, instance), triggers).await?;
     broker.delete(triggers).await?;
     broker.close().await;
+    Ok(())
+}
+
+/// Everything that changes or reveals state needs the platform's API token: without it, or with
+/// a wrong one, `401` whatever the request carries; `/health` and `/metrics` stay open to
+/// probes; the CLI without the token says how to give it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_but_health_and_metrics_needs_the_api_token() -> Result<()> {
+    let data = std::env::temp_dir().join(format!("klambda-security-token-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&data);
+    let platform = tokio::task::block_in_place(|| up(&data, &[]))?;
+    let token_file = data.join("api-token");
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(&token_file)?.permissions().mode();
+    ensure!(mode & 0o777 == 0o600, "api-token has mode {mode:o}");
+
+    let created = klambda_test_support::fixtures::parser_completed(
+        "token-1",
+        klambda_test_support::fixtures::node_function("token")?.0,
+        klambda_test_support::fixtures::node_function("token")?.1,
+    );
+    let routes: [(http::Method, &str, &str); 9] = [
+        (http::Method::POST, "/", "a submission"),
+        (http::Method::GET, "/functions", "the function list"),
+        (http::Method::GET, "/functions/token", "a function's status"),
+        (
+            http::Method::GET,
+            "/functions/token/events",
+            "a function's history (env, code)",
+        ),
+        (
+            http::Method::GET,
+            "/functions/token/logs",
+            "a function's logs",
+        ),
+        (http::Method::GET, "/dead-letters", "the dead letters"),
+        (
+            http::Method::DELETE,
+            "/dead-letters",
+            "purging the dead letters",
+        ),
+        (http::Method::POST, "/events/token-1/replay", "a replay"),
+        (http::Method::POST, "/dead-letters/1/redrive", "a redrive"),
+    ];
+    for credentials in [
+        None,
+        Some("Bearer not-the-token"),
+        Some("Basic Zm9vOmJhcg=="),
+    ] {
+        for (method, path, what) in &routes {
+            let mut request = http::Request::builder()
+                .method(method.clone())
+                .uri(format!("{}{path}", platform.endpoint))
+                .header("content-type", "application/cloudevents+json");
+            if let Some(credentials) = credentials {
+                request = request.header("authorization", credentials);
+            }
+            let body = to_structured(&created).to_string();
+            let answer = http_send(request.body(http_body_util::Full::new(body.into()))?).await?;
+            ensure!(
+                answer.status == 401
+                    && answer.header("www-authenticate").starts_with("Bearer")
+                    && answer.header("content-type") == "application/problem+json",
+                "{what} with {credentials:?}: answered {} {:?}",
+                answer.status,
+                answer.body
+            );
+        }
+    }
+    for open in ["/health", "/metrics"] {
+        let answer = get_with(&format!("{}{open}", platform.endpoint), &[]).await?;
+        ensure!(answer.status == 200, "{open} answered {}", answer.status);
+    }
+    // With the token, the same requests go through.
+    let (name, value) = bearer(&platform);
+    let listed = get_with(
+        &format!("{}/functions", platform.endpoint),
+        &[(name, &value)],
+    )
+    .await?;
+    ensure!(listed.status == 200, "with the token: {listed:?}");
+    // Errors are problem documents, also those the HTTP layer answers: a body over the limit,
+    // a query that does not parse.
+    let oversize = post(
+        &format!("{}/", platform.endpoint),
+        &[("content-type", "application/json"), (name, &value)],
+        vec![b' '; 3 * 1024 * 1024],
+    )
+    .await?;
+    let bad_query = get_with(
+        &format!("{}/dead-letters?limit=many", platform.endpoint),
+        &[(name, &value)],
+    )
+    .await?;
+    for (what, answer, status) in [("oversize", &oversize, 413), ("bad query", &bad_query, 400)] {
+        ensure!(
+            answer.status == status && answer.header("content-type") == "application/problem+json",
+            "{what}: {} {} {:?}",
+            answer.status,
+            answer.header("content-type"),
+            answer.body
+        );
+    }
+
+    // The CLI without the token, away from the data directory: a clear way out, exit 1.
+    let output = tokio::task::block_in_place(|| {
+        std::process::Command::new(common::BIN)
+            .args(["--endpoint", &platform.endpoint, "status"])
+            .env_remove("KLAMBDA_TOKEN")
+            .current_dir(std::env::temp_dir())
+            .output()
+    })?;
+    ensure!(
+        output.status.code() == Some(1) && text(&output).contains("KLAMBDA_TOKEN"),
+        "{}",
+        text(&output)
+    );
+    drop(platform);
+    let _ = std::fs::remove_dir_all(&data);
     Ok(())
 }

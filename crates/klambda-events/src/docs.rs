@@ -54,6 +54,11 @@ pub fn events_markdown() -> String {
          holds it); an `outcome` is a stage's reply to its input, and the input is not settled until\n\
          the broker confirmed it, so it arrives at least once whatever crashes; `progress` is\n\
          reported beside a reply, best effort, and nothing waits for it.\n\n\
+         Only the platform emits outcomes and progress: each carries a `klambdasignature` extension\n\
+         (`v1=<hex>`, HMAC-SHA256 with the platform's event key over `id`, `source`, `type`,\n\
+         `subject`, `dataschema` and the data), and every stage refuses one whose signature does not\n\
+         verify (HTTP 403, dead-lettered). Clients send requests only; `klambda up`'s ingress answers\n\
+         403 to any other catalogue type (docs/SECURITY.md).\n\n\
          | type | version | data | emitted as | producers | consumer | meaning |\n\
          | --- | --- | --- | --- | --- | --- | --- |\n",
     );

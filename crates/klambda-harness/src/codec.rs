@@ -77,6 +77,8 @@ impl Draft {
         let mut problem = |field: &str, reason: String| problems.push(Problem::new(field, reason));
         for name in REQUIRED {
             match self.attributes.iter().find(|(n, _)| n == name) {
+                // Already refused as sent (twice, not UTF-8): one problem, not two.
+                None if self.problems.iter().any(|p| p.field == *name) => {}
                 None => problem(name, format!("the required attribute {name} is missing")),
                 Some((_, Value::String(s))) if s.is_empty() => {
                     problem(name, format!("{name} must not be empty"))
@@ -175,7 +177,29 @@ fn decode_binary(
         let Some(attribute) = name.as_str().strip_prefix("ce-") else {
             continue;
         };
-        let raw = String::from_utf8_lossy(value.as_bytes());
+        // An attribute sent twice would be read one way here and another way by a relay:
+        // refused, not first-wins.
+        if headers.get_all(name).iter().count() > 1 {
+            if draft.attributes.iter().all(|(n, _)| n != attribute)
+                && draft.problems.iter().all(|p| p.field != attribute)
+            {
+                draft.problem(
+                    attribute,
+                    format!("header ce-{attribute} appears more than once; send it once"),
+                );
+            }
+            continue;
+        }
+        // Header bytes that are not ASCII would be replaced and could make two ids one.
+        let Ok(raw) = std::str::from_utf8(value.as_bytes()).map(str::to_owned) else {
+            draft.problem(
+                attribute,
+                format!(
+                    "header ce-{attribute} holds bytes that are not UTF-8; percent-encode them"
+                ),
+            );
+            continue;
+        };
         match percent_decode_str(&raw).decode_utf8() {
             Ok(text) => draft
                 .attributes
@@ -217,10 +241,15 @@ impl Draft {
             );
         }
         if !body.is_empty() {
-            if content_type.as_deref().is_none_or(is_json)
-                && let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&body)
-            {
-                self.problem("data", format!("the body is not valid JSON: {e}"));
+            if content_type.as_deref().is_none_or(is_json) {
+                if json_depth(&body) > MAX_JSON_DEPTH {
+                    self.problem(
+                        "data",
+                        format!("the data nests deeper than {MAX_JSON_DEPTH} levels"),
+                    );
+                } else if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&body) {
+                    self.problem("data", format!("the body is not valid JSON: {e}"));
+                }
             }
             // `Vec::from(Bytes)` reuses the buffer when it is not shared: no copy of the body.
             self.data = Some(Data::Binary(Vec::from(body)));
@@ -230,8 +259,47 @@ impl Draft {
     }
 }
 
+/// How deep JSON data may nest: far beyond any event of the platform, and well inside what a
+/// recursive reader (ours, a consumer's) handles without exhausting its stack.
+pub const MAX_JSON_DEPTH: usize = 64;
+
+/// The deepest nesting of arrays and objects in `json` (brackets inside strings not counted),
+/// read without parsing, so a hostile body is measured before anything recurses into it.
+fn json_depth(json: &[u8]) -> usize {
+    let (mut depth, mut deepest, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for &byte in json {
+        if in_string {
+            match byte {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
+}
+
 fn decode_structured(body: &[u8]) -> Result<Event, DecodeFailure> {
     let mut draft = Draft::default();
+    // The envelope is one level; its data may nest as deep as a binary-mode body.
+    if json_depth(body) > MAX_JSON_DEPTH + 1 {
+        draft.problem(
+            "data",
+            format!("the data nests deeper than {MAX_JSON_DEPTH} levels"),
+        );
+        return Err(DecodeFailure::Invalid(draft.problems.clone()));
+    }
     let object: Map<String, Value> = match serde_json::from_slice(body) {
         Ok(Value::Object(map)) => map,
         Ok(_) => {
@@ -357,4 +425,37 @@ pub fn to_structured(event: &Event) -> Value {
         event.set_data_unchecked(value);
     }
     serde_json::to_value(&event).unwrap_or(Value::Null)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_bytes_that_are_not_utf8_are_refused_not_replaced() {
+        let mut headers = HeaderMap::new();
+        for (name, value) in [
+            ("ce-specversion", &b"1.0"[..]),
+            ("ce-id", &b"id-\xff"[..]),
+            ("ce-source", &b"/t"[..]),
+            ("ce-type", &b"test.echo"[..]),
+        ] {
+            headers.insert(
+                http::HeaderName::from_static(name),
+                http::HeaderValue::from_bytes(value).unwrap(),
+            );
+        }
+        let Err(DecodeFailure::Invalid(problems)) = decode(&headers, Bytes::new()) else {
+            panic!("a ce-id with a byte that is not UTF-8 must be refused");
+        };
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].field, "id");
+    }
+
+    #[test]
+    fn depth_counts_brackets_outside_strings_only() {
+        assert_eq!(json_depth(br#"{"a": [1, {"b": "[[[[\"]]"}]}"#), 3);
+        assert_eq!(json_depth(b"1"), 0);
+        assert_eq!(json_depth("[".repeat(100).as_bytes()), 100);
+    }
 }

@@ -262,6 +262,33 @@ pub fn show(source: &dyn ConfigSource, settings: &[StageSetting]) -> String {
     text
 }
 
+/// The text of the secret file `path` (trimmed), or, when there is none, 32 random bytes as hex
+/// written there first, readable by its owner only (mode 0600): how `klambda up` keeps its event
+/// key and API token in its data directory across restarts.
+pub fn secret_file(path: &std::path::Path) -> std::io::Result<String> {
+    use std::io::{Read as _, Write as _};
+    use std::os::unix::fs::OpenOptionsExt as _;
+    match std::fs::read_to_string(path) {
+        Ok(text) => return Ok(text.trim().to_owned()),
+        Err(error) if error.kind() != std::io::ErrorKind::NotFound => return Err(error),
+        Err(_) => {}
+    }
+    let mut bytes = [0u8; 32];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    let secret = hex::encode(bytes);
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(format!("{secret}\n").as_bytes())?;
+    file.sync_all()?;
+    Ok(secret)
+}
+
 /// A value that must never appear in logs or error messages.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);

@@ -116,7 +116,10 @@ impl<H: Handler> Harness<H> {
     /// The HTTP interface: `POST /`, `GET /health`, `GET /ready`, `GET /metrics`, and the
     /// stage's own [`Handler::routes`].
     pub fn router(&self) -> Router {
-        self.handler.routes().merge(self.stage_router())
+        self.handler
+            .routes()
+            .merge(self.stage_router())
+            .layer(axum::middleware::map_response(crate::problem::as_problem))
     }
 
     fn stage_router(&self) -> Router {

@@ -100,6 +100,8 @@ impl Publisher for Memory {
 #[derive(Debug, Clone)]
 pub struct HttpSink {
     sink: Url,
+    /// Sent as `Authorization: Bearer` (a sink that asks for the platform's API token).
+    token: Option<crate::config::Secret>,
     client: Client<HttpConnector, Full<Bytes>>,
     attempts: u32,
     backoff: Duration,
@@ -114,6 +116,7 @@ impl HttpSink {
         connector.set_nodelay(true);
         Self {
             sink,
+            token: None,
             client: Client::builder(TokioExecutor::new()).build(connector),
             attempts: 3,
             backoff: Duration::from_millis(100),
@@ -121,11 +124,23 @@ impl HttpSink {
         }
     }
 
+    /// Sends `token` with every event (`Authorization: Bearer`).
+    pub fn with_token(mut self, token: Option<crate::config::Secret>) -> Self {
+        self.token = token;
+        self
+    }
+
     async fn post_once(&self, event: &Event) -> Result<(), (PublishError, bool)> {
         let (headers, body) = encode_binary(event);
         let mut request = Request::post(self.sink.as_str());
         if let Some(h) = request.headers_mut() {
             h.extend(headers);
+            if let Some(token) = &self.token
+                && let Ok(value) =
+                    http::HeaderValue::from_str(&format!("Bearer {}", token.expose()))
+            {
+                h.insert(http::header::AUTHORIZATION, value);
+            }
         }
         let request = request.body(Full::new(body)).map_err(|e| {
             (

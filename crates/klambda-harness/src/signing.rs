@@ -107,40 +107,12 @@ impl EventKeys {
         Ok(Self { keys, macs })
     }
 
-    /// A new random key (64 hex characters from the system's random source).
-    pub fn generate() -> Result<Self, KeyError> {
-        use std::io::Read as _;
-        let mut bytes = [0u8; 32];
-        std::fs::File::open("/dev/urandom")
-            .and_then(|mut random| random.read_exact(&mut bytes))
-            .map_err(|e| KeyError::Io(format!("reading /dev/urandom: {e}")))?;
-        Self::parse(&hex::encode(bytes))
-    }
-
-    /// The keys in `path`, or a new key written there (mode 0600) when the file does not exist:
-    /// how `klambda up` keeps one key per data directory across restarts.
+    /// The keys in `path`, or a new random key written there (mode 0600) when the file does not
+    /// exist: how `klambda up` keeps one key per data directory across restarts.
     pub fn load_or_create(path: &Path) -> Result<Self, KeyError> {
-        let io = |e: std::io::Error| KeyError::Io(format!("{}: {e}", path.display()));
-        match std::fs::read_to_string(path) {
-            Ok(text) => Self::parse(&text),
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-                let keys = Self::generate()?;
-                if let Some(parent) = path.parent() {
-                    std::fs::create_dir_all(parent).map_err(io)?;
-                }
-                write_private(path, &keys.text()).map_err(io)?;
-                Ok(keys)
-            }
-            Err(error) => Err(io(error)),
-        }
-    }
-
-    /// The keys as [`EventKeys::parse`] reads them, one per line.
-    fn text(&self) -> String {
-        self.keys
-            .iter()
-            .map(|k| String::from_utf8_lossy(k).into_owned() + "\n")
-            .collect()
+        let text = crate::config::secret_file(path)
+            .map_err(|e| KeyError::Io(format!("{}: {e}", path.display())))?;
+        Self::parse(&text)
     }
 
     /// Signs `event` with the first key (replacing any signature it had).
@@ -267,19 +239,6 @@ fn canonical_json(value: &serde_json::Value) -> Vec<u8> {
     let mut out = Vec::new();
     write(value, &mut out);
     out
-}
-
-/// Writes `text` to `path`, readable by its owner only.
-fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)?;
-    file.write_all(text.as_bytes())?;
-    file.sync_all()
 }
 
 #[cfg(test)]

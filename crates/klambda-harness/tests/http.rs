@@ -314,6 +314,34 @@ async fn malformed_requests_get_problem_details() -> Result<()> {
             ),
             vec!["datacontenttype"],
         ),
+        (
+            "binary ce-id sent twice",
+            (
+                [binary_headers(&[]), vec![("ce-id", "other")]].concat(),
+                "{}".to_owned(),
+            ),
+            vec!["id"],
+        ),
+        (
+            "binary data nested 65 deep",
+            (
+                binary_headers(&[]),
+                format!("{}{}", "[".repeat(65), "]".repeat(65)),
+            ),
+            vec!["data"],
+        ),
+        (
+            "structured data nested 65 deep",
+            (
+                vec![("content-type", "application/cloudevents+json")],
+                format!(
+                    r#"{{"specversion":"1.0","id":"x","source":"/t","type":"test.echo","data":{}{}}}"#,
+                    "[".repeat(65),
+                    "]".repeat(65)
+                ),
+            ),
+            vec!["data"],
+        ),
     ];
     for (name, (headers, body), fields) in cases {
         let reply = post(&server.url("/"), &headers, body).await?;

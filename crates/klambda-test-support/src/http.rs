@@ -115,7 +115,16 @@ pub async fn post(url: &str, headers: &[(&str, &str)], body: impl Into<Bytes>) -
 
 /// GETs `url`.
 pub async fn get(url: &str) -> Result<Reply> {
-    send(Request::get(url).body(Full::new(Bytes::new()))?).await
+    get_with(url, &[]).await
+}
+
+/// GETs `url` with `headers` (such as `Authorization`).
+pub async fn get_with(url: &str, headers: &[(&str, &str)]) -> Result<Reply> {
+    let mut builder = Request::get(url);
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
+    }
+    send(builder.body(Full::new(Bytes::new()))?).await
 }
 
 /// DELETEs `url`.

@@ -99,6 +99,9 @@ pub fn router(config: Config, publisher: Arc<dyn Publisher>) -> Router {
             get(|| async { axum::Json(serde_json::json!({"status": "alive"})) }),
         )
         .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::map_response(
+            klambda_harness::problem::as_problem,
+        ))
         .layer(axum::middleware::map_response(security_headers))
         .with_state(gateway)
 }

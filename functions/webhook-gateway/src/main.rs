@@ -111,7 +111,8 @@ fn serve(settings: Settings) -> ExitCode {
     // The OTLP exporter needs the runtime.
     let telemetry =
         runtime.block_on(async { klambda_harness::telemetry::init("webhook-gateway", &log) });
-    let publisher: Arc<dyn Publisher> = Arc::new(HttpSink::new(settings.sink.clone()));
+    let publisher: Arc<dyn Publisher> =
+        Arc::new(HttpSink::new(settings.sink.clone()).with_token(settings.sink_token.clone()));
     let served = runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(("0.0.0.0", settings.port)).await?;
         tracing::info!(port = settings.port, sink = %settings.sink, "serving webhooks");

@@ -12,7 +12,7 @@
 //!  "rules": [ … see `rules` … ]}
 //! ```
 //!
-//! Environment: `K_SINK`, `PORT`, `KLAMBDA_BUILDKITE_TOKEN`, `KLAMBDA_BUILDKITE_SIGNING_KEY`,
+//! Environment: `K_SINK`, `KLAMBDA_TOKEN` (the platform's API token, sent to the sink), `PORT`, `KLAMBDA_BUILDKITE_TOKEN`, `KLAMBDA_BUILDKITE_SIGNING_KEY`,
 //! `KLAMBDA_BUILDKITE_TOLERANCE_SECONDS`, `KLAMBDA_GITHUB_SECRET`, `KLAMBDA_WEBHOOK_RULES` (a
 //! rules file), `KLAMBDA_WEBHOOK_DEAD_LETTER_DIR`.
 
@@ -34,6 +34,9 @@ pub struct Settings {
     pub config: Config,
     /// The broker ingress.
     pub sink: Url,
+    /// The platform's API token, sent to the sink as `Authorization: Bearer` (`klambda up`'s
+    /// ingress asks for it; a cluster's broker ingress does not).
+    pub sink_token: Option<Secret>,
     /// The port to listen on.
     pub port: u16,
 }
@@ -189,7 +192,12 @@ pub fn load(
         }
     };
     match sink {
-        Some(sink) if problems.is_empty() => Ok(Settings { config, sink, port }),
+        Some(sink) if problems.is_empty() => Ok(Settings {
+            config,
+            sink,
+            sink_token: text("/sinkToken", "KLAMBDA_TOKEN").map(Secret::new),
+            port,
+        }),
         _ => Err(problems),
     }
 }
@@ -201,6 +209,7 @@ pub fn show(settings: &Settings) -> Value {
     let RateLimit { per_second, burst } = config.rate_limit;
     json!({
         "sink": settings.sink.as_str(),
+        "sinkToken": redacted(&settings.sink_token),
         "port": settings.port,
         "buildkite": {
             "token": redacted(&config.buildkite.token),

@@ -45,6 +45,8 @@ pub enum Output {
 #[derive(Debug, Clone)]
 pub struct Api {
     endpoint: String,
+    /// Sent to the endpoint only (never to a function's URL) as `Authorization: Bearer`.
+    token: Option<String>,
     client: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
 }
 
@@ -60,16 +62,40 @@ impl Api {
     pub fn new(endpoint: &str) -> Self {
         Self {
             endpoint: endpoint.trim_end_matches('/').to_owned(),
+            token: None,
             client: Client::builder(TokioExecutor::new()).build_http(),
         }
     }
 
-    pub(super) async fn send(&self, request: Request<Full<Bytes>>) -> Result<Answer> {
+    /// Sends `token` with every request to the platform.
+    pub fn with_token(mut self, token: Option<String>) -> Self {
+        self.token = token;
+        self
+    }
+
+    pub(super) async fn send(&self, mut request: Request<Full<Bytes>>) -> Result<Answer> {
         let uri = request.uri().to_string();
+        let to_platform = self.endpoint.parse::<http::Uri>().is_ok_and(|endpoint| {
+            endpoint.scheme() == request.uri().scheme()
+                && endpoint.authority() == request.uri().authority()
+        });
+        if let Some(token) = self.token.as_deref().filter(|_| to_platform) {
+            request.headers_mut().insert(
+                http::header::AUTHORIZATION,
+                http::HeaderValue::from_str(&format!("Bearer {token}"))
+                    .context("the API token is not a valid header value")?,
+            );
+        }
         let response = self.client.request(request).await.with_context(|| {
             format!("cannot reach {uri}: is the platform running? Start it with `klambda up`")
         })?;
         let (parts, body) = response.into_parts();
+        if to_platform && parts.status == http::StatusCode::UNAUTHORIZED {
+            bail!(
+                "{uri} needs the platform's API token: set KLAMBDA_TOKEN (klambda up keeps it in \
+                 <data-dir>/api-token; .klambda/api-token is read when present)"
+            );
+        }
         Ok(Answer {
             status: parts.status.as_u16(),
             headers: parts.headers,

@@ -14,6 +14,8 @@ pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_klambda");
 pub(crate) struct Up {
     pub(crate) child: Child,
     pub(crate) endpoint: String,
+    /// The API token `klambda up` created in its data directory.
+    pub(crate) token: String,
 }
 
 impl Drop for Up {
@@ -35,20 +37,29 @@ pub(crate) fn up(data: &Path, args: &[&str]) -> Result<Up> {
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()?;
-    let up = Up {
+    let mut up = Up {
         child,
         endpoint: format!("http://127.0.0.1:{port}"),
+        token: String::new(),
     };
     // Wait for an HTTP answer, not a TCP connect: on loopback a connect to a free ephemeral
     // port can connect to itself and look like a listener.
     let started = Instant::now();
-    while !Command::new(BIN)
-        .args(["--endpoint", &up.endpoint, "status"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-    {
+    loop {
+        // The token is in the data directory once `klambda up` has started.
+        up.token = std::fs::read_to_string(data.join("api-token"))
+            .map(|t| t.trim().to_owned())
+            .unwrap_or_default();
+        let answered = Command::new(BIN)
+            .args(["--endpoint", &up.endpoint, "status"])
+            .env("KLAMBDA_TOKEN", &up.token)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if answered {
+            break;
+        }
         if started.elapsed() > Duration::from_secs(20) {
             bail!("klambda up did not answer within 20 s");
         }
@@ -62,6 +73,7 @@ pub(crate) fn klambda(up: &Up, args: &[&str]) -> Result<Output> {
     let output = Command::new(BIN)
         .arg("--endpoint")
         .arg(&up.endpoint)
+        .env("KLAMBDA_TOKEN", &up.token)
         .args(args)
         .current_dir(repo::root())
         .output()?;
