@@ -370,9 +370,14 @@ async fn up(port: u16, settings: embedded::Settings) -> Result<i32> {
         println!("  stages          {}", stages.join(", "));
     }
     println!("deploy a function: klambda deploy examples/hello-python   (Ctrl-C stops)");
-    axum::serve(listener, server::router(platform))
-        .with_graceful_shutdown(klambda_harness::serve::shutdown_signal())
-        .await?;
+    klambda_harness::listen::serve_router(
+        listener,
+        server::router(platform),
+        klambda_harness::serve::shutdown_signal(),
+        std::time::Duration::from_secs(30),
+        klambda_harness::listen::ConnectionLimits::default(),
+    )
+    .await?;
     if let Some(telemetry) = telemetry {
         telemetry.shutdown();
     }

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use url::Url;
 
+use crate::listen::ConnectionLimits;
 use crate::signing::{EventKeys, MIN_KEY_BYTES};
 
 /// Where settings come from.
@@ -234,7 +235,9 @@ pub fn usage(stage: &str, settings: &[StageSetting]) -> String {
     text.push_str(
         "\nAlso: RUST_LOG (log filter, default info), OTEL_EXPORTER_OTLP_HEADERS (secret),\n\
          KLAMBDA_EVENT_KEYS (secret; required, or KLAMBDA_EVENT_KEYS_FILE: the keys internal\n\
-         events are signed and checked with, the signing key first).\n",
+         events are signed and checked with, the signing key first),\n\
+         KLAMBDA_HEADER_TIMEOUT_SECONDS (default 10; also the idle keep-alive limit),\n\
+         KLAMBDA_BODY_TIMEOUT_SECONDS (default 30), KLAMBDA_MAX_CONNECTIONS (default 2048).\n",
     );
     text
 }
@@ -247,6 +250,9 @@ pub fn show(source: &dyn ConfigSource, settings: &[StageSetting]) -> String {
         StageSetting::new("RUST_LOG", "").default("info"),
         StageSetting::new("OTEL_EXPORTER_OTLP_HEADERS", "").secret(),
         StageSetting::new(EVENT_KEYS, "").secret(),
+        StageSetting::new(HEADER_TIMEOUT, "").default("10"),
+        StageSetting::new(BODY_TIMEOUT, "").default("30"),
+        StageSetting::new(MAX_CONNECTIONS, "").default("2048"),
         StageSetting::new(EVENT_KEYS_FILE, ""),
     ]);
     let mut text = String::new();
@@ -348,6 +354,8 @@ pub struct Settings {
     pub lambda_runtime_api: Option<String>,
     /// The keys internal events are signed and checked with (required of a stage binary).
     pub event_keys: Option<EventKeys>,
+    /// Header and body deadlines and the connection cap of the HTTP server.
+    pub connections: ConnectionLimits,
 }
 
 impl Default for Settings {
@@ -363,6 +371,7 @@ impl Default for Settings {
             otlp_headers: None,
             lambda_runtime_api: None,
             event_keys: None,
+            connections: ConnectionLimits::default(),
         }
     }
 }
@@ -395,6 +404,13 @@ fn read_event_keys(source: &impl ConfigSource) -> Result<EventKeys, String> {
          (docs/SECURITY.md)"
     ))
 }
+
+/// How long a client may take to send a request's headers (and a connection may stay idle).
+pub const HEADER_TIMEOUT: &str = "KLAMBDA_HEADER_TIMEOUT_SECONDS";
+/// How long a client may take to send a request's body.
+pub const BODY_TIMEOUT: &str = "KLAMBDA_BODY_TIMEOUT_SECONDS";
+/// How many connections are served at once.
+pub const MAX_CONNECTIONS: &str = "KLAMBDA_MAX_CONNECTIONS";
 
 /// The setting holding the event keys.
 pub const EVENT_KEYS: &str = "KLAMBDA_EVENT_KEYS";
@@ -497,6 +513,32 @@ impl Settings {
         }
         read_telemetry(source, &mut settings, &mut problems);
         settings.lambda_runtime_api = non_empty("AWS_LAMBDA_RUNTIME_API");
+        let seconds = |key: &str, problems: &mut Vec<String>| {
+            let value = non_empty(key)?;
+            match value.trim().parse::<u64>() {
+                Ok(n) if (1..=3600).contains(&n) => Some(Duration::from_secs(n)),
+                _ => {
+                    problems.push(format!(
+                        "{key}={value:?} must be whole seconds from 1 to 3600"
+                    ));
+                    None
+                }
+            }
+        };
+        if let Some(d) = seconds(HEADER_TIMEOUT, &mut problems) {
+            settings.connections.header_read = d;
+        }
+        if let Some(d) = seconds(BODY_TIMEOUT, &mut problems) {
+            settings.connections.body_read = d;
+        }
+        if let Some(max) = non_empty(MAX_CONNECTIONS) {
+            match max.trim().parse::<usize>() {
+                Ok(n) if (1..=1_000_000).contains(&n) => settings.connections.max_connections = n,
+                _ => problems.push(format!(
+                    "{MAX_CONNECTIONS}={max:?} must be a count from 1 to 1000000"
+                )),
+            }
+        }
         match read_event_keys(source) {
             Ok(keys) => settings.event_keys = Some(keys),
             Err(problem) => problems.push(problem),

@@ -16,6 +16,7 @@
 //! - [`publisher`]: where side events go (`K_SINK` over HTTP, discard, memory).
 //! - [`config`]: settings from environment and flags, validated at once; secrets.
 //! - [`trace`]: W3C trace context through events.
+//! - [`listen`]: serving a router with header and body deadlines and a connection cap.
 //! - [`metrics`]: Prometheus metrics with bounded labels.
 //! - [`signing`]: internal events signed by the stage that emits them, checked by the next.
 //! - [`telemetry`]: JSON logs and OTLP traces.
@@ -28,6 +29,7 @@ pub mod context;
 pub mod handler;
 pub mod harness;
 pub mod lambda;
+pub mod listen;
 pub mod metrics;
 pub mod problem;
 pub mod publisher;

@@ -13,6 +13,7 @@ use crate::config::{
 };
 use crate::handler::Handler;
 use crate::harness::Harness;
+use crate::listen::{ConnectionLimits, serve_router};
 use crate::telemetry;
 
 /// Exit code for bad configuration (EX_USAGE), so orchestrators tell it from a crash.
@@ -20,33 +21,16 @@ pub const EXIT_CONFIG: u8 = 64;
 /// Exit code when the stage could not start or failed while serving (EX_SOFTWARE).
 pub const EXIT_FAILURE: u8 = 70;
 
-/// Serves `harness` on `listener` until `shutdown` completes, then stops accepting and lets
-/// in-flight requests finish for at most `grace`.
+/// Serves `harness` on `listener` within `limits` until `shutdown` completes, then stops
+/// accepting and lets in-flight requests finish for at most `grace`.
 pub async fn serve<H: Handler>(
     listener: TcpListener,
     harness: Harness<H>,
     shutdown: impl Future<Output = ()> + Send + 'static,
     grace: Duration,
+    limits: ConnectionLimits,
 ) -> std::io::Result<()> {
-    let (begun, draining) = tokio::sync::oneshot::channel::<()>();
-    let server = axum::serve(listener, harness.router()).with_graceful_shutdown(async move {
-        shutdown.await;
-        tracing::info!("shutting down: draining in-flight requests");
-        let _ = begun.send(());
-    });
-    tokio::select! {
-        result = server => result,
-        () = async {
-            if draining.await.is_ok() {
-                tokio::time::sleep(grace).await;
-            } else {
-                std::future::pending::<()>().await;
-            }
-        } => {
-            tracing::warn!(?grace, "shutdown grace elapsed with requests still in flight");
-            Ok(())
-        }
-    }
+    serve_router(listener, harness.router(), shutdown, grace, limits).await
 }
 
 /// Completes on SIGTERM (what Knative sends) or Ctrl-C.
@@ -144,7 +128,13 @@ where
             match TcpListener::bind(address).await {
                 Ok(listener) => {
                     tracing::info!(service, %address, sink = ?settings.sink.as_ref().map(|u| u.as_str()), "serving");
-                    serve(listener, harness, shutdown_signal(), settings.shutdown_grace)
+                    serve(
+                        listener,
+                        harness,
+                        shutdown_signal(),
+                        settings.shutdown_grace,
+                        settings.connections,
+                    )
                         .await
                         .map_err(|e| e.to_string())
                 }

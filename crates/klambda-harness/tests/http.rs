@@ -557,6 +557,7 @@ async fn shutdown_drains_in_flight_requests() -> Result<()> {
             let _ = stopped.await;
         },
         Duration::from_secs(5),
+        klambda_harness::listen::ConnectionLimits::default(),
     ));
     let in_flight = tokio::spawn(async move {
         post(&url, &binary_headers(&[("ce-type", "test.slow")]), "{}").await

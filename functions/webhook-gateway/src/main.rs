@@ -116,11 +116,13 @@ fn serve(settings: Settings) -> ExitCode {
     let served = runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(("0.0.0.0", settings.port)).await?;
         tracing::info!(port = settings.port, sink = %settings.sink, "serving webhooks");
-        axum::serve(
+        klambda_harness::listen::serve_router(
             listener,
             webhook_gateway::router(settings.config, publisher),
+            klambda_harness::serve::shutdown_signal(),
+            std::time::Duration::from_secs(30),
+            klambda_harness::listen::ConnectionLimits::default(),
         )
-        .with_graceful_shutdown(klambda_harness::serve::shutdown_signal())
         .await
     });
     match telemetry {
