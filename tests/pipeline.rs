@@ -310,6 +310,7 @@ async fn webhook_dead_letters_are_listed_and_redriven_with_the_cli() -> Result<(
     let _ = std::fs::remove_dir_all(&dir);
     let mut config = webhook_gateway::Config::default();
     config.github_secret = Some(klambda_harness::config::Secret::new("s"));
+    config.admin_token = Some(klambda_harness::config::Secret::new("admin"));
     config.dead_letter_dir = dir.clone();
     config.policy.attempts = 1;
     let gateway = klambda_test_support::http::TestServer::start(webhook_gateway::router(
@@ -336,7 +337,7 @@ async fn webhook_dead_letters_are_listed_and_redriven_with_the_cli() -> Result<(
     .await?;
     assert_eq!(reply.status, 202);
     assert_eq!(reply.json()?["deadLettered"], true);
-    let endpoint = client::Api::new(&gateway.url(""));
+    let endpoint = client::Api::new(&gateway.url("")).with_token(Some("admin".into()));
     assert_eq!(
         client::webhook_dlq(&endpoint, WebhookDlq::List, Output::Text).await?,
         0

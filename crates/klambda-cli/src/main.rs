@@ -121,6 +121,9 @@ enum Command {
             default_value = "http://127.0.0.1:8081"
         )]
         gateway: String,
+        /// The gateway's admin token (its KLAMBDA_WEBHOOK_ADMIN_TOKEN).
+        #[arg(long, env = "KLAMBDA_WEBHOOK_ADMIN_TOKEN", hide_env_values = true)]
+        admin_token: Option<String>,
         #[command(subcommand)]
         command: WebhooksCommand,
     },
@@ -315,13 +318,14 @@ async fn run(cli: Cli) -> Result<i32> {
         }
         Command::Webhooks {
             gateway,
+            admin_token,
             command: WebhooksCommand::Dlq { command },
         } => {
             let command = match command {
                 WebhookDlqCommand::List => client::WebhookDlq::List,
                 WebhookDlqCommand::Redrive { id, .. } => client::WebhookDlq::Redrive(id),
             };
-            client::webhook_dlq(&Api::new(&gateway), command, output).await
+            client::webhook_dlq(&Api::new(&gateway).with_token(admin_token), command, output).await
         }
         Command::Rollback { name, to } => client::rollback(&platform, &name, to, output).await,
     }

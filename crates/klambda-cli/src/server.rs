@@ -10,84 +10,54 @@
 use axum::Router;
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
-use std::sync::Arc;
-
 use axum::routing::{get, post};
 use bytes::Bytes;
 use cloudevents::AttributesReader as _;
 use http::{HeaderMap, StatusCode};
 use klambda_events::Stage;
 use klambda_harness::Handler as _;
+use klambda_harness::auth::{BearerToken, require_bearer};
 use klambda_harness::codec::{self, DecodeFailure};
 use klambda_harness::problem::ProblemDetails;
 
 use crate::embedded::Platform;
 
 /// The router of a running platform: with an API token set, every route but `GET /health` and
-/// `GET /metrics` asks for it ([`authenticate`]).
+/// `GET /metrics` (what probes and Prometheus read) asks for it
+/// (`klambda_harness::auth::require_bearer`).
 pub fn router(platform: Platform) -> Router {
     let status = platform.reporter.routes();
     let token = platform.api_token.clone();
-    let routes = Router::new()
+    let guarded = Router::new()
         .route("/", post(ingress))
         .route("/events/{id}/replay", post(replay))
         .route("/dead-letters/{seq}/redrive", post(redrive))
         .route("/functions/{name}/logs", get(logs))
+        .with_state(platform.clone())
+        .merge(status);
+    let guarded = match token {
+        Some(token) => guarded.layer(axum::middleware::from_fn_with_state(
+            BearerToken::new(&token, TOKEN_HINT),
+            require_bearer,
+        )),
+        None => guarded,
+    };
+    Router::new()
         .route("/metrics", get(metrics))
         .route(
             "/health",
             get(|| async { axum::Json(serde_json::json!({"status": "alive"})) }),
         )
         .with_state(platform)
-        .merge(status)
+        .merge(guarded)
         .layer(axum::middleware::map_response(
             klambda_harness::problem::as_problem,
-        ));
-    match token {
-        Some(token) => routes.layer(axum::middleware::from_fn_with_state(token, authenticate)),
-        None => routes,
-    }
+        ))
 }
 
-/// Lets a request through when it carries `Authorization: Bearer <token>`, or asks only for
-/// what any prober may read (`GET /health`, `GET /metrics`); anything else gets `401`
-/// problem+json, whatever it carries: a client without the token learns nothing and changes
-/// nothing.
-async fn authenticate(
-    State(token): State<Arc<str>>,
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    let open = request.method() == http::Method::GET
-        && matches!(request.uri().path(), "/health" | "/metrics");
-    let presented = request
-        .headers()
-        .get(http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    if open || presented.is_some_and(|p| same_secret(p.as_bytes(), token.as_bytes())) {
-        return next.run(request).await;
-    }
-    let mut response = ProblemDetails::new(
-        StatusCode::UNAUTHORIZED,
-        "unauthenticated",
-        "The platform's API token is required",
-        "send it as `Authorization: Bearer <token>`; `klambda` reads it from KLAMBDA_TOKEN, else \
-         from .klambda/api-token, where `klambda up` keeps it (in its --data-dir)",
-    )
-    .into_response();
-    response.headers_mut().insert(
-        http::header::WWW_AUTHENTICATE,
-        http::HeaderValue::from_static("Bearer realm=\"klambda\""),
-    );
-    response
-}
-
-/// Compares two secrets in time that depends on their lengths only.
-fn same_secret(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
+/// Where a client finds `klambda up`'s API token.
+const TOKEN_HINT: &str = "`klambda` reads it from KLAMBDA_TOKEN, else from .klambda/api-token, \
+                          where `klambda up` keeps it (in its --data-dir)";
 
 /// Whether a client may send events of type `ty` through the front door: anything but what the
 /// platform's stages emit (outcomes, progress) and what Kubernetes' sources report (a forged Job

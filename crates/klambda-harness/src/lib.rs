@@ -16,6 +16,7 @@
 //! - [`publisher`]: where side events go (`K_SINK` over HTTP, discard, memory).
 //! - [`config`]: settings from environment and flags, validated at once; secrets.
 //! - [`trace`]: W3C trace context through events.
+//! - [`auth`]: bearer tokens on the routes that change or reveal state.
 //! - [`listen`]: serving a router with header and body deadlines and a connection cap.
 //! - [`metrics`]: Prometheus metrics with bounded labels.
 //! - [`signing`]: internal events signed by the stage that emits them, checked by the next.
@@ -23,6 +24,7 @@
 //! - [`serve`]: serving with a graceful drain on SIGTERM; a stage's whole `main`.
 //! - [`lambda`]: the AWS Lambda entry.
 
+pub mod auth;
 pub mod codec;
 pub mod config;
 pub mod context;

@@ -61,8 +61,8 @@ pub async fn serve_router(
             accepted = listener.accept() => accepted,
             () = &mut shutdown => break,
         };
-        let stream = match accepted {
-            Ok((stream, _)) => stream,
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
             Err(error) => {
                 // Out of file descriptors or a connection reset before it was taken: the
                 // listener itself is fine; wait a moment rather than spin.
@@ -83,8 +83,12 @@ pub async fn serve_router(
         let body_read = limits.body_read;
         let service = hyper::service::service_fn(move |request: Request<Incoming>| {
             let mut router = router.clone();
-            let request =
+            let mut request =
                 request.map(|body| axum::body::Body::new(TimedBody::new(body, body_read)));
+            // Who is asking, for limits kept per client (`ConnectInfo<SocketAddr>`).
+            request
+                .extensions_mut()
+                .insert(axum::extract::ConnectInfo(peer));
             async move { router.call(request).await }
         });
         let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));

@@ -12,6 +12,7 @@ use axum::routing::{get, post};
 use bytes::Bytes;
 use cloudevents::AttributesReader as _;
 use http::{HeaderMap, HeaderValue, StatusCode};
+use klambda_harness::auth::{BearerToken, require_bearer};
 use klambda_harness::config::Secret;
 use klambda_harness::problem::ProblemDetails;
 use klambda_harness::publisher::Publisher;
@@ -38,8 +39,13 @@ pub struct Config {
     pub policy: Policy,
     /// Where events that could not be published are kept.
     pub dead_letter_dir: PathBuf,
-    /// Requests per source.
+    /// Authenticated requests per source.
     pub rate_limit: RateLimit,
+    /// Requests that fail authentication, per client address.
+    pub unauthenticated_rate_limit: RateLimit,
+    /// The bearer token of the admin routes (dead letters, redrive); without one they are not
+    /// served.
+    pub admin_token: Option<Secret>,
 }
 
 impl Default for Config {
@@ -55,6 +61,8 @@ impl Default for Config {
             policy: Policy::default(),
             dead_letter_dir: PathBuf::from("klambda-webhook-dead-letters"),
             rate_limit: RateLimit::default(),
+            unauthenticated_rate_limit: RateLimit::UNAUTHENTICATED,
+            admin_token: None,
         }
     }
 }
@@ -79,11 +87,26 @@ pub fn router(config: Config, publisher: Arc<dyn Publisher>) -> Router {
     );
     let gateway = Gateway {
         metrics,
-        limiter: Arc::new(Limiter::new(config.rate_limit)),
+        limiter: Arc::new(Limiter::new(
+            config.rate_limit,
+            config.unauthenticated_rate_limit,
+        )),
         config: Arc::new(config),
         outbox: Arc::new(outbox),
     };
-    Router::new()
+    // The admin routes reveal and re-send what the gateway received: served only with a token
+    // of their own, which they then ask for.
+    let admin = gateway.config.admin_token.clone().map(|token| {
+        Router::new()
+            .route("/dead-letters", get(dead_letters))
+            .route("/dead-letters/redrive", post(redrive))
+            .layer(axum::middleware::from_fn_with_state(
+                BearerToken::new(token.expose(), ADMIN_HINT),
+                require_bearer,
+            ))
+            .with_state(gateway.clone())
+    });
+    let routes = Router::new()
         .route("/buildkite", post(buildkite))
         .route("/github", post(github))
         .route("/ready", get(ready))
@@ -92,19 +115,24 @@ pub fn router(config: Config, publisher: Arc<dyn Publisher>) -> Router {
             "/openapi.json",
             get(|| async { axum::Json(crate::openapi::document()) }),
         )
-        .route("/dead-letters", get(dead_letters))
-        .route("/dead-letters/redrive", post(redrive))
         .route(
             "/health",
             get(|| async { axum::Json(serde_json::json!({"status": "alive"})) }),
         )
+        .with_state(gateway);
+    admin
+        .into_iter()
+        .fold(routes, Router::merge)
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::map_response(
             klambda_harness::problem::as_problem,
         ))
         .layer(axum::middleware::map_response(security_headers))
-        .with_state(gateway)
 }
+
+/// Where a client finds the admin token.
+const ADMIN_HINT: &str = "the gateway's admin token is KLAMBDA_WEBHOOK_ADMIN_TOKEN \
+                          (`klambda webhooks` reads it from the same variable)";
 
 /// Headers every answer carries: nothing here is meant for a browser to render or cache.
 async fn security_headers(mut response: Response) -> Response {
@@ -166,20 +194,59 @@ fn too_many(origin: Origin, wait: Duration) -> Response {
     response
 }
 
-async fn buildkite(State(gateway): State<Gateway>, headers: HeaderMap, body: Bytes) -> Response {
+/// The client's address, when the server knows it.
+fn client_of(extensions: &http::Extensions) -> Option<std::net::IpAddr> {
+    extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|info| info.0.ip())
+}
+
+/// Authentication first, then the bucket the outcome says: a delivery that failed
+/// authentication takes from its client's small bucket (429 once empty, else 401); a genuine
+/// one from its source's. `None`: go on.
+fn admit(
+    gateway: &Gateway,
+    origin: Origin,
+    counted: &str,
+    authenticated: Result<(), AuthError>,
+    client: Option<std::net::IpAddr>,
+) -> Option<Response> {
+    if let Err(error) = authenticated {
+        gateway.metrics.auth_failure(origin);
+        if let Err(wait) = gateway.limiter.take_unauthenticated(client) {
+            gateway.metrics.request(origin, counted, "rate_limited");
+            return Some(too_many(origin, wait));
+        }
+        gateway.metrics.request(origin, counted, "unauthenticated");
+        return Some(unauthorized(origin, &error));
+    }
+    if let Err(wait) = gateway.limiter.take(origin) {
+        gateway.metrics.request(origin, counted, "rate_limited");
+        return Some(too_many(origin, wait));
+    }
+    None
+}
+
+async fn buildkite(
+    State(gateway): State<Gateway>,
+    extensions: http::Extensions,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let origin = Origin::Buildkite;
     let event = headers
         .get("x-buildkite-event")
         .and_then(|v| v.to_str().ok());
     let counted = event.unwrap_or("other");
-    if let Err(wait) = gateway.limiter.take(origin) {
-        gateway.metrics.request(origin, counted, "rate_limited");
-        return too_many(origin, wait);
-    }
-    if let Err(error) = auth::buildkite(&headers, &body, &gateway.config.buildkite, now()) {
-        gateway.metrics.auth_failure(origin);
-        gateway.metrics.request(origin, counted, "unauthenticated");
-        return unauthorized(origin, &error);
+    let authenticated = auth::buildkite(&headers, &body, &gateway.config.buildkite, now());
+    if let Some(refused) = admit(
+        &gateway,
+        origin,
+        counted,
+        authenticated,
+        client_of(&extensions),
+    ) {
+        return refused;
     }
     let Some(event) = event else {
         gateway.metrics.request(origin, counted, "invalid");
@@ -188,18 +255,24 @@ async fn buildkite(State(gateway): State<Gateway>, headers: HeaderMap, body: Byt
     forward(&gateway, Origin::Buildkite, event, &body, None).await
 }
 
-async fn github(State(gateway): State<Gateway>, headers: HeaderMap, body: Bytes) -> Response {
+async fn github(
+    State(gateway): State<Gateway>,
+    extensions: http::Extensions,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let origin = Origin::GitHub;
     let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let counted = text("x-github-event").unwrap_or("other");
-    if let Err(wait) = gateway.limiter.take(origin) {
-        gateway.metrics.request(origin, counted, "rate_limited");
-        return too_many(origin, wait);
-    }
-    if let Err(error) = auth::github(&headers, &body, gateway.config.github_secret.as_ref()) {
-        gateway.metrics.auth_failure(origin);
-        gateway.metrics.request(origin, counted, "unauthenticated");
-        return unauthorized(origin, &error);
+    let authenticated = auth::github(&headers, &body, gateway.config.github_secret.as_ref());
+    if let Some(refused) = admit(
+        &gateway,
+        origin,
+        counted,
+        authenticated,
+        client_of(&extensions),
+    ) {
+        return refused;
     }
     let Some(event) = text("x-github-event") else {
         gateway.metrics.request(origin, counted, "invalid");

@@ -12,7 +12,8 @@
 //!  "rules": [ … see `rules` … ]}
 //! ```
 //!
-//! Environment: `K_SINK`, `KLAMBDA_TOKEN` (the platform's API token, sent to the sink), `PORT`, `KLAMBDA_BUILDKITE_TOKEN`, `KLAMBDA_BUILDKITE_SIGNING_KEY`,
+//! Environment: `K_SINK`, `KLAMBDA_TOKEN` (the platform's API token, sent to the sink),
+//! `KLAMBDA_WEBHOOK_ADMIN_TOKEN` (the admin routes' token; without it they are not served), `PORT`, `KLAMBDA_BUILDKITE_TOKEN`, `KLAMBDA_BUILDKITE_SIGNING_KEY`,
 //! `KLAMBDA_BUILDKITE_TOLERANCE_SECONDS`, `KLAMBDA_GITHUB_SECRET`, `KLAMBDA_WEBHOOK_RULES` (a
 //! rules file), `KLAMBDA_WEBHOOK_DEAD_LETTER_DIR`.
 
@@ -91,6 +92,7 @@ pub fn load(
     config.buildkite.signing_key =
         text("/buildkite/signingKey", "KLAMBDA_BUILDKITE_SIGNING_KEY").map(Secret::new);
     config.github_secret = text("/github/secret", "KLAMBDA_GITHUB_SECRET").map(Secret::new);
+    config.admin_token = text("/adminToken", "KLAMBDA_WEBHOOK_ADMIN_TOKEN").map(Secret::new);
     if config.buildkite.token.is_none()
         && config.buildkite.signing_key.is_none()
         && config.github_secret.is_none()
@@ -217,6 +219,7 @@ pub fn show(settings: &Settings) -> Value {
             "toleranceSeconds": config.buildkite.tolerance.as_secs(),
         },
         "github": {"secret": redacted(&config.github_secret)},
+        "adminToken": redacted(&config.admin_token),
         "bodyLimitBytes": config.body_limit,
         "rateLimit": {"perSecond": per_second, "burst": burst},
         "retry": {

@@ -23,9 +23,13 @@ fn config() -> Config {
     config.buildkite.token = Some(Secret::new(TOKEN));
     config.buildkite.signing_key = Some(Secret::new(SIGNING_KEY));
     config.github_secret = Some(Secret::new(GITHUB_SECRET));
+    config.admin_token = Some(Secret::new(ADMIN_TOKEN));
     config.body_limit = 64 * 1024;
     config
 }
+
+const ADMIN_TOKEN: &str = "gateway-admin-token";
+const ADMIN: (&str, &str) = ("authorization", "Bearer gateway-admin-token");
 
 async fn start(publisher: Arc<dyn Publisher>) -> Result<TestServer> {
     TestServer::start(webhook_gateway::router(config(), publisher)).await
@@ -359,7 +363,7 @@ async fn the_breaker_opens_on_failures_dead_letters_are_kept_and_redriven() -> R
     let ready = klambda_test_support::http::get(&server.url("/ready")).await?;
     assert_eq!(ready.status, 503);
     assert_eq!(ready.json()?["breaker"], "open");
-    let letters = klambda_test_support::http::get(&server.url("/dead-letters"))
+    let letters = klambda_test_support::http::get_with(&server.url("/dead-letters"), &[ADMIN])
         .await?
         .json()?;
     let letters = letters.as_array().cloned().unwrap_or_default();
@@ -386,7 +390,7 @@ async fn the_breaker_opens_on_failures_dead_letters_are_kept_and_redriven() -> R
     assert_eq!(ready.json()?["breaker"], "closed");
 
     // Redrive: the kept events reach the broker, in order, and leave the store.
-    let redriven = post(&server.url("/dead-letters/redrive"), &[], "").await?;
+    let redriven = post(&server.url("/dead-letters/redrive"), &[ADMIN], "").await?;
     assert_eq!(redriven.json()?["redriven"], 2);
     let subjects: Vec<String> = broker
         .taken
@@ -395,7 +399,7 @@ async fn the_breaker_opens_on_failures_dead_letters_are_kept_and_redriven() -> R
         .map(|e| e.subject().unwrap_or_default().to_owned())
         .collect();
     assert_eq!(subjects, ["4", "1", "2"]);
-    let left = klambda_test_support::http::get(&server.url("/dead-letters"))
+    let left = klambda_test_support::http::get_with(&server.url("/dead-letters"), &[ADMIN])
         .await?
         .json()?;
     assert_eq!(left, serde_json::json!([]));
@@ -502,6 +506,77 @@ async fn each_source_is_rate_limited_on_its_own() -> Result<()> {
     // GitHub has its own bucket: a Buildkite flood does not block it (it fails auth, not 429).
     let github = post(&server.url("/github"), &[("x-github-event", "ping")], "{}").await?;
     assert_eq!(github.status, 401);
+    Ok(())
+}
+
+/// A flood that fails authentication is limited in its own small bucket (429 once it is empty)
+/// and never takes a genuine sender's tokens.
+#[tokio::test]
+async fn an_unauthenticated_flood_does_not_starve_signed_webhooks() -> Result<()> {
+    let memory = Memory::default();
+    let mut config = config();
+    config.rate_limit = webhook_gateway::limit::RateLimit {
+        per_second: 0.001,
+        burst: 3,
+    };
+    let server =
+        TestServer::start(webhook_gateway::router(config, Arc::new(memory.clone()))).await?;
+    let body = build_finished("passed");
+    let mut answers = Vec::new();
+    for _ in 0..40 {
+        let forged = buildkite(
+            &server,
+            "build.finished",
+            &[("x-buildkite-token", "forged".into())],
+            &body,
+        )
+        .await?;
+        answers.push(forged.status.as_u16());
+    }
+    assert_eq!(
+        answers.iter().filter(|s| **s == 401).count(),
+        20,
+        "{answers:?}"
+    );
+    assert_eq!(
+        answers.iter().filter(|s| **s == 429).count(),
+        20,
+        "{answers:?}"
+    );
+    // The genuine bucket (3) is whole: three signed deliveries go through.
+    for _ in 0..3 {
+        let genuine = buildkite(&server, "build.finished", &token(), &body).await?;
+        assert_eq!(genuine.status, 202);
+    }
+    Ok(())
+}
+
+/// The admin routes ask for their own token, and are not served at all without one configured.
+#[tokio::test]
+async fn admin_routes_need_the_admin_token_and_exist_only_with_one() -> Result<()> {
+    let server = start(Arc::new(Memory::default())).await?;
+    for credentials in [vec![], vec![("authorization", "Bearer wrong")]] {
+        let listed =
+            klambda_test_support::http::get_with(&server.url("/dead-letters"), &credentials)
+                .await?;
+        assert_eq!(listed.status, 401, "{credentials:?}");
+        assert_eq!(listed.header("content-type"), "application/problem+json");
+        let redriven = post(&server.url("/dead-letters/redrive"), &credentials, "").await?;
+        assert_eq!(redriven.status, 401, "{credentials:?}");
+    }
+    let listed =
+        klambda_test_support::http::get_with(&server.url("/dead-letters"), &[ADMIN]).await?;
+    assert_eq!(listed.status, 200);
+
+    let mut without = config();
+    without.admin_token = None;
+    let open = TestServer::start(webhook_gateway::router(
+        without,
+        Arc::new(Memory::default()),
+    ))
+    .await?;
+    let listed = klambda_test_support::http::get_with(&open.url("/dead-letters"), &[ADMIN]).await?;
+    assert_eq!(listed.status, 404, "not served without an admin token");
     Ok(())
 }
 

@@ -90,16 +90,19 @@ impl Api {
             format!("cannot reach {uri}: is the platform running? Start it with `klambda up`")
         })?;
         let (parts, body) = response.into_parts();
+        let body = body.collect().await?.to_bytes();
         if to_platform && parts.status == http::StatusCode::UNAUTHORIZED {
-            bail!(
-                "{uri} needs the platform's API token: set KLAMBDA_TOKEN (klambda up keeps it in \
-                 <data-dir>/api-token; .klambda/api-token is read when present)"
-            );
+            // The problem document says which token and where it is.
+            let detail = serde_json::from_slice::<Value>(&body)
+                .ok()
+                .and_then(|p| p["detail"].as_str().map(str::to_owned))
+                .unwrap_or_default();
+            bail!("{uri} needs a token: {detail}");
         }
         Ok(Answer {
             status: parts.status.as_u16(),
             headers: parts.headers,
-            body: body.collect().await?.to_bytes(),
+            body,
         })
     }
 
