@@ -15,6 +15,7 @@
 //! - [`runtime`]: the known runtimes and their template versions.
 //! - [`envelope`]: typed data in and out of `cloudevents::Event`, deterministic reply ids.
 //! - [`external`]: types other components define that stages consume (ApiServerSource).
+//! - [`ssrf`]: which hosts and addresses a source may be fetched from (parser and uploader).
 //! - [`status`]: the status API's answers, served by the status reporter and read by the CLI.
 //! - [`docs`]: the generated `docs/EVENTS.md` and `eventing/schemas/` files.
 
@@ -27,6 +28,7 @@ pub mod external;
 pub mod ids;
 pub mod runtime;
 pub mod spec;
+pub mod ssrf;
 pub mod status;
 
 pub use catalogue::{

@@ -11,7 +11,9 @@
 //!   ref, one commit deep; all in a work directory removed after.
 //! - **Checks** what it can: the digest must be the one `klambda_events::digest` gives the spec's
 //!   source (400, dead-lettered, otherwise): a `parser.completed` posted by anyone but the parser
-//!   cannot make its source the cached build of another function's digest.
+//!   cannot make its source the cached build of another function's digest. Fetches connect only
+//!   to addresses the source rules allow, checked when the name is resolved for the connection
+//!   (`connect`), so a public name that resolves to a private address fetches nothing.
 //! - **Side effects**: writes `contexts/<digest>.tar.gz` (deterministic: the same digest always
 //!   gives the same bytes), once: a replay finds it and skips the upload.
 //!
@@ -33,6 +35,7 @@ use klambda_runtimes::Template;
 use klambda_runtimes::context::{self, SourceFile};
 use klambda_storage::{ImageRecord, ObjectStore, chunk_channel};
 
+pub mod connect;
 pub mod source;
 
 use source::{Fetched, Sources};
@@ -84,6 +87,13 @@ impl ContextUploader {
     /// only).
     pub fn with_http_archives(mut self) -> Self {
         self.sources.http_archives = true;
+        self
+    }
+
+    /// Also lets fetches connect to loopback and private addresses (tests serve sources there;
+    /// production never does).
+    pub fn with_private_addresses(mut self) -> Self {
+        self.sources.private_addresses = true;
         self
     }
 

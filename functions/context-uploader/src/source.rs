@@ -63,6 +63,9 @@ pub struct Sources {
     pub git_protocols: Vec<String>,
     /// Whether archives may come over plain http (tests only; production is https only).
     pub http_archives: bool,
+    /// Whether fetches may connect to loopback and private addresses (tests serve sources
+    /// there; production never does, see [`crate::connect`]).
+    pub private_addresses: bool,
     /// How long one git fetch or archive download may take.
     pub git_timeout: std::time::Duration,
     /// Made on the first archive download, shared by clones.
@@ -71,7 +74,9 @@ pub struct Sources {
 
 /// The client archives are downloaded with.
 type HttpsClient = hyper_util::client::legacy::Client<
-    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    hyper_rustls::HttpsConnector<
+        hyper_util::client::legacy::connect::HttpConnector<crate::connect::CheckedResolver>,
+    >,
     http_body_util::Empty<bytes::Bytes>,
 >;
 
@@ -83,6 +88,7 @@ impl Default for Sources {
             limits: Limits::default(),
             git_protocols: Vec::new(),
             http_archives: false,
+            private_addresses: false,
             git_timeout: std::time::Duration::from_secs(300),
             https: std::sync::Arc::default(),
         }
@@ -164,12 +170,20 @@ impl Sources {
             return Ok(client);
         }
         let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        // Connects only to addresses the source rules allow, whatever the name resolves to at
+        // that instant.
+        let mut http = hyper_util::client::legacy::connect::HttpConnector::new_with_resolver(
+            crate::connect::CheckedResolver {
+                private_allowed: self.private_addresses,
+            },
+        );
+        http.enforce_http(false);
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_provider_and_native_roots(provider)
             .map_err(internal)?
             .https_or_http()
             .enable_http1()
-            .build();
+            .wrap_connector(http);
         let client =
             hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
                 .build(connector);
@@ -196,6 +210,16 @@ impl Sources {
             && !(self.http_archives && uri.scheme_str() == Some("http"))
         {
             return Ok(Err("archives are downloaded over https only".into()));
+        }
+        let Some(host) = uri.host() else {
+            return Ok(Err("the URL names no host".into()));
+        };
+        let port = uri.port_u16().unwrap_or(443);
+        if let Err(reason) = crate::connect::checked_addresses(host, port, self.private_addresses)
+            .await
+            .map_err(|e| HandlerError::Unavailable(format!("resolving {host}: {e}")))?
+        {
+            return Ok(Err(reason));
         }
         let client = self.https_client()?;
         let fetch = async {
@@ -311,6 +335,14 @@ impl Sources {
         }
     }
 
+    /// The options that pin a git fetch of `url` to its host's checked addresses, or why it may
+    /// not be fetched (see [`crate::connect::git_pins`]).
+    async fn git_pins(&self, url: &str) -> Result<Result<Vec<String>, String>, HandlerError> {
+        crate::connect::git_pins(url, self.private_addresses)
+            .await
+            .map_err(|e| HandlerError::Unavailable(format!("resolving the host of {url}: {e}")))
+    }
+
     /// The git transport flags: https only, plus the configured extra transports.
     fn git_protocols(&self) -> Vec<String> {
         let mut protocols = vec![
@@ -348,9 +380,14 @@ impl Sources {
         if reference.len() == 40 && reference.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Ok(Ok(Some(reference.to_ascii_lowercase())));
         }
+        let pins = match self.git_pins(url).await? {
+            Ok(pins) => pins,
+            Err(reason) => return Ok(Err(format!("the source {url}: {reason}"))),
+        };
         let work = WorkDir::new(&self.work).map_err(internal)?;
         let args = [
             self.git_protocols(),
+            pins,
             vec![
                 "ls-remote".into(),
                 "--".into(),
@@ -392,7 +429,10 @@ impl Sources {
         work: &WorkDir,
     ) -> Result<Result<Vec<SourceFile>, String>, HandlerError> {
         let checkout = work.0.join("src");
-        let protocols = self.git_protocols();
+        let protocols = match self.git_pins(url).await? {
+            Ok(pins) => [self.git_protocols(), pins].concat(),
+            Err(reason) => return Ok(Err(reason)),
+        };
         let steps: [Vec<String>; 3] = [
             vec!["init".into(), "-q".into()],
             [

@@ -494,6 +494,7 @@ async fn archives_are_downloaded_checked_against_their_sha256_and_unpacked() -> 
     let harness = Harness::new(
         ContextUploader::new(Arc::new(store.clone()))
             .with_http_archives()
+            .with_private_addresses()
             .with_work_dir(&work),
     );
     let source =
@@ -541,11 +542,48 @@ async fn archives_are_downloaded_checked_against_their_sha256_and_unpacked() -> 
     )))));
     let answer = reply(
         &https_only,
-        with_source("plain", source(url, sha256_hex(&good)))?,
+        with_source("plain", source(url.clone(), sha256_hex(&good)))?,
     )
     .await?;
     let failure = decode::<BuildFailed>(&answer)?;
     assert!(failure.reason.contains("https only"), "{}", failure.reason);
+    // Nor from an address inside, whatever the URL calls it: a name that resolves to loopback is
+    // refused when it is resolved for the connection (DNS rebinding), as are archives and git
+    // repositories at literal private addresses. Refusals, not retries.
+    let outside_only = Harness::new(
+        ContextUploader::new(Arc::new(LocalDir::new(store_dir("archive-outside-only"))))
+            .with_http_archives(),
+    );
+    let by_name = url.replace("127.0.0.1", "localhost");
+    for (id, event) in [
+        (
+            "by-name",
+            with_source("by-name", source(by_name, sha256_hex(&good)))?,
+        ),
+        (
+            "literal",
+            with_source("literal", source(url.clone(), sha256_hex(&good)))?,
+        ),
+        (
+            "git",
+            with_source(
+                "git-inside",
+                klambda_events::spec::Source::Git {
+                    url: "https://localhost/team/repo.git".into(),
+                    reference: "main".into(),
+                },
+            )?,
+        ),
+    ] {
+        let answer = reply(&outside_only, event).await?;
+        assert_eq!(answer.ty(), BuildFailed::TYPE, "{id}: {answer}");
+        let failure = decode::<BuildFailed>(&answer)?;
+        assert!(
+            failure.reason.contains("does not fetch from"),
+            "{id}: {}",
+            failure.reason
+        );
+    }
     server.shutdown().await;
     let _ = std::fs::remove_dir_all(dir);
     Ok(())

@@ -15,13 +15,11 @@
 //! # Layout
 //! - [`validate`]: submission → spec, every problem listed.
 //! - [`source`]: inline files, `s3://` and git sources.
-//! - [`ssrf`]: which hosts a git source may name.
 //! - the content digest is part of the contract: `klambda_events::digest`.
 //! - [`limits`]: the bounds a submission must stay within.
 
 pub mod limits;
 pub mod source;
-pub mod ssrf;
 pub mod validate;
 
 use std::sync::OnceLock;

@@ -8,7 +8,7 @@ use klambda_events::spec::{ContentEncoding, InlineFile, Source, SourceSubmission
 use url::Url;
 
 use crate::limits::Limits;
-use crate::ssrf::refused_host;
+use klambda_events::ssrf::refused_host;
 
 /// Validates `source`, pushing every problem; returns the normalised source when it is valid.
 pub fn normalise(
