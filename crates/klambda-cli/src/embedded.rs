@@ -27,6 +27,7 @@ use klambda_storage::{LocalDir, ObjectStore, S3Settings};
 use parser::Parser;
 use service_deployer::ServiceDeployer;
 use service_deployer::deployer::local::LocalRunner;
+use service_deployer::secrets::SecretStore;
 use status_reporter::StatusReporter;
 use status_reporter::store::StatusStore;
 
@@ -147,6 +148,8 @@ pub struct Platform {
     pub metrics: Arc<Metrics>,
     /// The API token requests must carry, if one is set.
     pub api_token: Option<Arc<str>>,
+    /// Functions' secret values (`<data-dir>/secrets`), read by the runner.
+    pub secrets: SecretStore,
 }
 
 /// A stage in-process, by its Service name, with its side events going into the broker and
@@ -199,13 +202,17 @@ impl Platform {
                 .iter()
                 .any(|s| s == Stage::ServiceDeployer.service_name())
         });
-        let runner = Arc::new(if deploys {
-            LocalRunner::recover(data("runner"))
-                .await
-                .context("reading the local runner's state")?
-        } else {
-            LocalRunner::new()
-        });
+        let secrets = SecretStore::new(data("secrets"));
+        let runner = Arc::new(
+            if deploys {
+                LocalRunner::recover(data("runner"))
+                    .await
+                    .context("reading the local runner's state")?
+            } else {
+                LocalRunner::new()
+            }
+            .with_secrets(&secrets),
+        );
         // Every process of one platform signs with the same keys: the data directory's, unless
         // given.
         let keys = Arc::new(match &settings.event_keys {
@@ -322,6 +329,7 @@ impl Platform {
             builds: data("builds"),
             metrics,
             api_token: settings.api_token.as_deref().map(Arc::from),
+            secrets,
         })
     }
 }

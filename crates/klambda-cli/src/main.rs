@@ -127,6 +127,12 @@ enum Command {
         #[command(subcommand)]
         command: WebhooksCommand,
     },
+    /// Functions' secret env values (set, list, delete); a function names them in
+    /// klambda.json's "secrets".
+    Secrets {
+        #[command(subcommand)]
+        command: SecretsCommand,
+    },
     /// Serve a function's previous revision again.
     Rollback {
         name: String,
@@ -167,6 +173,24 @@ impl StoreFlags {
             ..klambda_storage::S3Settings::new(bucket)
         }))
     }
+}
+
+#[derive(Subcommand)]
+enum SecretsCommand {
+    /// Set NAME to VALUE (read from stdin when VALUE is not given).
+    Set {
+        /// The secret's name (a-z, 0-9, '-').
+        name: String,
+        /// The value; omit it to read the value from stdin (out of the shell's history).
+        value: Option<String>,
+    },
+    /// The names set (never the values).
+    List,
+    /// Remove NAME.
+    Delete {
+        /// The secret's name.
+        name: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -326,6 +350,14 @@ async fn run(cli: Cli) -> Result<i32> {
                 WebhookDlqCommand::Redrive { id, .. } => client::WebhookDlq::Redrive(id),
             };
             client::webhook_dlq(&Api::new(&gateway).with_token(admin_token), command, output).await
+        }
+        Command::Secrets { command } => {
+            let command = match command {
+                SecretsCommand::Set { name, value } => client::Secrets::Set(name, value),
+                SecretsCommand::List => client::Secrets::List,
+                SecretsCommand::Delete { name } => client::Secrets::Delete(name),
+            };
+            client::secrets(&platform, command, output).await
         }
         Command::Rollback { name, to } => client::rollback(&platform, &name, to, output).await,
     }

@@ -33,6 +33,11 @@ pub fn router(platform: Platform) -> Router {
         .route("/events/{id}/replay", post(replay))
         .route("/dead-letters/{seq}/redrive", post(redrive))
         .route("/functions/{name}/logs", get(logs))
+        .route("/secrets", get(secret_names))
+        .route(
+            "/secrets/{name}",
+            axum::routing::put(set_secret).delete(delete_secret),
+        )
         .with_state(platform.clone())
         .merge(status);
     let guarded = match token {
@@ -199,6 +204,64 @@ fn store_unavailable(error: &dyn std::fmt::Display) -> Response {
         error.to_string(),
     )
     .into_response()
+}
+
+/// `GET /secrets`: the names of the secrets set (never their values).
+async fn secret_names(State(platform): State<Platform>) -> Response {
+    match platform.secrets.names() {
+        Ok(names) => axum::Json(names).into_response(),
+        Err(error) => secret_store_error(&error),
+    }
+}
+
+/// `PUT /secrets/{name}`: sets the secret to the body (UTF-8 text), replacing it.
+async fn set_secret(
+    State(platform): State<Platform>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Response {
+    let Ok(value) = String::from_utf8(body.to_vec()) else {
+        return ProblemDetails::new(
+            StatusCode::BAD_REQUEST,
+            "invalid-secret",
+            "Invalid secret",
+            "a secret value is UTF-8 text",
+        )
+        .into_response();
+    };
+    match platform.secrets.set(&name, &value) {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(error) => secret_store_error(&error),
+    }
+}
+
+/// `DELETE /secrets/{name}`: `204`, or `404` when it was not set.
+async fn delete_secret(State(platform): State<Platform>, Path(name): Path<String>) -> Response {
+    match platform.secrets.delete(&name) {
+        Ok(true) => StatusCode::NO_CONTENT.into_response(),
+        Ok(false) => ProblemDetails::new(
+            StatusCode::NOT_FOUND,
+            "not-found",
+            "Not found",
+            format!("no secret named {name:?}"),
+        )
+        .into_response(),
+        Err(error) => secret_store_error(&error),
+    }
+}
+
+fn secret_store_error(error: &std::io::Error) -> Response {
+    if error.kind() == std::io::ErrorKind::InvalidInput {
+        ProblemDetails::new(
+            StatusCode::BAD_REQUEST,
+            "invalid-secret",
+            "Invalid secret",
+            error.to_string(),
+        )
+        .into_response()
+    } else {
+        store_unavailable(error)
+    }
 }
 
 /// `GET /metrics`: every in-process stage's metrics (one registry, a `stage` label each).

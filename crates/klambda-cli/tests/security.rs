@@ -364,3 +364,121 @@ async fn every_route_but_health_and_metrics_needs_the_api_token() -> Result<()> 
     let _ = std::fs::remove_dir_all(&data);
     Ok(())
 }
+
+/// A secret value reaches the function's environment and nothing else: not an event, the status,
+/// the logs, the runner's state or any file of the data directory but the secret's own; a
+/// function naming a secret that is not set does not start, and says which.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secret_values_reach_the_function_and_nothing_else() -> Result<()> {
+    const VALUE: &str = "s3cr3t-value-4242";
+    let data =
+        std::env::temp_dir().join(format!("klambda-security-secrets-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&data);
+    let platform = tokio::task::block_in_place(|| up(&data.join("platform"), &[]))?;
+
+    // Set from stdin, as the docs say (out of the shell's history).
+    let set = tokio::task::block_in_place(|| -> Result<std::process::Output> {
+        use std::io::Write as _;
+        let mut child = std::process::Command::new(common::BIN)
+            .args([
+                "--endpoint",
+                &platform.endpoint,
+                "secrets",
+                "set",
+                "db-password",
+            ])
+            .env("KLAMBDA_TOKEN", &platform.token)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()?;
+        child
+            .stdin
+            .take()
+            .context("stdin")?
+            .write_all(format!("{VALUE}\n").as_bytes())?;
+        Ok(child.wait_with_output()?)
+    })?;
+    ensure!(set.status.success(), "{}", text(&set));
+    let listed = tokio::task::block_in_place(|| klambda(&platform, &["secrets", "list"]))?;
+    ensure!(
+        text(&listed).contains("db-password") && !text(&listed).contains(VALUE),
+        "{}",
+        text(&listed)
+    );
+
+    let function = |name: &str, secret: &str| -> Result<String> {
+        let dir = data.join(name);
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(
+            dir.join("klambda.json"),
+            json!({"name": name, "runtime": "nodejs20", "handler": "index.handler",
+                   "env": {"PLAIN": "visible"}, "secrets": {"DB_PASSWORD": secret}})
+            .to_string(),
+        )?;
+        std::fs::write(
+            dir.join("index.js"),
+            format!(
+                // Compared reversed, so the code itself does not hold the value.
+                "exports.handler = async () => ({{ matches: [...(process.env.DB_PASSWORD || '')].reverse().join('') === '{}', plain: process.env.PLAIN }});",
+                VALUE.chars().rev().collect::<String>()
+            ),
+        )?;
+        Ok(dir.display().to_string())
+    };
+    let dir = function("secretive", "db-password")?;
+    let deployed = tokio::task::block_in_place(|| klambda(&platform, &["deploy", &dir]))?;
+    ensure!(deployed.status.success(), "{}", text(&deployed));
+    let invoked = tokio::task::block_in_place(|| klambda(&platform, &["invoke", "secretive"]))?;
+    let reply: Value = serde_json::from_slice(&invoked.stdout).with_context(|| text(&invoked))?;
+    ensure!(
+        reply["matches"] == true && reply["plain"] == "visible",
+        "the function's environment: {reply}"
+    );
+
+    // Nowhere else: what the CLI shows, and every file the platform wrote but the secret's own.
+    let mut shown = String::new();
+    for args in [
+        vec!["events", "secretive", "--output", "json"],
+        vec!["status", "secretive", "--output", "json"],
+        vec!["logs", "secretive"],
+        vec!["deploy", &dir],
+    ] {
+        let output = tokio::task::block_in_place(|| klambda(&platform, &args))?;
+        shown.push_str(&text(&output));
+    }
+    ensure!(
+        shown.contains("db-password"),
+        "the reference is shown: {shown}"
+    );
+    ensure!(!shown.contains(VALUE), "a secret value was shown: {shown}");
+    let secret_file = data.join("platform/secrets/db-password");
+    let mut stack = vec![data.join("platform")];
+    let mut read = 0;
+    while let Some(path) = stack.pop() {
+        if path.is_dir() {
+            stack.extend(std::fs::read_dir(&path)?.filter_map(|e| Some(e.ok()?.path())));
+        } else if path != secret_file {
+            read += 1;
+            let bytes = std::fs::read(&path).unwrap_or_default();
+            ensure!(
+                !bytes.windows(VALUE.len()).any(|w| w == VALUE.as_bytes()),
+                "{} holds the secret value",
+                path.display()
+            );
+        }
+    }
+    ensure!(read > 5, "only {read} files were read");
+
+    // A secret that is not set: the deploy fails with the reason, nothing starts.
+    let dir = function("unset", "never-set")?;
+    let refused = tokio::task::block_in_place(|| klambda(&platform, &["deploy", &dir]))?;
+    ensure!(
+        !refused.status.success() && text(&refused).contains("never-set is not set"),
+        "{}",
+        text(&refused)
+    );
+    drop(platform);
+    let _ = std::fs::remove_dir_all(&data);
+    Ok(())
+}

@@ -31,6 +31,11 @@ pub struct FunctionSubmission {
     /// Environment variables for the running function.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
+    /// Secret environment variables, by reference: variable name → secret name. Only the names
+    /// travel; the value is read where the function starts (`klambda secrets set` on one
+    /// machine, the `klambda-function-secrets` Secret on a cluster) and appears nowhere else.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secrets: BTreeMap<String, String>,
     /// Resources of one instance; defaults apply when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourcesSubmission>,
@@ -184,6 +189,18 @@ pub fn is_reserved_env(name: &str) -> bool {
     RESERVED_ENV.contains(&name) || RESERVED_ENV_PREFIXES.iter().any(|p| name.starts_with(p))
 }
 
+/// Whether `name` may name a secret: a DNS label (1 to 63 of `a-z`, `0-9` and `-`, starting and
+/// ending with a letter or digit), so it is also a file name and a Kubernetes Secret key.
+pub fn is_secret_name(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    (1..=63).contains(&bytes.len())
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+        && bytes.first().is_some_and(u8::is_ascii_alphanumeric)
+        && bytes.last().is_some_and(u8::is_ascii_alphanumeric)
+}
+
 /// The normalised function: validated, defaults filled in, source in canonical form.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -199,6 +216,9 @@ pub struct FunctionSpec {
     /// Environment variables, sorted by name.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
+    /// Secret environment variables by reference (variable name → secret name), never values.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secrets: BTreeMap<String, String>,
     /// Resources of one instance.
     pub resources: Resources,
     /// Autoscaling bounds.

@@ -35,6 +35,7 @@ pub fn function(
         handler: handler.to_owned(),
         source,
         env: BTreeMap::new(),
+        secrets: BTreeMap::new(),
         resources: Resources::default(),
         scaling: Scaling::default(),
         build: BuildSettings::default(),

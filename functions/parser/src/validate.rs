@@ -45,6 +45,7 @@ pub fn parse(
         &mut problems,
     );
     check_env(&submission.env, limits, &mut problems);
+    check_secrets(&submission.secrets, &submission.env, &mut problems);
     let resources = resources(submission.resources, &mut problems);
     let scaling = scaling(submission.scaling, &mut problems);
     let build = build(submission.build, &mut problems);
@@ -59,6 +60,7 @@ pub fn parse(
                 handler: submission.handler,
                 source,
                 env: submission.env,
+                secrets: submission.secrets,
                 resources,
                 scaling,
                 build,
@@ -240,6 +242,47 @@ fn check_env(env: &BTreeMap<String, String>, limits: &Limits, problems: &mut Vec
                 limits.max_env_total_bytes
             ),
         ));
+    }
+}
+
+/// Secret references: a variable name as for `env` (not one `env` sets too), a secret name
+/// [`klambda_events::spec::is_secret_name`] accepts.
+fn check_secrets(
+    secrets: &BTreeMap<String, String>,
+    env: &BTreeMap<String, String>,
+    problems: &mut Vec<Problem>,
+) {
+    for (variable, secret) in secrets {
+        let field = format!("secrets.{variable}");
+        let valid_name = variable.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+            && variable
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid_name {
+            problems.push(Problem::new(
+                field.clone(),
+                "names use letters, digits and '_' and do not start with a digit",
+            ));
+        } else if klambda_events::spec::is_reserved_env(variable) {
+            problems.push(Problem::new(
+                field.clone(),
+                "is reserved: the platform or the runtime sets it, or it changes how the runtime starts",
+            ));
+        }
+        if env.contains_key(variable) {
+            problems.push(Problem::new(
+                field.clone(),
+                "is also in env; a variable is plain or secret, not both",
+            ));
+        }
+        if !klambda_events::spec::is_secret_name(secret) {
+            problems.push(Problem::new(
+                field,
+                format!(
+                    "{secret:?} is not a secret name: 1 to 63 of a-z, 0-9 and '-', starting and ending with a letter or digit"
+                ),
+            ));
+        }
     }
 }
 

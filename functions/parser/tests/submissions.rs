@@ -570,6 +570,36 @@ fn submissions() {
             &["env.KLAMBDA_SINK"],
         ),
         ("env NUL value", env("A", "x\u{0}y"), &["env.A"]),
+        // Secret env, by reference.
+        (
+            "secret reference",
+            with("secrets", json!({"DB_PASSWORD": "db-password"})),
+            &[],
+        ),
+        (
+            "secret name with a path",
+            with("secrets", json!({"DB_PASSWORD": "../etc/passwd"})),
+            &["secrets.DB_PASSWORD"],
+        ),
+        (
+            "secret name in capitals",
+            with("secrets", json!({"DB_PASSWORD": "DbPassword"})),
+            &["secrets.DB_PASSWORD"],
+        ),
+        (
+            "secret for a reserved variable",
+            with("secrets", json!({"LD_PRELOAD": "lib"})),
+            &["secrets.LD_PRELOAD"],
+        ),
+        (
+            "secret variable also in env",
+            {
+                let mut both = env("TOKEN", "plain");
+                both["secrets"] = json!({"TOKEN": "token"});
+                both
+            },
+            &["secrets.TOKEN"],
+        ),
         (
             "env oversize value",
             env("A", &"v".repeat(5000)),

@@ -14,6 +14,7 @@
 //!   [`ServiceDeployer::from_config`].
 
 pub mod deployer;
+pub mod secrets;
 
 use std::sync::Arc;
 use std::time::Instant;

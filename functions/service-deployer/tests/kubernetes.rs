@@ -63,6 +63,8 @@ fn built(name: &str, image: &str, greeting: &str) -> Result<Event> {
         &[("index.js", &code)],
     )?;
     spec.env.insert("GREETING".to_owned(), greeting.to_owned());
+    spec.secrets
+        .insert("DB_PASSWORD".to_owned(), "db-password".to_owned());
     spec.scaling =
         serde_json::from_value(json!({"minScale": 1, "maxScale": 5, "concurrency": 10}))?;
     spec.triggers = vec![serde_json::from_value(
@@ -182,7 +184,12 @@ async fn deploy_replay_update_rollback_and_delete_with_exactly_the_granted_verbs
     );
     assert_eq!(
         template["spec"]["containers"][0]["env"],
-        json!([{"name": "GREETING", "value": "Hello"}])
+        // Secret env by reference to the functions' Secret: the value never passes here.
+        json!([
+            {"name": "GREETING", "value": "Hello"},
+            {"name": "DB_PASSWORD", "valueFrom": {"secretKeyRef": {
+                "name": "klambda-function-secrets", "key": "db-password"}}}
+        ])
     );
     let triggers = cluster
         .fake

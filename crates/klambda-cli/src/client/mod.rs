@@ -5,15 +5,18 @@
 //! - this module: [`Api`], the platform's HTTP endpoint, and following a journey.
 //! - [`commands`]: deploy, invoke, status, events, logs, replay, delete, rollback.
 //! - [`dlq`]: the broker's and the webhook gateway's dead letters.
+//! - [`secrets`]: functions' secret env values.
 //! - [`package`]: a function directory as a submission (inline, or uploaded to S3).
 
 mod commands;
 mod dlq;
 mod package;
+mod secrets;
 
 pub use commands::{delete, deploy, events, invoke, logs, replay, rollback, status};
 pub use dlq::{Dlq, WebhookDlq, dlq, webhook_dlq};
 pub use package::{package, package_to_s3};
+pub use secrets::{Secrets, secrets};
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 

@@ -133,6 +133,10 @@ pub fn trigger_name(function: &FunctionName, index: usize) -> String {
     format!("fn-{}-{hash}-{index}", keep.trim_end_matches('-'))
 }
 
+/// The Secret in the functions' namespace holding the values of functions' secret env, one key
+/// per secret name (`kubectl create secret generic klambda-function-secrets --from-literal=…`).
+pub const FUNCTION_SECRETS: &str = "klambda-function-secrets";
+
 /// The function Service that serves `spec` at `image` (pure: what [`KnativeServices::apply`]
 /// sends, before the previous-revision annotation).
 pub fn service(namespace: &str, spec: &FunctionSpec, digest: &ContentDigest, image: &str) -> Value {
@@ -140,6 +144,11 @@ pub fn service(namespace: &str, spec: &FunctionSpec, digest: &ContentDigest, ima
         .env
         .iter()
         .map(|(name, value)| json!({ "name": name, "value": value }))
+        // Secret values stay in the cluster's Secret; the kubelet gives them to the container.
+        .chain(spec.secrets.iter().map(|(name, secret)| {
+            json!({ "name": name, "valueFrom": { "secretKeyRef": {
+                "name": FUNCTION_SECRETS, "key": secret } } })
+        }))
         .collect();
     let memory = format!("{}Mi", spec.resources.memory_mib);
     let mut template = json!({

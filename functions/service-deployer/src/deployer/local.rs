@@ -32,6 +32,7 @@ use tokio::process::{Child, Command};
 use tokio::sync::{Mutex, oneshot};
 
 use super::{BoxFuture, DeployError, Deployer, Deployment, NotReady, Revision};
+use crate::secrets::SecretStore;
 
 /// How long a new revision has to answer `/health`.
 const READY_WITHIN: Duration = Duration::from_secs(30);
@@ -46,6 +47,12 @@ struct Launch {
     program: String,
     args: Vec<String>,
     env: Vec<(String, String)>,
+    /// Secret env, by reference (variable, secret name): read from `secret_dir` each time the
+    /// process starts, so values are never kept in the runner's state.
+    #[serde(default)]
+    secrets: Vec<(String, String)>,
+    #[serde(default)]
+    secret_dir: Option<PathBuf>,
     dir: PathBuf,
     port: u16,
 }
@@ -141,12 +148,20 @@ pub struct LocalRunner {
     functions: SyncMutex<HashMap<FunctionName, Function>>,
     /// Where each function's revisions are kept (`<name>.json`), if anywhere.
     state_dir: Option<PathBuf>,
+    /// Where secret values are (`<secret name>` files, see [`SecretStore`]), if anywhere.
+    secret_dir: Option<PathBuf>,
 }
 
 impl LocalRunner {
     /// A runner with no functions that keeps nothing: a restart forgets what ran (tests).
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Reads functions' secret env from `store` when it starts them.
+    pub fn with_secrets(mut self, store: &SecretStore) -> Self {
+        self.secret_dir = Some(store.dir().to_owned());
+        self
     }
 
     /// A runner keeping its functions' revisions in `state_dir`: the current revision of every
@@ -205,6 +220,7 @@ impl LocalRunner {
         Ok(Self {
             functions: SyncMutex::new(recovered),
             state_dir: Some(state_dir),
+            secret_dir: None,
         })
     }
 
@@ -259,10 +275,31 @@ async fn write_state(dir: &Path, name: &FunctionName, saved: &Saved) -> std::io:
 
 /// What decides whether a deployment is new: the image and the configuration the shim runs with.
 fn config_of(spec: &FunctionSpec) -> String {
-    format!("{}|{:?}|{:?}", spec.handler, spec.env, spec.resources)
+    format!(
+        "{}|{:?}|{:?}|{:?}",
+        spec.handler, spec.env, spec.secrets, spec.resources
+    )
 }
 
-fn launch_for(spec: &FunctionSpec, image: &str, port: u16) -> Result<Launch, NotReady> {
+fn launch_for(
+    spec: &FunctionSpec,
+    image: &str,
+    port: u16,
+    secret_dir: Option<&Path>,
+) -> Result<Launch, NotReady> {
+    // Every secret the function names must be set before a process is started for it.
+    for secret in spec.secrets.values() {
+        let set = secret_dir.is_some_and(|dir| dir.join(secret).is_file());
+        if !set {
+            return Err(NotReady {
+                revision: None,
+                reason: "SecretMissing".into(),
+                message: format!(
+                    "the secret {secret} is not set; set it with `klambda secrets set {secret}` and deploy again"
+                ),
+            });
+        }
+    }
     let failed = |message: String| NotReady {
         revision: None,
         reason: "RevisionFailed".into(),
@@ -310,6 +347,12 @@ fn launch_for(spec: &FunctionSpec, image: &str, port: u16) -> Result<Launch, Not
         program: program.clone(),
         args: args.to_vec(),
         env,
+        secrets: spec
+            .secrets
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        secret_dir: secret_dir.map(Path::to_owned),
         dir: function,
         port,
     })
@@ -358,6 +401,18 @@ fn spawn(launch: &Launch, tail: &Tail) -> Result<Child, String> {
     let inherited = INHERITED_ENV
         .iter()
         .filter_map(|name| Some((*name, std::env::var_os(name)?)));
+    let mut secrets = Vec::with_capacity(launch.secrets.len());
+    for (variable, secret) in &launch.secrets {
+        let value = launch
+            .secret_dir
+            .as_deref()
+            .map(|dir| SecretStore::new(dir).get(secret))
+            .transpose()
+            .map_err(|e| format!("reading the secret {secret}: {e}"))?
+            .flatten()
+            .ok_or_else(|| format!("the secret {secret} is not set"))?;
+        secrets.push((variable.as_str(), value));
+    }
     let mut child = Command::new("setpriv")
         .args(["--pdeathsig", "KILL", "--"])
         .arg(&launch.program)
@@ -365,6 +420,7 @@ fn spawn(launch: &Launch, tail: &Tail) -> Result<Child, String> {
         .env_clear()
         .envs(inherited)
         .envs(launch.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .envs(secrets)
         .current_dir(&launch.dir)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -550,10 +606,11 @@ impl LocalRunner {
         self.save(&spec.name, &function).await;
         let name = format!("{}-{:05}", spec.name, function.next);
         let port = free_port()?;
-        let launch = launch_for(spec, image, port).map_err(|e| NotReady {
-            revision: Some(name.clone()),
-            ..e
-        })?;
+        let launch =
+            launch_for(spec, image, port, self.secret_dir.as_deref()).map_err(|e| NotReady {
+                revision: Some(name.clone()),
+                ..e
+            })?;
         let output = Tail::default();
         let stopper = start(&launch, &name, &output).await?;
         let first = function.revisions.is_empty();
