@@ -321,6 +321,10 @@ impl Platform {
                 broker.publish(event);
             }
         }
+        // Functions run as users of their own (when this is root): what the platform keeps here
+        // is closed to them.
+        service_deployer::deployer::sandbox::close_data_dir(&settings.data_dir)
+            .context("closing the data directory to functions")?;
         Ok(Self {
             bus,
             store,

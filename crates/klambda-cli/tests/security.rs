@@ -482,3 +482,90 @@ async fn secret_values_reach_the_function_and_nothing_else() -> Result<()> {
     let _ = std::fs::remove_dir_all(&data);
     Ok(())
 }
+
+/// A function cannot read what the platform keeps (the status database, keys, tokens, secrets),
+/// another function's code, or signal the platform; it can read its own code but not change it,
+/// and write its own temporary directory. The separation needs the runner to be root (each
+/// function then runs as a user of its own), as it is where the tests run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_function_sees_only_its_own() -> Result<()> {
+    ensure!(
+        std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m))? == 0,
+        "run the tests as root: functions get users of their own only under a root runner"
+    );
+    let data =
+        std::env::temp_dir().join(format!("klambda-security-sandbox-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&data);
+    let platform_dir = data.join("platform");
+    let platform = tokio::task::block_in_place(|| up(&platform_dir, &[]))?;
+    let deploy = |name: &str, code: &str| -> Result<()> {
+        let dir = data.join(name);
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(
+            dir.join("klambda.json"),
+            json!({"name": name, "runtime": "nodejs20", "handler": "index.handler"}).to_string(),
+        )?;
+        std::fs::write(dir.join("index.js"), code)?;
+        let dir = dir.display().to_string();
+        let deployed = tokio::task::block_in_place(|| klambda(&platform, &["deploy", &dir]))?;
+        ensure!(deployed.status.success(), "{}", text(&deployed));
+        Ok(())
+    };
+    deploy(
+        "neighbour",
+        "exports.handler = async () => 'the neighbour';",
+    )?;
+    deploy(
+        "prowler",
+        r#"const fs = require('fs'); const os = require('os'); const path = require('path');
+exports.handler = async (e) => {
+  const attempt = (f) => { try { f(); return 'done'; } catch (err) { return err.code; } };
+  const read = {};
+  for (const p of e.paths) read[p] = attempt(() => fs.readFileSync(p));
+  return {
+    read,
+    signal: attempt(() => process.kill(e.pid, 0)),
+    tmp: attempt(() => fs.writeFileSync(path.join(os.tmpdir(), 'scratch'), 'mine')),
+    ownCode: attempt(() => fs.readFileSync(path.join(__dirname, 'index.js'))),
+    changeCode: attempt(() => fs.appendFileSync(path.join(__dirname, 'index.js'), '//')),
+    uid: process.getuid(),
+  };
+};"#,
+    )?;
+    let status = tokio::task::block_in_place(|| {
+        klambda(&platform, &["status", "neighbour", "--output", "json"])
+    })?;
+    let status: Value = serde_json::from_slice(&status.stdout)?;
+    let neighbour = status["image"]
+        .as_str()
+        .and_then(|i| i.strip_prefix("local:"))
+        .context("the neighbour's artifact")?;
+    let private = [
+        platform_dir.join("status.db"),
+        platform_dir.join("event-keys"),
+        platform_dir.join("api-token"),
+        std::path::Path::new(neighbour).join("function/index.js"),
+        std::path::Path::new(neighbour).join("build.log"),
+    ];
+    let paths: Vec<String> = private.iter().map(|p| p.display().to_string()).collect();
+    ensure!(private.iter().all(|p| p.exists()), "{paths:?}");
+    let event = json!({"paths": paths, "pid": platform.child.id()}).to_string();
+    let invoked =
+        tokio::task::block_in_place(|| klambda(&platform, &["invoke", "prowler", &event]))?;
+    let seen: Value = serde_json::from_slice(&invoked.stdout).with_context(|| text(&invoked))?;
+    for path in &paths {
+        ensure!(seen["read"][path] == "EACCES", "{path}: {seen}");
+    }
+    ensure!(seen["signal"] == "EPERM", "signalling the platform: {seen}");
+    ensure!(
+        seen["tmp"] == "done" && seen["ownCode"] == "done" && seen["changeCode"] == "EACCES",
+        "{seen}"
+    );
+    ensure!(
+        seen["uid"].as_u64().is_some_and(|uid| uid >= 200_000),
+        "{seen}"
+    );
+    drop(platform);
+    let _ = std::fs::remove_dir_all(&data);
+    Ok(())
+}

@@ -327,6 +327,9 @@ async fn a_function_sees_only_its_own_env_and_a_spec_the_parser_would_refuse_is_
         "KLAMBDA_FUNCTION_NAME",
         "KLAMBDA_TIMEOUT_SECONDS",
         "GREETING",
+        // Its own temporary directory, when it runs as a user of its own (a root runner).
+        "TMPDIR",
+        "HOME",
     ];
     let foreign: Vec<&String> = env
         .as_object()

@@ -53,6 +53,10 @@ struct Launch {
     secrets: Vec<(String, String)>,
     #[serde(default)]
     secret_dir: Option<PathBuf>,
+    /// The user and group the process runs as (see [`super::sandbox`]), when the runner can
+    /// switch to one.
+    #[serde(default)]
+    identity: Option<u32>,
     dir: PathBuf,
     port: u16,
 }
@@ -325,6 +329,13 @@ fn launch_for(
         .split_first()
         .ok_or_else(|| failed("the runtime's start command is empty".into()))?;
     let function = artifact.join("function");
+    // Its own user and group, its artifact readable by it alone, a temporary directory of its
+    // own (when the runner is root; see `sandbox`).
+    let identity = super::sandbox::identity_of(&spec.name);
+    let tmp = identity
+        .map(|id| super::sandbox::prepare(&artifact, id))
+        .transpose()
+        .map_err(|e| failed(format!("preparing the function's sandbox: {e}")))?;
     let mut env: Vec<(String, String)> = spec
         .env
         .iter()
@@ -343,6 +354,11 @@ fn launch_for(
             spec.resources.timeout_seconds.to_string(),
         ),
     ]);
+    if let Some(tmp) = &tmp {
+        for variable in ["TMPDIR", "HOME"] {
+            env.push((variable.to_owned(), tmp.display().to_string()));
+        }
+    }
     Ok(Launch {
         program: program.clone(),
         args: args.to_vec(),
@@ -353,6 +369,7 @@ fn launch_for(
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
         secret_dir: secret_dir.map(Path::to_owned),
+        identity,
         dir: function,
         port,
     })
@@ -413,12 +430,36 @@ fn spawn(launch: &Launch, tail: &Tail) -> Result<Child, String> {
             .ok_or_else(|| format!("the secret {secret} is not set"))?;
         secrets.push((variable.as_str(), value));
     }
-    let mut child = Command::new("setpriv")
+    let mut setpriv = Command::new("setpriv");
+    let mut program = PathBuf::from(&launch.program);
+    let mut reachable = None;
+    if let Some(id) = launch.identity {
+        // The function's user finds its interpreter, and what it runs, where that user can.
+        let path = super::sandbox::reachable_path(&std::env::var("PATH").unwrap_or_default());
+        program = super::sandbox::program_for(&launch.program, &path).ok_or_else(|| {
+            format!(
+                "{} is not installed where a function's own user can run it",
+                launch.program
+            )
+        })?;
+        reachable = Some(path);
+        let id = id.to_string();
+        setpriv.args([
+            "--reuid",
+            &id,
+            "--regid",
+            &id,
+            "--clear-groups",
+            "--no-new-privs",
+        ]);
+    }
+    let mut child = setpriv
         .args(["--pdeathsig", "KILL", "--"])
-        .arg(&launch.program)
+        .arg(&program)
         .args(&launch.args)
         .env_clear()
         .envs(inherited)
+        .envs(reachable.iter().map(|path| ("PATH", path)))
         .envs(launch.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .envs(secrets)
         .current_dir(&launch.dir)

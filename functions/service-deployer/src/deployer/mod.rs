@@ -5,6 +5,7 @@
 
 pub mod knative;
 pub mod local;
+pub mod sandbox;
 
 use std::future::Future;
 use std::pin::Pin;
