@@ -128,7 +128,7 @@ async fn replay(State(platform): State<Platform>, Path(id): Path<String>) -> Res
             format!("no event with id {id:?} has been recorded (`klambda events NAME` lists them)"),
         )
         .into_response(),
-        Err(error) => store_unavailable(&error),
+        Err(error) => status_reporter::api::unavailable(&error),
     }
 }
 
@@ -150,7 +150,7 @@ async fn redrive(State(platform): State<Platform>, Path(seq): Path<i64>) -> Resp
             )
             .into_response();
         }
-        Err(error) => return store_unavailable(&error),
+        Err(error) => return status_reporter::api::unavailable(&error),
     };
     let published = republish(&platform, letter.body, &ERROR_ATTRIBUTES).await;
     if published.status() != StatusCode::ACCEPTED {
@@ -158,7 +158,7 @@ async fn redrive(State(platform): State<Platform>, Path(seq): Path<i64>) -> Resp
     }
     match platform.store.remove_dead_letters(Some(seq)).await {
         Ok(_) => published,
-        Err(error) => store_unavailable(&error),
+        Err(error) => status_reporter::api::unavailable(&error),
     }
 }
 
@@ -194,16 +194,6 @@ async fn republish(platform: &Platform, body: String, drop: &[&str]) -> Response
         )
         .into_response(),
     }
-}
-
-fn store_unavailable(error: &dyn std::fmt::Display) -> Response {
-    ProblemDetails::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "store-unavailable",
-        "Status store unavailable",
-        error.to_string(),
-    )
-    .into_response()
 }
 
 /// `GET /secrets`: the names of the secrets set (never their values).
@@ -260,7 +250,7 @@ fn secret_store_error(error: &std::io::Error) -> Response {
         )
         .into_response()
     } else {
-        store_unavailable(error)
+        status_reporter::api::unavailable(error)
     }
 }
 
@@ -299,15 +289,7 @@ async fn logs(State(platform): State<Platform>, Path(name): Path<String>) -> Res
     let state = match platform.store.function(&name).await {
         Ok(Some(state)) => state,
         Ok(None) => return not_found(),
-        Err(error) => {
-            return ProblemDetails::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "store-unavailable",
-                "Status store unavailable",
-                error.to_string(),
-            )
-            .into_response();
-        }
+        Err(error) => return status_reporter::api::unavailable(&error),
     };
     let build = state
         .digest

@@ -16,7 +16,7 @@ use serde_json::json;
 use klambda_events::status::{self, EventRecord, FunctionStatus};
 
 use crate::fold::FunctionState;
-use crate::store::{StatusStore, StoreError};
+use crate::store::StatusStore;
 
 /// Where the Broker's `deadLetterSink` delivers (`eventing/broker.yaml`).
 pub const DEAD_LETTER_PATH: &str = "/dead-letters";
@@ -84,7 +84,8 @@ struct Page {
     after: Option<i64>,
 }
 
-fn unavailable(error: &StoreError) -> Response {
+/// `503` problem+json: the status store (or another store of the platform's) failed.
+pub fn unavailable(error: &dyn std::fmt::Display) -> Response {
     ProblemDetails::new(
         StatusCode::SERVICE_UNAVAILABLE,
         "store-unavailable",
