@@ -364,8 +364,8 @@ async fn run(cli: Cli) -> Result<i32> {
 }
 
 async fn up(port: u16, settings: embedded::Settings) -> Result<i32> {
-    let telemetry = match tracing_init() {
-        Ok(telemetry) => telemetry,
+    let (telemetry, connections) = match tracing_init() {
+        Ok(initialised) => initialised,
         Err(error) => {
             eprintln!("klambda up: {error}");
             return Ok(64);
@@ -411,7 +411,7 @@ async fn up(port: u16, settings: embedded::Settings) -> Result<i32> {
         server::router(platform),
         klambda_harness::serve::shutdown_signal(),
         std::time::Duration::from_secs(30),
-        klambda_harness::listen::ConnectionLimits::default(),
+        connections,
     )
     .await?;
     if let Some(telemetry) = telemetry {
@@ -424,19 +424,25 @@ async fn up(port: u16, settings: embedded::Settings) -> Result<i32> {
 /// `RUST_LOG` (default `warn`, so the terminal stays readable for the endpoints and the
 /// functions' own output), OTLP traces when `OTEL_EXPORTER_OTLP_ENDPOINT` is set: the stages'
 /// telemetry settings. A bad one stops `klambda up` (exit 64) naming it.
-fn tracing_init()
--> Result<Option<klambda_harness::telemetry::Telemetry>, klambda_harness::ConfigError> {
+fn tracing_init() -> Result<
+    (
+        Option<klambda_harness::telemetry::Telemetry>,
+        klambda_harness::listen::ConnectionLimits,
+    ),
+    klambda_harness::ConfigError,
+> {
     let defaults = klambda_harness::Settings {
         log_format: klambda_harness::config::LogFormat::Text,
         log_filter: "warn".to_owned(),
         ..klambda_harness::Settings::default()
     };
     let settings = klambda_harness::Settings::telemetry(&klambda_harness::config::Env, defaults)?;
-    match klambda_harness::telemetry::init("klambda", &settings) {
-        Ok(telemetry) => Ok(Some(telemetry)),
+    let telemetry = match klambda_harness::telemetry::init("klambda", &settings) {
+        Ok(telemetry) => Some(telemetry),
         Err(error) => {
             eprintln!("klambda: logging is off: {error}");
-            Ok(None)
+            None
         }
-    }
+    };
+    Ok((telemetry, settings.connections))
 }

@@ -351,8 +351,8 @@ fn update_rollback_failures_and_stage_replays() -> Result<()> {
     Ok(())
 }
 
-/// `klambda up` logs and traces with the stages' settings, and refuses a bad one by name
-/// instead of starting without logs.
+/// `klambda up` logs, traces and serves with the stages' settings, and refuses a bad one by
+/// name instead of starting without logs.
 #[test]
 fn up_refuses_a_bad_telemetry_setting_by_name() -> Result<()> {
     let data = std::env::temp_dir().join(format!("klambda-cli-telemetry-{}", std::process::id()));
@@ -360,10 +360,14 @@ fn up_refuses_a_bad_telemetry_setting_by_name() -> Result<()> {
         .args(["up", "--port", &free_port()?.to_string(), "--data-dir"])
         .arg(&data)
         .env("KLAMBDA_LOG_FORMAT", "yaml")
+        .env("KLAMBDA_MAX_CONNECTIONS", "none")
         .output()?;
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(64), "{stderr}");
-    assert!(stderr.contains("KLAMBDA_LOG_FORMAT"), "{stderr}");
+    // Every bad setting named, the connection limits as well as the telemetry.
+    for setting in ["KLAMBDA_LOG_FORMAT", "KLAMBDA_MAX_CONNECTIONS"] {
+        assert!(stderr.contains(setting), "{setting}: {stderr}");
+    }
     let _ = std::fs::remove_dir_all(&data);
     Ok(())
 }

@@ -417,6 +417,43 @@ pub const EVENT_KEYS: &str = "KLAMBDA_EVENT_KEYS";
 /// The setting naming a file holding the event keys.
 pub const EVENT_KEYS_FILE: &str = "KLAMBDA_EVENT_KEYS_FILE";
 
+/// Reads the connection settings (`KLAMBDA_HEADER_TIMEOUT_SECONDS`,
+/// `KLAMBDA_BODY_TIMEOUT_SECONDS`, `KLAMBDA_MAX_CONNECTIONS`) into `limits`, adding each bad one
+/// to `problems`.
+fn read_connections(
+    source: &impl ConfigSource,
+    limits: &mut ConnectionLimits,
+    problems: &mut Vec<String>,
+) {
+    let non_empty = |key: &str| source.get(key).filter(|v| !v.trim().is_empty());
+    let seconds = |key: &str, problems: &mut Vec<String>| {
+        let value = non_empty(key)?;
+        match value.trim().parse::<u64>() {
+            Ok(n) if (1..=3600).contains(&n) => Some(Duration::from_secs(n)),
+            _ => {
+                problems.push(format!(
+                    "{key}={value:?} must be whole seconds from 1 to 3600"
+                ));
+                None
+            }
+        }
+    };
+    if let Some(d) = seconds(HEADER_TIMEOUT, problems) {
+        limits.header_read = d;
+    }
+    if let Some(d) = seconds(BODY_TIMEOUT, problems) {
+        limits.body_read = d;
+    }
+    if let Some(max) = non_empty(MAX_CONNECTIONS) {
+        match max.trim().parse::<usize>() {
+            Ok(n) if (1..=1_000_000).contains(&n) => limits.max_connections = n,
+            _ => problems.push(format!(
+                "{MAX_CONNECTIONS}={max:?} must be a count from 1 to 1000000"
+            )),
+        }
+    }
+}
+
 /// Reads the telemetry settings (`KLAMBDA_LOG_FORMAT`, `RUST_LOG`, `OTEL_EXPORTER_OTLP_ENDPOINT`,
 /// `OTEL_EXPORTER_OTLP_HEADERS`) into `settings`, adding each bad one to `problems`.
 fn read_telemetry(source: &impl ConfigSource, settings: &mut Settings, problems: &mut Vec<String>) {
@@ -461,12 +498,13 @@ fn read_telemetry(source: &impl ConfigSource, settings: &mut Settings, problems:
 
 impl Settings {
     /// `defaults` with the telemetry settings of `source` (log format and filter, OTLP endpoint
-    /// and headers) applied, each validated: for binaries that are not stages (`klambda up`,
-    /// the webhook gateway) but log and trace the same way.
+    /// and headers) and its connection limits applied, each validated: for binaries that are not
+    /// stages (`klambda up`, the webhook gateway) but log, trace and serve the same way.
     pub fn telemetry(source: &impl ConfigSource, defaults: Settings) -> Result<Self, ConfigError> {
         let mut settings = defaults;
         let mut problems = Vec::new();
         read_telemetry(source, &mut settings, &mut problems);
+        read_connections(source, &mut settings.connections, &mut problems);
         if problems.is_empty() {
             Ok(settings)
         } else {
@@ -513,32 +551,7 @@ impl Settings {
         }
         read_telemetry(source, &mut settings, &mut problems);
         settings.lambda_runtime_api = non_empty("AWS_LAMBDA_RUNTIME_API");
-        let seconds = |key: &str, problems: &mut Vec<String>| {
-            let value = non_empty(key)?;
-            match value.trim().parse::<u64>() {
-                Ok(n) if (1..=3600).contains(&n) => Some(Duration::from_secs(n)),
-                _ => {
-                    problems.push(format!(
-                        "{key}={value:?} must be whole seconds from 1 to 3600"
-                    ));
-                    None
-                }
-            }
-        };
-        if let Some(d) = seconds(HEADER_TIMEOUT, &mut problems) {
-            settings.connections.header_read = d;
-        }
-        if let Some(d) = seconds(BODY_TIMEOUT, &mut problems) {
-            settings.connections.body_read = d;
-        }
-        if let Some(max) = non_empty(MAX_CONNECTIONS) {
-            match max.trim().parse::<usize>() {
-                Ok(n) if (1..=1_000_000).contains(&n) => settings.connections.max_connections = n,
-                _ => problems.push(format!(
-                    "{MAX_CONNECTIONS}={max:?} must be a count from 1 to 1000000"
-                )),
-            }
-        }
+        read_connections(source, &mut settings.connections, &mut problems);
         match read_event_keys(source) {
             Ok(keys) => settings.event_keys = Some(keys),
             Err(problem) => problems.push(problem),

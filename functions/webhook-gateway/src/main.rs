@@ -121,7 +121,7 @@ fn serve(settings: Settings) -> ExitCode {
             webhook_gateway::router(settings.config, publisher),
             klambda_harness::serve::shutdown_signal(),
             std::time::Duration::from_secs(30),
-            klambda_harness::listen::ConnectionLimits::default(),
+            log.connections,
         )
         .await
     });
