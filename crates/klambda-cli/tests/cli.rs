@@ -153,6 +153,40 @@ fn deploy_invoke_redeploy_replay_delete() -> Result<()> {
     let replayed = klambda(&up, &["replay", id])?;
     assert!(replayed.status.success(), "{}", text(&replayed));
 
+    // Commands about what does not exist say so, fail, and change nothing: a rollback to a
+    // revision that is not there leaves the function serving and ready; a rollback or delete of
+    // a function never created leaves no entry behind.
+    let nowhere = klambda(&up, &["rollback", "hello-node", "--to", "hello-node-00009"])?;
+    assert!(!nowhere.status.success(), "{}", text(&nowhere));
+    assert!(
+        text(&nowhere).contains("RevisionMissing"),
+        "{}",
+        text(&nowhere)
+    );
+    let status = klambda(&up, &["status", "hello-node", "--output", "json"])?;
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout)?;
+    assert_eq!(status["phase"], "ready", "{status}");
+    assert!(klambda(&up, &["invoke", "hello-node"])?.status.success());
+    for args in [["rollback", "nosuchfn"], ["delete", "nevercreated"]] {
+        let refused = klambda(&up, &args)?;
+        assert_eq!(
+            refused.status.code(),
+            Some(1),
+            "{args:?}: {}",
+            text(&refused)
+        );
+        assert!(
+            text(&refused).contains("no function named"),
+            "{}",
+            text(&refused)
+        );
+    }
+    let listed = text(&klambda(&up, &["status"])?);
+    assert!(
+        !listed.contains("nosuchfn") && !listed.contains("nevercreated"),
+        "{listed}"
+    );
+
     let deleted = klambda(&up, &["delete", "hello-node"])?;
     assert!(deleted.status.success(), "{}", text(&deleted));
     let status = klambda(&up, &["status", "hello-node", "--output", "json"])?;
@@ -164,6 +198,8 @@ fn deploy_invoke_redeploy_replay_delete() -> Result<()> {
         "a deleted function must not answer: {}",
         text(&gone)
     );
+    let again = klambda(&up, &["delete", "hello-node"])?;
+    assert_eq!(again.status.code(), Some(1), "{}", text(&again));
     Ok(())
 }
 

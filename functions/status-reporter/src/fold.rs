@@ -162,6 +162,13 @@ pub fn function_of(event: &Event) -> Option<FunctionName> {
     FunctionName::new(event.subject()?).ok()
 }
 
+/// Whether `event` is a `service.failed` refusing a rollback to a revision that does not exist
+/// (`RevisionMissing`): the deployer changed nothing.
+fn refused_rollback(event: &Event) -> bool {
+    event.ty() == ServiceFailed::TYPE
+        && decode::<ServiceFailed>(event).is_ok_and(|f| f.reason == "RevisionMissing")
+}
+
 /// The state after `event`, or `None` when the event does not change it (unknown types,
 /// `status.updated` itself, `health.check`).
 pub fn fold(
@@ -175,6 +182,19 @@ pub fn fold(
         || ty == HealthCheck::TYPE
         || klambda_events::catalogue::find(ty).is_none()
     {
+        return None;
+    }
+    // Requests about a function the platform never had, and the answers to them, create no
+    // entry: a delete or rollback of an unknown name leaves no phantom behind.
+    let about_nothing = [
+        FunctionDeleted::TYPE,
+        FunctionRollback::TYPE,
+        BuildCancel::TYPE,
+        ServiceDeleted::TYPE,
+    ]
+    .contains(&ty)
+        || (ty == ServiceFailed::TYPE && refused_rollback(event));
+    if state.is_none() && about_nothing {
         return None;
     }
     let mut next = state.unwrap_or_else(|| FunctionState {
@@ -268,7 +288,10 @@ pub fn fold(
             next.url = Some(ready.url);
         }
     } else if is(ServiceFailed::TYPE) {
-        next.phase = Phase::Failed;
+        // A rollback refused (no such revision) changed nothing: what served still serves.
+        if !refused_rollback(event) {
+            next.phase = Phase::Failed;
+        }
         next.last_error = decode::<ServiceFailed>(event)
             .ok()
             .map(|f| format!("{}: {}", f.reason, f.message));

@@ -1,7 +1,7 @@
 //! The fold as a table: a function's life as events, and the phase after each.
 
 use chrono::{Duration, TimeZone as _, Utc};
-use cloudevents::{Event, EventBuilder as _, EventBuilderV10};
+use cloudevents::{AttributesReader as _, Event, EventBuilder as _, EventBuilderV10};
 use klambda_events::data::Phase;
 use serde_json::json;
 use status_reporter::fold::{FunctionState, fold};
@@ -192,4 +192,56 @@ fn a_journey_waiting_on_a_stage_past_its_deadline_is_stalled() {
         ..state
     };
     assert_eq!(ready.stalled(at + Duration::days(30)), None);
+}
+
+#[test]
+fn requests_about_unknown_functions_leave_no_phantom_and_a_refused_rollback_changes_nothing() {
+    let now = Utc::now();
+    let missing = json!({"function": "ghost", "reason": "RevisionMissing", "message": "ghost has no revisions"});
+    for phantom in [
+        event("function.deleted", "ghost", json!({"name": "ghost"})),
+        event("function.rollback", "ghost", json!({"name": "ghost"})),
+        event("service.deleted", "ghost", json!({"function": "ghost"})),
+        event("service.failed", "ghost", missing.clone()),
+    ] {
+        assert_eq!(fold(None, &phantom, now), None, "{}", phantom.ty());
+    }
+    // A function that serves stays ready when a rollback to a missing revision is refused; the
+    // refusal is its last error. A failed start is a failure.
+    let ready = fold(
+        None,
+        &event(
+            "service.ready",
+            "hello",
+            json!({"function": "hello", "revision": "hello-00001", "url": "http://127.0.0.1:1"}),
+        ),
+        now,
+    );
+    let refused = fold(
+        ready.clone(),
+        &event(
+            "service.failed",
+            "hello",
+            json!({"function": "hello", "reason": "RevisionMissing", "message": "no revision hello-00009"}),
+        ),
+        now,
+    )
+    .unwrap_or_else(|| panic!("recorded"));
+    assert_eq!(refused.phase, Phase::Ready);
+    assert!(
+        refused
+            .last_error
+            .is_some_and(|e| e.contains("hello-00009"))
+    );
+    let crashed = fold(
+        ready,
+        &event(
+            "service.failed",
+            "hello",
+            json!({"function": "hello", "reason": "RevisionFailed", "message": "exited"}),
+        ),
+        now,
+    )
+    .unwrap_or_else(|| panic!("recorded"));
+    assert_eq!(crashed.phase, Phase::Failed);
 }

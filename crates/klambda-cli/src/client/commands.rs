@@ -14,7 +14,7 @@ use klambda_events::catalogue::{
     FunctionCreated, FunctionDeleted, FunctionRollback, FunctionUpdated, ServiceDeleted,
     ServiceReady,
 };
-use klambda_events::data::{FunctionDeletion, RollbackRequest};
+use klambda_events::data::{FunctionDeletion, Phase, RollbackRequest};
 use klambda_events::status::{EventRecord, FunctionStatus};
 use klambda_events::{Envelope, FunctionName};
 use klambda_storage::ObjectStore;
@@ -167,11 +167,7 @@ pub async fn status(platform: &Api, name: Option<&str>, output: Output) -> Resul
 /// `klambda events NAME`.
 pub async fn events(platform: &Api, name: &str, output: Output) -> Result<i32> {
     // An unknown function is an error, as for `status` and `logs`, not an empty history.
-    if platform
-        .get_json::<FunctionStatus>(&format!("/functions/{name}"))
-        .await?
-        .is_none()
-    {
+    if platform.known(name).await?.is_none() {
         eprintln!("no function named {name}");
         return Ok(1);
     }
@@ -228,6 +224,15 @@ pub async fn replay(platform: &Api, id: &str) -> Result<i32> {
 /// `klambda delete NAME`.
 pub async fn delete(platform: &Api, name: &str, output: Output) -> Result<i32> {
     let function = FunctionName::new(name).map_err(|e| anyhow::anyhow!("{name:?} {e}"))?;
+    // Nothing is sent for a function that does not exist (or no longer does): no phantom entry.
+    if platform
+        .known(name)
+        .await?
+        .is_none_or(|f| f.phase == Phase::Deleted)
+    {
+        eprintln!("no function named {name}");
+        return Ok(1);
+    }
     let since = platform.last_seq(name).await?;
     let event = Envelope::new(event_id("delete"), "/klambda-cli")
         .subject(name)
@@ -249,6 +254,14 @@ pub async fn rollback(
     output: Output,
 ) -> Result<i32> {
     let function = FunctionName::new(name).map_err(|e| anyhow::anyhow!("{name:?} {e}"))?;
+    if platform
+        .known(name)
+        .await?
+        .is_none_or(|f| f.phase == Phase::Deleted)
+    {
+        eprintln!("no function named {name}");
+        return Ok(1);
+    }
     let since = platform.last_seq(name).await?;
     let event = Envelope::new(event_id("rollback"), "/klambda-cli")
         .subject(name)

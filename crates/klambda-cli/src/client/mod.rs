@@ -148,6 +148,14 @@ impl Api {
         }
     }
 
+    /// The function `name`'s status, or `None` when the platform has never heard of it.
+    pub(super) async fn known(
+        &self,
+        name: &str,
+    ) -> Result<Option<klambda_events::status::FunctionStatus>> {
+        self.get_json(&format!("/functions/{name}")).await
+    }
+
     /// Publishes an event to the broker ingress.
     pub(super) async fn publish(&self, event: &cloudevents::Event) -> Result<()> {
         self.publish_structured(&klambda_harness::codec::to_structured(event))
