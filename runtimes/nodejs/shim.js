@@ -119,7 +119,9 @@ async function main() {
       }
     });
   });
-  server.listen(port, () => console.log(JSON.stringify({ message: 'serving', port, handler: handlerSpec })));
+  // KLAMBDA_BIND: the local runner serves on loopback only; a container listens on every interface.
+  const host = process.env.KLAMBDA_BIND || '0.0.0.0';
+  server.listen(port, host, () => console.log(JSON.stringify({ message: 'serving', port, host, handler: handlerSpec })));
   process.on('SIGTERM', () => server.close(() => process.exit(0)));
 }
 

@@ -133,7 +133,8 @@ def make_server(handler):
             self.end_headers()
             self.wfile.write(body)
 
-    return ThreadingHTTPServer(("0.0.0.0", PORT), Shim)
+    # KLAMBDA_BIND: the local runner serves on loopback only; a container listens on every interface.
+    return ThreadingHTTPServer((os.environ.get("KLAMBDA_BIND", "0.0.0.0"), PORT), Shim)
 
 
 def main():

@@ -320,12 +320,21 @@ async fn a_function_sees_only_its_own_env_and_a_spec_the_parser_would_refuse_is_
         decode::<ServiceReady>(&reply(&rig, with_env("GREETING", "hi", "genuine")?).await?)?;
     let env = invoke(&ready.url, "").await?.json()?["env"].clone();
     assert_eq!(env["GREETING"], "hi");
+    // It listens on loopback only, as its URL says, not on every interface.
+    let port: u16 = ready
+        .url
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .context("a port in the URL")?;
+    assert_eq!(listening_on(port), ["0100007F"], "127.0.0.1 only");
     let shim = [
         "PORT",
         "KLAMBDA_FUNCTION_ROOT",
         "KLAMBDA_HANDLER",
         "KLAMBDA_FUNCTION_NAME",
         "KLAMBDA_TIMEOUT_SECONDS",
+        "KLAMBDA_BIND",
         "GREETING",
         // Its own temporary directory, when it runs as a user of its own (a root runner).
         "TMPDIR",
@@ -342,4 +351,25 @@ async fn a_function_sees_only_its_own_env_and_a_spec_the_parser_would_refuse_is_
         .collect();
     assert!(foreign.is_empty(), "the function sees {foreign:?}");
     Ok(())
+}
+
+/// The local addresses listening on TCP `port`, as `/proc/net/tcp{,6}` prints them (`0100007F`
+/// is 127.0.0.1, `00000000` every interface).
+fn listening_on(port: u16) -> Vec<String> {
+    let mut found = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let text = std::fs::read_to_string(table).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let columns: Vec<&str> = line.split_whitespace().collect();
+            // Column 3 is the state; 0A is LISTEN.
+            if columns.len() > 3
+                && columns[3] == "0A"
+                && let Some((address, hex_port)) = columns[1].rsplit_once(':')
+                && u16::from_str_radix(hex_port, 16).ok() == Some(port)
+            {
+                found.push(address.to_owned());
+            }
+        }
+    }
+    found
 }

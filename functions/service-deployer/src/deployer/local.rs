@@ -348,6 +348,8 @@ fn launch_for(
             function.display().to_string(),
         ),
         ("KLAMBDA_HANDLER".to_owned(), spec.handler.clone()),
+        // Its URL says 127.0.0.1: it listens there only, not on every interface.
+        ("KLAMBDA_BIND".to_owned(), "127.0.0.1".to_owned()),
         ("KLAMBDA_FUNCTION_NAME".to_owned(), spec.name.to_string()),
         (
             "KLAMBDA_TIMEOUT_SECONDS".to_owned(),
