@@ -224,26 +224,13 @@ pub async fn replay(platform: &Api, id: &str) -> Result<i32> {
 /// `klambda delete NAME`.
 pub async fn delete(platform: &Api, name: &str, output: Output) -> Result<i32> {
     let function = FunctionName::new(name).map_err(|e| anyhow::anyhow!("{name:?} {e}"))?;
-    // Nothing is sent for a function that does not exist (or no longer does): no phantom entry.
-    if platform
-        .known(name)
-        .await?
-        .is_none_or(|f| f.phase == Phase::Deleted)
-    {
-        eprintln!("no function named {name}");
-        return Ok(1);
-    }
-    let since = platform.last_seq(name).await?;
     let event = Envelope::new(event_id("delete"), "/klambda-cli")
         .subject(name)
         .encode::<FunctionDeleted>(&FunctionDeletion {
             name: function,
             extra: Default::default(),
         });
-    platform.publish(&event).await?;
-    platform
-        .follow(name, since, &[ServiceDeleted::TYPE], output)
-        .await
+    request(platform, name, event, &[ServiceDeleted::TYPE], output).await
 }
 
 /// `klambda rollback NAME [--to REVISION]`.
@@ -254,6 +241,26 @@ pub async fn rollback(
     output: Output,
 ) -> Result<i32> {
     let function = FunctionName::new(name).map_err(|e| anyhow::anyhow!("{name:?} {e}"))?;
+    let event = Envelope::new(event_id("rollback"), "/klambda-cli")
+        .subject(name)
+        .encode::<FunctionRollback>(&RollbackRequest {
+            name: function,
+            to_revision: to,
+            extra: Default::default(),
+        });
+    request(platform, name, event, &[ServiceReady::TYPE], output).await
+}
+
+/// Sends `event`, a request about the function `name`, and follows the function until one of
+/// `until`. Nothing is sent for a function that does not exist (or no longer does): "no
+/// function named …", exit 1, and no phantom entry.
+async fn request(
+    platform: &Api,
+    name: &str,
+    event: cloudevents::Event,
+    until: &[&str],
+    output: Output,
+) -> Result<i32> {
     if platform
         .known(name)
         .await?
@@ -263,17 +270,8 @@ pub async fn rollback(
         return Ok(1);
     }
     let since = platform.last_seq(name).await?;
-    let event = Envelope::new(event_id("rollback"), "/klambda-cli")
-        .subject(name)
-        .encode::<FunctionRollback>(&RollbackRequest {
-            name: function,
-            to_revision: to,
-            extra: Default::default(),
-        });
     platform.publish(&event).await?;
-    platform
-        .follow(name, since, &[ServiceReady::TYPE], output)
-        .await
+    platform.follow(name, since, until, output).await
 }
 
 /// `klambda logs NAME`: the latest build's log and the serving revision's output.
