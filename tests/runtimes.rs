@@ -48,8 +48,12 @@ async fn start(program: &str, shim: &str, root: &Path, handler: &str) -> Result<
 }
 
 async fn invoke(shim: &Shim, mode: &str) -> Result<klambda_test_support::http::Reply> {
+    invoke_at(&shim.base, mode).await
+}
+
+async fn invoke_at(base: &str, mode: &str) -> Result<klambda_test_support::http::Reply> {
     post(
-        &format!("{}/", shim.base),
+        &format!("{base}/"),
         &[
             ("ce-specversion", "1.0"),
             ("ce-id", "inv%201"),
@@ -62,7 +66,17 @@ async fn invoke(shim: &Shim, mode: &str) -> Result<klambda_test_support::http::R
     .await
 }
 
-async fn contract(shim: Shim) -> Result<()> {
+/// What a shim does once a handler ran past its timeout.
+#[derive(PartialEq)]
+enum AfterTimeout {
+    /// Serves on (an async handler's timeout frees what it held).
+    ServesOn,
+    /// Answers what is in flight, takes nothing new (503) and exits with 75 for a fresh process:
+    /// a thread stuck in a handler cannot be stopped (Python).
+    Recycles,
+}
+
+async fn contract(mut shim: Shim, after_timeout: AfterTimeout) -> Result<()> {
     let reply = invoke(&shim, "greet").await?;
     assert_eq!(reply.status, 200, "{:?}", reply.body);
     assert_eq!(reply.header("ce-type"), "com.example.greet.response");
@@ -82,7 +96,6 @@ async fn contract(shim: Shim) -> Result<()> {
             .unwrap_or_default()
             .contains("boom")
     );
-    assert_eq!(invoke(&shim, "slow").await?.status, 504);
     let missing = post(
         &format!("{}/", shim.base),
         &[("content-type", "application/json")],
@@ -90,6 +103,49 @@ async fn contract(shim: Shim) -> Result<()> {
     )
     .await?;
     assert_eq!(missing.status, 400);
+
+    // Sixteen calls past the timeout at once: each answered 504 (or 503 once the shim
+    // recycles), never a dead function that says it is healthy.
+    let slow: Vec<_> = (0..16)
+        .map(|_| {
+            let base = shim.base.clone();
+            tokio::spawn(async move { invoke_at(&base, "slow").await })
+        })
+        .collect();
+    for answer in slow {
+        match answer.await? {
+            Ok(reply) => assert!(
+                reply.status == 504 || reply.status == 503,
+                "{}",
+                reply.status
+            ),
+            // A call that arrives once a recycling shim has exited finds no listener, and the
+            // broker sends it again to the fresh process.
+            Err(error) => assert!(
+                after_timeout == AfterTimeout::Recycles,
+                "a shim that serves on refused a call: {error}"
+            ),
+        }
+    }
+    match after_timeout {
+        AfterTimeout::ServesOn => {
+            assert_eq!(invoke(&shim, "greet").await?.status, 200);
+        }
+        AfterTimeout::Recycles => {
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            let code = loop {
+                if let Some(status) = shim.child.try_wait()? {
+                    break status.code();
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the shim kept running with stuck workers"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            };
+            assert_eq!(code, Some(75), "exits for a fresh process");
+        }
+    }
     Ok(())
 }
 
@@ -107,7 +163,11 @@ exports.handler = async (event, context) => {
 };
 "#,
     )?;
-    contract(start("node", "nodejs/shim.js", &root, "index.handler").await?).await
+    contract(
+        start("node", "nodejs/shim.js", &root, "index.handler").await?,
+        AfterTimeout::ServesOn,
+    )
+    .await
 }
 
 #[tokio::test]
@@ -128,7 +188,11 @@ def handler(event, context):
     return {"hello": event["name"], "requestId": context.aws_request_id}
 "#,
     )?;
-    contract(start("python3", "python/shim.py", &root, "app.handler").await?).await
+    contract(
+        start("python3", "python/shim.py", &root, "app.handler").await?,
+        AfterTimeout::Recycles,
+    )
+    .await
 }
 
 fn tempdir(name: &str) -> Result<std::path::PathBuf> {

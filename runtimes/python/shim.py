@@ -52,6 +52,16 @@ class Context:
         return max(0, int((self._deadline - time.monotonic()) * 1000))
 
 
+# A Python thread cannot be stopped, so a handler that ran past its timeout keeps its worker.
+# As Lambda does with a timed-out environment, the shim then recycles itself: it takes no new
+# call (503, which the broker retries), answers the ones in flight, and exits; the runner starts
+# a fresh process. Without this, 16 timed-out calls would leave no worker and every later call
+# would time out while /health said all was well.
+RECYCLE_EXIT = 75
+state = {"active": 0, "stuck": 0}
+state_lock = threading.Lock()
+
+
 def make_server(handler):
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=16)
 
@@ -70,6 +80,10 @@ def make_server(handler):
         def do_GET(self):
             if self.path != "/health":
                 return self.problem(404, "Not found", self.path)
+            with state_lock:
+                stuck = state["stuck"]
+            if stuck:
+                return self.problem(503, "Recycling", f"{stuck} handler call(s) ran past the timeout")
             body = b'{"status":"alive"}'
             self.send_response(200)
             self.send_header("content-type", "application/json")
@@ -97,6 +111,26 @@ def make_server(handler):
             return attributes, data
 
         def do_POST(self):
+            with state_lock:
+                if state["stuck"]:
+                    recycling = True
+                else:
+                    recycling = False
+                    state["active"] += 1
+            if recycling:
+                return self.problem(503, "Recycling", "a handler call ran past the timeout; the function restarts")
+            try:
+                self.invoke()
+            finally:
+                with state_lock:
+                    state["active"] -= 1
+                    done = state["stuck"] and not state["active"]
+                if done:
+                    self.wfile.flush()
+                    print(json.dumps({"message": "recycling: a handler call ran past the timeout", "stuck": state["stuck"]}), flush=True)
+                    os._exit(RECYCLE_EXIT)
+
+        def invoke(self):
             if self.path != "/":
                 return self.problem(405, "Method not allowed", "POST / with a CloudEvent")
             length = int(self.headers.get("content-length") or 0)
@@ -114,6 +148,8 @@ def make_server(handler):
             try:
                 result = future.result(timeout=TIMEOUT)
             except concurrent.futures.TimeoutError:
+                with state_lock:
+                    state["stuck"] += 1
                 return self.problem(504, "Handler timeout", f"handler ran past {TIMEOUT} s")
             except Exception as error:  # noqa: BLE001 - the handler's error is the answer
                 return self.problem(500, "Handler error", str(error))
