@@ -120,7 +120,7 @@ impl EventKeys {
         let Some(first) = self.macs.first() else {
             return;
         };
-        let signature = hex::encode(keyed(first, event).finalize().into_bytes());
+        let signature = hex::encode(keyed(first, &signed_bytes(event)).finalize().into_bytes());
         event.set_extension(EXTENSION, format!("v1={signature}"));
     }
 
@@ -139,19 +139,21 @@ impl EventKeys {
             .strip_prefix("v1=")
             .and_then(|hex_text| hex::decode(hex_text).ok())
             .ok_or_else(forged)?;
-        // `verify_slice` compares in constant time.
+        // Canonicalised once, whatever the number of keys; `verify_slice` compares in
+        // constant time.
+        let covered = signed_bytes(event);
         self.macs
             .iter()
-            .any(|mac| keyed(mac, event).verify_slice(&signature).is_ok())
+            .any(|mac| keyed(mac, &covered).verify_slice(&signature).is_ok())
             .then_some(())
             .ok_or_else(forged)
     }
 }
 
-/// `mac` (a keyed HMAC) over what the signature of `event` covers.
-fn keyed(mac: &HmacSha256, event: &Event) -> HmacSha256 {
+/// `mac` (a keyed HMAC) over `covered`, what a signature covers ([`signed_bytes`]).
+fn keyed(mac: &HmacSha256, covered: &[u8]) -> HmacSha256 {
     let mut mac = mac.clone();
-    mac.update(&signed_bytes(event));
+    mac.update(covered);
     mac
 }
 

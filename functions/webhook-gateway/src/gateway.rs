@@ -209,11 +209,11 @@ fn admit(
     origin: Origin,
     counted: &str,
     authenticated: Result<(), AuthError>,
-    client: Option<std::net::IpAddr>,
+    extensions: &http::Extensions,
 ) -> Option<Response> {
     if let Err(error) = authenticated {
         gateway.metrics.auth_failure(origin);
-        if let Err(wait) = gateway.limiter.take_unauthenticated(client) {
+        if let Err(wait) = gateway.limiter.take_unauthenticated(client_of(extensions)) {
             gateway.metrics.request(origin, counted, "rate_limited");
             return Some(too_many(origin, wait));
         }
@@ -239,13 +239,7 @@ async fn buildkite(
         .and_then(|v| v.to_str().ok());
     let counted = event.unwrap_or("other");
     let authenticated = auth::buildkite(&headers, &body, &gateway.config.buildkite, now());
-    if let Some(refused) = admit(
-        &gateway,
-        origin,
-        counted,
-        authenticated,
-        client_of(&extensions),
-    ) {
+    if let Some(refused) = admit(&gateway, origin, counted, authenticated, &extensions) {
         return refused;
     }
     let Some(event) = event else {
@@ -265,13 +259,7 @@ async fn github(
     let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let counted = text("x-github-event").unwrap_or("other");
     let authenticated = auth::github(&headers, &body, gateway.config.github_secret.as_ref());
-    if let Some(refused) = admit(
-        &gateway,
-        origin,
-        counted,
-        authenticated,
-        client_of(&extensions),
-    ) {
+    if let Some(refused) = admit(&gateway, origin, counted, authenticated, &extensions) {
         return refused;
     }
     let Some(event) = text("x-github-event") else {
