@@ -1,23 +1,21 @@
 //! The RabbitMQ broker against the real RabbitMQ on this machine (127.0.0.1:5672, started by
-//! `scripts/services.sh`): routing by filter, reply chaining, retries and backoff, dead-letter
-//! attributes, non-retryable 4xx, a dead letter that cannot be published staying unacked,
-//! redelivery after a dispatcher dies mid-delivery, ordering at
-//! parallelism 1, concurrency above it, and messages that are not CloudEvents being kept.
+//! `scripts/services.sh`): the delivery scenarios both brokers pass (`common::scenarios`),
+//! then what only it does: a dead letter the sink refuses staying queued, a dead letter that
+//! cannot be published staying unacked, redelivery after a dispatcher dies mid-delivery,
+//! messages that are not CloudEvents being kept, and an unreachable RabbitMQ.
 //!
 //! Every test declares its own topology (a unique instance name) and deletes it at the end.
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
-use base64::Engine as _;
-use cloudevents::{AttributesReader as _, EventBuilder as _, EventBuilderV10};
+use cloudevents::AttributesReader as _;
 use common::{Scripted, event, failed, quick, trigger};
 use klambda_broker::amqp::Topology;
-use klambda_broker::{AmqpBroker, Answer, Delivery, Subscriber, Trigger};
+use klambda_broker::{AmqpBroker, Delivery, Subscriber, Trigger};
 use lapin::options::{BasicPublishOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
@@ -39,139 +37,50 @@ async fn broker(test: &str, triggers: &[Trigger]) -> AmqpBroker {
     }
 }
 
+/// The RabbitMQ broker in the shared scenarios: one dispatcher per Trigger and one for the
+/// dead-letter queue, kept for the test's length.
+struct Rabbit {
+    broker: AmqpBroker,
+    _dispatchers: Vec<klambda_broker::amqp::Dispatcher>,
+}
+
+impl common::scenarios::BrokerUnderTest for Rabbit {
+    async fn start(test: &str, routes: &[(Trigger, Scripted)], sink: &Scripted) -> Self {
+        let triggers: Vec<Trigger> = routes.iter().map(|(t, _)| t.clone()).collect();
+        let broker = broker(test, &triggers).await;
+        let mut dispatchers: Vec<_> = routes
+            .iter()
+            .map(|(t, s)| broker.dispatch(t.clone(), arc(s)))
+            .collect();
+        dispatchers.push(broker.dispatch_dead_letters(arc(sink), quick(0)));
+        Self {
+            broker,
+            _dispatchers: dispatchers,
+        }
+    }
+    async fn publish(&self, event: &cloudevents::Event) {
+        self.broker
+            .publish(event)
+            .await
+            .unwrap_or_else(|e| panic!("publishing {}: {e}", event.id()));
+    }
+    async fn stop(self, routes: &[(Trigger, Scripted)]) {
+        let triggers: Vec<Trigger> = routes.iter().map(|(t, _)| t.clone()).collect();
+        self.broker
+            .delete(&triggers)
+            .await
+            .unwrap_or_else(|e| panic!("deleting the test's topology: {e}"));
+    }
+}
+
+broker_scenarios!(Rabbit);
+
 fn wait() -> Duration {
     Duration::from_secs(10)
 }
 
 fn arc(s: &Scripted) -> Arc<dyn Subscriber> {
     Arc::new(s.clone())
-}
-
-#[tokio::test]
-async fn routes_each_event_to_exactly_its_triggers() -> Result<()> {
-    let mut by_source = trigger("a-from-one", "t.a", "x", quick(0));
-    by_source.filter.insert("source".into(), "/one".into());
-    let everything = Trigger {
-        filter: BTreeMap::new(),
-        ..trigger("everything", "", "x", quick(0))
-    };
-    let triggers = vec![
-        trigger("to-a", "t.a", "x", quick(0)),
-        trigger("to-b", "t.b", "x", quick(0)),
-        by_source,
-        everything,
-    ];
-    let broker = broker("routing", &triggers).await;
-    let subscribers: Vec<Scripted> = triggers.iter().map(|_| Scripted::default()).collect();
-    let _dispatchers: Vec<_> = triggers
-        .iter()
-        .zip(&subscribers)
-        .map(|(t, s)| broker.dispatch(t.clone(), arc(s)))
-        .collect();
-    let from = |id: &str, ty: &str, source: &str| {
-        EventBuilderV10::new()
-            .id(id)
-            .source(source)
-            .ty(ty)
-            .build()
-            .unwrap_or_else(|e| panic!("{e}"))
-    };
-    broker.publish(&from("1", "t.a", "/one")).await?;
-    broker.publish(&from("2", "t.a", "/two")).await?;
-    broker.publish(&from("3", "t.b", "/one")).await?;
-    broker.publish(&from("4", "t.none", "/one")).await?;
-    let [to_a, to_b, a_from_one, all] = &subscribers[..] else {
-        unreachable!()
-    };
-    assert_eq!(all.wait_for(4, wait()).await, 4);
-    to_a.wait_for(2, wait()).await;
-    // Anything misrouted would have arrived by now, right behind what was routed.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let mut a = to_a.ids();
-    a.sort();
-    assert_eq!(a, ["1", "2"]);
-    assert_eq!(to_b.ids(), ["3"]);
-    assert_eq!(a_from_one.ids(), ["1"]);
-    broker.delete(&triggers).await?;
-    Ok(())
-}
-
-#[tokio::test]
-async fn replies_are_published_back_and_routed_on() -> Result<()> {
-    let triggers = vec![
-        trigger("first", "t.first", "x", quick(0)),
-        trigger("second", "t.second", "x", quick(0)),
-    ];
-    let broker = broker("replies", &triggers).await;
-    let first = Scripted::answering(vec![Answer::Reply(event("reply-1", "t.second"))]);
-    let second = Scripted::default();
-    let _d1 = broker.dispatch(triggers[0].clone(), arc(&first));
-    let _d2 = broker.dispatch(triggers[1].clone(), arc(&second));
-    broker.publish(&event("1", "t.first")).await?;
-    assert_eq!(second.wait_for(1, wait()).await, 1);
-    assert_eq!(second.ids(), ["reply-1"]);
-    broker.delete(&triggers).await?;
-    Ok(())
-}
-
-#[tokio::test]
-async fn retries_with_backoff_then_dead_letters_with_the_error_attributes() -> Result<()> {
-    let triggers = vec![trigger("failing", "t.fail", "x", quick(3))];
-    let broker = broker("retries", &triggers).await;
-    let failing = Scripted::answering(vec![failed(503, "busy"); 10]);
-    let sink = Scripted::default();
-    let _d = broker.dispatch(triggers[0].clone(), arc(&failing));
-    let _dead = broker.dispatch_dead_letters(arc(&sink), quick(0));
-    broker.publish(&event("1", "t.fail")).await?;
-    assert_eq!(sink.wait_for(1, wait()).await, 1);
-    // retry 3 → 4 attempts, linear 40 ms: waits of 40, 80 and 120 ms.
-    let times = failing.times();
-    assert_eq!(times.len(), 4);
-    for (n, pair) in times.windows(2).enumerate() {
-        let gap = pair[1] - pair[0];
-        let expected = Duration::from_millis(40 * (n as u64 + 1));
-        assert!(
-            gap >= expected,
-            "retry {}: waited {gap:?}, expected ≥ {expected:?}",
-            n + 1
-        );
-    }
-    let letter = &sink.events()[0];
-    let attribute = |name: &str| letter.extension(name).map(|v| v.to_string());
-    assert_eq!(attribute("knativeerrorcode").as_deref(), Some("503"));
-    assert_eq!(
-        attribute("knativeerrordest").as_deref(),
-        Some("test://scripted")
-    );
-    assert_eq!(
-        attribute("knativeerrordata"),
-        Some(base64::engine::general_purpose::STANDARD.encode("busy"))
-    );
-    assert_eq!(letter.id(), "1");
-    broker.delete(&triggers).await?;
-    Ok(())
-}
-
-#[tokio::test]
-async fn non_retryable_answers_are_dead_lettered_at_once() -> Result<()> {
-    let triggers = vec![trigger("refusing", "t.bad", "x", quick(5))];
-    let broker = broker("refusing", &triggers).await;
-    let refusing = Scripted::answering(vec![failed(400, "bad input")]);
-    let sink = Scripted::default();
-    let _d = broker.dispatch(triggers[0].clone(), arc(&refusing));
-    let _dead = broker.dispatch_dead_letters(arc(&sink), quick(0));
-    broker.publish(&event("1", "t.bad")).await?;
-    assert_eq!(sink.wait_for(1, wait()).await, 1);
-    assert_eq!(refusing.ids(), ["1"], "a 400 is not retried");
-    assert_eq!(
-        sink.events()[0]
-            .extension("knativeerrorcode")
-            .map(|v| v.to_string())
-            .as_deref(),
-        Some("400")
-    );
-    broker.delete(&triggers).await?;
-    Ok(())
 }
 
 #[tokio::test]
@@ -209,46 +118,6 @@ async fn a_delivery_cut_off_by_a_dying_dispatcher_is_redelivered() -> Result<()>
     let _d = broker.dispatch(triggers[0].clone(), arc(&survivor));
     assert_eq!(survivor.wait_for(1, wait()).await, 1);
     assert_eq!(survivor.ids(), ["1"]);
-    broker.delete(&triggers).await?;
-    Ok(())
-}
-
-#[tokio::test]
-async fn parallelism_one_keeps_order_even_while_retrying() -> Result<()> {
-    let triggers = vec![trigger("ordered", "t.seq", "x", quick(2))];
-    let broker = broker("ordering", &triggers).await;
-    // The first delivery fails twice: later events wait behind it.
-    let ordered = Scripted::answering(vec![failed(503, "x"), failed(503, "x")]);
-    let _d = broker.dispatch(triggers[0].clone(), arc(&ordered));
-    let ids: Vec<String> = (0..100).map(|n| format!("{n:03}")).collect();
-    for id in &ids {
-        broker.publish(&event(id, "t.seq")).await?;
-    }
-    assert_eq!(ordered.wait_for(102, wait()).await, 102);
-    let mut seen = ordered.ids();
-    seen.dedup();
-    assert_eq!(seen, ids);
-    broker.delete(&triggers).await?;
-    Ok(())
-}
-
-#[tokio::test]
-async fn parallelism_above_one_delivers_concurrently() -> Result<()> {
-    let mut wide = trigger("wide", "t.wide", "x", quick(0));
-    wide.parallelism = 8;
-    let triggers = vec![wide];
-    let broker = broker("parallel", &triggers).await;
-    let slow = Scripted {
-        delay: Duration::from_millis(300),
-        ..Scripted::default()
-    };
-    let _d = broker.dispatch(triggers[0].clone(), arc(&slow));
-    for n in 0..8 {
-        broker.publish(&event(&n.to_string(), "t.wide")).await?;
-    }
-    // Eight deliveries of 300 ms each, at most one at a time, would take 2.4 s; at parallelism
-    // 8 all eight have started within the first delivery's 300 ms.
-    assert_eq!(slow.wait_for(8, Duration::from_millis(280)).await, 8);
     broker.delete(&triggers).await?;
     Ok(())
 }

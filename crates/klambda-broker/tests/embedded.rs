@@ -1,6 +1,6 @@
-//! The embedded broker against Knative's delivery contract: routing by exact-match filters,
-//! reply chaining, retry counts and backoff spacing, dead-letter attributes, non-retryable 4xx,
-//! timeouts, HTTP subscribers, ordering at parallelism 1, and the repository's own Triggers.
+//! The embedded broker: the delivery scenarios both brokers pass (`common::scenarios`), then
+//! what only it does: HTTP subscribers, the repository's own Triggers loaded from `eventing/`,
+//! and dead letters kept in its list when the sink refuses them.
 
 mod common;
 
@@ -9,12 +9,43 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Result;
-use base64::Engine as _;
-use cloudevents::AttributesReader as _;
 use common::{Scripted, event, failed, quick, trigger};
 use klambda_broker::delivery::BackoffPolicy;
 use klambda_broker::{Answer, Broker, Http, Subscriber, trigger};
 use klambda_test_support::repo;
+
+/// The embedded broker in the shared scenarios: each Trigger's subscriber registered under
+/// the Trigger's subscriber name.
+struct Embedded(Broker);
+
+impl common::scenarios::BrokerUnderTest for Embedded {
+    async fn start(
+        _test: &str,
+        routes: &[(klambda_broker::Trigger, Scripted)],
+        sink: &Scripted,
+    ) -> Self {
+        let named: Vec<(&str, &Scripted)> = routes
+            .iter()
+            .map(|(t, s)| (t.subscriber.as_str(), s))
+            .collect();
+        let triggers = routes.iter().map(|(t, _)| t.clone()).collect();
+        let broker = Broker::start_with_dead_letter_sink(
+            triggers,
+            &subscribers(&named),
+            Some(Arc::new(sink.clone())),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        Self(broker)
+    }
+    async fn publish(&self, event: &cloudevents::Event) {
+        self.0.publish(event.clone());
+    }
+    async fn stop(self, _routes: &[(klambda_broker::Trigger, Scripted)]) {
+        self.0.idle().await;
+    }
+}
+
+broker_scenarios!(Embedded);
 
 fn subscribers(list: &[(&str, &Scripted)]) -> HashMap<String, Arc<dyn Subscriber>> {
     list.iter()
@@ -25,169 +56,6 @@ fn subscribers(list: &[(&str, &Scripted)]) -> HashMap<String, Arc<dyn Subscriber
             )
         })
         .collect()
-}
-
-#[tokio::test]
-async fn routes_each_event_to_exactly_its_triggers() -> Result<()> {
-    let (a, b) = (Scripted::default(), Scripted::default());
-    let broker = Broker::start(
-        vec![
-            trigger("to-a", "t.a", "a", quick(0)),
-            trigger("to-b", "t.b", "b", quick(0)),
-        ],
-        &subscribers(&[("a", &a), ("b", &b)]),
-    )?;
-    assert_eq!(broker.publish(event("1", "t.a")), 1);
-    assert_eq!(broker.publish(event("2", "t.b")), 1);
-    assert_eq!(broker.publish(event("3", "t.none")), 0);
-    broker.idle().await;
-    assert_eq!(a.ids(), ["1"]);
-    assert_eq!(b.ids(), ["2"]);
-    Ok(())
-}
-
-#[tokio::test]
-async fn replies_are_published_back_and_routed_on() -> Result<()> {
-    let first = Scripted::answering(vec![Answer::Reply(event("reply-1", "t.second"))]);
-    let second = Scripted::default();
-    let broker = Broker::start(
-        vec![
-            trigger("one", "t.first", "first", quick(0)),
-            trigger("two", "t.second", "second", quick(0)),
-        ],
-        &subscribers(&[("first", &first), ("second", &second)]),
-    )?;
-    broker.publish(event("1", "t.first"));
-    broker.idle().await;
-    assert_eq!(second.ids(), ["reply-1"]);
-    Ok(())
-}
-
-#[tokio::test]
-async fn retries_with_backoff_then_dead_letters_with_the_error_attributes() -> Result<()> {
-    let body = "x".repeat(2000);
-    let flaky = Scripted::answering((0..10).map(|_| failed(503, &body)).collect());
-    let broker = Broker::start(
-        vec![trigger("flaky", "t.f", "f", quick(3))],
-        &subscribers(&[("f", &flaky)]),
-    )?;
-    broker.publish(event("1", "t.f"));
-    broker.idle().await;
-
-    let times = flaky.times();
-    assert_eq!(times.len(), 4, "retry 3 = 4 attempts");
-    for (n, pair) in times.windows(2).enumerate() {
-        let gap = pair[1] - pair[0];
-        let expected = Duration::from_millis(40 * (n as u64 + 1));
-        assert!(
-            gap >= expected,
-            "wait before retry {} was {gap:?}, expected ≥ {expected:?}",
-            n + 1
-        );
-        assert!(
-            gap < expected + Duration::from_millis(400),
-            "wait before retry {} was {gap:?}",
-            n + 1
-        );
-    }
-    let letters = broker.dead_letters();
-    assert_eq!(letters.len(), 1);
-    assert_eq!(letters[0].trigger, "flaky");
-    assert_eq!(letters[0].attempts, 4);
-    let attr = |name: &str| {
-        letters[0]
-            .event
-            .extension(name)
-            .map(|v| v.to_string())
-            .unwrap_or_default()
-    };
-    assert_eq!(attr("knativeerrordest"), "test://scripted");
-    assert_eq!(attr("knativeerrorcode"), "503");
-    let data = attr("knativeerrordata");
-    assert_eq!(
-        data.len(),
-        1024,
-        "knativeerrordata is capped at 1024 characters"
-    );
-    assert_eq!(
-        base64::engine::general_purpose::STANDARD.decode(&data)?,
-        body.as_bytes()[..768]
-    );
-    assert_eq!(letters[0].event.id(), "1");
-    Ok(())
-}
-
-#[tokio::test]
-async fn non_retryable_answers_are_dead_lettered_at_once() -> Result<()> {
-    for status in [400, 401, 403, 413] {
-        let refusing = Scripted::answering(vec![failed(status, "no")]);
-        let broker = Broker::start(
-            vec![trigger("r", "t.r", "r", quick(5))],
-            &subscribers(&[("r", &refusing)]),
-        )?;
-        broker.publish(event("1", "t.r"));
-        broker.idle().await;
-        assert_eq!(refusing.ids().len(), 1, "{status} must not be retried");
-        let letters = broker.dead_letters();
-        assert_eq!(
-            letters.len(),
-            1,
-            "{status} must be dead-lettered, never dropped"
-        );
-        assert_eq!(
-            letters[0]
-                .event
-                .extension("knativeerrorcode")
-                .map(|v| v.to_string()),
-            Some(status.to_string())
-        );
-    }
-    Ok(())
-}
-
-#[tokio::test]
-async fn a_timeout_is_a_retryable_failure_reported_as_500() -> Result<()> {
-    let slow = Scripted {
-        delay: Duration::from_secs(5),
-        ..Scripted::default()
-    };
-    let mut delivery = quick(1);
-    delivery.timeout = Some(Duration::from_millis(100));
-    let broker = Broker::start(
-        vec![trigger("slow", "t.s", "s", delivery)],
-        &subscribers(&[("s", &slow)]),
-    )?;
-    broker.publish(event("1", "t.s"));
-    broker.idle().await;
-    assert_eq!(slow.ids().len(), 2);
-    let letters = broker.dead_letters();
-    assert_eq!(
-        letters[0]
-            .event
-            .extension("knativeerrorcode")
-            .map(|v| v.to_string()),
-        Some("500".into())
-    );
-    Ok(())
-}
-
-#[tokio::test]
-async fn parallelism_one_keeps_order_even_while_retrying() -> Result<()> {
-    // The first event fails twice before it is accepted; the others must wait behind it.
-    let ordered = Scripted::answering(vec![failed(500, ""), failed(500, "")]);
-    let broker = Broker::start(
-        vec![trigger("fifo", "t.o", "o", quick(3))],
-        &subscribers(&[("o", &ordered)]),
-    )?;
-    let ids: Vec<String> = (0..20).map(|i| format!("e{i:02}")).collect();
-    for id in &ids {
-        broker.publish(event(id, "t.o"));
-    }
-    broker.idle().await;
-    let mut expected = vec![ids[0].clone(), ids[0].clone()];
-    expected.extend(ids.iter().cloned());
-    assert_eq!(ordered.ids(), expected);
-    Ok(())
 }
 
 #[tokio::test]

@@ -1,5 +1,6 @@
-//! Helpers shared by the broker tests (embedded and RabbitMQ): events, Triggers, and a
-//! scripted subscriber that records what it receives.
+//! Helpers shared by the broker tests (embedded and RabbitMQ): events, Triggers, a scripted
+//! subscriber that records what it receives, and the delivery scenarios both brokers pass
+//! ([`scenarios`]).
 
 #![allow(
     dead_code,
@@ -16,6 +17,8 @@ use cloudevents::{AttributesReader as _, Event, EventBuilder as _, EventBuilderV
 use klambda_broker::delivery::BackoffPolicy;
 use klambda_broker::subscriber::BoxFuture;
 use klambda_broker::{Answer, Delivery, Subscriber, Trigger};
+
+pub mod scenarios;
 
 pub fn event(id: &str, ty: &str) -> Event {
     EventBuilderV10::new()
