@@ -130,6 +130,74 @@ fn every_stage_binary_lists_every_setting_it_reads_and_the_docs_list_them() -> R
     Ok(())
 }
 
+/// Environment names a piece of Rust source spells as a whole string literal: how the webhook
+/// gateway reads its settings (`text("/sink", "K_SINK")`, `env("KLAMBDA_WEBHOOK_RULES")`),
+/// where every such name is a setting it reads.
+fn names_spelled(source: &str) -> BTreeSet<String> {
+    source
+        .split('"')
+        .skip(1)
+        .step_by(2)
+        .filter(|piece| {
+            piece.starts_with("KLAMBDA_") || ["K_SINK", "PORT", "DATABASE_URL"].contains(piece)
+        })
+        .filter(|piece| {
+            piece
+                .bytes()
+                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+        })
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The serving settings every server reads (logs, traces, connection limits), by name.
+fn serving_settings() -> Vec<&'static str> {
+    klambda_harness::config::SERVING_SETTINGS
+        .iter()
+        .map(|s| s.name)
+        .collect()
+}
+
+#[test]
+fn the_gateway_and_klambda_up_list_every_setting_they_read_and_the_docs_list_them() -> Result<()> {
+    let docs = std::fs::read_to_string(repo::root().join("docs/INSTALL.md"))?;
+    let help = run("webhook-gateway", &["--help"], &[])?;
+    let code = sources(&repo::root().join("functions/webhook-gateway/src"))?;
+    let read = names_spelled(&code);
+    ensure!(
+        read.len() >= 15,
+        "only {} settings found in the gateway's code: {read:?}",
+        read.len()
+    );
+    for name in read.iter().map(String::as_str).chain(serving_settings()) {
+        ensure!(
+            help.contains(&format!("  {name} ")),
+            "webhook-gateway --help does not list {name}:\n{help}"
+        );
+        ensure!(
+            docs.contains(&format!("`{name}`")),
+            "docs/INSTALL.md does not list {name} (webhook-gateway)"
+        );
+    }
+    let help = run("klambda", &["up", "--help"], &[])?;
+    for name in serving_settings() {
+        ensure!(
+            help.contains(&format!("  {name} ")),
+            "klambda up --help does not list {name}:\n{help}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn the_settings_spelled_scan_finds_a_name_it_is_fed() {
+    let fed = r#"text("/sink", "K_SINK"); env("KLAMBDA_NEW"); format!("KLAMBDA_X={v}")"#;
+    assert_eq!(
+        names_spelled(fed),
+        BTreeSet::from(["K_SINK".to_owned(), "KLAMBDA_NEW".to_owned()])
+    );
+}
+
 #[test]
 fn config_show_prints_values_and_defaults_and_never_a_secret() -> Result<()> {
     let shown = run(

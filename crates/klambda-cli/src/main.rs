@@ -240,8 +240,31 @@ enum DlqCommand {
     },
 }
 
+/// The command line, with `klambda up --help` listing the settings every server reads from the
+/// environment (logs, traces, connection limits) after its flags.
+fn parse() -> Cli {
+    use clap::{CommandFactory as _, FromArgMatches as _};
+    // `klambda up` logs text at `warn` unless told otherwise: a terminal, not a log pipeline.
+    let serving: Vec<_> = klambda_harness::config::SERVING_SETTINGS
+        .iter()
+        .map(|setting| match setting.name {
+            "KLAMBDA_LOG_FORMAT" => setting.default("text"),
+            "RUST_LOG" => setting.default("warn"),
+            _ => *setting,
+        })
+        .collect();
+    let also = format!(
+        "Also (environment):\n{}",
+        klambda_harness::config::describe(&serving)
+    );
+    let matches = Cli::command()
+        .mut_subcommand("up", |up| up.after_help(also))
+        .get_matches();
+    Cli::from_arg_matches(&matches).unwrap_or_else(|error| error.exit())
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

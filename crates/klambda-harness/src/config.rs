@@ -129,6 +129,40 @@ impl StageSetting {
     }
 }
 
+/// What every serving binary reads besides its own settings (each stage, `klambda up`, the
+/// webhook gateway): its logs and traces, and its connection limits
+/// ([`Settings::telemetry`]).
+pub const SERVING_SETTINGS: &[StageSetting] = &[
+    StageSetting::new("KLAMBDA_LOG_FORMAT", "log format: json or text").default("json"),
+    StageSetting::new("RUST_LOG", "log filter (tracing's EnvFilter)").default("info"),
+    StageSetting::new(
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTLP/gRPC endpoint for traces (unset: no traces exported)",
+    ),
+    StageSetting::new(
+        "OTEL_EXPORTER_OTLP_HEADERS",
+        "key=value pairs sent with every export, comma-separated",
+    )
+    .secret(),
+    StageSetting::new(
+        HEADER_TIMEOUT,
+        "seconds a client may take to send a request's headers (also the idle keep-alive limit)",
+    )
+    .default("10"),
+    StageSetting::new(BODY_TIMEOUT, "seconds a client may take to send a body").default("30"),
+    StageSetting::new(MAX_CONNECTIONS, "connections served at once").default("2048"),
+];
+
+/// The keys internal events are signed and checked with: every stage requires one of them.
+pub const EVENT_KEY_SETTINGS: &[StageSetting] = &[
+    StageSetting::new(
+        EVENT_KEYS,
+        "required (or KLAMBDA_EVENT_KEYS_FILE): keys internal events are signed and checked with, the signing key first",
+    )
+    .secret(),
+    StageSetting::new(EVENT_KEYS_FILE, "a file holding KLAMBDA_EVENT_KEYS"),
+];
+
 /// Where a stage keeps build contexts and records: `klambda_storage::from_settings`.
 pub const STORE_SETTINGS: &[StageSetting] = &[
     StageSetting::new(
@@ -220,41 +254,44 @@ pub fn usage(stage: &str, settings: &[StageSetting]) -> String {
     }
     if !settings.is_empty() {
         text.push_str(&format!("\n{stage} settings (environment):\n"));
-        for setting in settings {
-            let default = setting
-                .default
-                .map(|d| format!(" (default {d})"))
-                .unwrap_or_default();
-            let secret = if setting.secret { " (secret)" } else { "" };
-            text.push_str(&format!(
-                "  {:<40} {}{default}{secret}\n",
-                setting.name, setting.help
-            ));
-        }
+        text.push_str(&describe(settings));
     }
-    text.push_str(
-        "\nAlso: RUST_LOG (log filter, default info), OTEL_EXPORTER_OTLP_HEADERS (secret),\n\
-         KLAMBDA_EVENT_KEYS (secret; required, or KLAMBDA_EVENT_KEYS_FILE: the keys internal\n\
-         events are signed and checked with, the signing key first),\n\
-         KLAMBDA_HEADER_TIMEOUT_SECONDS (default 10; also the idle keep-alive limit),\n\
-         KLAMBDA_BODY_TIMEOUT_SECONDS (default 30), KLAMBDA_MAX_CONNECTIONS (default 2048).\n",
-    );
+    text.push_str("\nAlso (environment):\n");
+    text.push_str(&describe(&beyond_flags().collect::<Vec<_>>()));
+    text
+}
+
+/// The harness's settings that no flag sets: the serving settings and the event keys.
+fn beyond_flags() -> impl Iterator<Item = StageSetting> {
+    SERVING_SETTINGS
+        .iter()
+        .chain(EVENT_KEY_SETTINGS)
+        .filter(|s| !FLAGS.iter().any(|(_, key, _)| *key == s.name))
+        .copied()
+}
+
+/// One line per setting: its name, what it does, its default, and whether it is a secret.
+pub fn describe(settings: &[StageSetting]) -> String {
+    let mut text = String::new();
+    for setting in settings {
+        let default = setting
+            .default
+            .map(|d| format!(" (default {d})"))
+            .unwrap_or_default();
+        let secret = if setting.secret { " (secret)" } else { "" };
+        text.push_str(&format!(
+            "  {:<40} {}{default}{secret}\n",
+            setting.name, setting.help
+        ));
+    }
     text
 }
 
 /// Every setting of a stage reading `settings`, one `NAME=value` line each: its value from
 /// `source`, else `<default: …>` or `<unset>`; secrets as `<redacted>` when set.
 pub fn show(source: &dyn ConfigSource, settings: &[StageSetting]) -> String {
-    let common = FLAGS.iter().map(|(_, key, _)| StageSetting::new(key, ""));
-    let common = common.chain([
-        StageSetting::new("RUST_LOG", "").default("info"),
-        StageSetting::new("OTEL_EXPORTER_OTLP_HEADERS", "").secret(),
-        StageSetting::new(EVENT_KEYS, "").secret(),
-        StageSetting::new(HEADER_TIMEOUT, "").default("10"),
-        StageSetting::new(BODY_TIMEOUT, "").default("30"),
-        StageSetting::new(MAX_CONNECTIONS, "").default("2048"),
-        StageSetting::new(EVENT_KEYS_FILE, ""),
-    ]);
+    let flagged = FLAGS.iter().map(|(_, key, _)| StageSetting::new(key, ""));
+    let common = flagged.chain(beyond_flags());
     let mut text = String::new();
     for setting in common.chain(settings.iter().copied()) {
         let value = match (source.setting(setting.name), setting.default) {

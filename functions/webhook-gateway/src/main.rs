@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 use klambda_harness::publisher::{HttpSink, Publisher};
 use webhook_gateway::settings::{self, Settings};
 
@@ -53,8 +53,21 @@ fn settings(cli: &Cli) -> Result<Settings, ExitCode> {
     })
 }
 
+/// The settings `--help` lists after the flags: the gateway's own, then every server's.
+fn settings_help() -> String {
+    format!(
+        "Settings (environment; each overrides its key in the settings file):\n{}\nAlso (environment):\n{}",
+        klambda_harness::config::describe(settings::SETTINGS),
+        klambda_harness::config::describe(klambda_harness::config::SERVING_SETTINGS)
+    )
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().after_help(settings_help()).get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(error) => error.exit(),
+    };
     match cli.command {
         Some(Command::Version) => {
             println!("webhook-gateway {}", env!("CARGO_PKG_VERSION"));

@@ -20,13 +20,102 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use klambda_harness::config::Secret;
+use klambda_harness::config::{Secret, StageSetting};
 use serde_json::{Value, json};
 use url::Url;
 
 use crate::Config;
 use crate::limit::RateLimit;
 use crate::rules::Rules;
+
+/// Every environment variable the gateway reads besides the serving settings every binary
+/// reads (`klambda_harness::config::SERVING_SETTINGS`): listed by `--help`, in docs/INSTALL.md,
+/// and checked against the code by `tests/settings.rs`. Each one overrides its key in the file.
+pub const SETTINGS: &[StageSetting] = &[
+    StageSetting::new(
+        "KLAMBDA_WEBHOOK_CONFIG",
+        "the settings file (JSON); --config",
+    ),
+    StageSetting::new(
+        "K_SINK",
+        "the broker ingress events are published to (required; sink)",
+    ),
+    StageSetting::new("PORT", "the port to listen on (port)").default("8080"),
+    StageSetting::new(
+        "KLAMBDA_TOKEN",
+        "the platform's API token, sent to the sink as a bearer token (sinkToken)",
+    )
+    .secret(),
+    StageSetting::new(
+        "KLAMBDA_WEBHOOK_ADMIN_TOKEN",
+        "the admin routes' token; without it they are not served (adminToken)",
+    )
+    .secret(),
+    StageSetting::new(
+        "KLAMBDA_BUILDKITE_TOKEN",
+        "Buildkite's webhook token (buildkite.token)",
+    )
+    .secret(),
+    StageSetting::new(
+        "KLAMBDA_BUILDKITE_SIGNING_KEY",
+        "Buildkite's signature key (buildkite.signingKey)",
+    )
+    .secret(),
+    StageSetting::new(
+        "KLAMBDA_BUILDKITE_TOLERANCE_SECONDS",
+        "how old a signed Buildkite delivery may be (buildkite.toleranceSeconds)",
+    )
+    .default("300"),
+    StageSetting::new(
+        "KLAMBDA_GITHUB_SECRET",
+        "GitHub's webhook secret (github.secret)",
+    )
+    .secret(),
+    StageSetting::new(
+        "KLAMBDA_WEBHOOK_BODY_LIMIT_BYTES",
+        "the largest webhook body (bodyLimitBytes)",
+    )
+    .default("1048576"),
+    StageSetting::new(
+        "KLAMBDA_WEBHOOK_RATE_PER_SECOND",
+        "authenticated deliveries per second (rateLimit.perSecond)",
+    )
+    .default("2000"),
+    StageSetting::new(
+        "KLAMBDA_WEBHOOK_RATE_BURST",
+        "authenticated deliveries in a burst (rateLimit.burst)",
+    )
+    .default("4000"),
+    StageSetting::new(
+        "KLAMBDA_WEBHOOK_PUBLISH_ATTEMPTS",
+        "publish attempts per event (retry.attempts)",
+    )
+    .default("3"),
+    StageSetting::new(
+        "KLAMBDA_WEBHOOK_BACKOFF_MS",
+        "the first wait between publish attempts (retry.backoffMs)",
+    )
+    .default("100"),
+    StageSetting::new(
+        "KLAMBDA_WEBHOOK_FAILURE_THRESHOLD",
+        "failed publishes in a row that open the circuit breaker (retry.failureThreshold)",
+    )
+    .default("5"),
+    StageSetting::new(
+        "KLAMBDA_WEBHOOK_OPEN_FOR_SECONDS",
+        "how long the open breaker refuses (retry.openForSeconds)",
+    )
+    .default("30"),
+    StageSetting::new(
+        "KLAMBDA_WEBHOOK_DEAD_LETTER_DIR",
+        "where events the broker refused are kept (deadLetterDir)",
+    )
+    .default("klambda-webhook-dead-letters"),
+    StageSetting::new(
+        "KLAMBDA_WEBHOOK_RULES",
+        "a rules file, instead of the settings file's rules (rules)",
+    ),
+];
 
 /// Everything the binary needs.
 #[derive(Debug, Clone)]
@@ -231,4 +320,65 @@ pub fn show(settings: &Settings) -> Value {
         "deadLetterDir": config.dead_letter_dir.display().to_string(),
         "rules": config.rules.list().iter().map(|r| json!({"name": r.name, "type": r.event_type, "match": r.matches, "function": r.function["name"]})).collect::<Vec<_>>(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The defaults `--help` states are the ones the gateway applies.
+    #[test]
+    fn the_stated_defaults_are_the_applied_ones() {
+        let env = |key: &str| match key {
+            "K_SINK" => Some("http://broker.example/".to_owned()),
+            "KLAMBDA_GITHUB_SECRET" => Some("s".to_owned()),
+            _ => None,
+        };
+        let shown = show(&load(None, &env).unwrap_or_else(|p| panic!("{p:?}")));
+        let pointers = [
+            ("PORT", "/port"),
+            (
+                "KLAMBDA_BUILDKITE_TOLERANCE_SECONDS",
+                "/buildkite/toleranceSeconds",
+            ),
+            ("KLAMBDA_WEBHOOK_BODY_LIMIT_BYTES", "/bodyLimitBytes"),
+            ("KLAMBDA_WEBHOOK_RATE_PER_SECOND", "/rateLimit/perSecond"),
+            ("KLAMBDA_WEBHOOK_RATE_BURST", "/rateLimit/burst"),
+            ("KLAMBDA_WEBHOOK_PUBLISH_ATTEMPTS", "/retry/attempts"),
+            ("KLAMBDA_WEBHOOK_BACKOFF_MS", "/retry/backoffMs"),
+            (
+                "KLAMBDA_WEBHOOK_FAILURE_THRESHOLD",
+                "/retry/failureThreshold",
+            ),
+            ("KLAMBDA_WEBHOOK_OPEN_FOR_SECONDS", "/retry/openForSeconds"),
+            ("KLAMBDA_WEBHOOK_DEAD_LETTER_DIR", "/deadLetterDir"),
+        ];
+        let with_default: Vec<_> = SETTINGS.iter().filter(|s| s.default.is_some()).collect();
+        assert_eq!(with_default.len(), pointers.len());
+        for setting in with_default {
+            let (_, pointer) = pointers
+                .iter()
+                .find(|(name, _)| *name == setting.name)
+                .unwrap_or_else(|| panic!("no pointer for {}", setting.name));
+            let applied = shown
+                .pointer(pointer)
+                .cloned()
+                .unwrap_or_else(|| panic!("{pointer} not shown"));
+            let applied = match applied {
+                Value::String(text) => text,
+                Value::Number(n) => n
+                    .as_f64()
+                    .map(|f| {
+                        if f.fract() == 0.0 {
+                            format!("{f:.0}")
+                        } else {
+                            f.to_string()
+                        }
+                    })
+                    .unwrap_or_default(),
+                other => other.to_string(),
+            };
+            assert_eq!(Some(applied.as_str()), setting.default, "{}", setting.name);
+        }
+    }
 }
