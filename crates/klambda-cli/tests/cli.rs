@@ -213,6 +213,37 @@ fn client_commands_say_what_to_do_when_nothing_runs() -> Result<()> {
     Ok(())
 }
 
+#[test]
+fn a_manifest_is_checked_strictly_and_every_problem_named_before_anything_is_sent() -> Result<()> {
+    let dir = std::env::temp_dir().join(format!("klambda-cli-manifest-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(
+        dir.join("klambda.json"),
+        r#"{"name": "typo", "runtime": "nodejs22", "handler": "index.handler",
+            "resources": {"timeout": 2, "timeoutSeconds": 0.5}, "colour": "red",
+            "triggers": [{"attributes": {"type": "t"}, "filters": []}]}"#,
+    )?;
+    std::fs::write(dir.join("index.js"), "exports.handler = async () => 1;")?;
+    // Nothing listens at the endpoint: a manifest problem must be found before any request.
+    let output = Command::new(BIN)
+        .args(["--endpoint", "http://127.0.0.1:1", "deploy"])
+        .arg(&dir)
+        .output()?;
+    let said = text(&output);
+    assert_eq!(output.status.code(), Some(1), "{said}");
+    for expected in [
+        "resources.timeout: unknown key; expected one of: cpuMillis, memoryMib, timeoutSeconds",
+        "resources.timeoutSeconds: 0.5 is not of type \"integer\"",
+        "triggers[0].filters: unknown key; expected one of: attributes",
+        "colour: unknown key",
+    ] {
+        assert!(said.contains(expected), "missing {expected:?} in:\n{said}");
+    }
+    assert!(!said.contains("klambda up"), "no request was tried: {said}");
+    std::fs::remove_dir_all(&dir)?;
+    Ok(())
+}
+
 /// Copies an example to a temporary directory so a test can change it.
 fn copy_example(example: &str, to: &Path) -> Result<()> {
     std::fs::create_dir_all(to)?;

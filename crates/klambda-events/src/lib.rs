@@ -26,6 +26,7 @@ pub mod docs;
 pub mod envelope;
 pub mod external;
 pub mod ids;
+pub mod manifest;
 pub mod runtime;
 pub mod spec;
 pub mod ssrf;

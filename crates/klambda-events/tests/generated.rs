@@ -1,4 +1,5 @@
-//! The committed generated files (`eventing/schemas/*.json`, `docs/EVENTS.md`) match what the
+//! The committed generated files (`eventing/schemas/*.json`, `docs/EVENTS.md`,
+//! `schemas/klambda.schema.json`) match what the
 //! contract generates today. Run with `KLAMBDA_BLESS=1` to rewrite them after changing a type.
 
 use std::path::{Path, PathBuf};
@@ -54,10 +55,31 @@ fn generated_files_are_fresh() -> Result<()> {
         &events_markdown(),
         &mut stale,
     )?;
+    let manifest_schema = root().join(klambda_events::manifest::SCHEMA_PATH);
+    std::fs::create_dir_all(manifest_schema.parent().unwrap_or(&root()))?;
+    check(
+        &manifest_schema,
+        &klambda_events::manifest::schema_file(),
+        &mut stale,
+    )?;
     assert!(
         stale.is_empty(),
         "generated files are stale: {stale:?}\n\
          run `KLAMBDA_BLESS=1 cargo test -p klambda-events --test generated` and commit the result"
+    );
+    Ok(())
+}
+
+#[test]
+fn the_parser_docs_name_every_manifest_key() -> Result<()> {
+    let docs = std::fs::read_to_string(root().join("docs/PARSER.md"))?;
+    let missing: Vec<String> = klambda_events::manifest::key_paths()
+        .into_iter()
+        .filter(|path| !docs.contains(&format!("| `{path}` |")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "docs/PARSER.md's klambda.json table does not name: {missing:?}"
     );
     Ok(())
 }

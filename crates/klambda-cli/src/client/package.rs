@@ -54,13 +54,85 @@ fn package_manifest(dir: &Path) -> Result<FunctionSubmission> {
     })?;
     let mut manifest: Value = serde_json::from_str(&manifest)
         .with_context(|| format!("{} is not valid JSON", manifest_path.display()))?;
+    let problems = manifest_problems(&manifest);
+    if !problems.is_empty() {
+        anyhow::bail!(
+            "{} is not a valid manifest ({}):\n  {}",
+            manifest_path.display(),
+            klambda_events::manifest::SCHEMA_PATH,
+            problems.join("\n  ")
+        );
+    }
+    if let Some(object) = manifest.as_object_mut() {
+        object.remove("$schema");
+    }
     manifest["source"] = serde_json::json!({"kind": "inline", "files": []});
-    serde_json::from_value(manifest).with_context(|| {
-        format!(
-            "{} needs name, runtime and handler",
-            manifest_path.display()
-        )
-    })
+    serde_json::from_value(manifest)
+        .with_context(|| format!("{} is not a valid manifest", manifest_path.display()))
+}
+
+/// Every way `manifest` departs from `klambda.json`'s schema, one line each naming the key's
+/// path and what is expected: unknown keys (with the keys that are known there), wrong types,
+/// missing keys. All at once, so one edit fixes them all.
+fn manifest_problems(manifest: &Value) -> Vec<String> {
+    let schema = klambda_events::manifest::schema();
+    let validator = match jsonschema::validator_for(&schema) {
+        Ok(validator) => validator,
+        Err(error) => return vec![format!("the manifest schema does not compile: {error}")],
+    };
+    let mut problems = Vec::new();
+    for error in validator.iter_errors(manifest) {
+        let at = key_path(error.instance_path().as_str());
+        match error.kind() {
+            jsonschema::error::ValidationErrorKind::AdditionalProperties { unexpected } => {
+                let parent = error
+                    .schema_path()
+                    .as_str()
+                    .trim_end_matches("/additionalProperties")
+                    .to_owned();
+                let mut known: Vec<&str> = schema
+                    .pointer(&format!("{parent}/properties"))
+                    .and_then(Value::as_object)
+                    .map(|p| p.keys().map(String::as_str).collect())
+                    .unwrap_or_default();
+                known.retain(|key| *key != "$schema");
+                for key in unexpected {
+                    let path = if at.is_empty() {
+                        key.clone()
+                    } else {
+                        format!("{at}.{key}")
+                    };
+                    problems.push(format!(
+                        "{path}: unknown key; expected one of: {}",
+                        known.join(", ")
+                    ));
+                }
+            }
+            _ => {
+                let path = if at.is_empty() { "(top level)" } else { &at };
+                problems.push(format!("{path}: {error}"));
+            }
+        }
+    }
+    problems
+}
+
+/// A JSON pointer as the key path a person reads: `/triggers/0/attributes` is
+/// `triggers[0].attributes`.
+fn key_path(pointer: &str) -> String {
+    let mut path = String::new();
+    for segment in pointer.split('/').skip(1) {
+        let segment = segment.replace("~1", "/").replace("~0", "~");
+        if segment.bytes().all(|b| b.is_ascii_digit()) && !segment.is_empty() {
+            path.push_str(&format!("[{segment}]"));
+        } else {
+            if !path.is_empty() {
+                path.push('.');
+            }
+            path.push_str(&segment);
+        }
+    }
+    path
 }
 
 /// The function's files under `dir` (relative path with `/`, path on disk), in path order,
