@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context as _, Result};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory as _, Parser, Subcommand, ValueEnum};
 use klambda_cli::client::{self, Api, Output};
 use klambda_cli::{embedded, server};
 
@@ -140,6 +140,12 @@ enum Command {
         #[arg(long)]
         to: Option<String>,
     },
+    /// Print a completion script for SHELL, e.g. `klambda completions bash >
+    /// ~/.local/share/bash-completion/completions/klambda`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
 }
 
 /// Where contexts and uploaded sources go: S3-compatible storage (credentials from the standard
@@ -243,7 +249,7 @@ enum DlqCommand {
 /// The command line, with `klambda up --help` listing the settings every server reads from the
 /// environment (logs, traces, connection limits) after its flags.
 fn parse() -> Cli {
-    use clap::{CommandFactory as _, FromArgMatches as _};
+    use clap::FromArgMatches as _;
     // `klambda up` logs text at `warn` unless told otherwise: a terminal, not a log pipeline.
     let serving: Vec<_> = klambda_harness::config::SERVING_SETTINGS
         .iter()
@@ -277,6 +283,9 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(run(cli)) {
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        // The reader of the output went away (`klambda events NAME | head`): it has what it
+        // wanted.
+        Err(error) if client::is_broken_pipe(&error) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("klambda: {error:#}");
             ExitCode::from(1)
@@ -344,7 +353,7 @@ async fn run(cli: Cli) -> Result<i32> {
             name,
             data,
             event_type,
-        } => client::invoke(&platform, &name, &data, &event_type).await,
+        } => client::invoke(&platform, &name, &data, &event_type, output).await,
         Command::Status { name } => client::status(&platform, name.as_deref(), output).await,
         Command::Events { name } => client::events(&platform, &name, output).await,
         Command::Logs { name } => client::logs(&platform, &name, output).await,
@@ -373,6 +382,12 @@ async fn run(cli: Cli) -> Result<i32> {
                 WebhookDlqCommand::Redrive { id, .. } => client::WebhookDlq::Redrive(id),
             };
             client::webhook_dlq(&Api::new(&gateway).with_token(admin_token), command, output).await
+        }
+        Command::Completions { shell } => {
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "klambda", &mut script);
+            std::io::Write::write_all(&mut std::io::stdout(), &script)?;
+            Ok(0)
         }
         Command::Secrets { command } => {
             let command = match command {

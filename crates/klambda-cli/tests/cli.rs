@@ -126,6 +126,35 @@ fn deploy_invoke_redeploy_replay_delete() -> Result<()> {
     let reply: serde_json::Value = serde_json::from_slice(&reply.stdout)?;
     assert_eq!(reply["six"], "1.16.0");
 
+    // `--output json` on invoke: one document with the status, the reply's type and its data.
+    let invoked = klambda(&up, &["invoke", "hello-node", "{}", "--output", "json"])?;
+    let answer: serde_json::Value =
+        serde_json::from_slice(&invoked.stdout).with_context(|| text(&invoked))?;
+    assert_eq!(answer["status"], 200, "{answer}");
+    assert_eq!(answer["reply"]["message"], "Hello, world!", "{answer}");
+
+    // A reader that goes away (`klambda events NAME | head`) ends the command quietly, exit 0.
+    for command in [
+        &["events", "hello-node"][..],
+        &["status"],
+        &["logs", "hello-node"],
+    ] {
+        let mut child = Command::new(BIN)
+            .arg("--endpoint")
+            .arg(&up.endpoint)
+            .env("KLAMBDA_TOKEN", &up.token)
+            .args(command)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        // Closed before the command has its answer from the platform: its first write fails.
+        drop(child.stdout.take());
+        let output = child.wait_with_output()?;
+        let said = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(0), "{command:?}: {said}");
+        assert!(said.is_empty(), "{command:?} said: {said}");
+    }
+
     // An unchanged redeploy: no build (the digest's build record is a cache hit), same revision.
     let again = klambda(&up, &["deploy", "examples/hello-node"])?;
     let log = text(&again);
@@ -241,6 +270,37 @@ fn a_manifest_is_checked_strictly_and_every_problem_named_before_anything_is_sen
     }
     assert!(!said.contains("klambda up"), "no request was tried: {said}");
     std::fs::remove_dir_all(&dir)?;
+    Ok(())
+}
+
+#[test]
+fn completions_are_printed_for_each_shell_and_complete_the_commands() -> Result<()> {
+    for shell in ["bash", "zsh", "fish", "elvish", "powershell"] {
+        let output = Command::new(BIN).args(["completions", shell]).output()?;
+        assert!(output.status.success(), "{shell}: {}", text(&output));
+        assert!(
+            String::from_utf8_lossy(&output.stdout).contains("rollback"),
+            "{shell}: the script names the commands"
+        );
+    }
+    // Bash loads the script and completes `klambda de` to the commands starting so.
+    let script = format!(
+        "source <({BIN} completions bash); COMP_WORDS=(klambda de); COMP_CWORD=1; \
+         _klambda klambda de klambda; echo \"${{COMPREPLY[@]}}\""
+    );
+    let output = Command::new("bash").args(["-c", &script]).output()?;
+    let offered = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{}", text(&output));
+    let mut offered: Vec<&str> = offered.split_whitespace().collect();
+    offered.sort_unstable();
+    assert_eq!(offered, ["delete", "deploy"], "{}", text(&output));
+    let unknown = Command::new(BIN).args(["completions", "nosh"]).output()?;
+    assert_eq!(unknown.status.code(), Some(2));
+    assert!(
+        text(&unknown).contains("possible values"),
+        "{}",
+        text(&unknown)
+    );
     Ok(())
 }
 

@@ -1,7 +1,6 @@
 //! The commands about one function or event: deploy, invoke, status, events, logs, replay,
 //! delete, rollback.
 
-use std::io::Write as _;
 use std::path::Path;
 
 use super::{Api, Output, detail, event_id, package, package_to_s3};
@@ -45,7 +44,7 @@ pub async fn deploy(
     };
     platform.publish(&event).await?;
     if output == Output::Text {
-        println!(
+        say!(
             "{} {name} ({})",
             if exists { "updating" } else { "creating" },
             match &submission.source {
@@ -63,7 +62,13 @@ pub async fn deploy(
 }
 
 /// `klambda invoke NAME [DATA]`: sends one event to the function and prints its reply.
-pub async fn invoke(platform: &Api, name: &str, data: &str, event_type: &str) -> Result<i32> {
+pub async fn invoke(
+    platform: &Api,
+    name: &str,
+    data: &str,
+    event_type: &str,
+    output: Output,
+) -> Result<i32> {
     let function = platform
         .get_json::<FunctionStatus>(&format!("/functions/{name}"))
         .await?
@@ -87,30 +92,30 @@ pub async fn invoke(platform: &Api, name: &str, data: &str, event_type: &str) ->
         .body(Full::new(Bytes::from(data.to_owned())))?;
     let answer = platform.send(request).await?;
     let text = String::from_utf8_lossy(&answer.body);
+    let reply_type = answer.headers.get("ce-type").and_then(|v| v.to_str().ok());
+    let code = i32::from(answer.status != 200 && answer.status != 202);
+    if output == Output::Json {
+        // One document whatever the answer: the status, the reply's type and its data (JSON
+        // when it is JSON, else the text).
+        let reply = serde_json::from_slice::<Value>(&answer.body)
+            .unwrap_or_else(|_| Value::String(text.into_owned()));
+        say!(
+            "{}",
+            serde_json::json!({"status": answer.status, "type": reply_type, "reply": reply})
+        );
+        return Ok(code);
+    }
     match answer.status {
         200 => {
             let pretty = serde_json::from_slice::<Value>(&answer.body)
                 .and_then(|v| serde_json::to_string_pretty(&v))
                 .unwrap_or_else(|_| text.into_owned());
-            println!("{pretty}");
-            Ok(0)
+            say!("{pretty}");
         }
-        202 => {
-            eprintln!(
-                "accepted, no reply ({})",
-                answer
-                    .headers
-                    .get("ce-type")
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("no event")
-            );
-            Ok(0)
-        }
-        status => {
-            eprintln!("the function answered {status}: {text}");
-            Ok(1)
-        }
+        202 => eprintln!("accepted, no reply ({})", reply_type.unwrap_or("no event")),
+        status => eprintln!("the function answered {status}: {text}"),
     }
+    Ok(code)
 }
 
 /// `klambda status [NAME]`.
@@ -121,7 +126,7 @@ pub async fn status(platform: &Api, name: Option<&str>, output: Output) -> Resul
         Some(name) => match platform.get_json::<FunctionStatus>(&path).await? {
             Some(function) => {
                 if output == Output::Json {
-                    println!("{}", serde_json::to_string_pretty(&function)?);
+                    say!("{}", serde_json::to_string_pretty(&function)?);
                     return Ok(0);
                 }
                 vec![function]
@@ -133,12 +138,14 @@ pub async fn status(platform: &Api, name: Option<&str>, output: Output) -> Resul
         },
     };
     if output == Output::Json {
-        println!("{}", serde_json::to_string_pretty(&list)?);
+        say!("{}", serde_json::to_string_pretty(&list)?);
         return Ok(0);
     }
-    println!(
+    say!(
         "{:<24} {:<10} {:<16} URL / LAST ERROR",
-        "NAME", "PHASE", "REVISION"
+        "NAME",
+        "PHASE",
+        "REVISION"
     );
     for f in list {
         let stalled = f.stalled.as_ref().map(|stalled| {
@@ -154,7 +161,7 @@ pub async fn status(platform: &Api, name: Option<&str>, output: Output) -> Resul
                 .unwrap_or_default()
                 .to_owned()
         });
-        println!(
+        say!(
             "{:<24} {:<10} {:<16} {tail}",
             f.name.as_str(),
             f.phase.label(),
@@ -175,29 +182,21 @@ pub async fn events(platform: &Api, name: &str, output: Output) -> Result<i32> {
         .get_json(&format!("/functions/{name}/events?limit=10000"))
         .await?
         .unwrap_or_default();
-    let mut out = std::io::stdout().lock();
     for entry in &events {
-        let written = match output {
-            Output::Json => writeln!(out, "{}", serde_json::to_string(entry)?),
+        match output {
+            Output::Json => say!("{}", serde_json::to_string(entry)?),
             Output::Text => {
                 let event = &entry.event;
                 let ty = event["type"].as_str().unwrap_or_default();
                 let short = ty.strip_prefix(klambda_events::TYPE_PREFIX).unwrap_or(ty);
-                writeln!(
-                    out,
+                say!(
                     "{:>5}  {}  {short:<18} {}  {}",
                     entry.seq,
                     entry.received_at,
                     event["id"].as_str().unwrap_or_default(),
                     detail(short, &event["data"])
-                )
+                );
             }
-        };
-        match written {
-            Ok(()) => {}
-            // The reader went away (`klambda events NAME | head`): it has what it wanted.
-            Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => return Ok(0),
-            Err(error) => return Err(error.into()),
         }
     }
     Ok(0)
@@ -217,7 +216,7 @@ pub async fn replay(platform: &Api, id: &str) -> Result<i32> {
             String::from_utf8_lossy(&answer.body)
         ),
     }
-    println!("replayed {id}");
+    say!("replayed {id}");
     Ok(0)
 }
 
@@ -281,19 +280,20 @@ pub async fn logs(platform: &Api, name: &str, output: Output) -> Result<i32> {
         .await?
         .with_context(|| format!("no function named {name}"))?;
     if output == Output::Json {
-        println!("{}", serde_json::to_string_pretty(&logs)?);
+        say!("{}", serde_json::to_string_pretty(&logs)?);
         return Ok(0);
     }
-    let print = |title: String, lines: &Value| {
-        println!("== {title}");
+    let print = |title: String, lines: &Value| -> Result<()> {
+        say!("== {title}");
         for line in lines.as_array().into_iter().flatten() {
-            println!("{}", line.as_str().unwrap_or_default());
+            say!("{}", line.as_str().unwrap_or_default());
         }
+        Ok(())
     };
     print(
         format!("build {}", logs["build"]["id"].as_str().unwrap_or("-")),
         &logs["build"]["lines"],
-    );
+    )?;
     print(
         format!(
             "runtime {}",
@@ -302,6 +302,6 @@ pub async fn logs(platform: &Api, name: &str, output: Output) -> Result<i32> {
                 .unwrap_or("(not serving)")
         ),
         &logs["runtime"]["lines"],
-    );
+    )?;
     Ok(0)
 }

@@ -33,14 +33,18 @@ pub async fn dlq(platform: &Api, command: Dlq, output: Output) -> Result<i32> {
             let Some(letters) = to_list(&letters, output)? else {
                 return Ok(0);
             };
-            println!(
+            say!(
                 "{:>5}  {:<25}  {:<36}  {:<16}  {:>4}  DESTINATION",
-                "ID", "RECEIVED", "TYPE", "SUBJECT", "CODE"
+                "ID",
+                "RECEIVED",
+                "TYPE",
+                "SUBJECT",
+                "CODE"
             );
             for letter in &letters {
                 let event = &letter["event"];
                 let text = |key: &str| event[key].as_str().unwrap_or("-").to_owned();
-                println!(
+                say!(
                     "{:>5}  {:<25}  {:<36}  {:<16}  {:>4}  {}",
                     letter["seq"],
                     letter["receivedAt"].as_str().unwrap_or_default(),
@@ -55,7 +59,7 @@ pub async fn dlq(platform: &Api, command: Dlq, output: Output) -> Result<i32> {
         Dlq::Show(seq) => {
             let letter = dead_letter(platform, seq).await?;
             if output == Output::Json {
-                println!("{}", serde_json::to_string_pretty(&letter)?);
+                say!("{}", serde_json::to_string_pretty(&letter)?);
                 return Ok(0);
             }
             let event = &letter["event"];
@@ -67,12 +71,12 @@ pub async fn dlq(platform: &Api, command: Dlq, output: Output) -> Result<i32> {
                 })
                 .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
                 .unwrap_or_default();
-            println!("dead letter {seq}, received {}", letter["receivedAt"]);
-            println!("  failed at   {}", event["knativeerrordest"]);
-            println!("  status      {}", event["knativeerrorcode"]);
-            println!("  answer      {error_data}");
-            println!("event:");
-            println!("{}", serde_json::to_string_pretty(event)?);
+            say!("dead letter {seq}, received {}", letter["receivedAt"]);
+            say!("  failed at   {}", event["knativeerrordest"]);
+            say!("  status      {}", event["knativeerrorcode"]);
+            say!("  answer      {error_data}");
+            say!("event:");
+            say!("{}", serde_json::to_string_pretty(event)?);
             Ok(0)
         }
         Dlq::Redrive(only) => {
@@ -101,13 +105,13 @@ pub async fn dlq(platform: &Api, command: Dlq, output: Output) -> Result<i32> {
                 );
                 redriven += 1;
                 if output == Output::Text {
-                    println!("redriven {seq}: {} {}", event["type"], event["id"]);
+                    say!("redriven {seq}: {} {}", event["type"], event["id"]);
                 }
             }
             if output == Output::Json {
-                println!("{}", serde_json::json!({ "redriven": redriven }));
+                say!("{}", serde_json::json!({ "redriven": redriven }));
             } else if redriven == 0 {
-                println!("no dead letters");
+                say!("no dead letters");
             }
             Ok(0)
         }
@@ -115,8 +119,8 @@ pub async fn dlq(platform: &Api, command: Dlq, output: Output) -> Result<i32> {
             let answer = platform.delete("/dead-letters").await?;
             let removed: Value = serde_json::from_slice(&answer.body)?;
             match output {
-                Output::Json => println!("{removed}"),
-                Output::Text => println!("purged {} dead letters", removed["removed"]),
+                Output::Json => say!("{removed}"),
+                Output::Text => say!("purged {} dead letters", removed["removed"]),
             }
             Ok(0)
         }
@@ -142,7 +146,7 @@ pub async fn webhook_dlq(gateway: &Api, command: WebhookDlq, output: Output) -> 
                 return Ok(0);
             };
             for letter in &letters {
-                println!(
+                say!(
                     "{}  {}  {} (subject {})  {} attempts: {}",
                     letter["id"].as_str().unwrap_or_default(),
                     letter["receivedAt"].as_str().unwrap_or_default(),
@@ -172,8 +176,8 @@ pub async fn webhook_dlq(gateway: &Api, command: WebhookDlq, output: Output) -> 
                 return Ok(1);
             }
             match output {
-                Output::Json => println!("{body}"),
-                Output::Text => println!("redriven {}", body["redriven"]),
+                Output::Json => say!("{body}"),
+                Output::Text => say!("redriven {}", body["redriven"]),
             }
             Ok(0)
         }
@@ -191,12 +195,12 @@ async fn dead_letter(platform: &Api, seq: i64) -> Result<Value> {
 /// there are none (said so).
 fn to_list(letters: &Value, output: Output) -> Result<Option<Vec<Value>>> {
     if output == Output::Json {
-        println!("{}", serde_json::to_string_pretty(letters)?);
+        say!("{}", serde_json::to_string_pretty(letters)?);
         return Ok(None);
     }
     let letters = letters.as_array().cloned().unwrap_or_default();
     if letters.is_empty() {
-        println!("no dead letters");
+        say!("no dead letters");
         return Ok(None);
     }
     Ok(Some(letters))

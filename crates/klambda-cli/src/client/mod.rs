@@ -8,6 +8,25 @@
 //! - [`secrets`]: functions' secret env values.
 //! - [`package`]: a function directory as a submission (inline, or uploaded to S3).
 
+/// `println!` that hands a failed write back (`?`) instead of panicking: when the reader goes
+/// away (`klambda events NAME | head`) the command stops, and `main` ends quietly on the broken
+/// pipe, as any Unix filter does.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout(), $($arg)*)?
+    }};
+}
+
+/// Whether `error` is a write to a closed pipe.
+pub fn is_broken_pipe(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
 mod commands;
 mod dlq;
 mod package;
@@ -228,8 +247,8 @@ impl Api {
                 }
                 let short = ty.strip_prefix(klambda_events::TYPE_PREFIX).unwrap_or(ty);
                 match output {
-                    Output::Json => println!("{}", serde_json::to_string(entry)?),
-                    Output::Text => println!(
+                    Output::Json => say!("{}", serde_json::to_string(entry)?),
+                    Output::Text => say!(
                         "{:>8} ms  {short:<18} {}",
                         started.elapsed().as_millis(),
                         detail(ty, &event["data"])

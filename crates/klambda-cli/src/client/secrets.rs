@@ -44,15 +44,15 @@ pub async fn secrets(platform: &Api, command: Secrets, output: Output) -> Result
                     String::from_utf8_lossy(&answer.body)
                 );
             }
-            println!("set {name}");
+            say!("set {name}");
         }
         Secrets::List => {
             let names: Vec<String> = platform.get_json("/secrets").await?.unwrap_or_default();
             if output == Output::Json {
-                println!("{}", serde_json::to_string(&names)?);
+                say!("{}", serde_json::to_string(&names)?);
             } else {
                 for name in names {
-                    println!("{name}");
+                    say!("{name}");
                 }
             }
         }
@@ -61,7 +61,7 @@ pub async fn secrets(platform: &Api, command: Secrets, output: Output) -> Result
                 .body(Full::new(Bytes::new()))?;
             let answer = platform.send(request).await?;
             match answer.status {
-                204 => println!("deleted {name}"),
+                204 => say!("deleted {name}"),
                 404 => {
                     eprintln!("no secret named {name}");
                     return Ok(1);
