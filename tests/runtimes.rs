@@ -1,6 +1,6 @@
 //! The runtime shims, run for real with the machine's Node.js and Python: a handler's return
 //! value becomes the reply event, nothing → 202, a throw → 500 with the message, a handler past
-//! its timeout → 504.
+//! its timeout → 504; each failure is logged on stderr as a JSON line with its request id.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -14,6 +14,18 @@ use klambda_test_support::repo;
 struct Shim {
     child: Child,
     base: String,
+    /// Where the shim's stderr goes.
+    stderr: std::path::PathBuf,
+}
+
+impl Shim {
+    /// The JSON lines the shim wrote to stderr.
+    fn failures(&self) -> Result<Vec<serde_json::Value>> {
+        Ok(std::fs::read_to_string(&self.stderr)?
+            .lines()
+            .filter_map(|line| serde_json::from_str(line).ok())
+            .collect())
+    }
 }
 
 impl Drop for Shim {
@@ -25,6 +37,7 @@ impl Drop for Shim {
 
 async fn start(program: &str, shim: &str, root: &Path, handler: &str) -> Result<Shim> {
     let port = free_port()?;
+    let stderr = root.join("stderr.log");
     let child = Command::new(program)
         .arg(repo::root().join("runtimes").join(shim))
         .env("PORT", port.to_string())
@@ -33,12 +46,13 @@ async fn start(program: &str, shim: &str, root: &Path, handler: &str) -> Result<
         .env("KLAMBDA_FUNCTION_NAME", "hello")
         .env("KLAMBDA_TIMEOUT_SECONDS", "1")
         .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
+        .stderr(std::fs::File::create(&stderr)?)
         .spawn()
         .with_context(|| format!("{program} is needed for the runtime tests: install it (apt-get install nodejs / python3)"))?;
     let mut shim = Shim {
         child,
         base: format!("http://127.0.0.1:{port}"),
+        stderr,
     };
     let health = format!("{}/health", shim.base);
     wait_healthy(&health, &mut shim.child, Duration::from_secs(15))
@@ -96,6 +110,25 @@ async fn contract(mut shim: Shim, after_timeout: AfterTimeout) -> Result<()> {
             .unwrap_or_default()
             .contains("boom")
     );
+    // The failure is logged with the invocation's request id, message and stack.
+    let logged = shim.failures()?;
+    let error = logged
+        .iter()
+        .find(|l| l["kind"] == "error")
+        .with_context(|| format!("no error line in {logged:?}"))?;
+    assert_eq!(error["requestId"], "inv 1", "{error}");
+    assert_eq!(error["level"], "error", "{error}");
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("boom"),
+        "{error}"
+    );
+    assert!(
+        error["stack"].as_array().is_some_and(|s| !s.is_empty()),
+        "{error}"
+    );
     let missing = post(
         &format!("{}/", shim.base),
         &[("content-type", "application/json")],
@@ -127,6 +160,13 @@ async fn contract(mut shim: Shim, after_timeout: AfterTimeout) -> Result<()> {
             ),
         }
     }
+    let logged = shim.failures()?;
+    assert!(
+        logged
+            .iter()
+            .any(|l| l["kind"] == "timeout" && l["requestId"] == "inv 1"),
+        "no timeout line with the request id in {logged:?}"
+    );
     match after_timeout {
         AfterTimeout::ServesOn => {
             assert_eq!(invoke(&shim, "greet").await?.status, 200);

@@ -65,6 +65,13 @@ function readEvent(req, body) {
   return { attributes, data };
 }
 
+// One JSON line on stderr per failed invocation, with its request id, so `klambda logs` (and a
+// cluster's log pipeline) ties the failure to the event: what Lambda writes as "ERROR RequestId".
+function logFailure(requestId, kind, error) {
+  const stack = error && error.stack ? String(error.stack).split('\n').slice(0, 8) : undefined;
+  console.error(JSON.stringify({ level: 'error', requestId, kind, message: String((error && error.message) || error), stack }));
+}
+
 function withTimeout(promise) {
   let timer;
   const timeout = new Promise((_, reject) => {
@@ -114,7 +121,11 @@ async function main() {
         });
         return res.end(JSON.stringify(result));
       } catch (e) {
-        if (e && e.timeout) return problem(res, 504, 'Handler timeout', e.message);
+        if (e && e.timeout) {
+          logFailure(attributes.id, 'timeout', e);
+          return problem(res, 504, 'Handler timeout', e.message);
+        }
+        logFailure(attributes.id, 'error', e);
         return problem(res, 500, 'Handler error', String((e && e.message) || e));
       }
     });

@@ -11,6 +11,7 @@ import signal
 import sys
 import threading
 import time
+import traceback
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -39,6 +40,15 @@ def load_handler():
     if not callable(handler):
         raise RuntimeError(f"{module_name} has no function named {function_name}")
     return handler
+
+
+def log_failure(request_id, kind, message, stack=None):
+    """One JSON line on stderr per failed invocation, with its request id, so `klambda logs`
+    (and a cluster's log pipeline) ties the failure to the event, as Lambda's "ERROR RequestId"."""
+    line = {"level": "error", "requestId": request_id, "kind": kind, "message": message}
+    if stack:
+        line["stack"] = stack[-8:]
+    print(json.dumps(line), file=sys.stderr, flush=True)
 
 
 class Context:
@@ -150,8 +160,11 @@ def make_server(handler):
             except concurrent.futures.TimeoutError:
                 with state_lock:
                     state["stuck"] += 1
+                log_failure(attributes["id"], "timeout", f"handler ran past {TIMEOUT} s")
                 return self.problem(504, "Handler timeout", f"handler ran past {TIMEOUT} s")
             except Exception as error:  # noqa: BLE001 - the handler's error is the answer
+                stack = traceback.format_exception(type(error), error, error.__traceback__)
+                log_failure(attributes["id"], "error", str(error), [l.rstrip() for l in stack])
                 return self.problem(500, "Handler error", str(error))
             if result is None:
                 self.send_response(202)

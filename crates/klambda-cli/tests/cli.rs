@@ -423,6 +423,15 @@ fn update_rollback_failures_and_stage_replays() -> Result<()> {
     let thrown = klambda(&up, &["invoke", "hello-node", r#"{"boom":true}"#])?;
     assert!(!thrown.status.success());
     assert!(text(&thrown).contains("kaboom"), "{}", text(&thrown));
+    // `klambda logs` shows the failure with the invocation's request id.
+    let logs = text(&klambda(&up, &["logs", "hello-node"])?);
+    assert!(
+        logs.lines()
+            .any(|line| line.contains("\"requestId\":\"invoke-")
+                && line.contains("\"kind\":\"error\"")
+                && line.contains("kaboom")),
+        "{logs}"
+    );
 
     // Rollback: the first revision serves again.
     let back = klambda(&up, &["rollback", "hello-node"])?;
@@ -449,6 +458,14 @@ fn update_rollback_failures_and_stage_replays() -> Result<()> {
             .as_str()
             .unwrap_or_default()
             .contains("compileError"),
+        "{status}"
+    );
+    // …and the compiler's own words, not only the command that failed.
+    assert!(
+        status["lastError"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("SyntaxError: Unexpected end of input"),
         "{status}"
     );
     let still = klambda(&up, &["invoke", "hello-node", r#"{"name":"still"}"#])?;

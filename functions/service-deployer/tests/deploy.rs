@@ -172,6 +172,54 @@ async fn create_update_rollback_restart_delete() -> Result<()> {
 }
 
 #[tokio::test]
+async fn a_hung_process_is_killed_and_restarted_and_its_output_says_why() -> Result<()> {
+    let runner = Arc::new(LocalRunner::new());
+    let rig = Rig {
+        deployer: Harness::new(ServiceDeployer::new(runner.clone())),
+        ..rig("hung")
+    };
+    // A handler that blocks Node's event loop: no timeout inside the process can fire, and
+    // `/health` goes unanswered with it.
+    let code = "exports.handler = async (e) => { if (e.mode === 'hang') { for (;;) {} } return { ok: true }; };";
+    let ready = decode::<ServiceReady>(&reply(&rig, built(&rig, "hangs", code).await?).await?)?;
+    let hung = tokio::time::timeout(Duration::from_millis(500), invoke(&ready.url, "hang")).await;
+    assert!(hung.is_err(), "the hanging call answered: {hung:?}");
+    let started = Instant::now();
+    while get(&format!("{}/health", ready.url)).await.is_ok() {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "/health still answered"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Three unanswered probes (one every 2 s), a kill, a restart on the same URL.
+    let started = Instant::now();
+    loop {
+        let call = tokio::time::timeout(Duration::from_secs(1), invoke(&ready.url, "")).await;
+        if let Ok(Ok(answer)) = call
+            && answer.status == 200
+        {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            bail!("the hung function was not restarted");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (_, lines) =
+        service_deployer::deployer::Deployer::logs(runner.as_ref(), &FunctionName::new("hangs")?)
+            .await
+            .context("the runner has the function's output")?;
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("did not answer /health 3 times")),
+        "{lines:#?}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
 async fn a_function_that_cannot_start_fails_with_its_output() -> Result<()> {
     let rig = rig("broken");
     let broken = built(&rig, "broken", "exports.somethingElse = 1;").await?;

@@ -261,7 +261,13 @@ pub fn fold(
                 .ok()
                 .and_then(|v| v.as_str().map(str::to_owned))
                 .unwrap_or_default();
-            format!("build failed ({cause}): {}", f.reason)
+            let mut error = format!("build failed ({cause}): {}", f.reason);
+            let said = error_lines(f.log_excerpt.as_deref().unwrap_or_default());
+            if !said.is_empty() {
+                error.push_str(": ");
+                error.push_str(&said.join(" / "));
+            }
+            error
         });
     } else if is(BuildTimeout::TYPE) {
         next.phase = Phase::Failed;
@@ -305,4 +311,56 @@ pub fn fold(
     next.last_event_type = ty.to_owned();
     next.updated_at = received_at;
     Some(next)
+}
+
+/// The first lines of a build log that state an error (`SyntaxError: …`, `npm ERR! …`,
+/// `ERROR: Could not find a version …`), at most three; else its last three lines: what a user
+/// reads first in `klambda status` rather than the command that failed.
+fn error_lines(log: &str) -> Vec<String> {
+    const SHOWN: usize = 3;
+    let lines: Vec<&str> = log
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let errors: Vec<String> = lines
+        .iter()
+        .filter(|line| {
+            let lower = line.to_ascii_lowercase();
+            [
+                "error",
+                "err!",
+                "traceback",
+                "exception",
+                "cannot find",
+                "not found",
+            ]
+            .iter()
+            .any(|word| lower.contains(word))
+        })
+        .take(SHOWN)
+        .map(|l| (*l).to_owned())
+        .collect();
+    if !errors.is_empty() {
+        return errors;
+    }
+    lines[lines.len().saturating_sub(SHOWN)..]
+        .iter()
+        .map(|l| (*l).to_owned())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::error_lines;
+
+    #[test]
+    fn error_lines_are_the_ones_stating_an_error_else_the_last_ones() {
+        let node = "/w/index.js:1\nexports.handler = async (e) => {\n\nSyntaxError: Unexpected end of input\n    at wrapSafe (node:internal)\n\nNode.js v20.19.0";
+        assert_eq!(error_lines(node), ["SyntaxError: Unexpected end of input"]);
+        let pip = "Collecting nosuchpkg\nERROR: Could not find a version that satisfies the requirement nosuchpkg\nERROR: No matching distribution found for nosuchpkg";
+        assert_eq!(error_lines(pip).len(), 2);
+        assert_eq!(error_lines("a\nb\nc\nd\n"), ["b", "c", "d"]);
+        assert!(error_lines("").is_empty());
+    }
 }

@@ -173,6 +173,14 @@ pub fn service(namespace: &str, spec: &FunctionSpec, digest: &ContentDigest, ima
                     "limits": { "memory": memory },
                 },
                 "readinessProbe": { "httpGet": { "path": "/health" } },
+                // A process that stops answering at all (a handler blocking Node's event loop)
+                // is restarted, as the local runner does.
+                "livenessProbe": {
+                    "httpGet": { "path": "/health" },
+                    "periodSeconds": 10,
+                    "timeoutSeconds": 2,
+                    "failureThreshold": 3,
+                },
                 "securityContext": {
                     "runAsNonRoot": true,
                     "allowPrivilegeEscalation": false,

@@ -36,6 +36,13 @@ use crate::secrets::SecretStore;
 
 /// How long a new revision has to answer `/health`.
 const READY_WITHIN: Duration = Duration::from_secs(30);
+/// How often a serving revision's `/health` is probed (its liveness, as Kubernetes probes a
+/// container's), how long a probe waits for an answer, and how many unanswered probes in a row
+/// mean the process is hung and is killed (then restarted like any process that exits): a
+/// handler that blocks Node's event loop (`while (true) {}`) cannot be interrupted from inside.
+const LIVENESS_PERIOD: Duration = Duration::from_secs(2);
+const LIVENESS_TIMEOUT: Duration = Duration::from_secs(1);
+const LIVENESS_FAILURES: u32 = 3;
 /// Lines of a revision's output kept (for `service.failed` and `klambda logs`).
 const TAIL: usize = 200;
 /// Lines of a failed revision's output put into `service.failed`.
@@ -488,12 +495,7 @@ fn spawn(launch: &Launch, tail: &Tail) -> Result<Child, String> {
         tokio::spawn(async move {
             let mut lines = BufReader::new(stream).lines();
             while let Ok(Some(line)) = lines.next_line().await {
-                if let Ok(mut tail) = tail.lock() {
-                    tail.push_back(line);
-                    while tail.len() > TAIL {
-                        tail.pop_front();
-                    }
-                }
+                push_line(&tail, line);
             }
         });
     }
@@ -535,15 +537,44 @@ async fn healthy(child: &mut Child, port: u16) -> Result<(), String> {
     }
 }
 
-/// Keeps a ready revision running: restarts it with backoff if it exits, until stopped.
+/// Keeps a ready revision running: restarts it with backoff if it exits, and kills it first when
+/// it stops answering `/health` at all (hung), until stopped.
 fn supervise(launch: Launch, tail: Tail, mut child: Child, mut stop: oneshot::Receiver<()>) {
     tokio::spawn(async move {
         let mut backoff = Duration::from_millis(500);
+        let mut probes = tokio::time::interval(LIVENESS_PERIOD);
+        probes.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut unanswered = 0;
+        // A restarted process gets the time a new revision gets to answer first.
+        let mut started = tokio::time::Instant::now();
+        let mut answered_since_start = true;
         loop {
             tokio::select! {
                 _ = &mut stop => {
                     let _ = child.kill().await;
                     return;
+                }
+                _ = probes.tick() => {
+                    // Any answer, even 503 (a Python shim recycling), is a live process.
+                    if answers_health(launch.port).await {
+                        unanswered = 0;
+                        answered_since_start = true;
+                        continue;
+                    }
+                    if !answered_since_start && started.elapsed() < READY_WITHIN {
+                        continue;
+                    }
+                    unanswered += 1;
+                    if unanswered < LIVENESS_FAILURES {
+                        continue;
+                    }
+                    unanswered = 0;
+                    let said = format!(
+                        "klambda: the process did not answer /health {LIVENESS_FAILURES} times in a row ({LIVENESS_TIMEOUT:?} each, every {LIVENESS_PERIOD:?}); killed, and restarted"
+                    );
+                    tracing::warn!(port = launch.port, "{said}");
+                    push_line(&tail, said);
+                    let _ = child.start_kill();
                 }
                 status = child.wait() => {
                     tracing::warn!(port = launch.port, ?status, ?backoff, "function process exited; restarting");
@@ -556,10 +587,35 @@ fn supervise(launch: Launch, tail: Tail, mut child: Child, mut stop: oneshot::Re
                         Ok(next) => child = next,
                         Err(error) => tracing::error!(%error, "function process could not restart"),
                     }
+                    started = tokio::time::Instant::now();
+                    answered_since_start = false;
+                    probes.reset();
                 }
             }
         }
     });
+}
+
+/// Whether something answers `GET /health` on `port` within [`LIVENESS_TIMEOUT`].
+async fn answers_health(port: u16) -> bool {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+    let Ok(uri) = format!("http://127.0.0.1:{port}/health").parse::<http::Uri>() else {
+        return false;
+    };
+    matches!(
+        tokio::time::timeout(LIVENESS_TIMEOUT, client.get(uri)).await,
+        Ok(Ok(_))
+    )
+}
+
+/// Adds `line` to the revision's output, keeping the last [`TAIL`] lines.
+fn push_line(tail: &Tail, line: String) {
+    if let Ok(mut tail) = tail.lock() {
+        tail.push_back(line);
+        while tail.len() > TAIL {
+            tail.pop_front();
+        }
+    }
 }
 
 /// Starts a revision and waits until it is ready; on success it is supervised.
