@@ -254,7 +254,8 @@ async fn settle(work: &Work, message: Message) {
             // Not a CloudEvent: nothing can deliver it. The queue dead-letters what is rejected,
             // so it is kept (in the dead-letter queue, or parked from there) for an operator.
             tracing::error!(queue = %work.queue, ?problems, "a message in the queue is not a CloudEvent; rejecting it to the dead letters");
-            let _ = acker.reject(BasicRejectOptions { requeue: false }).await;
+            let rejected = acker.reject(BasicRejectOptions { requeue: false });
+            let _ = within(OPERATION_DEADLINE, "rejecting a message", rejected).await;
             return;
         }
     };
@@ -292,18 +293,22 @@ async fn settle(work: &Work, message: Message) {
         Err(error) => {
             tracing::warn!(queue = %work.queue, %error, "outcome not safe yet; the message goes back to the queue");
             tokio::time::sleep(SETTLE_RETRY).await;
-            let _ = acker
-                .nack(BasicNackOptions {
-                    requeue: true,
-                    ..BasicNackOptions::default()
-                })
-                .await;
+            let handed_back = acker.nack(BasicNackOptions {
+                requeue: true,
+                ..BasicNackOptions::default()
+            });
+            // Bounded like every operation: on a connection that died unnoticed, an answer
+            // never comes, and the consumer must get back to noticing it.
+            let _ = within(OPERATION_DEADLINE, "handing a message back", handed_back).await;
         }
     }
 }
 
 async fn ack(work: &Work, acker: &Acker) {
-    if let Err(error) = acker.ack(BasicAckOptions::default()).await {
+    // Bounded: an ack on a connection that died unnoticed (RabbitMQ restarting) would otherwise
+    // wait forever, and with it the consumer that should reconnect.
+    let acked = acker.ack(BasicAckOptions::default());
+    if let Err(error) = within(OPERATION_DEADLINE, "acknowledging a message", acked).await {
         // The channel broke after the outcome was made safe: RabbitMQ redelivers the message,
         // and the stage's idempotence makes the second delivery harmless.
         tracing::warn!(queue = %work.queue, %error, "ack failed; the message will be redelivered");
