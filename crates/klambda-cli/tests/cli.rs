@@ -169,6 +169,46 @@ fn deploy_invoke_redeploy_replay_delete() -> Result<()> {
     let status: serde_json::Value = serde_json::from_slice(&status.stdout)?;
     assert_eq!(status["phase"], "ready");
     assert_eq!(status["revision"], "hello-node-00001");
+    // What actually runs it: the machine's Node.js, of the major version the runtime id names.
+    let node = Command::new("node")
+        .args(["-p", "process.versions.node"])
+        .output()?;
+    let node = String::from_utf8_lossy(&node.stdout).trim().to_owned();
+    assert_eq!(status["runtime"], format!("Node.js {node}"), "{status}");
+    let table = text(&klambda(&up, &["status"])?);
+    let header = table.lines().next().unwrap_or_default();
+    assert!(header.contains("RUNTIME"), "{table}");
+    assert!(table.contains(&format!("Node.js {node}")), "{table}");
+    // Every row's URL column starts where the header's does, whatever the widths.
+    let column = header.find("URL / LAST ERROR").context("the header")?;
+    for row in table.lines().skip(1) {
+        assert!(
+            row.get(column..).is_some_and(|r| r.starts_with("http://")),
+            "{table}"
+        );
+    }
+
+    // A runtime id whose version is not installed here: refused, saying what was found.
+    let other = if node.starts_with("20.") {
+        "nodejs22"
+    } else {
+        "nodejs20"
+    };
+    let dir = data.join("other-node");
+    copy_example("examples/hello-node", &dir)?;
+    let manifest = std::fs::read_to_string(dir.join("klambda.json"))?
+        .replace("\"nodejs20\"", &format!("\"{other}\""))
+        .replace("\"hello-node\"", "\"other-node\"");
+    std::fs::write(dir.join("klambda.json"), manifest)?;
+    let refused = klambda(&up, &["deploy", &dir.display().to_string()])?;
+    let said = text(&refused);
+    assert!(!refused.status.success(), "{said}");
+    assert!(
+        said.contains("runtimeUnavailable")
+            && said.contains(&format!("found Node.js {node}"))
+            && said.contains("KLAMBDA_INTERPRETERS"),
+        "{said}"
+    );
 
     // Replay a recorded submission: the log keeps it once and nothing changes.
     let events = klambda(&up, &["events", "hello-node", "--output", "json"])?;

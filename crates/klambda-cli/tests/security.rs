@@ -97,6 +97,7 @@ async fn forged_events_are_refused_at_the_edge_and_behind_it() -> Result<()> {
         function: FunctionName::new(victim.clone())?,
         revision: format!("{victim}-00001"),
         url: "http://attacker.example".into(),
+        runtime: None,
     });
     let job = json!({"apiVersion": "batch/v1", "kind": "Job",
                      "metadata": {"name": "klambda-forged", "namespace": "knative-lambda-builds"}});

@@ -168,19 +168,23 @@ pub enum BuildFailureCause {
     Unschedulable,
     /// The builder image could not be pulled.
     ImagePull,
+    /// The interpreter the runtime id names (`python3.13`: a Python 3.13) is not installed where
+    /// the build runs (one machine; a cluster's image pins it).
+    RuntimeUnavailable,
     /// Anything else.
     Unknown,
 }
 
 impl BuildFailureCause {
     /// Every cause, for metrics that start each series at zero.
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 8] = [
         Self::DependencyResolution,
         Self::CompileError,
         Self::RegistryAuth,
         Self::OutOfMemory,
         Self::Unschedulable,
         Self::ImagePull,
+        Self::RuntimeUnavailable,
         Self::Unknown,
     ];
 
@@ -193,6 +197,7 @@ impl BuildFailureCause {
             Self::OutOfMemory => "out_of_memory",
             Self::Unschedulable => "unschedulable",
             Self::ImagePull => "image_pull",
+            Self::RuntimeUnavailable => "runtime_unavailable",
             Self::Unknown => "unknown",
         }
     }
@@ -293,6 +298,10 @@ pub struct ServiceReadiness {
     pub revision: String,
     /// Where to reach it.
     pub url: String,
+    /// What runs it, when the deployer knows (`Python 3.11.2` on one machine, where the runtime
+    /// id's version is found on the machine; a cluster's image pins it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<String>,
 }
 
 /// `service.failed`: a revision did not become ready.

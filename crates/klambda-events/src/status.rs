@@ -34,6 +34,9 @@ pub struct FunctionStatus {
     /// Where it is served.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
+    /// What runs the serving revision, when known (`Python 3.11.2`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<String>,
     /// The last error, while failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,

@@ -10,6 +10,7 @@
 
 pub mod archive;
 pub mod context;
+pub mod interpreter;
 
 use std::collections::BTreeMap;
 

@@ -53,6 +53,7 @@ pub const SETTINGS: &[StageSetting] = &[
     StageSetting::new("KLAMBDA_BUILDER", "where builds run: local or kubernetes").default("local"),
     StageSetting::new("KLAMBDA_BUILD_DIR", "local builds' work directory")
         .default("klambda-builds"),
+    StageSetting::new("KLAMBDA_INTERPRETERS", klambda_runtimes::interpreter::HELP),
     StageSetting::new(
         klambda_kube::KUBECONFIG,
         "kubernetes: a kubeconfig instead of the pod's ServiceAccount",

@@ -51,6 +51,7 @@ pub const SETTINGS: &[klambda_harness::StageSetting] = &[
         "local: where the runner keeps its revisions, served again after a restart",
     )
     .default("klambda-runner"),
+    klambda_harness::StageSetting::new("KLAMBDA_INTERPRETERS", klambda_runtimes::interpreter::HELP),
     klambda_harness::StageSetting::new(
         klambda_kube::KUBECONFIG,
         "kubernetes: a kubeconfig instead of the pod's ServiceAccount",
@@ -213,6 +214,7 @@ impl ServiceDeployer {
                     function: function.clone(),
                     revision: revision.name,
                     url: revision.url,
+                    runtime: revision.runtime,
                 }),
             ),
             Deployment::Settled(Err(not_ready)) => Outcome::Reply(
@@ -343,6 +345,7 @@ fn observed(seen: Observation) -> Event {
             function: seen.function,
             revision,
             url,
+            runtime: None,
         }),
         Err(not_ready) => envelope.encode::<ServiceFailed>(&ServiceFailure {
             function: seen.function,

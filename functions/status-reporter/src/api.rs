@@ -63,6 +63,7 @@ fn status_of(state: FunctionState) -> FunctionStatus {
         commit: state.commit,
         image: state.image,
         url: state.url,
+        runtime: state.runtime,
         last_error: state.last_error,
         last_event_type: state.last_event_type,
         updated_at: time(state.updated_at),

@@ -33,6 +33,9 @@ pub struct FunctionState {
     /// Where it is served.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
+    /// What runs the serving revision, when the deployer said (`Python 3.11.2`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<String>,
     /// The last error, while failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
@@ -205,6 +208,7 @@ pub fn fold(
         commit: None,
         image: None,
         url: None,
+        runtime: None,
         last_error: None,
         last_event_type: String::new(),
         updated_at: received_at,
@@ -292,6 +296,7 @@ pub fn fold(
         if let Ok(ready) = decode::<ServiceReady>(event) {
             next.revision = Some(ready.revision);
             next.url = Some(ready.url);
+            next.runtime = ready.runtime;
         }
     } else if is(ServiceFailed::TYPE) {
         // A rollback refused (no such revision) changed nothing: what served still serves.
@@ -304,6 +309,7 @@ pub fn fold(
     } else if is(ServiceDeleted::TYPE) {
         next.phase = Phase::Deleted;
         next.url = None;
+        next.runtime = None;
     }
     // Other platform types (parser.started, function.deleted, build.cancel, function.rollback)
     // are recorded in the log and marked, without changing the phase.

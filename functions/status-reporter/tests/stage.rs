@@ -105,6 +105,7 @@ async fn records_folds_replies_and_serves() -> Result<()> {
             function: name(),
             revision: "hello-00001".into(),
             url: "http://hello.local".into(),
+            runtime: Some("Node.js 20.20.2".into()),
         });
     send(&server, ready).await?;
 
@@ -135,6 +136,7 @@ async fn records_folds_replies_and_serves() -> Result<()> {
     assert_eq!(function["phase"], "ready");
     assert_eq!(function["revision"], "hello-00001");
     assert_eq!(function["url"], "http://hello.local");
+    assert_eq!(function["runtime"], "Node.js 20.20.2");
     assert!(
         function.get("lastError").is_none(),
         "ready clears the error: {function}"

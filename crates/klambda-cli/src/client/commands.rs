@@ -141,31 +141,53 @@ pub async fn status(platform: &Api, name: Option<&str>, output: Output) -> Resul
         say!("{}", serde_json::to_string_pretty(&list)?);
         return Ok(0);
     }
-    say!(
-        "{:<24} {:<10} {:<16} URL / LAST ERROR",
-        "NAME",
-        "PHASE",
-        "REVISION"
-    );
-    for f in list {
-        let stalled = f.stalled.as_ref().map(|stalled| {
-            format!(
-                "stalled: waiting on {} for {} s (its deadline is {} s); `klambda replay` its last input",
-                stalled.stage, stalled.waiting_seconds, stalled.deadline_seconds
-            )
-        });
-        let tail = stalled.unwrap_or_else(|| {
-            f.url
-                .as_deref()
-                .or(f.last_error.as_deref())
-                .unwrap_or_default()
-                .to_owned()
-        });
+    let rows: Vec<[String; 5]> = list
+        .iter()
+        .map(|f| {
+            let stalled = f.stalled.as_ref().map(|stalled| {
+                format!(
+                    "stalled: waiting on {} for {} s (its deadline is {} s); `klambda replay` its last input",
+                    stalled.stage, stalled.waiting_seconds, stalled.deadline_seconds
+                )
+            });
+            let tail = stalled.unwrap_or_else(|| {
+                f.url
+                    .as_deref()
+                    .or(f.last_error.as_deref())
+                    .unwrap_or_default()
+                    .to_owned()
+            });
+            [
+                f.name.to_string(),
+                f.phase.label().to_owned(),
+                f.revision.clone().unwrap_or_else(|| "-".to_owned()),
+                f.runtime.clone().unwrap_or_else(|| "-".to_owned()),
+                tail,
+            ]
+        })
+        .collect();
+    // Each column as wide as its widest cell, so long names and revisions stay aligned.
+    let header = ["NAME", "PHASE", "REVISION", "RUNTIME", "URL / LAST ERROR"];
+    let width = |column: usize| {
+        rows.iter()
+            .map(|row| row[column].chars().count())
+            .chain([header[column].len()])
+            .max()
+            .unwrap_or_default()
+    };
+    let widths = [width(0), width(1), width(2), width(3)];
+    for row in std::iter::once(header.map(str::to_owned)).chain(rows) {
         say!(
-            "{:<24} {:<10} {:<16} {tail}",
-            f.name.as_str(),
-            f.phase.label(),
-            f.revision.as_deref().unwrap_or("-")
+            "{:<w0$}  {:<w1$}  {:<w2$}  {:<w3$}  {}",
+            row[0],
+            row[1],
+            row[2],
+            row[3],
+            row[4],
+            w0 = widths[0],
+            w1 = widths[1],
+            w2 = widths[2],
+            w3 = widths[3],
         );
     }
     Ok(0)

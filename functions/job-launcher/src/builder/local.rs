@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use klambda_events::data::BuildFailureCause;
-use klambda_runtimes::Template;
+use klambda_runtimes::{Template, interpreter};
 use klambda_storage::ObjectStore;
 use tokio::sync::oneshot;
 
@@ -74,15 +74,56 @@ impl LocalBuilder {
         let function = dir.join("function");
         let log_file = dir.join(BUILD_LOG);
         let descriptor = template.descriptor();
+        // The interpreter the runtime id names (`python3.13`: a Python 3.13), or no build.
+        let runtime = request.spec.runtime;
+        let found = tokio::task::spawn_blocking(move || {
+            interpreter::find(
+                runtime,
+                &std::env::var("KLAMBDA_INTERPRETERS").unwrap_or_default(),
+                &std::env::var("PATH").unwrap_or_default(),
+            )
+        })
+        .await;
+        let interpreter = match found {
+            Ok(Ok(interpreter)) => interpreter,
+            Ok(Err(error)) => {
+                return failed(
+                    BuildFailureCause::RuntimeUnavailable,
+                    error.to_string(),
+                    None,
+                );
+            }
+            Err(error) => return failed(BuildFailureCause::Unknown, error.to_string(), None),
+        };
+        append_log(
+            &log_file,
+            &format!(
+                "runtime {}: {} ({})\n",
+                runtime.id(),
+                interpreter.describe(runtime),
+                interpreter.program.display()
+            ),
+        )
+        .await;
+        // The runtime's own program in its commands (`python3 -m pip`) is that interpreter.
+        let program = descriptor.start.first().cloned().unwrap_or_default();
+        let with_interpreter = |command: &[String]| -> Vec<String> {
+            let mut command = command.to_vec();
+            if command.first() == Some(&program) {
+                command[0] = interpreter.program.display().to_string();
+            }
+            command
+        };
         for file in sources(&function, &descriptor.check.extensions) {
-            let mut command = descriptor.check.command.clone();
+            let mut command = with_interpreter(&descriptor.check.command);
             command.push(file.display().to_string());
             if let Err((reason, log)) = run(&command, &function, &log_file).await {
                 return failed(BuildFailureCause::CompileError, reason, Some(log));
             }
         }
         if function.join(&descriptor.dependency_file).is_file()
-            && let Err((reason, log)) = run(&descriptor.install, &function, &log_file).await
+            && let Err((reason, log)) =
+                run(&with_interpreter(&descriptor.install), &function, &log_file).await
         {
             return failed(BuildFailureCause::DependencyResolution, reason, Some(log));
         }

@@ -530,6 +530,8 @@ impl Deployer for KnativeServices {
                 digest: digest.clone(),
                 first: applied.first,
                 changed: applied.changed,
+                // The image pins the runtime's version.
+                runtime: None,
             };
             Ok(match (applied.ready.clone(), applied.revision.clone()) {
                 // A replay of what already serves: the same answer as the first time.
@@ -562,6 +564,7 @@ impl Deployer for KnativeServices {
                     digest,
                     first: false,
                     changed: true,
+                    runtime: None,
                 }),
             })
         })

@@ -53,6 +53,9 @@ const FAILURE_LINES: usize = 20;
 struct Launch {
     program: String,
     args: Vec<String>,
+    /// What the program is (`Python 3.11.2`): the interpreter found for the runtime id.
+    #[serde(default)]
+    runtime: Option<String>,
     env: Vec<(String, String)>,
     /// Secret env, by reference (variable, secret name): read from `secret_dir` each time the
     /// process starts, so values are never kept in the runner's state.
@@ -137,6 +140,7 @@ impl FunctionState {
                         digest: r.digest,
                         first: index == 0,
                         changed: true,
+                        runtime: r.launch.runtime.clone(),
                     },
                     config: r.config,
                     launch: r.launch,
@@ -332,13 +336,26 @@ fn launch_for(
             *arg = artifact.join("runtime").join(rest).display().to_string();
         }
     }
-    let (program, args) = start
+    let (_, args) = start
         .split_first()
         .ok_or_else(|| failed("the runtime's start command is empty".into()))?;
     let function = artifact.join("function");
     // Its own user and group, its artifact readable by it alone, a temporary directory of its
     // own (when the runner is root; see `sandbox`).
     let identity = super::sandbox::identity_of(&spec.name);
+    // The interpreter the runtime id names, found where the function's own user can run it.
+    let path = std::env::var("PATH").unwrap_or_default();
+    let path = match identity {
+        Some(_) => super::sandbox::reachable_path(&path),
+        None => path,
+    };
+    let overrides = std::env::var("KLAMBDA_INTERPRETERS").unwrap_or_default();
+    let interpreter = klambda_runtimes::interpreter::find(spec.runtime, &overrides, &path)
+        .map_err(|error| NotReady {
+            revision: None,
+            reason: "RuntimeUnavailable".into(),
+            message: error.to_string(),
+        })?;
     let tmp = identity
         .map(|id| super::sandbox::prepare(&artifact, id))
         .transpose()
@@ -369,7 +386,8 @@ fn launch_for(
         }
     }
     Ok(Launch {
-        program: program.clone(),
+        program: interpreter.program.display().to_string(),
+        runtime: Some(interpreter.describe(spec.runtime)),
         args: args.to_vec(),
         env,
         secrets: spec
@@ -720,6 +738,7 @@ impl LocalRunner {
             digest: digest.clone(),
             first,
             changed: true,
+            runtime: launch.runtime.clone(),
         };
         // The new revision is ready: only now does the previous one stop.
         if let Some(previous) = function.current {

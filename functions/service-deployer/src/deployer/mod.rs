@@ -31,6 +31,8 @@ pub struct Revision {
     pub first: bool,
     /// False when the requested deployment was already the serving revision (a replay).
     pub changed: bool,
+    /// What runs it, when the deployer knows (`Python 3.11.2` on one machine).
+    pub runtime: Option<String>,
 }
 
 /// Why a deployment did not become ready.
