@@ -48,8 +48,11 @@ pub async fn deploy(
             "{} {name} ({})",
             if exists { "updating" } else { "creating" },
             match &submission.source {
-                klambda_events::spec::SourceSubmission::Inline { files } =>
-                    format!("{} files", files.len()),
+                klambda_events::spec::SourceSubmission::Inline { files } => format!(
+                    "{} file{}",
+                    files.len(),
+                    if files.len() == 1 { "" } else { "s" }
+                ),
                 klambda_events::spec::SourceSubmission::S3 { url } => url.clone(),
                 klambda_events::spec::SourceSubmission::Git { url, .. }
                 | klambda_events::spec::SourceSubmission::Archive { url, .. } => url.clone(),

@@ -1,6 +1,8 @@
 //! What the tests of the real `klambda` binary share: `klambda up` on a free port, and the CLI
 //! run against it.
 
+#![allow(dead_code, reason = "each test file uses part of the helpers")]
+
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
