@@ -357,7 +357,7 @@ async fn run(cli: Cli) -> Result<i32> {
         Command::Status { name } => client::status(&platform, name.as_deref(), output).await,
         Command::Events { name } => client::events(&platform, &name, output).await,
         Command::Logs { name } => client::logs(&platform, &name, output).await,
-        Command::Replay { event_id } => client::replay(&platform, &event_id).await,
+        Command::Replay { event_id } => client::replay(&platform, &event_id, output).await,
         Command::Delete { name } => client::delete(&platform, &name, output).await,
         Command::Dlq { command } => {
             let command = match command {

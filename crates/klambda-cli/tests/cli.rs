@@ -219,8 +219,11 @@ fn deploy_invoke_redeploy_replay_delete() -> Result<()> {
             .context("events")?,
     )?;
     let id = first["event"]["id"].as_str().context("an event id")?;
-    let replayed = klambda(&up, &["replay", id])?;
+    let replayed = klambda(&up, &["replay", id, "--output", "json"])?;
     assert!(replayed.status.success(), "{}", text(&replayed));
+    let replayed: serde_json::Value =
+        serde_json::from_slice(&replayed.stdout).with_context(|| text(&replayed))?;
+    assert_eq!(replayed["replayed"], id);
 
     // Commands about what does not exist say so, fail, and change nothing: a rollback to a
     // revision that is not there leaves the function serving and ready; a rollback or delete of

@@ -229,7 +229,7 @@ pub async fn events(platform: &Api, name: &str, output: Output) -> Result<i32> {
 
 /// `klambda replay EVENT_ID`: publishes a recorded event again, exactly as recorded (the
 /// platform does it: the ingress takes only what clients may send).
-pub async fn replay(platform: &Api, id: &str) -> Result<i32> {
+pub async fn replay(platform: &Api, id: &str, output: Output) -> Result<i32> {
     let request = Request::post(format!("{}/events/{id}/replay", platform.endpoint))
         .body(Full::new(Bytes::new()))?;
     let answer = platform.send(request).await?;
@@ -241,7 +241,10 @@ pub async fn replay(platform: &Api, id: &str) -> Result<i32> {
             String::from_utf8_lossy(&answer.body)
         ),
     }
-    say!("replayed {id}");
+    match output {
+        Output::Json => say!("{}", serde_json::json!({ "replayed": id })),
+        Output::Text => say!("replayed {id}"),
+    }
     Ok(0)
 }
 

@@ -44,7 +44,10 @@ pub async fn secrets(platform: &Api, command: Secrets, output: Output) -> Result
                     String::from_utf8_lossy(&answer.body)
                 );
             }
-            say!("set {name}");
+            match output {
+                Output::Json => say!("{}", serde_json::json!({ "set": name })),
+                Output::Text => say!("set {name}"),
+            }
         }
         Secrets::List => {
             let names: Vec<String> = platform.get_json("/secrets").await?.unwrap_or_default();
@@ -61,6 +64,9 @@ pub async fn secrets(platform: &Api, command: Secrets, output: Output) -> Result
                 .body(Full::new(Bytes::new()))?;
             let answer = platform.send(request).await?;
             match answer.status {
+                204 if output == Output::Json => {
+                    say!("{}", serde_json::json!({ "deleted": name }));
+                }
                 204 => say!("deleted {name}"),
                 404 => {
                     eprintln!("no secret named {name}");
