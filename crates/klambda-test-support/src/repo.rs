@@ -25,12 +25,12 @@ pub fn root() -> PathBuf {
 }
 
 /// The shared folder with the Knative CRD schemas: `$KLAMBDA_SHARED_DIR`, else `../shared`
-/// beside the repository, else `/work/shared`.
+/// beside the repository (`.ci/run` names the workplace's copy when it clones elsewhere).
 pub fn shared_dir() -> Result<PathBuf> {
     let candidates = std::env::var_os("KLAMBDA_SHARED_DIR")
         .map(PathBuf::from)
         .into_iter()
-        .chain([root().join("../shared"), PathBuf::from("/work/shared")]);
+        .chain([root().join("../shared")]);
     let mut tried = Vec::new();
     for dir in candidates {
         if dir.join("schemas/knative").is_dir() {
