@@ -220,6 +220,65 @@ async fn a_hung_process_is_killed_and_restarted_and_its_output_says_why() -> Res
 }
 
 #[tokio::test]
+async fn a_function_over_its_memory_limit_is_killed_restarted_and_reported() -> Result<()> {
+    let probe = klambda_events::spec::Resources::default();
+    let Some(group) = service_deployer::deployer::limits::RevisionCgroup::create("probe", &probe)
+    else {
+        bail!(
+            "this test needs a cgroup the runner can write (/sys/fs/cgroup, v1 or v2): run the tests as root"
+        );
+    };
+    group.remove();
+    let runner = Arc::new(LocalRunner::new());
+    let rig = Rig {
+        deployer: Harness::new(ServiceDeployer::new(runner.clone())),
+        ..rig("hog")
+    };
+    let code = "exports.handler = async (e) => { if (e.mode === 'hog') { const kept = []; for (;;) kept.push(Buffer.alloc(16 * 1024 * 1024, 1)); } return { ok: true }; };";
+    let (mut spec, digest) = fixtures::inline_function(
+        "hog",
+        fixtures::runtime("nodejs20")?,
+        "index.handler",
+        &[("index.js", code)],
+    )?;
+    spec.resources.memory_mib = 128;
+    let image = fixtures::local_artifact(&spec, &rig.root.join("work").join(digest.hex()))?;
+    let ready = decode::<ServiceReady>(
+        &reply(&rig, fixtures::build_completed(spec, digest, &image)).await?,
+    )?;
+    // The call that allocates past 128 MiB gets no answer: its process is killed.
+    let hog = tokio::time::timeout(Duration::from_secs(20), invoke(&ready.url, "hog")).await;
+    assert!(
+        !matches!(hog, Ok(Ok(ref answer)) if answer.status == 200),
+        "the hog was answered: {hog:?}"
+    );
+    let started = Instant::now();
+    loop {
+        let call = tokio::time::timeout(Duration::from_secs(1), invoke(&ready.url, "")).await;
+        if let Ok(Ok(answer)) = call
+            && answer.status == 200
+        {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(20) {
+            bail!("the killed function was not restarted");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (_, lines) =
+        service_deployer::deployer::Deployer::logs(runner.as_ref(), &FunctionName::new("hog")?)
+            .await
+            .context("the runner has the function's output")?;
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("went over its memory limit (128 MiB")),
+        "{lines:#?}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
 async fn a_function_that_cannot_start_fails_with_its_output() -> Result<()> {
     let rig = rig("broken");
     let broken = built(&rig, "broken", "exports.somethingElse = 1;").await?;

@@ -56,6 +56,9 @@ struct Launch {
     /// What the program is (`Python 3.11.2`): the interpreter found for the runtime id.
     #[serde(default)]
     runtime: Option<String>,
+    /// The revision's cgroup (its memory and CPU limits), where the machine has one for it.
+    #[serde(default)]
+    cgroup: Option<super::limits::RevisionCgroup>,
     env: Vec<(String, String)>,
     /// Secret env, by reference (variable, secret name): read from `secret_dir` each time the
     /// process starts, so values are never kept in the runner's state.
@@ -183,6 +186,7 @@ impl LocalRunner {
     /// function recorded there is started again (on its port) before this returns, so a
     /// restarted runner serves what it served and never starts a second copy.
     pub async fn recover(state_dir: impl Into<PathBuf>) -> std::io::Result<Self> {
+        tokio::task::spawn_blocking(super::limits::sweep).await?;
         let state_dir = state_dir.into();
         tokio::fs::create_dir_all(&state_dir).await?;
         let mut functions = HashMap::new();
@@ -388,6 +392,7 @@ fn launch_for(
     Ok(Launch {
         program: interpreter.program.display().to_string(),
         runtime: Some(interpreter.describe(spec.runtime)),
+        cgroup: None,
         args: args.to_vec(),
         env,
         secrets: spec
@@ -457,7 +462,20 @@ fn spawn(launch: &Launch, tail: &Tail) -> Result<Child, String> {
             .ok_or_else(|| format!("the secret {secret} is not set"))?;
         secrets.push((variable.as_str(), value));
     }
-    let mut setpriv = Command::new("setpriv");
+    // In the revision's cgroup before the function's program runs, when there is one.
+    let group = launch
+        .cgroup
+        .as_ref()
+        .and_then(super::limits::RevisionCgroup::again);
+    let mut setpriv = match &group {
+        Some(group) => {
+            let wrapper = group.wrap();
+            let mut command = Command::new("/bin/sh");
+            command.args(&wrapper[1..]).arg("setpriv");
+            command
+        }
+        None => Command::new("setpriv"),
+    };
     let mut program = PathBuf::from(&launch.program);
     let mut reachable = None;
     if let Some(id) = launch.identity {
@@ -566,10 +584,14 @@ fn supervise(launch: Launch, tail: Tail, mut child: Child, mut stop: oneshot::Re
         // A restarted process gets the time a new revision gets to answer first.
         let mut started = tokio::time::Instant::now();
         let mut answered_since_start = true;
+        let mut oom_kills = launch.cgroup.as_ref().map_or(0, |g| g.oom_kills());
         loop {
             tokio::select! {
                 _ = &mut stop => {
                     let _ = child.kill().await;
+                    if let Some(group) = &launch.cgroup {
+                        group.remove();
+                    }
                     return;
                 }
                 _ = probes.tick() => {
@@ -596,6 +618,15 @@ fn supervise(launch: Launch, tail: Tail, mut child: Child, mut stop: oneshot::Re
                 }
                 status = child.wait() => {
                     tracing::warn!(port = launch.port, ?status, ?backoff, "function process exited; restarting");
+                    if let Some(group) = &launch.cgroup
+                        && group.oom_kills() > oom_kills
+                    {
+                        oom_kills = group.oom_kills();
+                        push_line(&tail, format!(
+                            "klambda: the process went over its memory limit ({} MiB, resources.memoryMib) and the kernel killed it (OOM); restarting",
+                            group.resources.memory_mib
+                        ));
+                    }
                     tokio::select! {
                         _ = &mut stop => return,
                         () = tokio::time::sleep(backoff) => {}
@@ -645,6 +676,9 @@ async fn start(launch: &Launch, name: &str, tail: &Tail) -> Result<oneshot::Send
     })?;
     if let Err(problem) = healthy(&mut child, launch.port).await {
         let _ = child.kill().await;
+        if let Some(group) = &launch.cgroup {
+            group.remove();
+        }
         // Give the output readers a moment to drain what the process said before it died.
         tokio::time::sleep(Duration::from_millis(100)).await;
         return Err(NotReady {
@@ -723,12 +757,21 @@ impl LocalRunner {
         self.save(&spec.name, &function).await;
         let name = format!("{}-{:05}", spec.name, function.next);
         let port = free_port()?;
-        let launch =
+        let mut launch =
             launch_for(spec, image, port, self.secret_dir.as_deref()).map_err(|e| NotReady {
                 revision: Some(name.clone()),
                 ..e
             })?;
+        // Named for this runner too: two platforms on one machine never share a group.
+        let group = format!("{name}.{}", std::process::id());
+        launch.cgroup = super::limits::RevisionCgroup::create(&group, &spec.resources);
         let output = Tail::default();
+        if launch.cgroup.is_none() {
+            push_line(
+                &output,
+                "klambda: memory and CPU limits are not enforced here: no cgroup the runner can write (run it as root, or on a cluster)".to_owned(),
+            );
+        }
         let stopper = start(&launch, &name, &output).await?;
         let first = function.revisions.is_empty();
         let revision = Revision {

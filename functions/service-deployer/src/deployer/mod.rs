@@ -4,6 +4,7 @@
 //! events, since a stage must not wait out a rollout on a cluster.
 
 pub mod knative;
+pub mod limits;
 pub mod local;
 pub mod sandbox;
 
