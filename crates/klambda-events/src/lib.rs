@@ -20,6 +20,7 @@
 //! - [`docs`]: the generated `docs/EVENTS.md` and `eventing/schemas/` files.
 
 pub mod catalogue;
+pub mod codec;
 pub mod data;
 pub mod digest;
 pub mod docs;

@@ -11,8 +11,8 @@ use cloudevents::event::{Data, ExtensionValue};
 use cloudevents::{AttributesReader, Event, EventBuilder, EventBuilderV10};
 use http::header::CONTENT_TYPE;
 use http::{HeaderMap, HeaderName, HeaderValue};
-use klambda_events::data::Problem;
-use klambda_events::envelope::is_json;
+use crate::data::Problem;
+use crate::envelope::is_json;
 use percent_encoding::{AsciiSet, CONTROLS, percent_decode_str, utf8_percent_encode};
 use serde_json::{Map, Value};
 
