@@ -241,13 +241,20 @@ impl Draft {
             );
         }
         if !body.is_empty() {
-            if content_type.as_deref().is_none_or(is_json) {
+            // Without a Content-Type the data is read as JSON where it is JSON (so its nesting
+            // is bounded), and kept as bytes where it is not: an event whose structured form
+            // carries `data_base64` and no `datacontenttype` travels this way, and a relay must
+            // be able to forward every event it accepted (found by fuzzing).
+            let declared_json = content_type.as_deref().is_some_and(is_json);
+            if declared_json || content_type.is_none() {
                 if json_depth(&body) > MAX_JSON_DEPTH {
                     self.problem(
                         "data",
                         format!("the data nests deeper than {MAX_JSON_DEPTH} levels"),
                     );
-                } else if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&body) {
+                } else if declared_json
+                    && let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&body)
+                {
                     self.problem("data", format!("the body is not valid JSON: {e}"));
                 }
             }
@@ -450,6 +457,24 @@ mod tests {
         };
         assert_eq!(problems.len(), 1, "{problems:?}");
         assert_eq!(problems[0].field, "id");
+    }
+
+    /// Found by `fuzz/fuzz_targets/codec_structured.rs`: the structured event decoded, but its
+    /// binary form (bytes, no Content-Type) was refused as "not valid JSON" by the next hop.
+    #[test]
+    fn an_event_with_base64_data_and_no_content_type_can_be_forwarded() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/cloudevents+json"),
+        );
+        let body = br#"{"specversion":"1.0","id":"e-2","source":"/t","type":"t.x","data_base64":"aGVsbG8="}"#;
+        let event = decode(&headers, Bytes::from_static(body)).unwrap();
+        let (headers, body) = encode_binary(&event);
+        assert!(headers.get(CONTENT_TYPE).is_none());
+        let again = decode(&headers, body.clone()).unwrap();
+        assert_eq!(encode_binary(&again), (headers, body));
+        assert_eq!(data_bytes(&again), Bytes::from_static(b"hello"));
     }
 
     #[test]
