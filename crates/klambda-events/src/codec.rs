@@ -4,6 +4,8 @@
 //! the first problem and answers plain text; a producer fixing a broken event wants every
 //! problem at once, as RFC 7807 problem details.
 
+use crate::data::Problem;
+use crate::envelope::is_json;
 use base64::Engine as _;
 use bytes::Bytes;
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -11,8 +13,6 @@ use cloudevents::event::{Data, ExtensionValue};
 use cloudevents::{AttributesReader, Event, EventBuilder, EventBuilderV10};
 use http::header::CONTENT_TYPE;
 use http::{HeaderMap, HeaderName, HeaderValue};
-use crate::data::Problem;
-use crate::envelope::is_json;
 use percent_encoding::{AsciiSet, CONTROLS, percent_decode_str, utf8_percent_encode};
 use serde_json::{Map, Value};
 
