@@ -29,7 +29,7 @@ use klambda_events::data::BuiltImage;
 use klambda_events::{BuildId, Envelope, EventType as _, decode};
 use klambda_harness::codec;
 use klambda_test_support::fixtures::EVENT_KEY;
-use klambda_test_support::http::{Reply, TestServer, get, post};
+use klambda_test_support::http::{Reply, TestServer, get, get_with, post};
 use klambda_test_support::jobs;
 use klambda_test_support::kubernetes::{FakeKube, service_account};
 use klambda_test_support::manifests::render;
@@ -84,11 +84,13 @@ fn secret(name: &str, key: &str) -> Option<String> {
         ("klambda-webhook-secrets", "buildkite-token") => BUILDKITE_TOKEN.to_owned(),
         ("klambda-webhook-secrets", "github-secret") => "boot-github-secret".to_owned(),
         ("klambda-event-keys", "keys") => EVENT_KEY.to_owned(),
+        ("klambda-api-token", "token") => API_TOKEN.to_owned(),
         _ => return None,
     })
 }
 
 const BUILDKITE_TOKEN: &str = "boot-buildkite-token";
+const API_TOKEN: &str = "boot-api-token";
 
 /// The container's environment as the kubelet gives it, then cluster addresses swapped for the
 /// stand-ins. Fails on a reference nothing here can resolve, so a new Secret or ConfigMap in a
@@ -525,7 +527,17 @@ async fn every_deployed_binary_boots_with_its_manifests_environment_and_handles_
             answer.body
         );
     }
-    let status = get(&format!("{}/functions/{function}", reporter.url)).await?;
+    // Its API asks for the token; the broker's deliveries above did not need it.
+    let refused = get(&format!("{}/functions/{function}", reporter.url)).await?;
+    ensure!(
+        refused.status == 401,
+        "status without the token: {refused:?}"
+    );
+    let status = get_with(
+        &format!("{}/functions/{function}", reporter.url),
+        &[("authorization", &format!("Bearer {API_TOKEN}"))],
+    )
+    .await?;
     ensure!(status.status == 200, "status: {status:?}");
     let status = status.json()?;
     ensure!(

@@ -41,12 +41,23 @@ use crate::fold::{FunctionState, fold, function_of};
 use crate::store::StatusStore;
 
 /// The settings this stage reads besides the harness's.
-pub const SETTINGS: &[klambda_harness::StageSetting] = &[klambda_harness::StageSetting::new(
-    "DATABASE_URL",
-    "the status store: sqlite:PATH or postgres://…",
-)
-.default(DEFAULT_DATABASE_URL)
-.secret()];
+pub const SETTINGS: &[klambda_harness::StageSetting] = &[
+    klambda_harness::StageSetting::new(
+        "DATABASE_URL",
+        "the status store: sqlite:PATH or postgres://…",
+    )
+    .default(DEFAULT_DATABASE_URL)
+    .secret(),
+    klambda_harness::StageSetting::new(
+        "KLAMBDA_API_TOKEN",
+        "required: the token the status and dead-letter API asks for (Authorization: Bearer; the CLI's KLAMBDA_TOKEN)",
+    )
+    .secret(),
+];
+
+/// What a client without the API token is told.
+const TOKEN_HINT: &str =
+    "the platform's API token (the klambda-api-token Secret; the CLI reads KLAMBDA_TOKEN)";
 
 /// The store used when `DATABASE_URL` is not set.
 pub const DEFAULT_DATABASE_URL: &str = "sqlite:klambda-status.db";
@@ -55,12 +66,24 @@ pub const DEFAULT_DATABASE_URL: &str = "sqlite:klambda-status.db";
 #[derive(Clone)]
 pub struct StatusReporter {
     store: Arc<dyn StatusStore>,
+    /// The token its API asks for; `None` where something in front asks for it (`klambda up`).
+    api_token: Option<klambda_harness::auth::BearerToken>,
 }
 
 impl StatusReporter {
     /// A reporter over `store`.
     pub fn new(store: Arc<dyn StatusStore>) -> Self {
-        Self { store }
+        Self {
+            store,
+            api_token: None,
+        }
+    }
+
+    /// Asks every request to its API (not the broker's deliveries, not `/health`, `/ready` or
+    /// `/metrics`) for `token` as `Authorization: Bearer`.
+    pub fn with_api_token(mut self, token: &str) -> Self {
+        self.api_token = Some(klambda_harness::auth::BearerToken::new(token, TOKEN_HINT));
+        self
     }
 
     /// Records `event` without answering it. The embedded platform's ingress keeps a client's
@@ -96,7 +119,14 @@ impl StatusReporter {
                 }
             )],
         })?;
-        Ok(Self::new(Arc::from(store)))
+        // The API reveals every function's history and changes dead letters: never open.
+        let token = config.setting("KLAMBDA_API_TOKEN").ok_or_else(|| ConfigError {
+            problems: vec![
+                "KLAMBDA_API_TOKEN is required: the token the status API asks for (docs/SECURITY.md)"
+                    .to_owned(),
+            ],
+        })?;
+        Ok(Self::new(Arc::from(store)).with_api_token(&token))
     }
 }
 
@@ -145,7 +175,14 @@ impl Handler for StatusReporter {
     }
 
     fn routes(&self) -> axum::Router {
-        api::routes(Arc::clone(&self.store))
+        let routes = api::routes(Arc::clone(&self.store));
+        match &self.api_token {
+            Some(token) => routes.layer(axum::middleware::from_fn_with_state(
+                token.clone(),
+                klambda_harness::auth::require_bearer,
+            )),
+            None => routes,
+        }
     }
 
     async fn ready(&self) -> Result<(), String> {
