@@ -241,20 +241,13 @@ impl Draft {
             );
         }
         if !body.is_empty() {
-            // Without a Content-Type the data is read as JSON where it is JSON (so its nesting
-            // is bounded), and kept as bytes where it is not: an event whose structured form
-            // carries `data_base64` and no `datacontenttype` travels this way, and a relay must
-            // be able to forward every event it accepted (found by fuzzing).
-            let declared_json = content_type.as_deref().is_some_and(is_json);
-            if declared_json || content_type.is_none() {
+            if content_type.as_deref().is_none_or(is_json) {
                 if json_depth(&body) > MAX_JSON_DEPTH {
                     self.problem(
                         "data",
                         format!("the data nests deeper than {MAX_JSON_DEPTH} levels"),
                     );
-                } else if declared_json
-                    && let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&body)
-                {
+                } else if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&body) {
                     self.problem("data", format!("the body is not valid JSON: {e}"));
                 }
             }
@@ -376,6 +369,22 @@ pub fn into_binary(mut event: Event) -> (HeaderMap, Bytes) {
 }
 
 /// The `ce-*` headers (and `Content-Type`) of `event` in binary mode.
+/// The content type `event`'s data travels with in binary mode (HTTP `Content-Type`, AMQP
+/// `content_type`): its `datacontenttype`, else `application/octet-stream` for bytes that are not
+/// JSON (structured `data_base64` without `datacontenttype`), since data without a type must be
+/// JSON and the next hop would refuse them (found by fuzzing), else none.
+pub fn wire_content_type(event: &Event) -> Option<&str> {
+    match (event.datacontenttype(), event.data()) {
+        (Some(declared), _) => Some(declared),
+        (None, Some(Data::Binary(bytes)))
+            if serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_err() =>
+        {
+            Some("application/octet-stream")
+        }
+        _ => None,
+    }
+}
+
 fn binary_headers(event: &Event) -> HeaderMap {
     let mut headers = HeaderMap::with_capacity(8);
     visit_attributes(event, |name, value| {
@@ -388,7 +397,7 @@ fn binary_headers(event: &Event) -> HeaderMap {
             headers.insert(name, value);
         }
     });
-    if let Some(ct) = event.datacontenttype()
+    if let Some(ct) = wire_content_type(event)
         && let Ok(value) = HeaderValue::from_str(ct)
     {
         headers.insert(CONTENT_TYPE, value);
@@ -471,7 +480,7 @@ mod tests {
         let body = br#"{"specversion":"1.0","id":"e-2","source":"/t","type":"t.x","data_base64":"aGVsbG8="}"#;
         let event = decode(&headers, Bytes::from_static(body)).unwrap();
         let (headers, body) = encode_binary(&event);
-        assert!(headers.get(CONTENT_TYPE).is_none());
+        assert_eq!(headers[CONTENT_TYPE], "application/octet-stream");
         let again = decode(&headers, body.clone()).unwrap();
         assert_eq!(encode_binary(&again), (headers, body));
         assert_eq!(data_bytes(&again), Bytes::from_static(b"hello"));

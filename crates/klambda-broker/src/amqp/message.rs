@@ -28,7 +28,7 @@ pub fn encode(event: &Event) -> (BasicProperties, Vec<u8>) {
     let mut properties = BasicProperties::default()
         .with_message_id(ShortString::from(event.id()))
         .with_delivery_mode(PERSISTENT);
-    if let Some(content_type) = event.datacontenttype() {
+    if let Some(content_type) = codec::wire_content_type(event) {
         headers.insert(
             ShortString::from(CONTENT_TYPE_HEADER),
             AMQPValue::LongString(LongString::from(content_type)),
