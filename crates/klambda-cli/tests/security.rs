@@ -489,7 +489,7 @@ async fn secret_values_reach_the_function_and_nothing_else() -> Result<()> {
 /// and write its own temporary directory. The separation needs the runner to be root (each
 /// function then runs as a user of its own), as it is where the tests run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_function_sees_only_its_own() -> Result<()> {
+async fn a_function_sees_only_its_own_and_its_memory_is_bounded() -> Result<()> {
     ensure!(
         std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m))? == 0,
         "run the tests as root: functions get users of their own only under a root runner"
@@ -537,6 +537,48 @@ exports.handler = async (e) => {
         klambda(&platform, &["status", "neighbour", "--output", "json"])
     })?;
     let status: Value = serde_json::from_slice(&status.stdout)?;
+    // A function over its memory limit is killed by the kernel, not the platform, and says so.
+    let dir = data.join("hog");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(
+        dir.join("klambda.json"),
+        json!({"name": "hog", "runtime": "nodejs20", "handler": "index.handler",
+               "resources": {"memoryMib": 128}})
+        .to_string(),
+    )?;
+    std::fs::write(
+        dir.join("index.js"),
+        "exports.handler = async () => { const kept = []; for (;;) kept.push(Buffer.alloc(16 << 20, 1)); };",
+    )?;
+    let dir_arg = dir.display().to_string();
+    let deployed = tokio::task::block_in_place(|| klambda(&platform, &["deploy", &dir_arg]))?;
+    ensure!(deployed.status.success(), "{}", text(&deployed));
+    let hog = tokio::task::block_in_place(|| klambda(&platform, &["invoke", "hog"]))?;
+    ensure!(
+        !hog.status.success(),
+        "the hog was answered: {}",
+        text(&hog)
+    );
+    let started = std::time::Instant::now();
+    loop {
+        let logs = tokio::task::block_in_place(|| klambda(&platform, &["logs", "hog"]))?;
+        if text(&logs).contains("went over its memory limit (128 MiB") {
+            break;
+        }
+        ensure!(
+            started.elapsed() < std::time::Duration::from_secs(15),
+            "no OOM report in the logs:\n{}",
+            text(&logs)
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    ensure!(
+        tokio::task::block_in_place(|| klambda(&platform, &["status"]))?
+            .status
+            .success(),
+        "the platform still answers"
+    );
+
     let neighbour = status["image"]
         .as_str()
         .and_then(|i| i.strip_prefix("local:"))
