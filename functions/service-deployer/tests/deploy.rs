@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result, bail, ensure};
 use cloudevents::{AttributesReader as _, Event};
 use klambda_events::catalogue::{
     BuildCompleted, FunctionDeleted, FunctionRollback, ServiceCreated, ServiceDeleted,
@@ -193,29 +193,41 @@ async fn a_hung_process_is_killed_and_restarted_and_its_output_says_why() -> Res
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // Three unanswered probes (one every 2 s), a kill, a restart on the same URL.
+    serves_again_and_said(
+        &runner,
+        "hangs",
+        &ready.url,
+        "did not answer /health 3 times",
+    )
+    .await
+}
+
+/// Waits (30 s at most) until the function `name` of `runner` answers at `url` again, then
+/// checks its output holds a line with `said`: a process the runner killed came back, and why
+/// it was killed is there to read.
+async fn serves_again_and_said(
+    runner: &LocalRunner,
+    name: &str,
+    url: &str,
+    said: &str,
+) -> Result<()> {
     let started = Instant::now();
     loop {
-        let call = tokio::time::timeout(Duration::from_secs(1), invoke(&ready.url, "")).await;
+        let call = tokio::time::timeout(Duration::from_secs(1), invoke(url, "")).await;
         if let Ok(Ok(answer)) = call
             && answer.status == 200
         {
             break;
         }
         if started.elapsed() > Duration::from_secs(30) {
-            bail!("the hung function was not restarted");
+            bail!("{name} was not started again");
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let (_, lines) =
-        service_deployer::deployer::Deployer::logs(runner.as_ref(), &FunctionName::new("hangs")?)
-            .await
-            .context("the runner has the function's output")?;
-    assert!(
-        lines
-            .iter()
-            .any(|l| l.contains("did not answer /health 3 times")),
-        "{lines:#?}"
-    );
+    let (_, lines) = service_deployer::deployer::Deployer::logs(runner, &FunctionName::new(name)?)
+        .await
+        .context("the runner has the function's output")?;
+    ensure!(lines.iter().any(|l| l.contains(said)), "{lines:#?}");
     Ok(())
 }
 
@@ -252,30 +264,13 @@ async fn a_function_over_its_memory_limit_is_killed_restarted_and_reported() -> 
         !matches!(hog, Ok(Ok(ref answer)) if answer.status == 200),
         "the hog was answered: {hog:?}"
     );
-    let started = Instant::now();
-    loop {
-        let call = tokio::time::timeout(Duration::from_secs(1), invoke(&ready.url, "")).await;
-        if let Ok(Ok(answer)) = call
-            && answer.status == 200
-        {
-            break;
-        }
-        if started.elapsed() > Duration::from_secs(20) {
-            bail!("the killed function was not restarted");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let (_, lines) =
-        service_deployer::deployer::Deployer::logs(runner.as_ref(), &FunctionName::new("hog")?)
-            .await
-            .context("the runner has the function's output")?;
-    assert!(
-        lines
-            .iter()
-            .any(|l| l.contains("went over its memory limit (128 MiB")),
-        "{lines:#?}"
-    );
-    Ok(())
+    serves_again_and_said(
+        &runner,
+        "hog",
+        &ready.url,
+        "went over its memory limit (128 MiB",
+    )
+    .await
 }
 
 #[tokio::test]
