@@ -87,10 +87,13 @@ impl RevisionCgroup {
         })
     }
 
-    /// The same group created again where it is gone (a machine restarted under a runner that
-    /// serves its revisions again); `None` when it cannot be.
-    pub fn again(&self) -> Option<Self> {
-        Self::create(&self.revision, &self.resources)
+    /// A group of its own for one process of this revision (`<revision>.<n>`), with the same
+    /// limits: a process started again never shares a group with one still leaving, nor loses
+    /// its group to that one's cleanup. `None` when it cannot be created.
+    pub fn fresh(&self) -> Option<Self> {
+        static STARTED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Self::create(&format!("{}.{n}", self.revision), &self.resources)
     }
 
     /// How many times the kernel killed a process of this group for its memory.

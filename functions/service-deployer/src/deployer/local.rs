@@ -446,7 +446,24 @@ pub const INHERITED_ENV: &[&str] = &[
 /// Starts the process, keeping the last lines of its output in `tail`. It runs under
 /// `setpriv --pdeathsig KILL`, so it dies when the runner dies, however the runner dies, with a
 /// cleared environment: [`INHERITED_ENV`], then the function's own env and the shim's settings.
-fn spawn(launch: &Launch, tail: &Tail) -> Result<Child, String> {
+/// A started function process and the cgroup it runs in (one per process, so a revision started
+/// again never shares, or loses, a group another process is leaving).
+struct Running {
+    child: Child,
+    group: Option<super::limits::RevisionCgroup>,
+}
+
+impl Running {
+    /// Kills the process and removes its group.
+    async fn end(mut self) {
+        let _ = self.child.kill().await;
+        if let Some(group) = &self.group {
+            group.remove();
+        }
+    }
+}
+
+fn spawn(launch: &Launch, tail: &Tail) -> Result<Running, String> {
     let inherited = INHERITED_ENV
         .iter()
         .filter_map(|name| Some((*name, std::env::var_os(name)?)));
@@ -466,7 +483,7 @@ fn spawn(launch: &Launch, tail: &Tail) -> Result<Child, String> {
     let group = launch
         .cgroup
         .as_ref()
-        .and_then(super::limits::RevisionCgroup::again);
+        .and_then(super::limits::RevisionCgroup::fresh);
     let mut setpriv = match &group {
         Some(group) => {
             let wrapper = group.wrap();
@@ -535,7 +552,7 @@ fn spawn(launch: &Launch, tail: &Tail) -> Result<Child, String> {
             }
         });
     }
-    Ok(child)
+    Ok(Running { child, group })
 }
 
 fn tail_lines(tail: &SyncMutex<VecDeque<String>>, last: usize) -> Vec<String> {
@@ -575,7 +592,7 @@ async fn healthy(child: &mut Child, port: u16) -> Result<(), String> {
 
 /// Keeps a ready revision running: restarts it with backoff if it exits, and kills it first when
 /// it stops answering `/health` at all (hung), until stopped.
-fn supervise(launch: Launch, tail: Tail, mut child: Child, mut stop: oneshot::Receiver<()>) {
+fn supervise(launch: Launch, tail: Tail, mut running: Running, mut stop: oneshot::Receiver<()>) {
     tokio::spawn(async move {
         let mut backoff = Duration::from_millis(500);
         let mut probes = tokio::time::interval(LIVENESS_PERIOD);
@@ -584,14 +601,10 @@ fn supervise(launch: Launch, tail: Tail, mut child: Child, mut stop: oneshot::Re
         // A restarted process gets the time a new revision gets to answer first.
         let mut started = tokio::time::Instant::now();
         let mut answered_since_start = true;
-        let mut oom_kills = launch.cgroup.as_ref().map_or(0, |g| g.oom_kills());
         loop {
             tokio::select! {
                 _ = &mut stop => {
-                    let _ = child.kill().await;
-                    if let Some(group) = &launch.cgroup {
-                        group.remove();
-                    }
+                    running.end().await;
                     return;
                 }
                 _ = probes.tick() => {
@@ -614,18 +627,20 @@ fn supervise(launch: Launch, tail: Tail, mut child: Child, mut stop: oneshot::Re
                     );
                     tracing::warn!(port = launch.port, "{said}");
                     push_line(&tail, said);
-                    let _ = child.start_kill();
+                    let _ = running.child.start_kill();
                 }
-                status = child.wait() => {
+                status = running.child.wait() => {
                     tracing::warn!(port = launch.port, ?status, ?backoff, "function process exited; restarting");
-                    if let Some(group) = &launch.cgroup
-                        && group.oom_kills() > oom_kills
+                    if let Some(group) = &running.group
+                        && group.oom_kills() > 0
                     {
-                        oom_kills = group.oom_kills();
                         push_line(&tail, format!(
                             "klambda: the process went over its memory limit ({} MiB, resources.memoryMib) and the kernel killed it (OOM); restarting",
                             group.resources.memory_mib
                         ));
+                    }
+                    if let Some(group) = &running.group {
+                        group.remove();
                     }
                     tokio::select! {
                         _ = &mut stop => return,
@@ -633,7 +648,7 @@ fn supervise(launch: Launch, tail: Tail, mut child: Child, mut stop: oneshot::Re
                     }
                     backoff = (backoff * 2).min(Duration::from_secs(30));
                     match spawn(&launch, &tail) {
-                        Ok(next) => child = next,
+                        Ok(next) => running = next,
                         Err(error) => tracing::error!(%error, "function process could not restart"),
                     }
                     started = tokio::time::Instant::now();
@@ -669,16 +684,13 @@ fn push_line(tail: &Tail, line: String) {
 
 /// Starts a revision and waits until it is ready; on success it is supervised.
 async fn start(launch: &Launch, name: &str, tail: &Tail) -> Result<oneshot::Sender<()>, NotReady> {
-    let mut child = spawn(launch, tail).map_err(|message| NotReady {
+    let mut running = spawn(launch, tail).map_err(|message| NotReady {
         revision: Some(name.to_owned()),
         reason: "RevisionFailed".into(),
         message,
     })?;
-    if let Err(problem) = healthy(&mut child, launch.port).await {
-        let _ = child.kill().await;
-        if let Some(group) = &launch.cgroup {
-            group.remove();
-        }
+    if let Err(problem) = healthy(&mut running.child, launch.port).await {
+        running.end().await;
         // Give the output readers a moment to drain what the process said before it died.
         tokio::time::sleep(Duration::from_millis(100)).await;
         return Err(NotReady {
@@ -690,7 +702,7 @@ async fn start(launch: &Launch, name: &str, tail: &Tail) -> Result<oneshot::Send
         });
     }
     let (stop, stopped) = oneshot::channel();
-    supervise(launch.clone(), Arc::clone(tail), child, stopped);
+    supervise(launch.clone(), Arc::clone(tail), running, stopped);
     Ok(stop)
 }
 
@@ -764,7 +776,10 @@ impl LocalRunner {
             })?;
         // Named for this runner too: two platforms on one machine never share a group.
         let group = format!("{name}.{}", std::process::id());
-        launch.cgroup = super::limits::RevisionCgroup::create(&group, &spec.resources);
+        // The revision's limits; each process of it gets a group of its own (`fresh`), so this
+        // one only shows that the machine has groups to give.
+        launch.cgroup = super::limits::RevisionCgroup::create(&group, &spec.resources)
+            .inspect(super::limits::RevisionCgroup::remove);
         let output = Tail::default();
         if launch.cgroup.is_none() {
             push_line(
