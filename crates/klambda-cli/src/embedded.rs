@@ -165,6 +165,7 @@ fn stage<H: Handler>(
         .with_publisher(Arc::new(ingress.clone()))
         .with_metrics(Arc::new(metrics.for_stage(name)))
         .with_event_keys(Arc::clone(keys));
+    harness.start();
     (name.to_owned(), Arc::new(InProcess::new(harness, name)))
 }
 

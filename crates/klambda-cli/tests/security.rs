@@ -572,11 +572,28 @@ exports.handler = async (e) => {
         );
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
+    // Its status says so too, and the platform still answers.
+    loop {
+        let status =
+            tokio::task::block_in_place(|| klambda(&platform, &["status", "hog", "-o", "json"]))?;
+        ensure!(status.status.success(), "{}", text(&status));
+        let status: Value = serde_json::from_slice(&status.stdout)?;
+        if status["lastRestart"]["reason"] == "OOMKilled" {
+            ensure!(status["phase"] == "ready", "{status}");
+            ensure!(status["restarts"].as_u64() >= Some(1), "{status}");
+            break;
+        }
+        ensure!(
+            started.elapsed() < std::time::Duration::from_secs(15),
+            "no OOMKilled restart in the status: {status}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let table = tokio::task::block_in_place(|| klambda(&platform, &["status"]))?;
     ensure!(
-        tokio::task::block_in_place(|| klambda(&platform, &["status"]))?
-            .status
-            .success(),
-        "the platform still answers"
+        table.status.success() && text(&table).contains("(OOMKilled)"),
+        "{}",
+        text(&table)
     );
 
     let neighbour = status["image"]

@@ -266,6 +266,10 @@ catalogue! {
     /// A revision of the function did not become ready.
     ServiceFailed = "service.failed", v 1, ServiceFailure, Outcome,
         producers [by(ServiceDeployer)], consumer None;
+    /// The serving revision's process ended (over its memory limit, exited, or hung) and was
+    /// started again.
+    ServiceRestarted = "service.restarted", v 1, ServiceRestart, Progress,
+        producers [by(ServiceDeployer)], consumer None;
     /// A function's folded status changed. The status reporter never replies to this type, so
     /// its catch-all Trigger cannot loop.
     StatusUpdated = "status.updated", v 1, FunctionStatus, Outcome,
@@ -318,6 +322,7 @@ mod tests {
             "function.rollback",
             "service.ready",
             "service.failed",
+            "service.restarted",
         ];
         for suffix in seeds.iter().chain(&extras) {
             let full = format!("{TYPE_PREFIX}{suffix}");

@@ -319,6 +319,47 @@ pub struct ServiceFailure {
     pub message: String,
 }
 
+/// Why a serving revision's process was started again (the Kubernetes container states'
+/// reasons, so the same words mean the same on one machine and on a cluster).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum RestartReason {
+    /// It went over its memory limit (`resources.memoryMib`) and the kernel killed it.
+    #[serde(rename = "OOMKilled")]
+    OomKilled,
+    /// It exited on its own (a crash, or an exit the handler called).
+    Exited,
+    /// It stopped answering its liveness probe and was killed.
+    Unresponsive,
+}
+
+impl RestartReason {
+    /// The reason as the contract spells it (`OOMKilled`).
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::OomKilled => "OOMKilled",
+            Self::Exited => "Exited",
+            Self::Unresponsive => "Unresponsive",
+        }
+    }
+}
+
+/// `service.restarted`: the serving revision's process ended and was started again. The
+/// function keeps its phase; its status counts the restarts and keeps the last reason.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceRestart {
+    /// The function.
+    pub function: FunctionName,
+    /// The revision whose process ended.
+    pub revision: String,
+    /// Why it ended.
+    pub reason: RestartReason,
+    /// What happened, in words (the exit status, the limit it went over).
+    pub message: String,
+    /// How many times this revision's process has been restarted, this one included.
+    pub restarts: u32,
+}
+
 /// The phase of a function, as the status reporter folds it from events.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,

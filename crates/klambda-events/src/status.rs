@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::FunctionName;
-use crate::data::Phase;
+use crate::data::{Phase, RestartReason};
 
 /// A function as the status API shows it: its folded state, the stage timings of its current
 /// submission, and whether its journey is stalled.
@@ -57,6 +57,25 @@ pub struct FunctionStatus {
     /// Set while the journey has waited on one stage longer than that stage may take.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stalled: Option<Stalled>,
+    /// How many times the serving revision's process was restarted (over its memory limit,
+    /// exited, or hung); back to 0 with each new revision.
+    #[serde(default)]
+    pub restarts: u32,
+    /// The last of those restarts, while the revision serves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_restart: Option<LastRestart>,
+}
+
+/// Why the serving revision's process was last restarted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LastRestart {
+    /// `OOMKilled`, `Exited` or `Unresponsive`.
+    pub reason: RestartReason,
+    /// What happened, in words.
+    pub message: String,
+    /// When it was reported (RFC 3339).
+    pub at: String,
 }
 
 /// A journey waiting on one stage for longer than that stage may take.

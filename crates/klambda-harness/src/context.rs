@@ -1,23 +1,54 @@
-//! What a handler gets besides its event: a way to publish side events, traced and counted.
+//! What a handler gets besides its event: a way to publish side events, traced and counted; and
+//! what a stage publishes on its own, outside any event ([`Emitter`]).
 
 use std::sync::Arc;
 
 use cloudevents::Event;
-use klambda_events::{Progress, Reply};
+use klambda_events::{Envelope, Progress, Reply};
 
 use crate::metrics::Metrics;
 use crate::publisher::Publisher;
 use crate::signing::EventKeys;
 use crate::trace::{self, TraceParent};
 
+/// Publishes the events a stage originates on its own, in answer to no input (the local runner
+/// reporting a function process it restarted): signed like every event the stage emits, best
+/// effort, and counted as side events. A [`crate::Handler`] gets one in
+/// [`crate::Handler::on_start`].
+#[derive(Clone)]
+pub struct Emitter {
+    pub(crate) publisher: Arc<dyn Publisher>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) keys: Option<Arc<EventKeys>>,
+}
+
+impl Emitter {
+    /// Publishes `data` as a [`Progress`] event of type `T` under `envelope`. Best effort: a
+    /// broker hiccup is logged and counted (`klambda_stage_side_events_total{outcome="failed"}`).
+    pub async fn emit<T: Progress>(&self, envelope: Envelope, data: &T::Data) {
+        self.publish(envelope.encode::<T>(data)).await;
+    }
+
+    async fn publish(&self, mut event: Event) {
+        if let Some(keys) = &self.keys {
+            keys.sign(&mut event);
+        }
+        match self.publisher.publish(event).await {
+            Ok(()) => self.metrics.side_event("published"),
+            Err(error) => {
+                self.metrics.side_event("failed");
+                tracing::warn!(%error, "side event not published");
+            }
+        }
+    }
+}
+
 /// The per-event context a [`crate::Handler`] receives.
 #[derive(Clone)]
 pub struct Context {
-    pub(crate) publisher: Arc<dyn Publisher>,
-    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) emitter: Emitter,
     pub(crate) trace: Option<TraceParent>,
     pub(crate) span: tracing::Span,
-    pub(crate) keys: Option<Arc<EventKeys>>,
 }
 
 impl Context {
@@ -38,22 +69,13 @@ impl Context {
             cloudevents::AttributesReader::id(&event),
         );
         trace::stamp(&mut event, trace);
-        if let Some(keys) = &self.keys {
-            keys.sign(&mut event);
-        }
-        match self.publisher.publish(event).await {
-            Ok(()) => self.metrics.side_event("published"),
-            Err(error) => {
-                self.metrics.side_event("failed");
-                tracing::warn!(%error, "side event not published");
-            }
-        }
+        self.emitter.publish(event).await;
     }
 
     /// The process's metrics, for what only this stage can count (build outcomes, context
     /// sizes, …).
     pub fn metrics(&self) -> &Metrics {
-        &self.metrics
+        &self.emitter.metrics
     }
 
     /// The trace context of the input event, if it had one.

@@ -8,7 +8,7 @@ use klambda_events::catalogue::{Stage, find};
 use klambda_events::data::Problem;
 use klambda_events::envelope::DecodeError;
 
-use crate::context::Context;
+use crate::context::{Context, Emitter};
 use crate::metrics::Metrics;
 use crate::problem::ProblemDetails;
 
@@ -49,6 +49,11 @@ pub trait Handler: Send + Sync + 'static {
     fn refresh_metrics(&self, _metrics: &Metrics) -> impl Future<Output = ()> + Send {
         async {}
     }
+
+    /// Called once when the stage starts serving, inside the Tokio runtime, with what publishes
+    /// the events it originates on its own (the service-deployer's restarts of a function
+    /// process). Nothing by default.
+    fn on_start(&self, _emitter: Emitter) {}
 
     /// Whether the stage's own dependencies are reachable (the harness checks the publisher).
     fn ready(&self) -> impl Future<Output = Result<(), String>> + Send {

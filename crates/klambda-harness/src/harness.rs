@@ -19,7 +19,7 @@ use tracing::{Instrument as _, field};
 
 use crate::codec::{self, DecodeFailure};
 use crate::config::Settings;
-use crate::context::Context;
+use crate::context::{Context, Emitter};
 use crate::handler::{Handler, HandlerError, Outcome};
 use crate::metrics::{self, Metrics, type_label};
 use crate::problem::ProblemDetails;
@@ -113,6 +113,22 @@ impl<H: Handler> Harness<H> {
         &self.metrics
     }
 
+    /// What publishes the events the stage originates on its own, with this harness's
+    /// publisher, keys and metrics.
+    pub fn emitter(&self) -> Emitter {
+        Emitter {
+            publisher: Arc::clone(&self.publisher),
+            metrics: Arc::clone(&self.metrics),
+            keys: self.keys.clone(),
+        }
+    }
+
+    /// Tells the handler the stage is starting to serve ([`Handler::on_start`]). Whatever
+    /// serves the harness calls it once, inside the Tokio runtime, after configuring it.
+    pub fn start(&self) {
+        self.handler.on_start(self.emitter());
+    }
+
     /// The HTTP interface: `POST /`, `GET /health`, `GET /ready`, `GET /metrics`, and the
     /// stage's own [`Handler::routes`].
     pub fn router(&self) -> Router {
@@ -178,11 +194,9 @@ impl<H: Handler> Harness<H> {
                 )]));
             }
             let context = Context {
-                publisher: Arc::clone(&self.publisher),
-                metrics: Arc::clone(&self.metrics),
+                emitter: self.emitter(),
                 trace: input_trace,
                 span: tracing::Span::current(),
-                keys: self.keys.clone(),
             };
             self.handler.handle(event, &context).await
         }

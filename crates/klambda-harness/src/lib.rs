@@ -43,7 +43,7 @@ pub mod telemetry;
 pub mod trace;
 
 pub use config::{ConfigError, ConfigSource, Settings, StageSetting};
-pub use context::Context;
+pub use context::{Context, Emitter};
 pub use handler::{Handler, HandlerError, Outcome};
 pub use harness::Harness;
 pub use serve::{run, serve};

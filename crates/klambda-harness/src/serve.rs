@@ -120,6 +120,7 @@ where
             }
         };
         let harness = Harness::from_settings(handler, &settings);
+        harness.start();
         let result = if settings.lambda_runtime_api.is_some() {
             tracing::info!(service, "serving as an AWS Lambda function");
             crate::lambda::run(harness).await.map_err(|e| e.to_string())

@@ -7,6 +7,9 @@
 //!   `service.deleted` for deletions, whether or not the function existed.
 //! - A replayed `build.completed` for the revision already serving changes nothing and gets the
 //!   same `service.ready`.
+//! - **Originates** `service.restarted` when the deployer restarts a serving function's process
+//!   (over its memory limit, exited, or hung): the local runner's reports
+//!   ([`deployer::Deployer::restarts`]).
 //!
 //! # Layout
 //! - [`deployer`]: the `Deployer` trait (the seam to where functions run), the local process
@@ -25,14 +28,16 @@ use tracing::Instrument as _;
 use cloudevents::{AttributesReader as _, Event};
 use klambda_events::catalogue::{
     BuildCompleted, FunctionDeleted, FunctionRollback, ServiceCreated, ServiceDeleted,
-    ServiceFailed, ServiceReady, ServiceUpdated,
+    ServiceFailed, ServiceReady, ServiceRestarted, ServiceUpdated,
 };
 use klambda_events::data::{
     Problem, ServiceFailure, ServiceReadiness, ServiceRemoval, ServiceRevision,
 };
 use klambda_events::{Envelope, EventType, FunctionName, Reply, Stage, decode, reply};
 use klambda_harness::metrics::{Effect, Metrics};
-use klambda_harness::{ConfigError, ConfigSource, Context, Handler, HandlerError, Outcome};
+use klambda_harness::{
+    ConfigError, ConfigSource, Context, Emitter, Handler, HandlerError, Outcome,
+};
 
 use crate::deployer::knative::{KnativeServices, KnativeSettings};
 use crate::deployer::local::LocalRunner;
@@ -240,6 +245,32 @@ impl Handler for ServiceDeployer {
             Effect::RevisionRestored,
             Effect::FunctionRemoved,
         ]);
+    }
+
+    /// Publishes the deployer's reports of restarted function processes as `service.restarted`
+    /// (the status reporter counts them and keeps the last reason).
+    fn on_start(&self, emitter: Emitter) {
+        let Some(mut reports) = self.deployer.restarts() else {
+            return;
+        };
+        tokio::spawn(async move {
+            while let Some(report) = reports.recv().await {
+                // Unique: a revision's count starts again when the runner restarts.
+                let id = format!(
+                    "{}-restart-{}-{}",
+                    report.revision,
+                    report.restarts,
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .unwrap_or_default()
+                        .as_nanos()
+                );
+                let envelope = Envelope::new(id, Stage::ServiceDeployer.event_source())
+                    .subject(report.function.to_string());
+                tracing::warn!(function = %report.function, revision = %report.revision, reason = ?report.reason, message = %report.message, "function process restarted");
+                emitter.emit::<ServiceRestarted>(envelope, &report).await;
+            }
+        });
     }
 
     fn accepts(&self, event_type: &str) -> bool {

@@ -9,9 +9,9 @@ use anyhow::{Context as _, Result, bail, ensure};
 use cloudevents::{AttributesReader as _, Event};
 use klambda_events::catalogue::{
     BuildCompleted, FunctionDeleted, FunctionRollback, ServiceCreated, ServiceDeleted,
-    ServiceFailed, ServiceReady, ServiceUpdated,
+    ServiceFailed, ServiceReady, ServiceRestarted, ServiceUpdated,
 };
-use klambda_events::data::{FunctionDeletion, RollbackRequest};
+use klambda_events::data::{FunctionDeletion, RestartReason, RollbackRequest, ServiceRestart};
 use klambda_events::{Envelope, EventType, FunctionName, decode};
 use klambda_harness::publisher::Memory;
 use klambda_harness::{HandlerError, Harness, Outcome};
@@ -28,11 +28,18 @@ struct Rig {
 }
 
 fn rig(name: &str) -> Rig {
+    rig_with(name, Arc::new(LocalRunner::new()))
+}
+
+/// A rig deploying through `runner`, started as a stage binary starts it (so the runner's
+/// restart reports are published into `side`).
+fn rig_with(name: &str, runner: Arc<LocalRunner>) -> Rig {
     let root = std::env::temp_dir().join(format!("klambda-deploy-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&root);
     let side = Memory::default();
-    let deployer = Harness::new(ServiceDeployer::new(Arc::new(LocalRunner::new())))
-        .with_publisher(Arc::new(side.clone()));
+    let deployer =
+        Harness::new(ServiceDeployer::new(runner)).with_publisher(Arc::new(side.clone()));
+    deployer.start();
     Rig {
         root,
         deployer,
@@ -128,6 +135,22 @@ async fn create_update_rollback_restart_delete() -> Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // … and says so: one `service.restarted`, its reason the exit.
+    let restarted = rig.side.events();
+    let restarted = restarted
+        .last()
+        .filter(|e| e.ty() == ServiceRestarted::TYPE)
+        .context("a service.restarted after the crash")?;
+    let restarted = decode::<ServiceRestarted>(restarted)?;
+    assert_eq!(
+        (
+            restarted.revision.as_str(),
+            restarted.reason,
+            restarted.restarts
+        ),
+        ("hello-00001", RestartReason::Exited, 1)
+    );
+    assert_eq!(restarted.message, "exited (exit status: 1)");
 
     // An update: a new revision serves, the old one is stopped.
     let v2 = reply(&rig, built(&rig, "hello", V2).await?).await?;
@@ -174,10 +197,7 @@ async fn create_update_rollback_restart_delete() -> Result<()> {
 #[tokio::test]
 async fn a_hung_process_is_killed_and_restarted_and_its_output_says_why() -> Result<()> {
     let runner = Arc::new(LocalRunner::new());
-    let rig = Rig {
-        deployer: Harness::new(ServiceDeployer::new(runner.clone())),
-        ..rig("hung")
-    };
+    let rig = rig_with("hung", runner.clone());
     // A handler that blocks Node's event loop: no timeout inside the process can fire, and
     // `/health` goes unanswered with it.
     let code = "exports.handler = async (e) => { if (e.mode === 'hang') { for (;;) {} } return { ok: true }; };";
@@ -194,10 +214,11 @@ async fn a_hung_process_is_killed_and_restarted_and_its_output_says_why() -> Res
     }
     // Three unanswered probes (one every 2 s), a kill, a restart on the same URL.
     serves_again_and_said(
+        &rig,
         &runner,
-        "hangs",
-        &ready.url,
+        ("hangs", &ready.url),
         "did not answer /health 3 times",
+        RestartReason::Unresponsive,
     )
     .await
 }
@@ -206,10 +227,11 @@ async fn a_hung_process_is_killed_and_restarted_and_its_output_says_why() -> Res
 /// checks its output holds a line with `said`: a process the runner killed came back, and why
 /// it was killed is there to read.
 async fn serves_again_and_said(
+    rig: &Rig,
     runner: &LocalRunner,
-    name: &str,
-    url: &str,
+    (name, url): (&str, &str),
     said: &str,
+    reason: RestartReason,
 ) -> Result<()> {
     let started = Instant::now();
     loop {
@@ -228,6 +250,20 @@ async fn serves_again_and_said(
         .await
         .context("the runner has the function's output")?;
     ensure!(lines.iter().any(|l| l.contains(said)), "{lines:#?}");
+    // And the stage said so on the bus, for the function's status.
+    let restarts: Vec<ServiceRestart> = rig
+        .side
+        .events()
+        .iter()
+        .filter(|e| e.ty() == ServiceRestarted::TYPE)
+        .map(decode::<ServiceRestarted>)
+        .collect::<Result<_, _>>()?;
+    ensure!(
+        restarts
+            .iter()
+            .any(|r| r.function.as_str() == name && r.reason == reason && r.restarts >= 1),
+        "no service.restarted ({reason:?}) for {name}: {restarts:#?}"
+    );
     Ok(())
 }
 
@@ -242,10 +278,7 @@ async fn a_function_over_its_memory_limit_is_killed_restarted_and_reported() -> 
     };
     group.remove();
     let runner = Arc::new(LocalRunner::new());
-    let rig = Rig {
-        deployer: Harness::new(ServiceDeployer::new(runner.clone())),
-        ..rig("hog")
-    };
+    let rig = rig_with("hog", runner.clone());
     let code = "exports.handler = async (e) => { if (e.mode === 'hog') { const kept = []; for (;;) kept.push(Buffer.alloc(16 * 1024 * 1024, 1)); } return { ok: true }; };";
     let (mut spec, digest) = fixtures::inline_function(
         "hog",
@@ -265,10 +298,11 @@ async fn a_function_over_its_memory_limit_is_killed_restarted_and_reported() -> 
         "the hog was answered: {hog:?}"
     );
     serves_again_and_said(
+        &rig,
         &runner,
-        "hog",
-        &ready.url,
+        ("hog", &ready.url),
         "went over its memory limit (128 MiB",
+        RestartReason::OomKilled,
     )
     .await
 }

@@ -75,6 +75,12 @@ fn status_of(state: FunctionState) -> FunctionStatus {
         trace_id: state.trace_id,
         timings_ms,
         stalled,
+        restarts: state.restarts,
+        last_restart: state.last_restart.map(|seen| status::LastRestart {
+            reason: seen.report.reason,
+            message: seen.report.message,
+            at: time(seen.received_at),
+        }),
     }
 }
 

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use cloudevents::{AttributesReader as _, Event};
 use klambda_events::catalogue::*;
-use klambda_events::data::Phase;
+use klambda_events::data::{Phase, ServiceRestart};
 use klambda_events::{Emission, EventType, FunctionName, Producer, Stage, TYPE_PREFIX, decode};
 use serde::{Deserialize, Serialize};
 
@@ -50,6 +50,23 @@ pub struct FunctionState {
     /// carries a `traceparent`): look it up in the tracing backend.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trace_id: Option<String>,
+    /// How many times the serving revision's process was restarted (reset by each new
+    /// revision).
+    #[serde(default)]
+    pub restarts: u32,
+    /// The last of those restarts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_restart: Option<RestartSeen>,
+}
+
+/// A restart of the serving revision's process, as reported, and when the report arrived.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RestartSeen {
+    /// The deployer's report.
+    pub report: ServiceRestart,
+    /// When it was received.
+    pub received_at: DateTime<Utc>,
 }
 
 impl FunctionState {
@@ -214,6 +231,8 @@ pub fn fold(
         updated_at: received_at,
         marks: BTreeMap::new(),
         trace_id: None,
+        restarts: 0,
+        last_restart: None,
     });
     let is = |t: &str| ty == t;
     let submitted = is(FunctionCreated::TYPE) || is(FunctionUpdated::TYPE);
@@ -289,6 +308,20 @@ pub fn fold(
         let revision = decode::<ServiceCreated>(event).or_else(|_| decode::<ServiceUpdated>(event));
         if let Ok(revision) = revision {
             next.revision = Some(revision.revision);
+        }
+        next.restarts = 0;
+        next.last_restart = None;
+    } else if is(ServiceRestarted::TYPE) {
+        // The function keeps its phase: its process is serving again. A report about a
+        // revision that no longer serves changes nothing.
+        if let Ok(restart) = decode::<ServiceRestarted>(event)
+            && next.revision.as_deref() == Some(restart.revision.as_str())
+        {
+            next.restarts = next.restarts.max(restart.restarts);
+            next.last_restart = Some(RestartSeen {
+                report: restart,
+                received_at,
+            });
         }
     } else if is(ServiceReady::TYPE) {
         next.phase = Phase::Ready;

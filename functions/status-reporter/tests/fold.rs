@@ -2,7 +2,7 @@
 
 use chrono::{Duration, TimeZone as _, Utc};
 use cloudevents::{AttributesReader as _, Event, EventBuilder as _, EventBuilderV10};
-use klambda_events::data::Phase;
+use klambda_events::data::{Phase, RestartReason};
 use serde_json::json;
 use status_reporter::fold::{FunctionState, fold};
 
@@ -244,4 +244,60 @@ fn requests_about_unknown_functions_leave_no_phantom_and_a_refused_rollback_chan
     )
     .unwrap_or_else(|| panic!("recorded"));
     assert_eq!(crashed.phase, Phase::Failed);
+}
+
+#[test]
+fn restarts_of_the_serving_revision_are_counted_and_a_new_revision_starts_from_zero() {
+    let at = Utc.with_ymd_and_hms(2026, 12, 4, 12, 0, 0).unwrap();
+    let revision = |n: u32| {
+        event(
+            if n == 1 {
+                "service.created"
+            } else {
+                "service.updated"
+            },
+            "hello",
+            json!({"function": "hello", "revision": format!("hello-0000{n}"), "image": "img", "digest": DIGEST}),
+        )
+    };
+    let restarted = |revision: &str, reason: &str, restarts: u32| {
+        event(
+            "service.restarted",
+            "hello",
+            json!({"function": "hello", "revision": revision, "reason": reason,
+                   "message": "went over its memory limit (64 MiB)", "restarts": restarts}),
+        )
+    };
+    let ready = event(
+        "service.ready",
+        "hello",
+        json!({"function": "hello", "revision": "hello-00001", "url": "http://hello"}),
+    );
+    let mut state = None;
+    for step in [
+        revision(1),
+        ready,
+        restarted("hello-00001", "OOMKilled", 1),
+        restarted("hello-00001", "Exited", 2),
+    ] {
+        state = fold(state.clone(), &step, at).or(state);
+    }
+    let folded = state.clone().expect("a state");
+    assert_eq!(folded.phase, Phase::Ready, "a restart keeps the phase");
+    assert_eq!(folded.restarts, 2);
+    let last = folded.last_restart.expect("the last restart");
+    assert_eq!(last.report.reason, RestartReason::Exited);
+    assert_eq!(last.received_at, at);
+
+    // A report about a revision that no longer serves changes nothing; a new revision starts
+    // counting again.
+    let stale =
+        fold(state.clone(), &restarted("hello-00000", "OOMKilled", 7), at).expect("recorded");
+    assert_eq!(stale.restarts, 2);
+    assert_eq!(
+        stale.last_restart.map(|r| r.report.reason),
+        Some(RestartReason::Exited)
+    );
+    let next = fold(state, &revision(2), at).expect("a state");
+    assert_eq!((next.restarts, next.last_restart), (0, None));
 }

@@ -144,7 +144,7 @@ pub async fn status(platform: &Api, name: Option<&str>, output: Output) -> Resul
         say!("{}", serde_json::to_string_pretty(&list)?);
         return Ok(0);
     }
-    let rows: Vec<[String; 5]> = list
+    let rows: Vec<[String; 6]> = list
         .iter()
         .map(|f| {
             let stalled = f.stalled.as_ref().map(|stalled| {
@@ -165,12 +165,23 @@ pub async fn status(platform: &Api, name: Option<&str>, output: Output) -> Resul
                 f.phase.label().to_owned(),
                 f.revision.clone().unwrap_or_else(|| "-".to_owned()),
                 f.runtime.clone().unwrap_or_else(|| "-".to_owned()),
+                match &f.last_restart {
+                    Some(last) => format!("{} ({})", f.restarts, last.reason.label()),
+                    None => f.restarts.to_string(),
+                },
                 tail,
             ]
         })
         .collect();
     // Each column as wide as its widest cell, so long names and revisions stay aligned.
-    let header = ["NAME", "PHASE", "REVISION", "RUNTIME", "URL / LAST ERROR"];
+    let header = [
+        "NAME",
+        "PHASE",
+        "REVISION",
+        "RUNTIME",
+        "RESTARTS",
+        "URL / LAST ERROR",
+    ];
     let width = |column: usize| {
         rows.iter()
             .map(|row| row[column].chars().count())
@@ -178,19 +189,21 @@ pub async fn status(platform: &Api, name: Option<&str>, output: Output) -> Resul
             .max()
             .unwrap_or_default()
     };
-    let widths = [width(0), width(1), width(2), width(3)];
+    let widths = [width(0), width(1), width(2), width(3), width(4)];
     for row in std::iter::once(header.map(str::to_owned)).chain(rows) {
         say!(
-            "{:<w0$}  {:<w1$}  {:<w2$}  {:<w3$}  {}",
+            "{:<w0$}  {:<w1$}  {:<w2$}  {:<w3$}  {:<w4$}  {}",
             row[0],
             row[1],
             row[2],
             row[3],
             row[4],
+            row[5],
             w0 = widths[0],
             w1 = widths[1],
             w2 = widths[2],
             w3 = widths[3],
+            w4 = widths[4],
         );
     }
     Ok(0)

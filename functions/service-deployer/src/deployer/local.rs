@@ -24,12 +24,13 @@ use bytes::Bytes;
 use http_body_util::Empty;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use klambda_events::data::{RestartReason, ServiceRestart};
 use klambda_events::{ContentDigest, FunctionName, FunctionSpec};
 use klambda_runtimes::Template;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tokio::process::{Child, Command};
-use tokio::sync::{Mutex, oneshot};
+use tokio::sync::{Mutex, mpsc, oneshot};
 
 use super::{BoxFuture, DeployError, Deployer, Deployment, NotReady, Revision};
 use crate::secrets::SecretStore;
@@ -161,19 +162,71 @@ impl FunctionState {
 type Function = Arc<Mutex<FunctionState>>;
 
 /// Runs functions as local processes.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct LocalRunner {
     functions: SyncMutex<HashMap<FunctionName, Function>>,
     /// Where each function's revisions are kept (`<name>.json`), if anywhere.
     state_dir: Option<PathBuf>,
     /// Where secret values are (`<secret name>` files, see [`SecretStore`]), if anywhere.
     secret_dir: Option<PathBuf>,
+    /// Where supervisors report the restarts of serving processes, and the other end, until
+    /// the stage takes it ([`Deployer::restarts`]).
+    reports: mpsc::Sender<ServiceRestart>,
+    reported: SyncMutex<Option<mpsc::Receiver<ServiceRestart>>>,
+}
+
+/// Restart reports waiting for the stage to publish them; past this, more are logged and
+/// dropped (a crash loop is also in the function's output).
+const REPORTS_QUEUED: usize = 64;
+
+impl Default for LocalRunner {
+    fn default() -> Self {
+        let (reports, reported) = mpsc::channel(REPORTS_QUEUED);
+        Self {
+            functions: SyncMutex::default(),
+            state_dir: None,
+            secret_dir: None,
+            reports,
+            reported: SyncMutex::new(Some(reported)),
+        }
+    }
+}
+
+/// Where one revision's supervisor reports that it restarted the revision's process.
+#[derive(Debug, Clone)]
+struct Reporter {
+    function: FunctionName,
+    revision: String,
+    reports: mpsc::Sender<ServiceRestart>,
+}
+
+impl Reporter {
+    fn report(&self, reason: RestartReason, message: String, restarts: u32) {
+        let report = ServiceRestart {
+            function: self.function.clone(),
+            revision: self.revision.clone(),
+            reason,
+            message,
+            restarts,
+        };
+        if let Err(error) = self.reports.try_send(report) {
+            tracing::warn!(function = %self.function, revision = %self.revision, %error, "restart not reported");
+        }
+    }
 }
 
 impl LocalRunner {
     /// A runner with no functions that keeps nothing: a restart forgets what ran (tests).
     pub fn new() -> Self {
         Self::default()
+    }
+
+    fn reporter(&self, function: &FunctionName, revision: &str) -> Reporter {
+        Reporter {
+            function: function.clone(),
+            revision: revision.to_owned(),
+            reports: self.reports.clone(),
+        }
     }
 
     /// Reads functions' secret env from `store` when it starts them.
@@ -210,14 +263,23 @@ impl LocalRunner {
             };
             functions.insert(name, FunctionState::from_saved(saved));
         }
+        let runner = Self {
+            state_dir: Some(state_dir),
+            ..Self::default()
+        };
         let mut restarts = tokio::task::JoinSet::new();
         for (name, mut function) in functions {
+            let reports = runner.reports.clone();
             restarts.spawn(async move {
                 if let Some(current) = function.current
                     && let Some(revision) = function.revisions.get_mut(current)
                 {
-                    match start(&revision.launch, &revision.revision.name, &revision.output).await
-                    {
+                    let reporter = Reporter {
+                        function: name.clone(),
+                        revision: revision.revision.name.clone(),
+                        reports,
+                    };
+                    match start(&revision.launch, reporter, &revision.output).await {
                         Ok(stopper) => {
                             tracing::info!(function = %name, revision = %revision.revision.name, "serving again after a restart");
                             revision.stop = Some(stopper);
@@ -238,8 +300,7 @@ impl LocalRunner {
         }
         Ok(Self {
             functions: SyncMutex::new(recovered),
-            state_dir: Some(state_dir),
-            secret_dir: None,
+            ..runner
         })
     }
 
@@ -592,7 +653,13 @@ async fn healthy(child: &mut Child, port: u16) -> Result<(), String> {
 
 /// Keeps a ready revision running: restarts it with backoff if it exits, and kills it first when
 /// it stops answering `/health` at all (hung), until stopped.
-fn supervise(launch: Launch, tail: Tail, mut running: Running, mut stop: oneshot::Receiver<()>) {
+fn supervise(
+    launch: Launch,
+    reporter: Reporter,
+    tail: Tail,
+    mut running: Running,
+    mut stop: oneshot::Receiver<()>,
+) {
     tokio::spawn(async move {
         let mut backoff = Duration::from_millis(500);
         let mut probes = tokio::time::interval(LIVENESS_PERIOD);
@@ -601,6 +668,10 @@ fn supervise(launch: Launch, tail: Tail, mut running: Running, mut stop: oneshot
         // A restarted process gets the time a new revision gets to answer first.
         let mut started = tokio::time::Instant::now();
         let mut answered_since_start = true;
+        // Why the process is ending when the supervisor killed it (hung), and how many times
+        // it was started again.
+        let mut killed_as_hung = false;
+        let mut restarts = 0;
         loop {
             tokio::select! {
                 _ = &mut stop => {
@@ -627,21 +698,40 @@ fn supervise(launch: Launch, tail: Tail, mut running: Running, mut stop: oneshot
                     );
                     tracing::warn!(port = launch.port, "{said}");
                     push_line(&tail, said);
+                    killed_as_hung = true;
                     let _ = running.child.start_kill();
                 }
                 status = running.child.wait() => {
                     tracing::warn!(port = launch.port, ?status, ?backoff, "function process exited; restarting");
-                    if let Some(group) = &running.group
-                        && group.oom_kills() > 0
-                    {
-                        push_line(&tail, format!(
-                            "klambda: the process went over its memory limit ({} MiB, resources.memoryMib) and the kernel killed it (OOM); restarting",
-                            group.resources.memory_mib
-                        ));
+                    let (reason, message) = match &running.group {
+                        Some(group) if group.oom_kills() > 0 => (
+                            RestartReason::OomKilled,
+                            format!(
+                                "went over its memory limit ({} MiB, resources.memoryMib) and the kernel killed it",
+                                group.resources.memory_mib
+                            ),
+                        ),
+                        _ if killed_as_hung => (
+                            RestartReason::Unresponsive,
+                            format!("did not answer /health {LIVENESS_FAILURES} times in a row and was killed"),
+                        ),
+                        _ => (
+                            RestartReason::Exited,
+                            match &status {
+                                Ok(status) => format!("exited ({status})"),
+                                Err(error) => format!("could not be waited for: {error}"),
+                            },
+                        ),
+                    };
+                    if reason == RestartReason::OomKilled {
+                        push_line(&tail, format!("klambda: the process {message} (OOM); restarting"));
                     }
                     if let Some(group) = &running.group {
                         group.remove();
                     }
+                    killed_as_hung = false;
+                    restarts += 1;
+                    reporter.report(reason, message, restarts);
                     tokio::select! {
                         _ = &mut stop => return,
                         () = tokio::time::sleep(backoff) => {}
@@ -683,9 +773,14 @@ fn push_line(tail: &Tail, line: String) {
 }
 
 /// Starts a revision and waits until it is ready; on success it is supervised.
-async fn start(launch: &Launch, name: &str, tail: &Tail) -> Result<oneshot::Sender<()>, NotReady> {
+async fn start(
+    launch: &Launch,
+    reporter: Reporter,
+    tail: &Tail,
+) -> Result<oneshot::Sender<()>, NotReady> {
+    let name = reporter.revision.clone();
     let mut running = spawn(launch, tail).map_err(|message| NotReady {
-        revision: Some(name.to_owned()),
+        revision: Some(name.clone()),
         reason: "RevisionFailed".into(),
         message,
     })?;
@@ -694,7 +789,7 @@ async fn start(launch: &Launch, name: &str, tail: &Tail) -> Result<oneshot::Send
         // Give the output readers a moment to drain what the process said before it died.
         tokio::time::sleep(Duration::from_millis(100)).await;
         return Err(NotReady {
-            revision: Some(name.to_owned()),
+            revision: Some(name),
             reason: "RevisionFailed".into(),
             message: format!("{problem}\n{}", tail_lines(tail, FAILURE_LINES).join("\n"))
                 .trim()
@@ -702,7 +797,7 @@ async fn start(launch: &Launch, name: &str, tail: &Tail) -> Result<oneshot::Send
         });
     }
     let (stop, stopped) = oneshot::channel();
-    supervise(launch.clone(), Arc::clone(tail), running, stopped);
+    supervise(launch.clone(), reporter, Arc::clone(tail), running, stopped);
     Ok(stop)
 }
 
@@ -740,6 +835,13 @@ impl Deployer for LocalRunner {
 
     fn delete<'a>(&'a self, name: &'a FunctionName) -> BoxFuture<'a, Result<bool, DeployError>> {
         Box::pin(async move { Ok(self.remove(name).await) })
+    }
+
+    fn restarts(&self) -> Option<mpsc::Receiver<ServiceRestart>> {
+        self.reported
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
     }
 }
 
@@ -787,7 +889,7 @@ impl LocalRunner {
                 "klambda: memory and CPU limits are not enforced here: no cgroup the runner can write (run it as root, or on a cluster)".to_owned(),
             );
         }
-        let stopper = start(&launch, &name, &output).await?;
+        let stopper = start(&launch, self.reporter(&spec.name, &name), &output).await?;
         let first = function.revisions.is_empty();
         let revision = Revision {
             name,
@@ -850,7 +952,7 @@ impl LocalRunner {
         let launch = function.revisions[target].launch.clone();
         let revision_name = function.revisions[target].revision.name.clone();
         let output = Arc::clone(&function.revisions[target].output);
-        let stopper = start(&launch, &revision_name, &output).await?;
+        let stopper = start(&launch, self.reporter(name, &revision_name), &output).await?;
         stop(&mut function.revisions[current]);
         function.revisions[target].stop = Some(stopper);
         function.current = Some(target);

@@ -132,6 +132,15 @@ pub trait Deployer: Send + Sync + 'static {
         Box::pin(async { None })
     }
 
+    /// The reports of serving processes the deployer restarted, taken once by the stage, which
+    /// publishes them as `service.restarted`. `None` (the default) where something else restarts
+    /// them and says so (a cluster's kubelet, in the Pod's container statuses), or once taken.
+    fn restarts(
+        &self,
+    ) -> Option<tokio::sync::mpsc::Receiver<klambda_events::data::ServiceRestart>> {
+        None
+    }
+
     /// The CloudEvent types that report readiness; empty (the default) for a deployer whose
     /// changes settle before it answers.
     fn status_events(&self) -> &'static [&'static str] {
