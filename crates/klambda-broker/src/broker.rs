@@ -6,10 +6,14 @@
 //! (accepted, or replied and the reply published), or dead-lettered, for every Trigger it
 //! matched, unless the process exits first. This broker is in memory; durability across
 //! restarts is what the RabbitMQ broker adds.
+//!
+//! Besides the Triggers it starts with (the platform's own, from `eventing/`), Triggers come and
+//! go while it runs ([`Broker::subscribe`], [`Broker::unsubscribe`]): users' function Triggers.
+//! A removed or replaced Trigger's workers still deliver what was queued for it before.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, RwLock, Weak};
 
 use cloudevents::{AttributesReader as _, Event};
 use klambda_harness::metrics::Metrics;
@@ -44,7 +48,8 @@ struct Route {
 }
 
 struct Inner {
-    routes: Vec<Route>,
+    routes: RwLock<Vec<Route>>,
+    metrics: Arc<Metrics>,
     dead_letters: DeadLetters,
     /// Where dead letters are delivered too (the Broker's `deadLetterSink`), if anywhere.
     dead_letter_sink: Option<Arc<dyn Subscriber>>,
@@ -106,34 +111,68 @@ impl Broker {
             missing.sort();
             return Err(StartError::UnknownSubscribers(missing));
         }
-        let mut receivers = Vec::new();
-        let mut routes = Vec::new();
+        let broker = Self {
+            inner: Arc::new(Inner {
+                routes: RwLock::new(Vec::new()),
+                metrics,
+                dead_letters: DeadLetters::default(),
+                dead_letter_sink: sink,
+                pending: AtomicUsize::new(0),
+                idle: Notify::new(),
+            }),
+        };
         for trigger in triggers {
-            let (queue, receiver) = mpsc::unbounded_channel();
-            receivers.push((trigger.clone(), receiver));
-            routes.push(Route { trigger, queue });
-        }
-        let inner = Arc::new(Inner {
-            routes,
-            dead_letters: DeadLetters::default(),
-            dead_letter_sink: sink,
-            pending: AtomicUsize::new(0),
-            idle: Notify::new(),
-        });
-        for (trigger, receiver) in receivers {
             let subscriber = Arc::clone(&subscribers[&trigger.subscriber]);
-            let receiver = Arc::new(Mutex::new(receiver));
-            for _ in 0..trigger.parallelism {
-                tokio::spawn(worker(
-                    Arc::downgrade(&inner),
-                    trigger.clone(),
-                    Arc::clone(&subscriber),
-                    Arc::clone(&receiver),
-                    Arc::clone(&metrics),
-                ));
-            }
+            broker.subscribe(trigger, subscriber);
         }
-        Ok(Self { inner })
+        Ok(broker)
+    }
+
+    /// Adds `trigger`, delivering to `subscriber`, with its own queue and `parallelism`
+    /// workers; a Trigger of the same name is replaced (its workers deliver what was queued for
+    /// it, then stop). Must run inside a Tokio runtime.
+    pub fn subscribe(&self, trigger: Trigger, subscriber: Arc<dyn Subscriber>) {
+        let (queue, receiver) = mpsc::unbounded_channel();
+        let receiver = Arc::new(Mutex::new(receiver));
+        for _ in 0..trigger.parallelism {
+            tokio::spawn(worker(
+                Arc::downgrade(&self.inner),
+                trigger.clone(),
+                Arc::clone(&subscriber),
+                Arc::clone(&receiver),
+                Arc::clone(&self.inner.metrics),
+            ));
+        }
+        let mut routes = self.routes_mut();
+        routes.retain(|route| route.trigger.name != trigger.name);
+        routes.push(Route { trigger, queue });
+    }
+
+    /// Removes the Trigger named `name`: no event published from now on is queued for it
+    /// (what was queued is still delivered). False when there was none.
+    pub fn unsubscribe(&self, name: &str) -> bool {
+        let mut routes = self.routes_mut();
+        let before = routes.len();
+        routes.retain(|route| route.trigger.name != name);
+        routes.len() != before
+    }
+
+    /// The names of the Triggers routing now.
+    pub fn triggers(&self) -> Vec<String> {
+        self.inner
+            .routes
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .map(|route| route.trigger.name.clone())
+            .collect()
+    }
+
+    fn routes_mut(&self) -> std::sync::RwLockWriteGuard<'_, Vec<Route>> {
+        self.inner
+            .routes
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Accepts `event` and queues it for every matching Trigger; returns how many matched.
@@ -182,7 +221,11 @@ impl klambda_harness::publisher::Publisher for Broker {
 
 fn publish(inner: &Inner, event: Event) -> usize {
     let mut matched = 0;
-    for route in inner.routes.iter().filter(|r| r.trigger.matches(&event)) {
+    let routes = inner
+        .routes
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    for route in routes.iter().filter(|r| r.trigger.matches(&event)) {
         inner.pending.fetch_add(1, Ordering::SeqCst);
         if route.queue.send(event.clone()).is_ok() {
             matched += 1;

@@ -1,5 +1,6 @@
 //! Where a Trigger delivers: a stage in the same process ([`InProcess`], through the harness's
-//! own dispatch path) or any CloudEvents HTTP endpoint ([`Http`]).
+//! own dispatch path), any CloudEvents HTTP endpoint ([`Http`]), or a user's function wherever
+//! its serving revision is ([`Function`]).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -12,6 +13,7 @@ use http_body_util::{BodyExt as _, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use klambda_events::FunctionName;
 use klambda_harness::codec;
 use klambda_harness::{Handler, Harness, Outcome};
 use url::Url;
@@ -88,15 +90,19 @@ pub struct Http {
     client: Client<HttpConnector, Full<Bytes>>,
 }
 
+fn client() -> Client<HttpConnector, Full<Bytes>> {
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(Duration::from_secs(5)));
+    connector.set_nodelay(true);
+    Client::builder(TokioExecutor::new()).build(connector)
+}
+
 impl Http {
     /// A subscriber at `url`.
     pub fn new(url: Url) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(Duration::from_secs(5)));
-        connector.set_nodelay(true);
         Self {
             url,
-            client: Client::builder(TokioExecutor::new()).build(connector),
+            client: client(),
         }
     }
 }
@@ -107,55 +113,134 @@ impl Subscriber for Http {
     }
 
     fn deliver(&self, event: Event) -> BoxFuture<'_, Answer> {
+        Box::pin(post(&self.client, &self.url, event))
+    }
+}
+
+/// Posts `event` to `url` in binary mode; the answer in Knative's terms.
+async fn post(client: &Client<HttpConnector, Full<Bytes>>, url: &Url, event: Event) -> Answer {
+    let (headers, body) = codec::into_binary(event);
+    let mut request = Request::post(url.as_str());
+    if let Some(h) = request.headers_mut() {
+        h.extend(headers);
+    }
+    let failed = |reason: String| Answer::Failed {
+        status: None,
+        body: Bytes::from(reason),
+    };
+    let request = match request.body(Full::new(body)) {
+        Ok(request) => request,
+        Err(e) => return failed(e.to_string()),
+    };
+    let response = match client.request(request).await {
+        Ok(response) => response,
+        Err(e) => return failed(format!("no answer from {url}: {e}")),
+    };
+    let (parts, body) = response.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let status = parts.status.as_u16();
+    if !parts.status.is_success() {
+        return Answer::Failed {
+            status: Some(status),
+            body,
+        };
+    }
+    let carries_event = parts.headers.contains_key("ce-id")
+        || parts
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|ct| ct.as_bytes().starts_with(b"application/cloudevents"));
+    if !carries_event {
+        return Answer::Accepted;
+    }
+    match codec::decode(&parts.headers, body) {
+        Ok(reply) => Answer::Reply(reply),
+        // Knative treats a malformed reply as a failed delivery (the event is retried,
+        // then dead-lettered) rather than dropping it.
+        Err(problem) => Answer::Failed {
+            status: Some(502),
+            body: Bytes::from(format!(
+                "the subscriber replied with an invalid event: {problem:?}"
+            )),
+        },
+    }
+}
+
+/// Where a function serves now: its serving revision's URL, asked at every delivery, so a
+/// Trigger follows the function across updates, rollbacks and restarts, and never delivers to
+/// a revision that was stopped.
+pub trait Locate: Send + Sync + 'static {
+    /// The serving revision's URL; `None` when the function serves nothing (deleted).
+    fn serving(&self, function: &FunctionName) -> Option<Url>;
+}
+
+/// A user's function, as a function Trigger's subscriber. Its replies go back on the bus as
+/// the function's own events: `source` is `/functions/<name>`, the type the Trigger's
+/// `replyType` when it names one; a reply typed as a platform event (`io.knative.lambda.*`)
+/// is refused (dead-lettered with the reason, never routed to a stage).
+pub struct Function {
+    function: FunctionName,
+    reply_type: Option<String>,
+    locate: std::sync::Arc<dyn Locate>,
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl Function {
+    /// Delivers to `function` wherever `locate` says it serves, replies typed `reply_type`
+    /// (else as the function typed them).
+    pub fn new(
+        function: FunctionName,
+        reply_type: Option<String>,
+        locate: std::sync::Arc<dyn Locate>,
+    ) -> Self {
+        Self {
+            function,
+            reply_type,
+            locate,
+            client: client(),
+        }
+    }
+}
+
+impl Subscriber for Function {
+    fn address(&self) -> String {
+        format!("function://{}", self.function)
+    }
+
+    fn deliver(&self, event: Event) -> BoxFuture<'_, Answer> {
         Box::pin(async move {
-            let (headers, body) = codec::into_binary(event);
-            let mut request = Request::post(self.url.as_str());
-            if let Some(h) = request.headers_mut() {
-                h.extend(headers);
-            }
-            let failed = |reason: String| Answer::Failed {
-                status: None,
-                body: Bytes::from(reason),
-            };
-            let request = match request.body(Full::new(body)) {
-                Ok(request) => request,
-                Err(e) => return failed(e.to_string()),
-            };
-            let response = match self.client.request(request).await {
-                Ok(response) => response,
-                Err(e) => return failed(format!("no answer from {}: {e}", self.url)),
-            };
-            let (parts, body) = response.into_parts();
-            let body = body
-                .collect()
-                .await
-                .map(|b| b.to_bytes())
-                .unwrap_or_default();
-            let status = parts.status.as_u16();
-            if !parts.status.is_success() {
+            let Some(url) = self.locate.serving(&self.function) else {
+                // Gone: not retried (nothing will serve it), so the event is dead-lettered
+                // with the reason instead of waiting in a queue.
                 return Answer::Failed {
-                    status: Some(status),
-                    body,
+                    status: Some(410),
+                    body: Bytes::from(format!("the function {} serves no revision", self.function)),
                 };
-            }
-            let carries_event = parts.headers.contains_key("ce-id")
-                || parts
-                    .headers
-                    .get(http::header::CONTENT_TYPE)
-                    .is_some_and(|ct| ct.as_bytes().starts_with(b"application/cloudevents"));
-            if !carries_event {
-                return Answer::Accepted;
-            }
-            match codec::decode(&parts.headers, body) {
-                Ok(reply) => Answer::Reply(reply),
-                // Knative treats a malformed reply as a failed delivery (the event is retried,
-                // then dead-lettered) rather than dropping it.
-                Err(problem) => Answer::Failed {
-                    status: Some(502),
-                    body: Bytes::from(format!(
-                        "the subscriber replied with an invalid event: {problem:?}"
-                    )),
-                },
+            };
+            match post(&self.client, &url, event).await {
+                Answer::Reply(mut reply) => {
+                    if let Some(ty) = &self.reply_type {
+                        cloudevents::event::AttributesWriter::set_type(&mut reply, ty.as_str());
+                    }
+                    let ty = cloudevents::AttributesReader::ty(&reply).to_owned();
+                    if klambda_events::catalogue::is_platform_type(&ty) {
+                        return Answer::Failed {
+                            status: Some(403),
+                            body: Bytes::from(format!(
+                                "the function {} replied with the platform's event type {ty}; a function may not emit it",
+                                self.function
+                            )),
+                        };
+                    }
+                    let source = format!("/functions/{}", self.function);
+                    cloudevents::event::AttributesWriter::set_source(&mut reply, source);
+                    Answer::Reply(reply)
+                }
+                other => other,
             }
         })
     }

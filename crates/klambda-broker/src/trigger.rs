@@ -76,12 +76,16 @@ impl Trigger {
     }
 }
 
-/// Loads every Trigger under `dir` (recursively), with the delivery of the Broker named
-/// `broker` as the default.
-pub fn load(dir: &Path, broker: &str) -> Result<Vec<Trigger>, LoadError> {
+/// The delivery of the Broker named `broker` under `dir`: what a Trigger that sets none (a
+/// user's function Trigger) gets. Knative's defaults when the Broker sets none.
+pub fn broker_delivery(dir: &Path, broker: &str) -> Result<Delivery, LoadError> {
     let mut documents = Vec::new();
     collect(dir, &mut documents)?;
-    let broker_delivery = documents
+    delivery_of(&documents, broker)
+}
+
+fn delivery_of(documents: &[(PathBuf, Value)], broker: &str) -> Result<Delivery, LoadError> {
+    Ok(documents
         .iter()
         .find(|(_, doc)| doc["kind"] == "Broker" && doc["metadata"]["name"] == broker)
         .map(|(path, doc)| {
@@ -93,7 +97,15 @@ pub fn load(dir: &Path, broker: &str) -> Result<Vec<Trigger>, LoadError> {
             })
         })
         .transpose()?
-        .unwrap_or_default();
+        .unwrap_or_default())
+}
+
+/// Loads every Trigger under `dir` (recursively), with the delivery of the Broker named
+/// `broker` as the default.
+pub fn load(dir: &Path, broker: &str) -> Result<Vec<Trigger>, LoadError> {
+    let mut documents = Vec::new();
+    collect(dir, &mut documents)?;
+    let broker_delivery = delivery_of(&documents, broker)?;
     let mut triggers = Vec::new();
     for (path, doc) in &documents {
         if doc["kind"] != "Trigger" || doc["spec"]["broker"] != broker {

@@ -97,6 +97,25 @@ enum Command {
         #[arg(long = "type", default_value = "klambda.invoke")]
         event_type: String,
     },
+    /// Publish a CloudEvent to the broker (functions whose Triggers match receive it) and print
+    /// its id.
+    Publish {
+        /// The event type (`com.example.order.created`).
+        #[arg(value_name = "TYPE")]
+        event_type: String,
+        /// The event data (JSON; anything else is sent as text).
+        #[arg(default_value = "{}")]
+        data: String,
+        /// The event source.
+        #[arg(long, default_value = "/klambda-cli")]
+        source: String,
+        /// The event subject.
+        #[arg(long)]
+        subject: Option<String>,
+        /// An extension attribute, `name=value` (repeatable); Triggers can filter on it.
+        #[arg(long = "ext", value_name = "NAME=VALUE")]
+        extensions: Vec<String>,
+    },
     /// Show every function, or one.
     Status { name: Option<String> },
     /// Show a function's events.
@@ -354,6 +373,22 @@ async fn run(cli: Cli) -> Result<i32> {
             data,
             event_type,
         } => client::invoke(&platform, &name, &data, &event_type, output).await,
+        Command::Publish {
+            event_type,
+            data,
+            source,
+            subject,
+            extensions,
+        } => {
+            let event = client::Publication {
+                event_type: &event_type,
+                data: &data,
+                source: &source,
+                subject: subject.as_deref(),
+                extensions: &extensions,
+            };
+            client::publish(&platform, &event, output).await
+        }
         Command::Status { name } => client::status(&platform, name.as_deref(), output).await,
         Command::Events { name } => client::events(&platform, &name, output).await,
         Command::Logs { name } => client::logs(&platform, &name, output).await,

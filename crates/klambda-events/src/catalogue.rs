@@ -279,6 +279,13 @@ catalogue! {
         producers [Client], consumer None;
 }
 
+/// Whether `ty` is the platform's to send: every `io.knative.lambda.*` type, and what the
+/// Kubernetes sources report (`crate::external`). A user's function may not emit one: its reply
+/// would reach the stages as if the platform had sent it.
+pub fn is_platform_type(ty: &str) -> bool {
+    ty.starts_with(TYPE_PREFIX) || crate::external::APISERVER_EVENT_TYPES.contains(&ty)
+}
+
 /// The catalogue entry for a type name, if the type is known.
 pub fn find(type_name: &str) -> Option<&'static EventSpec> {
     CATALOGUE.iter().find(|spec| spec.type_name == type_name)

@@ -154,9 +154,26 @@ pub struct BuildSubmission {
 pub struct TriggerFilter {
     /// Attribute name → the exact value it must have. Every listed attribute must match.
     pub attributes: BTreeMap<String, String>,
+    /// The type of the function's reply to these events on the bus; absent: the runtime's
+    /// `<input type>.response`. Never a platform type (`io.knative.lambda.*`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_type: Option<String>,
     /// Anything else (such as `filters`) is refused by the parser, never silently ignored.
     #[serde(flatten)]
     pub extra: Extra,
+}
+
+/// The name of a function's `index`-th Trigger, in every mode (the Knative Trigger, the
+/// RabbitMQ queue, the in-memory route): `fn-<name>-<index>`, shortened with a hash when that
+/// would pass the 63 characters of a Kubernetes name.
+pub fn trigger_name(function: &FunctionName, index: usize) -> String {
+    let name = format!("fn-{function}-{index}");
+    if name.len() <= 63 {
+        return name;
+    }
+    let hash = hex::encode(&<sha2::Sha256 as sha2::Digest>::digest(name.as_bytes())[..4]);
+    let keep = &function.as_str()[..63 - 3 - 1 - 8 - 1 - index.to_string().len()];
+    format!("fn-{}-{hash}-{index}", keep.trim_end_matches('-'))
 }
 
 /// Env names a function may not set: the platform or the runtime shim sets them, or they change
@@ -323,5 +340,25 @@ impl Default for BuildSettings {
         Self {
             timeout_seconds: 900,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trigger_names_fit_a_kubernetes_name() -> Result<(), crate::InvalidId> {
+        assert_eq!(trigger_name(&FunctionName::new("hello")?, 0), "fn-hello-0");
+        let long = FunctionName::new("a".repeat(63))?;
+        for index in [0, 7, 12] {
+            let name = trigger_name(&long, index);
+            assert!(name.len() <= 63, "{name}");
+            assert!(name.ends_with(&format!("-{index}")), "{name}");
+        }
+        // Long names that differ stay apart.
+        let other = FunctionName::new(format!("{}b", "a".repeat(62)))?;
+        assert_ne!(trigger_name(&long, 0), trigger_name(&other, 0));
+        Ok(())
     }
 }

@@ -417,7 +417,7 @@ fn check_triggers(triggers: &[TriggerFilter], limits: &Limits, problems: &mut Ve
             let reason = if key == "filters" {
                 "filters (CESQL/dialect filters) are ignored by the RabbitMQ broker, so the Trigger would receive every event; use attributes (exact match)".to_owned()
             } else {
-                format!("unknown field {key:?}; a trigger has only attributes")
+                format!("unknown field {key:?}; a trigger has attributes and replyType")
             };
             problems.push(Problem::new(format!("{field}.{key}"), reason));
         }
@@ -451,6 +451,25 @@ fn check_triggers(triggers: &[TriggerFilter], limits: &Limits, problems: &mut Ve
                 problems.push(Problem::new(
                     at,
                     "values are at most 256 characters with no control characters",
+                ));
+            }
+        }
+        if let Some(reply_type) = &trigger.reply_type {
+            let at = format!("{field}.replyType");
+            if reply_type.is_empty()
+                || reply_type.len() > 256
+                || reply_type
+                    .chars()
+                    .any(|c| c.is_control() || c.is_whitespace())
+            {
+                problems.push(Problem::new(
+                    at,
+                    "a CloudEvents type: 1–256 characters, no spaces or control characters",
+                ));
+            } else if klambda_events::catalogue::is_platform_type(reply_type) {
+                problems.push(Problem::new(
+                    at,
+                    "is the platform's event type; a function's reply may not carry it",
                 ));
             }
         }

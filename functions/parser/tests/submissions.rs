@@ -3,6 +3,8 @@
 //! path traversal, sizes, S3 and git sources with SSRF hosts, env, resources, scaling and
 //! trigger filters.
 
+use klambda_events::EventType as _;
+use klambda_events::catalogue::FunctionCreated;
 use klambda_events::spec::{FunctionSubmission, Source};
 use parser::{Limits, parse};
 use serde_json::{Value, json};
@@ -656,6 +658,16 @@ fn submissions() {
             "trigger bad attribute name",
             trigger(json!({"attributes": {"Type": "x"}})),
             &["triggers[0].attributes.Type"],
+        ),
+        (
+            "trigger reply typed as the platform",
+            trigger(json!({"attributes": {"type": "x"}, "replyType": FunctionCreated::TYPE})),
+            &["triggers[0].replyType"],
+        ),
+        (
+            "trigger reply type with a space",
+            trigger(json!({"attributes": {"type": "x"}, "replyType": "com.example priced"})),
+            &["triggers[0].replyType"],
         ),
         (
             "duplicate triggers",

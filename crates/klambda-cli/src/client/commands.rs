@@ -121,6 +121,81 @@ pub async fn invoke(
     Ok(code)
 }
 
+/// What `klambda publish` sends.
+pub struct Publication<'a> {
+    /// The CloudEvents type.
+    pub event_type: &'a str,
+    /// The data: JSON, else text.
+    pub data: &'a str,
+    /// The source.
+    pub source: &'a str,
+    /// The subject, if any.
+    pub subject: Option<&'a str>,
+    /// Extension attributes, `name=value`.
+    pub extensions: &'a [String],
+}
+
+/// `klambda publish TYPE [DATA]`: posts one CloudEvent to the broker ingress, as any client may
+/// (platform types are refused there), and prints its id.
+pub async fn publish(platform: &Api, publication: &Publication<'_>, output: Output) -> Result<i32> {
+    let id = event_id("publish");
+    let mut event = serde_json::json!({
+        "specversion": "1.0",
+        "id": id,
+        "type": publication.event_type,
+        "source": publication.source,
+    });
+    match serde_json::from_str::<Value>(publication.data) {
+        Ok(data) => {
+            event["datacontenttype"] = "application/json".into();
+            event["data"] = data;
+        }
+        Err(_) => {
+            event["datacontenttype"] = "text/plain; charset=utf-8".into();
+            event["data"] = publication.data.into();
+        }
+    }
+    if let Some(subject) = publication.subject {
+        event["subject"] = subject.into();
+    }
+    for extension in publication.extensions {
+        let Some((name, value)) = extension.split_once('=') else {
+            bail!("--ext {extension:?}: expected NAME=VALUE");
+        };
+        let valid = !name.is_empty()
+            && name.len() <= 20
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+        if !valid
+            || [
+                "specversion",
+                "id",
+                "type",
+                "source",
+                "subject",
+                "data",
+                "data_base64",
+                "datacontenttype",
+                "dataschema",
+                "time",
+            ]
+            .contains(&name)
+        {
+            bail!(
+                "--ext {name:?}: an extension name is 1–20 characters of a-z and 0-9, and not a core attribute"
+            );
+        }
+        event[name] = value.into();
+    }
+    platform.publish_structured(&event).await?;
+    match output {
+        Output::Json => say!("{}", serde_json::json!({ "id": id })),
+        Output::Text => say!("{id}"),
+    }
+    Ok(0)
+}
+
 /// `klambda status [NAME]`.
 pub async fn status(platform: &Api, name: Option<&str>, output: Output) -> Result<i32> {
     let path = name.map_or_else(|| "/functions".to_owned(), |n| format!("/functions/{n}"));

@@ -32,7 +32,9 @@ mod dlq;
 mod package;
 mod secrets;
 
-pub use commands::{delete, deploy, events, invoke, logs, replay, rollback, status};
+pub use commands::{
+    Publication, delete, deploy, events, invoke, logs, publish, replay, rollback, status,
+};
 pub use dlq::{Dlq, WebhookDlq, dlq, webhook_dlq};
 pub use package::{package, package_to_s3};
 pub use secrets::{Secrets, secrets};

@@ -121,18 +121,6 @@ fn trigger_resource() -> ApiResource {
     )
 }
 
-/// The name of a function's `index`-th Trigger: `fn-<name>-<index>`, shortened with a hash when
-/// that would pass the 63 characters of a Kubernetes name.
-pub fn trigger_name(function: &FunctionName, index: usize) -> String {
-    let name = format!("fn-{function}-{index}");
-    if name.len() <= 63 {
-        return name;
-    }
-    let hash = hex::encode(&Sha256::digest(name.as_bytes())[..4]);
-    let keep = &function.as_str()[..63 - 3 - 1 - 8 - 1 - index.to_string().len()];
-    format!("fn-{}-{hash}-{index}", keep.trim_end_matches('-'))
-}
-
 /// The Secret in the functions' namespace holding the values of functions' secret env, one key
 /// per secret name (`kubectl create secret generic klambda-function-secrets --from-literal=…`).
 pub const FUNCTION_SECRETS: &str = "klambda-function-secrets";
@@ -225,7 +213,7 @@ pub fn triggers(settings: &KnativeSettings, spec: &FunctionSpec) -> Vec<Value> {
                 "apiVersion": "eventing.knative.dev/v1",
                 "kind": "Trigger",
                 "metadata": {
-                    "name": trigger_name(&spec.name, index),
+                    "name": klambda_events::spec::trigger_name(&spec.name, index),
                     "namespace": settings.namespace,
                     "labels": function_labels(&spec.name),
                 },
@@ -605,25 +593,5 @@ impl Deployer for KnativeServices {
             key,
             verdict,
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn trigger_names_fit_a_kubernetes_name() -> Result<(), klambda_events::InvalidId> {
-        assert_eq!(trigger_name(&FunctionName::new("hello")?, 0), "fn-hello-0");
-        let long = FunctionName::new("a".repeat(63))?;
-        for index in [0, 7, 12] {
-            let name = trigger_name(&long, index);
-            assert!(name.len() <= 63, "{name}");
-            assert!(name.ends_with(&format!("-{index}")), "{name}");
-        }
-        // Long names that differ stay apart.
-        let other = FunctionName::new(format!("{}b", "a".repeat(62)))?;
-        assert_ne!(trigger_name(&long, 0), trigger_name(&other, 0));
-        Ok(())
     }
 }

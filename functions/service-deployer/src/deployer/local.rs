@@ -13,6 +13,10 @@
 //!   [`INHERITED_ENV`]), not the platform's settings and credentials.
 //! - Deploys of different functions run in parallel: each function has its own lock, held
 //!   across its health wait; the table of functions is locked only to find one.
+//! - A function's `triggers` are on the bus while it serves: once a revision is ready (deployed,
+//!   rolled back to, or served again after a restart) the runner hands them to the
+//!   [`Subscriptions`] it was given (the embedded platform's broker), and takes them away on
+//!   delete. Deliveries find the serving revision through [`LocalRunner::serving`].
 
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -25,6 +29,7 @@ use http_body_util::Empty;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use klambda_events::data::{RestartReason, ServiceRestart};
+use klambda_events::spec::TriggerFilter;
 use klambda_events::{ContentDigest, FunctionName, FunctionSpec};
 use klambda_runtimes::Template;
 use serde::{Deserialize, Serialize};
@@ -80,6 +85,7 @@ struct RevisionState {
     revision: Revision,
     config: String,
     launch: Launch,
+    triggers: Vec<TriggerFilter>,
     stop: Option<oneshot::Sender<()>>,
     output: Tail,
 }
@@ -107,6 +113,8 @@ struct SavedRevision {
     digest: ContentDigest,
     config: String,
     launch: Launch,
+    #[serde(default)]
+    triggers: Vec<TriggerFilter>,
 }
 
 impl FunctionState {
@@ -122,6 +130,7 @@ impl FunctionState {
                     digest: r.revision.digest.clone(),
                     config: r.config.clone(),
                     launch: r.launch.clone(),
+                    triggers: r.triggers.clone(),
                 })
                 .collect(),
             current: self.current,
@@ -148,6 +157,7 @@ impl FunctionState {
                     },
                     config: r.config,
                     launch: r.launch,
+                    triggers: r.triggers,
                     stop: None,
                     output: Tail::default(),
                 })
@@ -161,8 +171,16 @@ impl FunctionState {
 /// One function's state, locked on its own so deploys of different functions run in parallel.
 type Function = Arc<Mutex<FunctionState>>;
 
+/// Where a function's Triggers go while it serves: subscriptions on the running broker.
+pub trait Subscriptions: Send + Sync + 'static {
+    /// `function` serves: its Triggers are exactly `triggers` from now on (replacing those it
+    /// had; none removes them).
+    fn serve(&self, function: &FunctionName, triggers: &[TriggerFilter]);
+    /// `function` was deleted: its Triggers go.
+    fn remove(&self, function: &FunctionName);
+}
+
 /// Runs functions as local processes.
-#[derive(Debug)]
 pub struct LocalRunner {
     functions: SyncMutex<HashMap<FunctionName, Function>>,
     /// Where each function's revisions are kept (`<name>.json`), if anywhere.
@@ -173,6 +191,13 @@ pub struct LocalRunner {
     /// the stage takes it ([`Deployer::restarts`]).
     reports: mpsc::Sender<ServiceRestart>,
     reported: SyncMutex<Option<mpsc::Receiver<ServiceRestart>>>,
+    /// Whether new revisions run in the sandbox (their own user, their own cgroup) where the
+    /// machine allows it.
+    sandboxed: bool,
+    /// Each serving function's URL, for deliveries ([`LocalRunner::serving`]).
+    serving: SyncMutex<HashMap<FunctionName, String>>,
+    /// Where functions' Triggers go, once attached.
+    subscriptions: std::sync::OnceLock<Arc<dyn Subscriptions>>,
 }
 
 /// Restart reports waiting for the stage to publish them; past this, more are logged and
@@ -188,6 +213,9 @@ impl Default for LocalRunner {
             secret_dir: None,
             reports,
             reported: SyncMutex::new(Some(reported)),
+            sandboxed: true,
+            serving: SyncMutex::default(),
+            subscriptions: std::sync::OnceLock::new(),
         }
     }
 }
@@ -219,6 +247,58 @@ impl LocalRunner {
     /// A runner with no functions that keeps nothing: a restart forgets what ran (tests).
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// New revisions run as the runner's user, with no cgroup, whatever the machine allows:
+    /// only to measure what the sandbox costs (`benches/start.rs`). The cleared environment
+    /// stays.
+    pub fn without_sandbox(mut self) -> Self {
+        self.sandboxed = false;
+        self
+    }
+
+    /// Puts every serving function's Triggers on the bus through `subscriptions`, and every
+    /// later change (deploy, rollback, delete). Later calls keep the first.
+    pub async fn attach(&self, subscriptions: Arc<dyn Subscriptions>) {
+        if self.subscriptions.set(subscriptions).is_err() {
+            return;
+        }
+        let functions: Vec<(FunctionName, Function)> = self
+            .functions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .map(|(name, function)| (name.clone(), Arc::clone(function)))
+            .collect();
+        for (name, function) in functions {
+            let function = function.lock().await;
+            if let Some(current) = function.current.map(|i| &function.revisions[i])
+                && current.stop.is_some()
+            {
+                self.now_serving(&name, current);
+            }
+        }
+    }
+
+    /// Where `function` serves now: its serving revision's URL.
+    pub fn serving(&self, function: &FunctionName) -> Option<String> {
+        self.serving
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(function)
+            .cloned()
+    }
+
+    /// `revision` serves `function` from now on: deliveries go to it, its Triggers are on the
+    /// bus.
+    fn now_serving(&self, function: &FunctionName, revision: &RevisionState) {
+        self.serving
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(function.clone(), revision.revision.url.clone());
+        if let Some(subscriptions) = self.subscriptions.get() {
+            subscriptions.serve(function, &revision.triggers);
+        }
     }
 
     fn reporter(&self, function: &FunctionName, revision: &str) -> Reporter {
@@ -296,6 +376,11 @@ impl LocalRunner {
         let mut recovered = HashMap::new();
         while let Some(restarted) = restarts.join_next().await {
             let (name, function) = restarted.map_err(std::io::Error::other)?;
+            if let Some(current) = function.current.map(|i| &function.revisions[i])
+                && current.stop.is_some()
+            {
+                runner.now_serving(&name, current);
+            }
             recovered.insert(name, Arc::new(Mutex::new(function)));
         }
         Ok(Self {
@@ -366,6 +451,7 @@ fn launch_for(
     image: &str,
     port: u16,
     secret_dir: Option<&Path>,
+    sandboxed: bool,
 ) -> Result<Launch, NotReady> {
     // Every secret the function names must be set before a process is started for it.
     for secret in spec.secrets.values() {
@@ -407,7 +493,7 @@ fn launch_for(
     let function = artifact.join("function");
     // Its own user and group, its artifact readable by it alone, a temporary directory of its
     // own (when the runner is root; see `sandbox`).
-    let identity = super::sandbox::identity_of(&spec.name);
+    let identity = super::sandbox::identity_of(&spec.name).filter(|_| sandboxed);
     // The interpreter the runtime id names, found where the function's own user can run it.
     let path = std::env::var("PATH").unwrap_or_default();
     let path = match identity {
@@ -856,11 +942,23 @@ impl LocalRunner {
         let function = self.function(&spec.name);
         let mut function = function.lock().await;
         let config = config_of(spec);
-        if let Some(current) = function.current.map(|i| &function.revisions[i])
+        if let Some(index) = function.current
+            && let Some(current) = function.revisions.get_mut(index)
             && current.revision.image == image
             && current.config == config
             && current.stop.is_some()
         {
+            // Triggers are not part of the revision (as on Knative): a change moves them.
+            if current.triggers != spec.triggers {
+                current.triggers = spec.triggers.clone();
+                self.now_serving(&spec.name, current);
+                let unchanged = current.revision.clone();
+                self.save(&spec.name, &function).await;
+                return Ok(Revision {
+                    changed: false,
+                    ..unchanged
+                });
+            }
             return Ok(Revision {
                 changed: false,
                 ..current.revision.clone()
@@ -871,16 +969,23 @@ impl LocalRunner {
         self.save(&spec.name, &function).await;
         let name = format!("{}-{:05}", spec.name, function.next);
         let port = free_port()?;
-        let mut launch =
-            launch_for(spec, image, port, self.secret_dir.as_deref()).map_err(|e| NotReady {
-                revision: Some(name.clone()),
-                ..e
-            })?;
+        let mut launch = launch_for(
+            spec,
+            image,
+            port,
+            self.secret_dir.as_deref(),
+            self.sandboxed,
+        )
+        .map_err(|e| NotReady {
+            revision: Some(name.clone()),
+            ..e
+        })?;
         // Named for this runner too: two platforms on one machine never share a group.
         let group = format!("{name}.{}", std::process::id());
         // The revision's limits; each process of it gets a group of its own (`fresh`), so this
         // one only shows that the machine has groups to give.
         launch.cgroup = super::limits::RevisionCgroup::create(&group, &spec.resources)
+            .filter(|_| self.sandboxed)
             .inspect(super::limits::RevisionCgroup::remove);
         let output = Tail::default();
         if launch.cgroup.is_none() {
@@ -900,18 +1005,24 @@ impl LocalRunner {
             changed: true,
             runtime: launch.runtime.clone(),
         };
-        // The new revision is ready: only now does the previous one stop.
-        if let Some(previous) = function.current {
-            stop(&mut function.revisions[previous]);
-        }
+        let previous = function.current;
         function.revisions.push(RevisionState {
             revision: revision.clone(),
             config,
             launch,
+            triggers: spec.triggers.clone(),
             stop: Some(stopper),
             output,
         });
         function.current = Some(function.revisions.len() - 1);
+        if let Some(current) = function.revisions.last() {
+            self.now_serving(&spec.name, current);
+        }
+        // The new revision is ready and deliveries go to it: only now does the previous one
+        // stop.
+        if let Some(previous) = previous {
+            stop(&mut function.revisions[previous]);
+        }
         self.save(&spec.name, &function).await;
         Ok(revision)
     }
@@ -953,9 +1064,10 @@ impl LocalRunner {
         let revision_name = function.revisions[target].revision.name.clone();
         let output = Arc::clone(&function.revisions[target].output);
         let stopper = start(&launch, self.reporter(name, &revision_name), &output).await?;
-        stop(&mut function.revisions[current]);
         function.revisions[target].stop = Some(stopper);
         function.current = Some(target);
+        self.now_serving(name, &function.revisions[target]);
+        stop(&mut function.revisions[current]);
         self.save(name, &function).await;
         Ok(Revision {
             changed: true,
@@ -989,6 +1101,13 @@ impl LocalRunner {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .remove(name);
+        self.serving
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(name);
+        if let Some(subscriptions) = self.subscriptions.get() {
+            subscriptions.remove(name);
+        }
         self.forget(name).await;
         true
     }
