@@ -240,7 +240,10 @@ async fn a_dead_letter_redriven_with_the_cli_goes_through_the_pipeline() -> Resu
     assert_eq!(sunk.status, 202, "{:?}", sunk.body);
 
     let endpoint = client::Api::new(&server.url(""));
-    assert_eq!(client::dlq(&endpoint, Dlq::List, Output::Json).await?, 0);
+    assert_eq!(
+        client::dlq(&endpoint, Dlq::List { function: None }, Output::Json).await?,
+        0
+    );
     let stored = platform.store.dead_letters(10).await?;
     assert_eq!(stored.len(), 1);
     assert_eq!(
@@ -248,7 +251,15 @@ async fn a_dead_letter_redriven_with_the_cli_goes_through_the_pipeline() -> Resu
         0
     );
     assert_eq!(
-        client::dlq(&endpoint, Dlq::Redrive(None), Output::Text).await?,
+        client::dlq(
+            &endpoint,
+            Dlq::Redrive {
+                id: None,
+                function: None
+            },
+            Output::Text
+        )
+        .await?,
         0
     );
     assert!(

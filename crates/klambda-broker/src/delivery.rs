@@ -67,6 +67,12 @@ impl Delivery {
         self.retry.saturating_add(1)
     }
 
+    /// A function's `delivery` (from its `klambda.json`, validated by the parser), read as a
+    /// Trigger's `spec.delivery` is.
+    pub fn from_function(spec: &klambda_events::spec::DeliverySpec) -> Result<Self, String> {
+        Self::from_spec(&serde_json::to_value(spec).map_err(|e| e.to_string())?)
+    }
+
     /// Reads a `spec.delivery` object. Absent fields take Knative's defaults.
     pub fn from_spec(spec: &Value) -> Result<Self, String> {
         let mut delivery = Delivery::default();
@@ -86,14 +92,15 @@ impl Delivery {
             }
         }
         if let Some(delay) = spec.get("backoffDelay").and_then(Value::as_str) {
-            delivery.backoff_delay = iso8601_duration(delay).ok_or_else(|| {
+            delivery.backoff_delay = klambda_events::iso8601::duration(delay).ok_or_else(|| {
                 format!("delivery.backoffDelay {delay:?} is not an ISO-8601 duration")
             })?;
         }
         if let Some(timeout) = spec.get("timeout").and_then(Value::as_str) {
-            delivery.timeout = Some(iso8601_duration(timeout).ok_or_else(|| {
-                format!("delivery.timeout {timeout:?} is not an ISO-8601 duration")
-            })?);
+            delivery.timeout =
+                Some(klambda_events::iso8601::duration(timeout).ok_or_else(|| {
+                    format!("delivery.timeout {timeout:?} is not an ISO-8601 duration")
+                })?);
         }
         Ok(delivery)
     }
@@ -105,44 +112,6 @@ pub fn is_retryable(status: Option<u16>) -> bool {
         None => true,
         Some(code) => code >= 500 || matches!(code, 404 | 408 | 409 | 429),
     }
-}
-
-/// Parses an ISO-8601 duration of days, hours, minutes and (fractional) seconds, the subset
-/// Knative uses: `PT0.2S`, `PT1M30S`, `P1DT2H`.
-pub fn iso8601_duration(text: &str) -> Option<Duration> {
-    let rest = text.strip_prefix('P')?;
-    if rest.is_empty() {
-        return None;
-    }
-    let (date, time) = match rest.split_once('T') {
-        Some((date, time)) if !time.is_empty() => (date, Some(time)),
-        Some(_) => return None,
-        None => (rest, None),
-    };
-    let mut seconds = 0f64;
-    let mut parse = |part: &str, units: &[(char, f64)]| -> Option<()> {
-        let mut number = String::new();
-        let mut seen = 0;
-        for c in part.chars() {
-            if c.is_ascii_digit() || c == '.' {
-                number.push(c);
-                continue;
-            }
-            let position = units.iter().position(|(unit, _)| *unit == c)?;
-            if position < seen || number.is_empty() {
-                return None;
-            }
-            seen = position + 1;
-            seconds += number.parse::<f64>().ok()? * units[position].1;
-            number.clear();
-        }
-        number.is_empty().then_some(())
-    };
-    parse(date, &[('D', 86_400.0)])?;
-    if let Some(time) = time {
-        parse(time, &[('H', 3600.0), ('M', 60.0), ('S', 1.0)])?;
-    }
-    Duration::try_from_secs_f64(seconds).ok()
 }
 
 /// How one event's delivery through a Trigger ended.
@@ -211,32 +180,6 @@ pub(crate) async fn deliver(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_the_durations_knative_uses() {
-        let cases = [
-            ("PT0.2S", Some(200)),
-            ("PT1S", Some(1000)),
-            ("PT1M30S", Some(90_000)),
-            ("PT2H", Some(7_200_000)),
-            ("P1D", Some(86_400_000)),
-            ("P1DT1S", Some(86_401_000)),
-            ("", None),
-            ("P", None),
-            ("PT", None),
-            ("1S", None),
-            ("PT1X", None),
-            ("PTS", None),
-            ("PT1S2M", None),
-        ];
-        for (text, millis) in cases {
-            assert_eq!(
-                iso8601_duration(text).map(|d| d.as_millis() as u64),
-                millis,
-                "{text:?}"
-            );
-        }
-    }
 
     #[test]
     fn backoff_follows_the_knative_formulas() {

@@ -178,6 +178,27 @@ pub trait Locate: Send + Sync + 'static {
     fn serving(&self, function: &FunctionName) -> Option<Url>;
 }
 
+/// How a function is named as a delivery's destination on one machine (`knativeerrordest`).
+const FUNCTION_SCHEME: &str = "function://";
+
+/// The function a failed delivery was for, from its dead letter's `knativeerrordest`:
+/// `function://NAME` on one machine, the function's Service address
+/// (`http://NAME.NAMESPACE.svc.cluster.local…`) on a cluster. `None` for anything else.
+pub fn function_of_destination(destination: &str) -> Option<&str> {
+    if let Some(name) = destination.strip_prefix(FUNCTION_SCHEME) {
+        return Some(name);
+    }
+    let rest = destination
+        .strip_prefix("http://")
+        .or_else(|| destination.strip_prefix("https://"))?;
+    let host = rest.split(['/', ':']).next()?;
+    let (name, domain) = host.split_once('.')?;
+    let cluster_service = domain
+        .split_once('.')
+        .is_some_and(|(_, tail)| tail == "svc.cluster.local" || tail == "svc");
+    cluster_service.then_some(name)
+}
+
 /// A user's function, as a function Trigger's subscriber. Its replies go back on the bus as
 /// the function's own events: `source` is `/functions/<name>`, the type the Trigger's
 /// `replyType` when it names one; a reply typed as a platform event (`io.knative.lambda.*`)
@@ -208,7 +229,7 @@ impl Function {
 
 impl Subscriber for Function {
     fn address(&self) -> String {
-        format!("function://{}", self.function)
+        format!("{FUNCTION_SCHEME}{}", self.function)
     }
 
     fn deliver(&self, event: Event) -> BoxFuture<'_, Answer> {
@@ -243,5 +264,37 @@ impl Subscriber for Function {
                 other => other,
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dead_letter_names_its_function_in_every_mode() {
+        let cases = [
+            ("function://pricer", Some("pricer")),
+            (
+                "http://pricer.knative-lambda.svc.cluster.local",
+                Some("pricer"),
+            ),
+            (
+                "http://pricer.knative-lambda.svc.cluster.local/",
+                Some("pricer"),
+            ),
+            ("https://pricer.fns.svc:8443/x", Some("pricer")),
+            ("http://127.0.0.1:8080/", None),
+            ("http://pricer.example.com/", None),
+            ("http://pricer/", None),
+            ("in-process://parser", None),
+        ];
+        for (destination, function) in cases {
+            assert_eq!(
+                function_of_destination(destination),
+                function,
+                "{destination}"
+            );
+        }
     }
 }

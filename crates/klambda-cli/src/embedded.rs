@@ -390,13 +390,23 @@ impl service_deployer::deployer::local::Subscriptions for FunctionTriggers {
     fn serve(
         &self,
         function: &klambda_events::FunctionName,
-        triggers: &[klambda_events::spec::TriggerFilter],
+        subscribed: &service_deployer::deployer::local::Subscribed,
     ) {
+        let triggers = &subscribed.triggers;
         let Some(broker) = self.bus.embedded() else {
             if !triggers.is_empty() {
                 tracing::warn!(%function, "function Triggers over RabbitMQ are not wired yet (issue 17): the function gets no events from the bus");
             }
             return;
+        };
+        // The parser validated it; were it unreadable still, the Broker's applies (and says so).
+        let delivery = match subscribed.delivery.as_ref().map(Delivery::from_function) {
+            None => self.delivery.clone(),
+            Some(Ok(delivery)) => delivery,
+            Some(Err(reason)) => {
+                tracing::error!(%function, %reason, "the function's delivery is unreadable; its Triggers use the Broker's");
+                self.delivery.clone()
+            }
         };
         let wanted: Vec<(trigger::Trigger, Option<String>)> = triggers
             .iter()
@@ -407,7 +417,7 @@ impl service_deployer::deployer::local::Subscriptions for FunctionTriggers {
                         name: klambda_events::spec::trigger_name(function, index),
                         filter: filter.attributes.clone(),
                         subscriber: format!("function {function}"),
-                        delivery: self.delivery.clone(),
+                        delivery: delivery.clone(),
                         parallelism: 1,
                     },
                     filter.reply_type.clone(),

@@ -245,7 +245,11 @@ enum WebhookDlqCommand {
 #[derive(Subcommand)]
 enum DlqCommand {
     /// List them, oldest first.
-    List,
+    List {
+        /// Only the letters a function's Triggers could not deliver to it.
+        #[arg(long, value_name = "NAME")]
+        function: Option<String>,
+    },
     /// Show one, with where and why its delivery failed.
     Show { id: i64 },
     /// Publish one (or all) to the broker again, and forget it once accepted.
@@ -256,6 +260,9 @@ enum DlqCommand {
         /// Redrive every letter.
         #[arg(long)]
         all: bool,
+        /// With --all: only the letters of this function's Triggers.
+        #[arg(long, value_name = "NAME", requires = "all")]
+        function: Option<String>,
     },
     /// Forget every dead letter.
     Purge {
@@ -396,9 +403,9 @@ async fn run(cli: Cli) -> Result<i32> {
         Command::Delete { name } => client::delete(&platform, &name, output).await,
         Command::Dlq { command } => {
             let command = match command {
-                DlqCommand::List => client::Dlq::List,
+                DlqCommand::List { function } => client::Dlq::List { function },
                 DlqCommand::Show { id } => client::Dlq::Show(id),
-                DlqCommand::Redrive { id, .. } => client::Dlq::Redrive(id),
+                DlqCommand::Redrive { id, function, .. } => client::Dlq::Redrive { id, function },
                 DlqCommand::Purge { yes: false } => {
                     eprintln!("klambda: purge forgets every dead letter; add --yes to do it");
                     return Ok(64);

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, bail, ensure};
 use common::{Up, klambda, text, up};
 use klambda_events::EventType as _;
-use klambda_events::catalogue::ParserCompleted;
+use klambda_events::catalogue::{FunctionCreated, ParserCompleted};
 use serde_json::{Value, json};
 
 /// An empty directory of this test run's own.
@@ -25,13 +25,18 @@ fn scratch(name: &str) -> Result<std::path::PathBuf> {
 
 /// Writes a Node.js function `name` with `triggers` and `code` under `root`, and deploys it.
 fn deploy(platform: &Up, root: &Path, name: &str, triggers: Value, code: &str) -> Result<()> {
+    deploy_with(platform, root, name, json!({ "triggers": triggers }), code)
+}
+
+/// [`deploy`] with `config`'s fields (triggers, delivery) in its `klambda.json`.
+fn deploy_with(platform: &Up, root: &Path, name: &str, config: Value, code: &str) -> Result<()> {
     let dir = root.join(name);
     std::fs::create_dir_all(&dir)?;
-    std::fs::write(
-        dir.join("klambda.json"),
-        json!({"name": name, "runtime": "nodejs20", "handler": "index.handler", "triggers": triggers})
-            .to_string(),
-    )?;
+    let mut manifest = json!({"name": name, "runtime": "nodejs20", "handler": "index.handler"});
+    for (key, value) in config.as_object().into_iter().flatten() {
+        manifest[key] = value.clone();
+    }
+    std::fs::write(dir.join("klambda.json"), manifest.to_string())?;
     std::fs::write(dir.join("index.js"), code)?;
     let deployed = klambda(platform, &["deploy", &dir.display().to_string()])?;
     ensure!(deployed.status.success(), "{name}: {}", text(&deployed));
@@ -179,6 +184,134 @@ fn publish_refuses_what_a_client_may_not_send() -> Result<()> {
         !bad.status.success() && text(&bad).contains("extension name"),
         "{}",
         text(&bad)
+    );
+    Ok(())
+}
+
+/// Fails the first three calls for each job, then succeeds: retried, dead-lettered, redriven.
+const FLAKY: &str = r#"const calls = {};
+exports.handler = async (job) => {
+  calls[job.id] = (calls[job.id] || 0) + 1;
+  console.log(`attempt ${job.id} ${calls[job.id]} at ${Date.now()}`);
+  if (calls[job.id] <= 3) throw new Error(`down for ${job.id}`);
+  console.log(`done ${job.id}`);
+};"#;
+
+/// Observes the platform's deploys; its reply (typed `<input type>.response`) is a platform
+/// type, which a function may not emit.
+const WATCHER: &str = r#"exports.handler = async (submission) => {
+  console.log(`watched ${submission.name}`);
+  return { seen: submission.name };
+};"#;
+
+/// The lines of `name`'s output that contain `needle`.
+fn lines_with(platform: &Up, name: &str, needle: &str) -> Result<Vec<String>> {
+    Ok(output(platform, name)?
+        .lines()
+        .filter(|line| line.contains(needle))
+        .map(str::to_owned)
+        .collect())
+}
+
+/// `klambda dlq list --function NAME -o json`.
+fn dead_letters_of(platform: &Up, function: &str) -> Result<Vec<Value>> {
+    let listed = klambda(
+        platform,
+        &["dlq", "list", "--function", function, "-o", "json"],
+    )?;
+    ensure!(listed.status.success(), "{}", text(&listed));
+    Ok(serde_json::from_slice::<Value>(&listed.stdout)?
+        .as_array()
+        .cloned()
+        .unwrap_or_default())
+}
+
+/// Waits until `function` has `count` dead letters.
+fn dead_lettered(platform: &Up, function: &str, count: usize) -> Result<Vec<Value>> {
+    let started = Instant::now();
+    loop {
+        let letters = dead_letters_of(platform, function)?;
+        if letters.len() == count {
+            return Ok(letters);
+        }
+        if started.elapsed() > Duration::from_secs(20) {
+            bail!(
+                "{function} has {} dead letters, not {count}: {letters:#?}",
+                letters.len()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn failed_deliveries_are_retried_as_configured_then_dead_lettered_and_redriven() -> Result<()> {
+    let root = scratch("delivery")?;
+    let platform = up(&root.join("data"), &[])?;
+    // Observing the platform's own events is allowed; replying with one is not.
+    deploy_with(
+        &platform,
+        &root,
+        "watcher",
+        json!({"triggers": [{"attributes": {"type": FunctionCreated::TYPE}}],
+               "delivery": {"retry": 3, "backoffDelay": "PT0.1S"}}),
+        WATCHER,
+    )?;
+    let delay_ms = 300;
+    deploy_with(
+        &platform,
+        &root,
+        "flaky",
+        json!({"triggers": [{"attributes": {"type": "com.example.job"}}],
+               "delivery": {"retry": 2, "backoffPolicy": "linear", "backoffDelay": "PT0.3S"}}),
+        FLAKY,
+    )?;
+
+    // 5xx: the first attempt and two retries, `backoffDelay × n` apart, then a dead letter.
+    publish(&platform, "com.example.job", r#"{"id":"j-1"}"#, &[])?;
+    let letters = dead_lettered(&platform, "flaky", 1)?;
+    let event = &letters[0]["event"];
+    ensure!(event["type"] == "com.example.job", "{event}");
+    ensure!(event["knativeerrorcode"] == "500", "{event}");
+    ensure!(event["knativeerrordest"] == "function://flaky", "{event}");
+    let attempts = lines_with(&platform, "flaky", "attempt j-1")?;
+    ensure!(attempts.len() == 3, "three attempts: {attempts:#?}");
+    let at: Vec<u64> = attempts
+        .iter()
+        .filter_map(|line| line.rsplit(' ').next()?.parse().ok())
+        .collect();
+    ensure!(at.len() == 3, "{attempts:#?}");
+    for (n, pair) in at.windows(2).enumerate() {
+        let waited = pair[1] - pair[0];
+        let backoff = delay_ms * (n as u64 + 1);
+        ensure!(
+            waited >= backoff,
+            "retry {} came {waited} ms after the attempt before it, under the linear backoff of {backoff} ms",
+            n + 1
+        );
+    }
+
+    // 4xx: the watcher saw flaky's deploy, replied with a platform type, and that reply was
+    // refused (403): dead-lettered after one attempt although its delivery allows 3 retries.
+    let refused = dead_lettered(&platform, "watcher", 1)?;
+    let event = &refused[0]["event"];
+    ensure!(event["type"] == FunctionCreated::TYPE, "{event}");
+    ensure!(event["knativeerrorcode"] == "403", "{event}");
+    ensure!(lines_with(&platform, "watcher", "watched flaky")?.len() == 1);
+    // Neither function's letters show under the other.
+    ensure!(dead_letters_of(&platform, "nobody")?.is_empty());
+
+    // A redrive of flaky's letters reaches it (its fourth call succeeds); the letter goes.
+    let redriven = klambda(
+        &platform,
+        &["dlq", "redrive", "--all", "--function", "flaky"],
+    )?;
+    ensure!(redriven.status.success(), "{}", text(&redriven));
+    said(&platform, "flaky", "done j-1")?;
+    dead_lettered(&platform, "flaky", 0)?;
+    ensure!(
+        dead_letters_of(&platform, "watcher")?.len() == 1,
+        "only flaky's letters were redriven"
     );
     Ok(())
 }

@@ -27,6 +27,7 @@ pub mod docs;
 pub mod envelope;
 pub mod external;
 pub mod ids;
+pub mod iso8601;
 pub mod manifest;
 pub mod runtime;
 pub mod spec;

@@ -48,6 +48,9 @@ pub struct FunctionSubmission {
     /// The events the function subscribes to: one broker Trigger per entry.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub triggers: Vec<TriggerFilter>,
+    /// How the broker delivers to the function's Triggers; absent: the platform Broker's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivery: Option<DeliverySpec>,
     /// Fields this version does not know, kept.
     #[serde(flatten)]
     pub extra: Extra,
@@ -163,6 +166,34 @@ pub struct TriggerFilter {
     pub extra: Extra,
 }
 
+/// How the broker delivers events to a function's Triggers: a Knative Trigger's
+/// `spec.delivery`, in Knative's own field names and formats, mapped 1:1 to it on a cluster and
+/// applied by the same delivery loop on one machine. 5xx answers and timeouts are retried with
+/// backoff; other 4xx answers and exhausted retries go to the platform's dead letters, with
+/// `knativeerror*` attributes. Fields left out take Knative's defaults (10 retries, exponential,
+/// `PT0.2S`, no timeout), as on a Trigger that sets a `delivery` of its own.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeliverySpec {
+    /// Retries after the first attempt (at most 100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<u32>,
+    /// `linear` (the wait before retry n is `backoffDelay × n`) or `exponential`
+    /// (`backoffDelay × 2^n`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff_policy: Option<String>,
+    /// The base wait, an ISO 8601 duration such as `PT0.2S` (at most `PT1H`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff_delay: Option<String>,
+    /// How long one attempt may take, an ISO 8601 duration (at most `PT15M`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+    /// Anything else (such as `deadLetterSink`: function dead letters always go to the
+    /// platform's) is refused by the parser.
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
 /// The name of a function's `index`-th Trigger, in every mode (the Knative Trigger, the
 /// RabbitMQ queue, the in-memory route): `fn-<name>-<index>`, shortened with a hash when that
 /// would pass the 63 characters of a Kubernetes name.
@@ -245,6 +276,9 @@ pub struct FunctionSpec {
     /// The function's Triggers.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub triggers: Vec<TriggerFilter>,
+    /// How the broker delivers to them (validated); absent: the platform Broker's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivery: Option<DeliverySpec>,
     /// Fields of the submission this version does not know, kept.
     #[serde(flatten)]
     pub extra: Extra,

@@ -40,6 +40,7 @@ pub fn function(
         scaling: Scaling::default(),
         build: BuildSettings::default(),
         triggers: Vec::new(),
+        delivery: None,
         extra: BTreeMap::new(),
     };
     Ok((spec, digest))

@@ -4,8 +4,8 @@ use std::collections::BTreeMap;
 
 use klambda_events::data::Problem;
 use klambda_events::spec::{
-    BuildSettings, BuildSubmission, FunctionSubmission, Resources, ResourcesSubmission, Scaling,
-    ScalingSubmission, Source, TriggerFilter,
+    BuildSettings, BuildSubmission, DeliverySpec, FunctionSubmission, Resources,
+    ResourcesSubmission, Scaling, ScalingSubmission, Source, TriggerFilter,
 };
 use klambda_events::{ContentDigest, FunctionName, FunctionSpec, Language, Runtime};
 
@@ -50,6 +50,9 @@ pub fn parse(
     let scaling = scaling(submission.scaling, &mut problems);
     let build = build(submission.build, &mut problems);
     check_triggers(&submission.triggers, limits, &mut problems);
+    if let Some(delivery) = &submission.delivery {
+        check_delivery(delivery, &mut problems);
+    }
 
     match (name, runtime, source) {
         (Some(name), Some(runtime), Some(source)) if problems.is_empty() => {
@@ -65,6 +68,7 @@ pub fn parse(
                 scaling,
                 build,
                 triggers: submission.triggers,
+                delivery: submission.delivery,
                 extra: submission.extra,
             };
             Ok((spec, digest))
@@ -397,6 +401,59 @@ fn build(given: Option<BuildSubmission>, problems: &mut Vec<Problem>) -> BuildSe
             "seconds",
             problems,
         ),
+    }
+}
+
+/// The most retries a function's delivery may ask for: with parallelism 1 a failing event holds
+/// its Trigger's queue for all of them.
+const MAX_RETRIES: u32 = 100;
+/// The longest base wait between retries.
+const MAX_BACKOFF_DELAY: std::time::Duration = std::time::Duration::from_secs(3600);
+/// The longest one delivery may take (Lambda's own limit for one invocation).
+const MAX_DELIVERY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(900);
+
+/// `delivery`: Knative's field names, values the broker can apply as they are.
+fn check_delivery(delivery: &DeliverySpec, problems: &mut Vec<Problem>) {
+    for key in delivery.extra.keys() {
+        let reason = if key == "deadLetterSink" || key == "deadLetterSinkCACerts" {
+            "a function's dead letters go to the platform's dead letters (`klambda dlq list --function NAME`); a destination of its own is not supported".to_owned()
+        } else {
+            format!(
+                "unknown field {key:?}; delivery has retry, backoffPolicy, backoffDelay and timeout"
+            )
+        };
+        problems.push(Problem::new(format!("delivery.{key}"), reason));
+    }
+    if let Some(retry) = delivery.retry
+        && retry > MAX_RETRIES
+    {
+        problems.push(Problem::new(
+            "delivery.retry",
+            format!("{retry} retries; at most {MAX_RETRIES}"),
+        ));
+    }
+    if let Some(policy) = &delivery.backoff_policy
+        && policy != "linear"
+        && policy != "exponential"
+    {
+        problems.push(Problem::new(
+            "delivery.backoffPolicy",
+            format!("{policy:?} is not linear or exponential"),
+        ));
+    }
+    let durations = [
+        ("backoffDelay", &delivery.backoff_delay, MAX_BACKOFF_DELAY),
+        ("timeout", &delivery.timeout, MAX_DELIVERY_TIMEOUT),
+    ];
+    for (field, value, max) in durations {
+        let Some(text) = value else { continue };
+        let problem = match klambda_events::iso8601::duration(text) {
+            None => format!("{text:?} is not an ISO 8601 duration such as PT0.2S or PT1M"),
+            Some(d) if field == "timeout" && d.is_zero() => "a timeout of zero".to_owned(),
+            Some(d) if d > max => format!("{text:?} is longer than {}s", max.as_secs()),
+            Some(_) => continue,
+        };
+        problems.push(Problem::new(format!("delivery.{field}"), problem));
     }
 }
 

@@ -677,6 +677,48 @@ fn submissions() {
             ),
             &["triggers[1]"],
         ),
+        (
+            "delivery in Knative's own form",
+            with(
+                "delivery",
+                json!({"retry": 3, "backoffPolicy": "linear", "backoffDelay": "PT0.2S", "timeout": "PT30S"}),
+            ),
+            &[],
+        ),
+        (
+            "delivery with an unknown backoff policy",
+            with("delivery", json!({"backoffPolicy": "random"})),
+            &["delivery.backoffPolicy"],
+        ),
+        (
+            "delivery with a duration not in ISO 8601",
+            with(
+                "delivery",
+                json!({"backoffDelay": "200ms", "timeout": "PT"}),
+            ),
+            &["delivery.backoffDelay", "delivery.timeout"],
+        ),
+        (
+            "delivery retrying without end",
+            with("delivery", json!({"retry": 1000000})),
+            &["delivery.retry"],
+        ),
+        (
+            "delivery waiting for days",
+            with(
+                "delivery",
+                json!({"backoffDelay": "P2D", "timeout": "PT0S"}),
+            ),
+            &["delivery.backoffDelay", "delivery.timeout"],
+        ),
+        (
+            "delivery to a dead-letter sink of its own",
+            with(
+                "delivery",
+                json!({"deadLetterSink": {"uri": "http://10.0.0.1/"}}),
+            ),
+            &["delivery.deadLetterSink"],
+        ),
         // Several problems at once: all of them are reported.
         (
             "every problem listed",

@@ -70,6 +70,9 @@ fn built(name: &str, image: &str, greeting: &str) -> Result<Event> {
     spec.triggers = vec![serde_json::from_value(
         json!({"attributes": {"type": "com.example.order.created"}}),
     )?];
+    spec.delivery = Some(serde_json::from_value(json!({
+        "retry": 3, "backoffPolicy": "linear", "backoffDelay": "PT0.2S", "timeout": "PT5S"
+    }))?);
     Ok(klambda_test_support::fixtures::build_completed(
         spec, digest, image,
     ))
@@ -201,6 +204,21 @@ async fn deploy_replay_update_rollback_and_delete_with_exactly_the_granted_verbs
         "com.example.order.created"
     );
     assert_eq!(triggers[0]["spec"]["subscriber"]["ref"]["name"], "hello");
+    // The function's delivery, 1:1, and (since a Trigger's delivery replaces the Broker's) the
+    // platform's dead letters named as the Broker names them.
+    let broker =
+        klambda_test_support::manifests::load_yaml(&repo::root().join("eventing/broker.yaml"))?
+            .into_iter()
+            .find(|doc| doc["kind"] == "Broker")
+            .unwrap_or_default();
+    assert!(broker["spec"]["delivery"]["deadLetterSink"].is_object());
+    assert_eq!(
+        triggers[0]["spec"]["delivery"],
+        json!({
+            "retry": 3, "backoffPolicy": "linear", "backoffDelay": "PT0.2S", "timeout": "PT5S",
+            "deadLetterSink": broker["spec"]["delivery"]["deadLetterSink"],
+        })
+    );
     let created = side_events(&cluster);
     assert_eq!(created.len(), 1);
     assert_eq!(created[0].ty(), ServiceCreated::TYPE);

@@ -9,15 +9,24 @@ use serde_json::Value;
 
 /// What `klambda dlq` does with the dead letters (kept by the status reporter, the Broker's
 /// dead-letter sink).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Dlq {
-    /// One line per letter.
-    List,
+    /// One line per letter (only those a function's Triggers failed to deliver, when one is
+    /// named).
+    List {
+        /// The function whose letters to list.
+        function: Option<String>,
+    },
     /// One letter, with its error attributes.
     Show(i64),
-    /// Publish one letter (or all: `None`) to the broker again, without its error attributes,
-    /// and forget it once the broker accepted it.
-    Redrive(Option<i64>),
+    /// Publish one letter (or all: `None`, or all of one function's) to the broker again,
+    /// without its error attributes, and forget it once the broker accepted it.
+    Redrive {
+        /// The letter.
+        id: Option<i64>,
+        /// With no id: only this function's letters.
+        function: Option<String>,
+    },
     /// Forget every letter.
     Purge,
 }
@@ -25,11 +34,8 @@ pub enum Dlq {
 /// `klambda dlq list | show ID | redrive ID|--all | purge`.
 pub async fn dlq(platform: &Api, command: Dlq, output: Output) -> Result<i32> {
     match command {
-        Dlq::List => {
-            let letters: Value = platform
-                .get_json("/dead-letters?limit=10000")
-                .await?
-                .unwrap_or_default();
+        Dlq::List { function } => {
+            let letters = Value::Array(all_dead_letters(platform, function.as_deref()).await?);
             let Some(letters) = to_list(&letters, output)? else {
                 return Ok(0);
             };
@@ -79,14 +85,10 @@ pub async fn dlq(platform: &Api, command: Dlq, output: Output) -> Result<i32> {
             say!("{}", serde_json::to_string_pretty(event)?);
             Ok(0)
         }
-        Dlq::Redrive(only) => {
-            let letters = match only {
+        Dlq::Redrive { id, function } => {
+            let letters = match id {
                 Some(seq) => vec![dead_letter(platform, seq).await?],
-                None => platform
-                    .get_json::<Value>("/dead-letters?limit=10000")
-                    .await?
-                    .and_then(|l| l.as_array().cloned())
-                    .unwrap_or_default(),
+                None => all_dead_letters(platform, function.as_deref()).await?,
             };
             let mut redriven = 0;
             for letter in &letters {
@@ -182,6 +184,28 @@ pub async fn webhook_dlq(gateway: &Api, command: WebhookDlq, output: Output) -> 
             Ok(0)
         }
     }
+}
+
+/// Every dead letter, oldest first; with `function`, only those its Triggers failed to
+/// deliver (the failed destination is the function).
+async fn all_dead_letters(platform: &Api, function: Option<&str>) -> Result<Vec<Value>> {
+    let letters = platform
+        .get_json::<Value>("/dead-letters?limit=10000")
+        .await?
+        .and_then(|l| l.as_array().cloned())
+        .unwrap_or_default();
+    Ok(match function {
+        None => letters,
+        Some(function) => letters
+            .into_iter()
+            .filter(|letter| {
+                letter["event"]["knativeerrordest"]
+                    .as_str()
+                    .and_then(klambda_broker::subscriber::function_of_destination)
+                    == Some(function)
+            })
+            .collect(),
+    })
 }
 
 async fn dead_letter(platform: &Api, seq: i64) -> Result<Value> {

@@ -217,19 +217,49 @@ pub fn triggers(settings: &KnativeSettings, spec: &FunctionSpec) -> Vec<Value> {
                     "namespace": settings.namespace,
                     "labels": function_labels(&spec.name),
                 },
-                "spec": {
-                    "broker": settings.broker,
-                    "filter": { "attributes": filter.attributes },
-                    "subscriber": { "ref": {
-                        "apiVersion": "serving.knative.dev/v1",
-                        "kind": "Service",
-                        "name": spec.name.as_str(),
-                        "namespace": settings.namespace,
-                    }},
-                },
+                "spec": trigger_spec(settings, spec, filter),
             })
         })
         .collect()
+}
+
+fn trigger_spec(
+    settings: &KnativeSettings,
+    spec: &FunctionSpec,
+    filter: &klambda_events::spec::TriggerFilter,
+) -> Value {
+    let mut trigger = json!({
+        "broker": settings.broker,
+        "filter": { "attributes": filter.attributes },
+        "subscriber": { "ref": {
+            "apiVersion": "serving.knative.dev/v1",
+            "kind": "Service",
+            "name": spec.name.as_str(),
+            "namespace": settings.namespace,
+        }},
+    });
+    if let Some(delivery) = &spec.delivery {
+        // A Trigger's delivery replaces the Broker's entirely, its dead-letter sink included:
+        // so the platform's dead letters are named again (as in eventing/broker.yaml).
+        let mut block = serde_json::to_value(delivery).unwrap_or_default();
+        block["deadLetterSink"] = platform_dead_letters(settings);
+        trigger["delivery"] = block;
+    }
+    trigger
+}
+
+/// The platform's dead letters: the status reporter's `/dead-letters`, the Broker's own
+/// `deadLetterSink`.
+fn platform_dead_letters(settings: &KnativeSettings) -> Value {
+    json!({
+        "ref": {
+            "apiVersion": "serving.knative.dev/v1",
+            "kind": "Service",
+            "name": "status-reporter",
+            "namespace": settings.namespace,
+        },
+        "uri": "/dead-letters",
+    })
 }
 
 /// What a function Service's status says about its latest apply: `None` while Knative has not

@@ -29,7 +29,7 @@ use http_body_util::Empty;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use klambda_events::data::{RestartReason, ServiceRestart};
-use klambda_events::spec::TriggerFilter;
+use klambda_events::spec::{DeliverySpec, TriggerFilter};
 use klambda_events::{ContentDigest, FunctionName, FunctionSpec};
 use klambda_runtimes::Template;
 use serde::{Deserialize, Serialize};
@@ -85,7 +85,7 @@ struct RevisionState {
     revision: Revision,
     config: String,
     launch: Launch,
-    triggers: Vec<TriggerFilter>,
+    subscribed: Subscribed,
     stop: Option<oneshot::Sender<()>>,
     output: Tail,
 }
@@ -113,8 +113,8 @@ struct SavedRevision {
     digest: ContentDigest,
     config: String,
     launch: Launch,
-    #[serde(default)]
-    triggers: Vec<TriggerFilter>,
+    #[serde(default, flatten)]
+    subscribed: Subscribed,
 }
 
 impl FunctionState {
@@ -130,7 +130,7 @@ impl FunctionState {
                     digest: r.revision.digest.clone(),
                     config: r.config.clone(),
                     launch: r.launch.clone(),
-                    triggers: r.triggers.clone(),
+                    subscribed: r.subscribed.clone(),
                 })
                 .collect(),
             current: self.current,
@@ -157,7 +157,7 @@ impl FunctionState {
                     },
                     config: r.config,
                     launch: r.launch,
-                    triggers: r.triggers,
+                    subscribed: r.subscribed,
                     stop: None,
                     output: Tail::default(),
                 })
@@ -171,11 +171,33 @@ impl FunctionState {
 /// One function's state, locked on its own so deploys of different functions run in parallel.
 type Function = Arc<Mutex<FunctionState>>;
 
+/// A function's place on the bus: its Triggers and how events are delivered through them. Not
+/// part of the revision (on Knative Triggers are objects of their own): a change moves the
+/// Triggers and starts no process.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Subscribed {
+    /// The Triggers' filters, in the order of `klambda.json` (the index names each Trigger).
+    #[serde(default)]
+    pub triggers: Vec<TriggerFilter>,
+    /// Their delivery; `None`: the Broker's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivery: Option<DeliverySpec>,
+}
+
+impl Subscribed {
+    fn of(spec: &FunctionSpec) -> Self {
+        Self {
+            triggers: spec.triggers.clone(),
+            delivery: spec.delivery.clone(),
+        }
+    }
+}
+
 /// Where a function's Triggers go while it serves: subscriptions on the running broker.
 pub trait Subscriptions: Send + Sync + 'static {
-    /// `function` serves: its Triggers are exactly `triggers` from now on (replacing those it
-    /// had; none removes them).
-    fn serve(&self, function: &FunctionName, triggers: &[TriggerFilter]);
+    /// `function` serves: its Triggers are exactly those of `subscribed` from now on (replacing
+    /// those it had; none removes them).
+    fn serve(&self, function: &FunctionName, subscribed: &Subscribed);
     /// `function` was deleted: its Triggers go.
     fn remove(&self, function: &FunctionName);
 }
@@ -297,7 +319,7 @@ impl LocalRunner {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert(function.clone(), revision.revision.url.clone());
         if let Some(subscriptions) = self.subscriptions.get() {
-            subscriptions.serve(function, &revision.triggers);
+            subscriptions.serve(function, &revision.subscribed);
         }
     }
 
@@ -949,8 +971,9 @@ impl LocalRunner {
             && current.stop.is_some()
         {
             // Triggers are not part of the revision (as on Knative): a change moves them.
-            if current.triggers != spec.triggers {
-                current.triggers = spec.triggers.clone();
+            let subscribed = Subscribed::of(spec);
+            if current.subscribed != subscribed {
+                current.subscribed = subscribed;
                 self.now_serving(&spec.name, current);
                 let unchanged = current.revision.clone();
                 self.save(&spec.name, &function).await;
@@ -1010,7 +1033,7 @@ impl LocalRunner {
             revision: revision.clone(),
             config,
             launch,
-            triggers: spec.triggers.clone(),
+            subscribed: Subscribed::of(spec),
             stop: Some(stopper),
             output,
         });
