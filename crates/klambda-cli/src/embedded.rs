@@ -331,8 +331,8 @@ impl Platform {
                 )
             })?;
         runner
-            .attach(Arc::new(FunctionTriggers::new(
-                bus.clone(),
+            .attach(Arc::new(crate::function_triggers::FunctionTriggers::new(
+                &bus,
                 Arc::downgrade(&runner),
                 default_delivery,
             )))
@@ -351,122 +351,6 @@ impl Platform {
             api_token: settings.api_token.as_deref().map(Arc::from),
             secrets,
         })
-    }
-}
-
-/// Users' function Triggers on the platform's bus, as the local runner hands them over: one
-/// route per filter (named `fn-<function>-<index>`, as the Knative Trigger is), delivering to
-/// the function's serving revision with the Broker's delivery rules; replies go back on the bus
-/// as the function's own events.
-struct FunctionTriggers {
-    bus: Bus,
-    runner: std::sync::Weak<LocalRunner>,
-    delivery: Delivery,
-    /// Each function's Triggers on the bus now.
-    routed: std::sync::Mutex<HashMap<klambda_events::FunctionName, Vec<trigger::Trigger>>>,
-}
-
-impl FunctionTriggers {
-    fn new(bus: Bus, runner: std::sync::Weak<LocalRunner>, delivery: Delivery) -> Self {
-        Self {
-            bus,
-            runner,
-            delivery,
-            routed: std::sync::Mutex::default(),
-        }
-    }
-}
-
-/// Finds a function's serving revision in the local runner, at each delivery.
-struct ServingRevision(std::sync::Weak<LocalRunner>);
-
-impl klambda_broker::subscriber::Locate for ServingRevision {
-    fn serving(&self, function: &klambda_events::FunctionName) -> Option<url::Url> {
-        self.0.upgrade()?.serving(function)?.parse().ok()
-    }
-}
-
-impl service_deployer::deployer::local::Subscriptions for FunctionTriggers {
-    fn serve(
-        &self,
-        function: &klambda_events::FunctionName,
-        subscribed: &service_deployer::deployer::local::Subscribed,
-    ) {
-        let triggers = &subscribed.triggers;
-        let Some(broker) = self.bus.embedded() else {
-            if !triggers.is_empty() {
-                tracing::warn!(%function, "function Triggers over RabbitMQ are not wired yet (issue 17): the function gets no events from the bus");
-            }
-            return;
-        };
-        // The parser validated it; were it unreadable still, the Broker's applies (and says so).
-        let delivery = match subscribed.delivery.as_ref().map(Delivery::from_function) {
-            None => self.delivery.clone(),
-            Some(Ok(delivery)) => delivery,
-            Some(Err(reason)) => {
-                tracing::error!(%function, %reason, "the function's delivery is unreadable; its Triggers use the Broker's");
-                self.delivery.clone()
-            }
-        };
-        let wanted: Vec<(trigger::Trigger, Option<String>)> = triggers
-            .iter()
-            .enumerate()
-            .map(|(index, filter)| {
-                (
-                    trigger::Trigger {
-                        name: klambda_events::spec::trigger_name(function, index),
-                        filter: filter.attributes.clone(),
-                        subscriber: format!("function {function}"),
-                        delivery: delivery.clone(),
-                        parallelism: 1,
-                    },
-                    filter.reply_type.clone(),
-                )
-            })
-            .collect();
-        let mut routed = self
-            .routed
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let before = routed.remove(function).unwrap_or_default();
-        for stale in before
-            .iter()
-            .filter(|old| !wanted.iter().any(|(new, _)| new.name == old.name))
-        {
-            broker.unsubscribe(&stale.name);
-        }
-        for (index, (route, reply_type)) in wanted.iter().enumerate() {
-            // An unchanged Trigger keeps its queue (and its order); a changed one is replaced.
-            let unchanged = before.get(index) == Some(route)
-                && triggers.get(index).map(|t| &t.reply_type) == Some(reply_type);
-            if unchanged && broker.triggers().contains(&route.name) {
-                continue;
-            }
-            let subscriber = klambda_broker::subscriber::Function::new(
-                function.clone(),
-                reply_type.clone(),
-                Arc::new(ServingRevision(self.runner.clone())),
-            );
-            broker.subscribe(route.clone(), Arc::new(subscriber));
-        }
-        routed.insert(
-            function.clone(),
-            wanted.into_iter().map(|(route, _)| route).collect(),
-        );
-    }
-
-    fn remove(&self, function: &klambda_events::FunctionName) {
-        let routed = self
-            .routed
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(function)
-            .unwrap_or_default();
-        if let Some(broker) = self.bus.embedded() {
-            for route in routed {
-                broker.unsubscribe(&route.name);
-            }
-        }
     }
 }
 

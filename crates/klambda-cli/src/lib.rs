@@ -10,4 +10,5 @@
 
 pub mod client;
 pub mod embedded;
+pub mod function_triggers;
 pub mod server;

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail, ensure};
-use common::{Up, klambda, text, up};
+use common::{Up, amqp_url, klambda, text, up};
 use klambda_events::EventType as _;
 use klambda_events::catalogue::{FunctionCreated, ParserCompleted};
 use serde_json::{Value, json};
@@ -21,6 +21,27 @@ fn scratch(name: &str) -> Result<std::path::PathBuf> {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
+}
+
+/// Which broker `klambda up` runs: function Triggers must behave the same on both.
+#[derive(Debug, Clone, Copy)]
+enum Mode {
+    Memory,
+    RabbitMq,
+}
+
+/// `klambda up` over `data` with `mode`'s broker; over RabbitMQ an instance of this test's own,
+/// the same across restarts (its queues are the ones it had).
+fn start(data: &Path, mode: Mode, test: &str) -> Result<Up> {
+    match mode {
+        Mode::Memory => up(data, &[]),
+        Mode::RabbitMq => {
+            let instance = format!("bus-{test}-{}", std::process::id());
+            up(data, &["--broker", &amqp_url(), "--instance", &instance]).map_err(|e| {
+                e.context("klambda up over RabbitMQ (scripts/services.sh starts RabbitMQ)")
+            })
+        }
+    }
 }
 
 /// Writes a Node.js function `name` with `triggers` and `code` under `root`, and deploys it.
@@ -89,9 +110,18 @@ const PICKY: &str = r#"exports.handler = async (order) => {
 
 #[test]
 fn events_reach_the_functions_whose_triggers_match_and_replies_chain() -> Result<()> {
-    let root = scratch("chain")?;
+    chain(Mode::Memory)
+}
+
+#[test]
+fn over_rabbitmq_events_reach_the_functions_whose_triggers_match_and_replies_chain() -> Result<()> {
+    chain(Mode::RabbitMq)
+}
+
+fn chain(mode: Mode) -> Result<()> {
+    let root = scratch(&format!("chain-{mode:?}"))?;
     let data = root.join("data");
-    let platform = up(&data, &[])?;
+    let platform = start(&data, mode, "chain")?;
     let created = json!([{"attributes": {"type": "com.example.order.created"},
                           "replyType": "com.example.order.priced"}]);
     deploy(&platform, &root, "pricer", created, PRICER)?;
@@ -154,7 +184,7 @@ fn events_reach_the_functions_whose_triggers_match_and_replies_chain() -> Result
 
     // A restart of the platform: the Triggers of the functions that serve are back.
     drop(platform);
-    let platform = up(&data, &[])?;
+    let platform = start(&data, mode, "chain")?;
     publish(
         &platform,
         "com.example.order.created",
@@ -246,8 +276,18 @@ fn dead_lettered(platform: &Up, function: &str, count: usize) -> Result<Vec<Valu
 
 #[test]
 fn failed_deliveries_are_retried_as_configured_then_dead_lettered_and_redriven() -> Result<()> {
-    let root = scratch("delivery")?;
-    let platform = up(&root.join("data"), &[])?;
+    delivery(Mode::Memory)
+}
+
+#[test]
+fn over_rabbitmq_failed_deliveries_are_retried_as_configured_then_dead_lettered_and_redriven()
+-> Result<()> {
+    delivery(Mode::RabbitMq)
+}
+
+fn delivery(mode: Mode) -> Result<()> {
+    let root = scratch(&format!("delivery-{mode:?}"))?;
+    let platform = start(&root.join("data"), mode, "delivery")?;
     // Observing the platform's own events is allowed; replying with one is not.
     deploy_with(
         &platform,

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, ensure};
 use base64::Engine as _;
 use cloudevents::{Event, EventBuilder as _};
-use common::{Up, klambda, text, up};
+use common::{Up, amqp_url, klambda, text, up};
 use klambda_broker::amqp::Topology;
 use klambda_broker::{AmqpBroker, trigger};
 use klambda_cli::embedded::BROKER;
@@ -26,11 +26,6 @@ use serde_json::{Value, json};
 
 const VICTIM: &str = "exports.handler = async () => ({ who: 'victim' });";
 const ATTACKER: &str = "exports.handler = async () => ({ who: 'attacker' });";
-
-fn amqp_url() -> String {
-    std::env::var("KLAMBDA_TEST_AMQP_URL")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
-}
 
 /// The `Authorization` header `klambda up` asks of clients.
 fn bearer(up: &Up) -> (&'static str, String) {

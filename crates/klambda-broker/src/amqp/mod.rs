@@ -308,6 +308,49 @@ impl AmqpBroker {
         Ok(channel)
     }
 
+    /// Adds `trigger` to the Broker in RabbitMQ (its queue and binding), while the broker runs:
+    /// a user's function Trigger. `previous` is what the Trigger of that name was, if its filter
+    /// changed: its binding goes, its queue (and what waits in it) stays.
+    pub async fn subscribe(
+        &self,
+        trigger: &Trigger,
+        previous: Option<&Trigger>,
+    ) -> Result<(), AmqpError> {
+        let channel = self.channel().await?;
+        let topology = &self.shared.topology;
+        let operation = format!("declaring the Trigger {}", trigger.name);
+        within(
+            OPERATION_DEADLINE,
+            &operation,
+            topology.declare_trigger(&channel, trigger),
+        )
+        .await?;
+        if let Some(previous) = previous.filter(|p| p.filter != trigger.filter) {
+            within(
+                OPERATION_DEADLINE,
+                &format!("unbinding the Trigger {}'s previous filter", trigger.name),
+                topology.unbind_trigger(&channel, previous),
+            )
+            .await?;
+        }
+        let _ = channel.close(200, ShortString::from("declared")).await;
+        Ok(())
+    }
+
+    /// Removes the Trigger named `name`: its queue, with the events still in it. Stop its
+    /// [`Dispatcher`] first. Returns how many events were dropped with the queue.
+    pub async fn unsubscribe(&self, name: &str) -> Result<u32, AmqpError> {
+        let channel = self.channel().await?;
+        let dropped = within(
+            OPERATION_DEADLINE,
+            &format!("deleting the Trigger {name}"),
+            self.shared.topology.delete_trigger(&channel, name),
+        )
+        .await?;
+        let _ = channel.close(200, ShortString::from("deleted")).await;
+        Ok(dropped)
+    }
+
     /// Delivers `trigger`'s queue to `subscriber` until the returned [`Dispatcher`] is dropped.
     /// Must run inside a Tokio runtime.
     pub fn dispatch(&self, trigger: Trigger, subscriber: Arc<dyn Subscriber>) -> Dispatcher {

@@ -134,26 +134,51 @@ impl Topology {
             )
             .await?;
         for trigger in triggers {
-            let queue = self.trigger_queue(&trigger.name);
-            let dead_letters = self.dead_letter_exchange();
-            self.declare_queue(channel, &queue, Some((&dead_letters, "")))
-                .await?;
-            let filter: Vec<(&str, &str)> = trigger
-                .filter
-                .iter()
-                .map(|(k, v)| (k.as_str(), v.as_str()))
-                .collect();
-            channel
-                .queue_bind(
-                    queue.into(),
-                    self.exchange().into(),
-                    ShortString::from(""),
-                    QueueBindOptions::default(),
-                    binding(&filter, &trigger.name),
-                )
-                .await?;
+            self.declare_trigger(channel, trigger).await?;
         }
         Ok(())
+    }
+
+    /// Declares one Trigger's queue and binds it with its filter (idempotent). The exchanges
+    /// must exist ([`Topology::declare`]).
+    pub async fn declare_trigger(&self, channel: &Channel, trigger: &Trigger) -> lapin::Result<()> {
+        let queue = self.trigger_queue(&trigger.name);
+        let dead_letters = self.dead_letter_exchange();
+        self.declare_queue(channel, &queue, Some((&dead_letters, "")))
+            .await?;
+        channel
+            .queue_bind(
+                queue.into(),
+                self.exchange().into(),
+                ShortString::from(""),
+                QueueBindOptions::default(),
+                trigger_binding(trigger),
+            )
+            .await
+    }
+
+    /// Removes the binding `trigger`'s filter made: events that match only it no longer reach
+    /// its queue (a Trigger whose filter changed).
+    pub async fn unbind_trigger(&self, channel: &Channel, trigger: &Trigger) -> lapin::Result<()> {
+        channel
+            .queue_unbind(
+                self.trigger_queue(&trigger.name).into(),
+                self.exchange().into(),
+                ShortString::from(""),
+                trigger_binding(trigger),
+            )
+            .await
+    }
+
+    /// Deletes the Trigger named `name`'s queue with what waits in it: a removed Trigger's
+    /// events are not kept where nothing will ever consume them.
+    pub async fn delete_trigger(&self, channel: &Channel, name: &str) -> lapin::Result<u32> {
+        channel
+            .queue_delete(
+                self.trigger_queue(name).into(),
+                QueueDeleteOptions::default(),
+            )
+            .await
     }
 
     /// A durable queue of the configured type. What a dispatcher rejects goes to
@@ -214,6 +239,15 @@ impl Topology {
         }
         Ok(())
     }
+}
+
+fn trigger_binding(trigger: &Trigger) -> FieldTable {
+    let filter: Vec<(&str, &str)> = trigger
+        .filter
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    binding(&filter, &trigger.name)
 }
 
 /// Binding arguments: the filter's attributes, all of which must match, and the Trigger's name
