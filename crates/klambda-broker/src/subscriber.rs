@@ -174,8 +174,18 @@ async fn post(client: &Client<HttpConnector, Full<Bytes>>, url: &Url, event: Eve
 /// Trigger follows the function across updates, rollbacks and restarts, and never delivers to
 /// a revision that was stopped.
 pub trait Locate: Send + Sync + 'static {
-    /// The serving revision's URL; `None` when the function serves nothing (deleted).
-    fn serving(&self, function: &FunctionName) -> Option<Url>;
+    /// The serving revision, held for one delivery; `None` when the function serves nothing
+    /// (deleted).
+    fn serving(&self, function: &FunctionName) -> Option<Lease>;
+}
+
+/// A function's serving revision for one delivery: its URL, and a hold the runner waits for
+/// before it stops that revision (a delivery that found it is not cut off by an update).
+pub struct Lease {
+    /// Where the revision serves.
+    pub url: Url,
+    /// Dropped when the delivery is over.
+    pub hold: Box<dyn Send + Sync>,
 }
 
 /// How a function is named as a delivery's destination on one machine (`knativeerrordest`).
@@ -234,7 +244,7 @@ impl Subscriber for Function {
 
     fn deliver(&self, event: Event) -> BoxFuture<'_, Answer> {
         Box::pin(async move {
-            let Some(url) = self.locate.serving(&self.function) else {
+            let Some(lease) = self.locate.serving(&self.function) else {
                 // Gone: not retried (nothing will serve it), so the event is dead-lettered
                 // with the reason instead of waiting in a queue.
                 return Answer::Failed {
@@ -242,7 +252,9 @@ impl Subscriber for Function {
                     body: Bytes::from(format!("the function {} serves no revision", self.function)),
                 };
             };
-            match post(&self.client, &url, event).await {
+            let answer = post(&self.client, &lease.url, event).await;
+            drop(lease);
+            match answer {
                 Answer::Reply(mut reply) => {
                     if let Some(ty) = &self.reply_type {
                         cloudevents::event::AttributesWriter::set_type(&mut reply, ty.as_str());

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use klambda_broker::amqp::Dispatcher;
-use klambda_broker::subscriber::{Function, Locate};
+use klambda_broker::subscriber::{Function, Lease, Locate};
 use klambda_broker::{AmqpBroker, Broker, Delivery, trigger::Trigger};
 use klambda_events::FunctionName;
 use service_deployer::deployer::local::{LocalRunner, Subscribed, Subscriptions};
@@ -257,7 +257,11 @@ where
 struct ServingRevision(Weak<LocalRunner>);
 
 impl Locate for ServingRevision {
-    fn serving(&self, function: &FunctionName) -> Option<url::Url> {
-        self.0.upgrade()?.serving(function)?.parse().ok()
+    fn serving(&self, function: &FunctionName) -> Option<Lease> {
+        let (url, hold) = self.0.upgrade()?.serving(function)?;
+        Some(Lease {
+            url: url.parse().ok()?,
+            hold: Box::new(hold),
+        })
     }
 }

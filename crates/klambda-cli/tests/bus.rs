@@ -355,3 +355,134 @@ fn delivery(mode: Mode) -> Result<()> {
     );
     Ok(())
 }
+
+/// Answers each tick with the revision that handled it.
+const COUNTER: &str = r#"exports.handler = async (tick) => ({ n: tick.n, rev: process.env.REV });"#;
+
+/// Logs every answer the counter put on the bus.
+const TALLY: &str = r#"exports.handler = async (tock) => {
+  console.log(`tallied ${tock.n} from ${tock.rev}`);
+};"#;
+
+/// The series of `klambda_broker_delivery_attempts_total` for `trigger`: outcome → count.
+fn delivery_attempts(platform: &Up, trigger: &str) -> Result<Vec<(String, f64)>> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let metrics = runtime.block_on(klambda_test_support::http::get(&format!(
+        "{}/metrics",
+        platform.endpoint
+    )))?;
+    let text = String::from_utf8_lossy(&metrics.body).into_owned();
+    Ok(text
+        .lines()
+        .filter(|line| {
+            line.starts_with("klambda_broker_delivery_attempts_total{")
+                && line.contains(&format!("trigger=\"{trigger}\""))
+        })
+        .filter_map(|line| {
+            let outcome = line.split("outcome=\"").nth(1)?.split('"').next()?;
+            let count = line.rsplit(' ').next()?.parse().ok()?;
+            Some((outcome.to_owned(), count))
+        })
+        .collect())
+}
+
+#[test]
+fn an_update_and_a_rollback_during_a_stream_lose_no_event() -> Result<()> {
+    rollout(Mode::Memory)
+}
+
+#[test]
+fn over_rabbitmq_an_update_and_a_rollback_during_a_stream_lose_no_event() -> Result<()> {
+    rollout(Mode::RabbitMq)
+}
+
+fn rollout(mode: Mode) -> Result<()> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    const EVENTS: usize = 90;
+    let root = scratch(&format!("rollout-{mode:?}"))?;
+    let platform = start(&root.join("data"), mode, "rollout")?;
+    let counter = |rev: &str| {
+        json!({"triggers": [{"attributes": {"type": "com.example.tick"}, "replyType": "com.example.tock"}],
+               "env": {"REV": rev}})
+    };
+    deploy_with(&platform, &root, "counter", counter("1"), COUNTER)?;
+    deploy(
+        &platform,
+        &root,
+        "tally",
+        json!([{"attributes": {"type": "com.example.tock"}}]),
+        TALLY,
+    )?;
+
+    // A stream of ticks; meanwhile a new revision, then a rollback to the first.
+    let published = AtomicUsize::new(0);
+    let wait_for = |count: usize| {
+        while published.load(Ordering::SeqCst) < count {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    std::thread::scope(|scope| -> Result<()> {
+        let stream = scope.spawn(|| -> Result<()> {
+            for n in 0..EVENTS {
+                publish(
+                    &platform,
+                    "com.example.tick",
+                    &json!({ "n": n }).to_string(),
+                    &[],
+                )?;
+                published.fetch_add(1, Ordering::SeqCst);
+            }
+            Ok(())
+        });
+        wait_for(EVENTS / 3);
+        deploy_with(&platform, &root, "counter", counter("2"), COUNTER)?;
+        wait_for(2 * EVENTS / 3);
+        let rolled = klambda(&platform, &["rollback", "counter"])?;
+        ensure!(rolled.status.success(), "{}", text(&rolled));
+        stream
+            .join()
+            .map_err(|_| anyhow::anyhow!("the stream panicked"))?
+    })?;
+
+    // Every tick was answered exactly once, by one of the revisions that served.
+    let started = Instant::now();
+    let tallied = loop {
+        let tallied = lines_with(&platform, "tally", "tallied ")?;
+        if tallied.len() >= EVENTS || started.elapsed() > Duration::from_secs(30) {
+            break tallied;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut seen: Vec<usize> = tallied
+        .iter()
+        .filter_map(|line| {
+            line.split("tallied ")
+                .nth(1)?
+                .split(' ')
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect();
+    seen.sort_unstable();
+    ensure!(
+        seen == (0..EVENTS).collect::<Vec<_>>(),
+        "ticks lost or answered twice: {seen:?}"
+    );
+    for rev in ["from 1", "from 2"] {
+        ensure!(
+            tallied.iter().any(|line| line.ends_with(rev)),
+            "no tick was answered by revision {rev}: {tallied:#?}"
+        );
+    }
+    // None went to a stopped revision: not one delivery to the counter failed.
+    let attempts = delivery_attempts(&platform, "fn-counter-0")?;
+    ensure!(
+        attempts == vec![("replied".to_owned(), EVENTS as f64)],
+        "the counter's deliveries: {attempts:?}"
+    );
+    ensure!(dead_letters_of(&platform, "counter")?.is_empty());
+    Ok(())
+}

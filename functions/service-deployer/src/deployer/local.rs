@@ -202,6 +202,41 @@ pub trait Subscriptions: Send + Sync + 'static {
     fn remove(&self, function: &FunctionName);
 }
 
+/// A serving revision as deliveries find it: its URL, and one clone of `deliveries` held by
+/// each delivery on its way to it, so a revision that stops serving is stopped only once the
+/// deliveries that found it are over (as Knative drains a revision's in-flight requests).
+struct Serving {
+    url: String,
+    deliveries: Arc<()>,
+}
+
+/// The longest a replaced revision waits for deliveries on their way to it beyond the
+/// function's own timeout.
+const DRAIN_MARGIN: Duration = Duration::from_secs(2);
+
+/// Waits until no delivery holds `deliveries` (at most the function's timeout and
+/// [`DRAIN_MARGIN`]).
+async fn drain(deliveries: Option<Arc<()>>, launch: &Launch) {
+    let Some(deliveries) = deliveries else { return };
+    let timeout = launch
+        .env
+        .iter()
+        .find(|(name, _)| name == "KLAMBDA_TIMEOUT_SECONDS")
+        .and_then(|(_, seconds)| seconds.parse().ok())
+        .map_or(Duration::from_secs(30), Duration::from_secs);
+    let deadline = tokio::time::Instant::now() + timeout + DRAIN_MARGIN;
+    while Arc::strong_count(&deliveries) > 1 {
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!(
+                in_flight = Arc::strong_count(&deliveries) - 1,
+                "deliveries to a replaced revision outlived its timeout; stopping it anyway"
+            );
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// Runs functions as local processes.
 pub struct LocalRunner {
     functions: SyncMutex<HashMap<FunctionName, Function>>,
@@ -216,8 +251,8 @@ pub struct LocalRunner {
     /// Whether new revisions run in the sandbox (their own user, their own cgroup) where the
     /// machine allows it.
     sandboxed: bool,
-    /// Each serving function's URL, for deliveries ([`LocalRunner::serving`]).
-    serving: SyncMutex<HashMap<FunctionName, String>>,
+    /// Each serving function's revision, for deliveries ([`LocalRunner::serving`]).
+    serving: SyncMutex<HashMap<FunctionName, Serving>>,
     /// Where functions' Triggers go, once attached.
     subscriptions: std::sync::OnceLock<Arc<dyn Subscriptions>>,
 }
@@ -302,25 +337,37 @@ impl LocalRunner {
         }
     }
 
-    /// Where `function` serves now: its serving revision's URL.
-    pub fn serving(&self, function: &FunctionName) -> Option<String> {
+    /// Where `function` serves now: its serving revision's URL, and a hold to keep while
+    /// delivering to it (the revision is not stopped before the hold is dropped, up to the
+    /// function's timeout).
+    pub fn serving(&self, function: &FunctionName) -> Option<(String, Arc<()>)> {
         self.serving
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .get(function)
-            .cloned()
+            .map(|serving| (serving.url.clone(), Arc::clone(&serving.deliveries)))
     }
 
     /// `revision` serves `function` from now on: deliveries go to it, its Triggers are on the
-    /// bus.
-    fn now_serving(&self, function: &FunctionName, revision: &RevisionState) {
-        self.serving
+    /// bus. Returns what deliveries to the revision it replaces hold, to [`drain`] before
+    /// stopping that one.
+    fn now_serving(&self, function: &FunctionName, revision: &RevisionState) -> Option<Arc<()>> {
+        let replaced = self
+            .serving
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(function.clone(), revision.revision.url.clone());
+            .insert(
+                function.clone(),
+                Serving {
+                    url: revision.revision.url.clone(),
+                    deliveries: Arc::new(()),
+                },
+            )
+            .filter(|replaced| replaced.url != revision.revision.url);
         if let Some(subscriptions) = self.subscriptions.get() {
             subscriptions.serve(function, &revision.subscribed);
         }
+        replaced.map(|replaced| replaced.deliveries)
     }
 
     fn reporter(&self, function: &FunctionName, revision: &str) -> Reporter {
@@ -1038,12 +1085,14 @@ impl LocalRunner {
             output,
         });
         function.current = Some(function.revisions.len() - 1);
-        if let Some(current) = function.revisions.last() {
-            self.now_serving(&spec.name, current);
-        }
-        // The new revision is ready and deliveries go to it: only now does the previous one
-        // stop.
+        let replaced = function
+            .revisions
+            .last()
+            .and_then(|current| self.now_serving(&spec.name, current));
+        // The new revision is ready and deliveries go to it: only now, once those that went to
+        // the previous one are over, does it stop.
         if let Some(previous) = previous {
+            drain(replaced, &function.revisions[previous].launch).await;
             stop(&mut function.revisions[previous]);
         }
         self.save(&spec.name, &function).await;
@@ -1089,7 +1138,8 @@ impl LocalRunner {
         let stopper = start(&launch, self.reporter(name, &revision_name), &output).await?;
         function.revisions[target].stop = Some(stopper);
         function.current = Some(target);
-        self.now_serving(name, &function.revisions[target]);
+        let replaced = self.now_serving(name, &function.revisions[target]);
+        drain(replaced, &function.revisions[current].launch).await;
         stop(&mut function.revisions[current]);
         self.save(name, &function).await;
         Ok(Revision {
