@@ -1064,6 +1064,12 @@ impl LocalRunner {
                 "klambda: memory and CPU limits are not enforced here: no cgroup the runner can write (run it as root, or on a cluster)".to_owned(),
             );
         }
+        if launch.identity.is_none() {
+            push_line(
+                &output,
+                "klambda: this function runs as the platform's own user, with a cleared environment only (run the platform as root for a user of its own; docs/SECURITY.md)".to_owned(),
+            );
+        }
         let stopper = start(&launch, self.reporter(&spec.name, &name), &output).await?;
         let first = function.revisions.is_empty();
         let revision = Revision {
