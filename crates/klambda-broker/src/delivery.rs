@@ -134,6 +134,19 @@ pub(crate) async fn deliver(
     event: Event,
     metrics: &Metrics,
 ) -> Delivered {
+    let started = std::time::Instant::now();
+    let delivered = deliver_with_retries(trigger, delivery, subscriber, event, metrics).await;
+    metrics.delivered(trigger, started.elapsed().as_secs_f64());
+    delivered
+}
+
+async fn deliver_with_retries(
+    trigger: &str,
+    delivery: &Delivery,
+    subscriber: &dyn Subscriber,
+    event: Event,
+    metrics: &Metrics,
+) -> Delivered {
     let attempts = delivery.attempts();
     let mut attempt = 1;
     loop {

@@ -364,8 +364,8 @@ const TALLY: &str = r#"exports.handler = async (tock) => {
   console.log(`tallied ${tock.n} from ${tock.rev}`);
 };"#;
 
-/// The series of `klambda_broker_delivery_attempts_total` for `trigger`: outcome → count.
-fn delivery_attempts(platform: &Up, trigger: &str) -> Result<Vec<(String, f64)>> {
+/// The platform's `/metrics` text.
+fn metrics(platform: &Up) -> Result<String> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -373,8 +373,12 @@ fn delivery_attempts(platform: &Up, trigger: &str) -> Result<Vec<(String, f64)>>
         "{}/metrics",
         platform.endpoint
     )))?;
-    let text = String::from_utf8_lossy(&metrics.body).into_owned();
-    Ok(text
+    Ok(String::from_utf8_lossy(&metrics.body).into_owned())
+}
+
+/// The series of `klambda_broker_delivery_attempts_total` for `trigger`: outcome → count.
+fn delivery_attempts(platform: &Up, trigger: &str) -> Result<Vec<(String, f64)>> {
+    Ok(metrics(platform)?
         .lines()
         .filter(|line| {
             line.starts_with("klambda_broker_delivery_attempts_total{")
@@ -484,5 +488,13 @@ fn rollout(mode: Mode) -> Result<()> {
         "the counter's deliveries: {attempts:?}"
     );
     ensure!(dead_letters_of(&platform, "counter")?.is_empty());
+    // Each delivery's time is observed for the function's Trigger.
+    let count = format!(
+        "klambda_broker_delivery_duration_seconds_count{{trigger=\"fn-counter-0\"}} {EVENTS}"
+    );
+    ensure!(
+        metrics(&platform)?.contains(&count),
+        "no {count} in /metrics"
+    );
     Ok(())
 }

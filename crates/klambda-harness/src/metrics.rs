@@ -57,6 +57,11 @@ struct DeliveryLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TriggerLabels {
+    trigger: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RuntimeLabels {
     runtime: &'static str,
 }
@@ -180,6 +185,7 @@ struct Families {
     latency: Histograms<LatencyLabels>,
     side_events: Family<SideEventLabels, Counter>,
     deliveries: Family<DeliveryLabels, Counter>,
+    delivery_duration: Histograms<TriggerLabels>,
     context_size: Histograms<RuntimeLabels>,
     context_upload: Histograms<RuntimeLabels>,
     builds: Family<BuildLabels, Counter>,
@@ -201,6 +207,10 @@ impl Families {
             latency: histograms(|| Histogram::new(exponential_buckets(0.000_25, 2.0, 16))),
             side_events: Family::default(),
             deliveries: Family::default(),
+            // 0.25 ms … 8 s.
+            delivery_duration: histograms(|| {
+                Histogram::new(exponential_buckets(0.000_25, 2.0, 16))
+            }),
             // 1 KiB … 1 GiB.
             context_size: histograms(|| Histogram::new(exponential_buckets(1024.0, 4.0, 11))),
             // 5 ms … 80 s.
@@ -238,6 +248,11 @@ impl Families {
             "klambda_broker_delivery_attempts",
             "Deliveries of an event to a Trigger's subscriber, by how each attempt ended",
             f.deliveries,
+        );
+        registry.register(
+            "klambda_broker_delivery_duration_seconds",
+            "Time from taking an event off a Trigger's queue to its outcome (accepted, replied or dead-lettered), retries and backoff included",
+            f.delivery_duration,
         );
         registry.register(
             "klambda_context_size_bytes",
@@ -378,6 +393,16 @@ impl Metrics {
                 outcome,
             })
             .inc();
+    }
+
+    /// Records how long one event's delivery through `trigger` took, to its outcome.
+    pub fn delivered(&self, trigger: &str, seconds: f64) {
+        self.families
+            .delivery_duration
+            .get_or_create(&TriggerLabels {
+                trigger: trigger.to_owned(),
+            })
+            .observe(seconds);
     }
 
     /// Records one uploaded build context.
