@@ -216,6 +216,8 @@ pub fn function_of_destination(destination: &str) -> Option<&str> {
 pub struct Function {
     function: FunctionName,
     reply_type: Option<String>,
+    /// Replies are dropped (asynchronous invocations: as on Lambda, the result goes nowhere).
+    discard_replies: bool,
     locate: std::sync::Arc<dyn Locate>,
     client: Client<HttpConnector, Full<Bytes>>,
 }
@@ -231,8 +233,18 @@ impl Function {
         Self {
             function,
             reply_type,
+            discard_replies: false,
             locate,
             client: client(),
+        }
+    }
+
+    /// Delivers asynchronous invocations to `function`: its answer ends the delivery (a failure
+    /// is retried, then dead-lettered), its reply is not published.
+    pub fn invocations(function: FunctionName, locate: std::sync::Arc<dyn Locate>) -> Self {
+        Self {
+            discard_replies: true,
+            ..Self::new(function, None, locate)
         }
     }
 }
@@ -255,6 +267,7 @@ impl Subscriber for Function {
             let answer = post(&self.client, &lease.url, event).await;
             drop(lease);
             match answer {
+                Answer::Reply(_) if self.discard_replies => Answer::Accepted,
                 Answer::Reply(mut reply) => {
                     if let Some(ty) = &self.reply_type {
                         cloudevents::event::AttributesWriter::set_type(&mut reply, ty.as_str());

@@ -31,7 +31,13 @@ use crate::embedded::Bus;
 struct Route {
     trigger: Trigger,
     reply_type: Option<String>,
+    /// The function's invocation Trigger (`klambda invoke --async`): replies are dropped.
+    invocations: bool,
 }
+
+/// Retries of an asynchronous invocation when the function sets no `delivery`: Lambda's
+/// default for asynchronous invocations.
+const ASYNC_INVOKE_RETRIES: u32 = 2;
 
 /// What the runner asked for, in order.
 enum Change {
@@ -95,7 +101,7 @@ impl FunctionTriggers {
                 self.delivery.clone()
             }
         };
-        subscribed
+        let mut routes: Vec<Route> = subscribed
             .triggers
             .iter()
             .enumerate()
@@ -108,18 +114,48 @@ impl FunctionTriggers {
                     parallelism: 1,
                 },
                 reply_type: filter.reply_type.clone(),
+                invocations: false,
             })
-            .collect()
+            .collect();
+        // Every function takes asynchronous invocations addressed to it, in parallel as Lambda
+        // runs them, with its delivery or Lambda's two retries.
+        let mut invocation_delivery = delivery;
+        if subscribed.delivery.is_none() {
+            invocation_delivery.retry = ASYNC_INVOKE_RETRIES;
+        }
+        routes.push(Route {
+            trigger: Trigger {
+                name: klambda_events::spec::invocation_trigger_name(function),
+                filter: [
+                    (
+                        "type".to_owned(),
+                        klambda_events::external::INVOKE.to_owned(),
+                    ),
+                    (
+                        klambda_events::external::INVOKE_FUNCTION_EXTENSION.to_owned(),
+                        function.to_string(),
+                    ),
+                ]
+                .into(),
+                subscriber: format!("function {function}"),
+                delivery: invocation_delivery,
+                parallelism: 10,
+            },
+            reply_type: None,
+            invocations: true,
+        });
+        routes
     }
 }
 
 /// The subscriber that delivers `route`'s events to `function`.
 fn subscriber(function: &FunctionName, route: &Route, locate: &Arc<ServingRevision>) -> Function {
-    Function::new(
-        function.clone(),
-        route.reply_type.clone(),
-        Arc::clone(locate) as Arc<dyn Locate>,
-    )
+    let locate = Arc::clone(locate) as Arc<dyn Locate>;
+    if route.invocations {
+        Function::invocations(function.clone(), locate)
+    } else {
+        Function::new(function.clone(), route.reply_type.clone(), locate)
+    }
 }
 
 impl Subscriptions for FunctionTriggers {

@@ -94,8 +94,12 @@ enum Command {
         #[arg(default_value = "{}")]
         data: String,
         /// The event type.
-        #[arg(long = "type", default_value = "klambda.invoke")]
+        #[arg(long = "type", default_value = klambda_events::external::INVOKE)]
         event_type: String,
+        /// Send it through the broker instead (retried, then dead-lettered, as the function's
+        /// delivery says, else twice as Lambda does); prints the event's id, not a reply.
+        #[arg(long = "async", conflicts_with = "event_type")]
+        asynchronous: bool,
     },
     /// Publish a CloudEvent to the broker (functions whose Triggers match receive it) and print
     /// its id.
@@ -379,6 +383,26 @@ async fn run(cli: Cli) -> Result<i32> {
             name,
             data,
             event_type,
+            asynchronous: true,
+        } => {
+            let addressed = [format!(
+                "{}={name}",
+                klambda_events::external::INVOKE_FUNCTION_EXTENSION
+            )];
+            let event = client::Publication {
+                event_type: &event_type,
+                data: &data,
+                source: "/klambda-cli",
+                subject: Some(&name),
+                extensions: &addressed,
+            };
+            client::publish(&platform, &event, output).await
+        }
+        Command::Invoke {
+            name,
+            data,
+            event_type,
+            asynchronous: false,
         } => client::invoke(&platform, &name, &data, &event_type, output).await,
         Command::Publish {
             event_type,

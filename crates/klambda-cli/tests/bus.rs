@@ -498,3 +498,75 @@ fn rollout(mode: Mode) -> Result<()> {
     );
     Ok(())
 }
+
+/// Fails every invocation whose data says so.
+const WORKER: &str = r#"exports.handler = async (job, context) => {
+  console.log(`invoked ${job.id} as ${context.cloudevent.type}`);
+  if (job.fail) throw new Error(`cannot do ${job.id}`);
+  return { done: job.id };
+};"#;
+
+#[test]
+fn asynchronous_invocations_go_through_the_broker() -> Result<()> {
+    invoke_async(Mode::Memory)
+}
+
+#[test]
+fn over_rabbitmq_asynchronous_invocations_go_through_the_broker() -> Result<()> {
+    invoke_async(Mode::RabbitMq)
+}
+
+fn invoke_async(mode: Mode) -> Result<()> {
+    let root = scratch(&format!("async-{mode:?}"))?;
+    let platform = start(&root.join("data"), mode, "async")?;
+    // No triggers of its own: every function takes invocations addressed to it.
+    deploy(&platform, &root, "worker", json!([]), WORKER)?;
+    deploy(&platform, &root, "bystander", json!([]), WORKER)?;
+
+    let sent = klambda(
+        &platform,
+        &[
+            "invoke",
+            "--async",
+            "worker",
+            r#"{"id":"a-1"}"#,
+            "-o",
+            "json",
+        ],
+    )?;
+    ensure!(sent.status.success(), "{}", text(&sent));
+    let id: Value = serde_json::from_slice(&sent.stdout)?;
+    ensure!(id["id"].as_str().is_some_and(|id| !id.is_empty()), "{id}");
+    said(&platform, "worker", "invoked a-1 as klambda.invoke")?;
+
+    // A failing invocation: the first attempt and Lambda's two retries, then a dead letter.
+    let failing = klambda(
+        &platform,
+        &["invoke", "--async", "worker", r#"{"id":"a-2","fail":true}"#],
+    )?;
+    ensure!(failing.status.success(), "{}", text(&failing));
+    let letters = dead_lettered(&platform, "worker", 1)?;
+    ensure!(
+        letters[0]["event"]["knativeerrorcode"] == "500",
+        "{letters:#?}"
+    );
+    ensure!(lines_with(&platform, "worker", "invoked a-2")?.len() == 3);
+    // Addressed to one function only.
+    ensure!(lines_with(&platform, "bystander", "invoked")?.is_empty());
+    let refused = klambda(
+        &platform,
+        &[
+            "invoke",
+            "--async",
+            "worker",
+            "{}",
+            "--type",
+            "com.example.x",
+        ],
+    )?;
+    ensure!(
+        !refused.status.success(),
+        "--async with --type must be refused"
+    );
+    Ok(())
+}

@@ -17,3 +17,12 @@ pub const APISERVER_EVENT_TYPES: [&str; 2] = [APISERVER_RESOURCE_ADD, APISERVER_
 /// The stages that consume ApiServerSource events, each through Triggers filtered by the
 /// `klambdakind` extension of its source.
 pub const APISERVER_CONSUMERS: [Stage; 2] = [Stage::JobLauncher, Stage::ServiceDeployer];
+
+/// The type of an invocation a client sends a function (`klambda invoke`): directly to the
+/// function, or through the broker (`klambda invoke --async`), where it carries
+/// [`INVOKE_FUNCTION_EXTENSION`] naming the function.
+pub const INVOKE: &str = "klambda.invoke";
+
+/// The extension attribute that addresses an asynchronous invocation to one function: every
+/// function has a Trigger on the broker filtered on [`INVOKE`] and this attribute = its name.
+pub const INVOKE_FUNCTION_EXTENSION: &str = "klambdafunction";

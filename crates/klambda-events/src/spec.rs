@@ -198,13 +198,23 @@ pub struct DeliverySpec {
 /// RabbitMQ queue, the in-memory route): `fn-<name>-<index>`, shortened with a hash when that
 /// would pass the 63 characters of a Kubernetes name.
 pub fn trigger_name(function: &FunctionName, index: usize) -> String {
-    let name = format!("fn-{function}-{index}");
+    named_trigger(function, &index.to_string())
+}
+
+/// The name of a function's invocation Trigger (asynchronous invocations through the broker,
+/// [`crate::external::INVOKE`]): `fn-<name>-async`, shortened as [`trigger_name`] is.
+pub fn invocation_trigger_name(function: &FunctionName) -> String {
+    named_trigger(function, "async")
+}
+
+fn named_trigger(function: &FunctionName, suffix: &str) -> String {
+    let name = format!("fn-{function}-{suffix}");
     if name.len() <= 63 {
         return name;
     }
     let hash = hex::encode(&<sha2::Sha256 as sha2::Digest>::digest(name.as_bytes())[..4]);
-    let keep = &function.as_str()[..63 - 3 - 1 - 8 - 1 - index.to_string().len()];
-    format!("fn-{}-{hash}-{index}", keep.trim_end_matches('-'))
+    let keep = &function.as_str()[..63 - 3 - 1 - 8 - 1 - suffix.len()];
+    format!("fn-{}-{hash}-{suffix}", keep.trim_end_matches('-'))
 }
 
 /// Env names a function may not set: the platform or the runtime shim sets them, or they change
@@ -390,6 +400,11 @@ mod tests {
             assert!(name.len() <= 63, "{name}");
             assert!(name.ends_with(&format!("-{index}")), "{name}");
         }
+        assert!(invocation_trigger_name(&long).len() <= 63);
+        assert_eq!(
+            invocation_trigger_name(&FunctionName::new("hello")?),
+            "fn-hello-async"
+        );
         // Long names that differ stay apart.
         let other = FunctionName::new(format!("{}b", "a".repeat(62)))?;
         assert_ne!(trigger_name(&long, 0), trigger_name(&other, 0));

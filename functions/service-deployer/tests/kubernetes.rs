@@ -198,6 +198,21 @@ async fn deploy_replay_update_rollback_and_delete_with_exactly_the_granted_verbs
         .fake
         .kube
         .objects("eventing.knative.dev", "triggers", NS);
+    // Its filter's Trigger and its invocation Trigger (`klambda invoke --async`).
+    assert_eq!(triggers.len(), 2);
+    let invocations = triggers
+        .iter()
+        .find(|t| t["metadata"]["name"] == "fn-hello-async")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        invocations["spec"]["filter"]["attributes"],
+        json!({"type": "klambda.invoke", "klambdafunction": "hello"})
+    );
+    let triggers: Vec<Value> = triggers
+        .into_iter()
+        .filter(|t| t["metadata"]["name"] == "fn-hello-0")
+        .collect();
     assert_eq!(triggers.len(), 1);
     assert_eq!(
         triggers[0]["spec"]["filter"]["attributes"]["type"],

@@ -203,34 +203,59 @@ fn function_labels(function: &FunctionName) -> Value {
     })
 }
 
-/// The function's Triggers: one per filter, delivering to its Service.
+/// The function's Triggers: one per filter, and its invocation Trigger (asynchronous
+/// invocations addressed to it), each delivering to its Service.
 pub fn triggers(settings: &KnativeSettings, spec: &FunctionSpec) -> Vec<Value> {
-    spec.triggers
+    let trigger = |name: String, filter: Value, delivery: Option<Value>| {
+        json!({
+            "apiVersion": "eventing.knative.dev/v1",
+            "kind": "Trigger",
+            "metadata": {
+                "name": name,
+                "namespace": settings.namespace,
+                "labels": function_labels(&spec.name),
+            },
+            "spec": trigger_spec(settings, spec, filter, delivery),
+        })
+    };
+    let delivery = spec
+        .delivery
+        .as_ref()
+        .map(|d| serde_json::to_value(d).unwrap_or_default());
+    let mut triggers: Vec<Value> = spec
+        .triggers
         .iter()
         .enumerate()
         .map(|(index, filter)| {
-            json!({
-                "apiVersion": "eventing.knative.dev/v1",
-                "kind": "Trigger",
-                "metadata": {
-                    "name": klambda_events::spec::trigger_name(&spec.name, index),
-                    "namespace": settings.namespace,
-                    "labels": function_labels(&spec.name),
-                },
-                "spec": trigger_spec(settings, spec, filter),
-            })
+            trigger(
+                klambda_events::spec::trigger_name(&spec.name, index),
+                json!(filter.attributes),
+                delivery.clone(),
+            )
         })
-        .collect()
+        .collect();
+    // Lambda retries an asynchronous invocation twice unless told otherwise.
+    let invocations = delivery.unwrap_or_else(|| json!({ "retry": 2 }));
+    triggers.push(trigger(
+        klambda_events::spec::invocation_trigger_name(&spec.name),
+        json!({
+            "type": klambda_events::external::INVOKE,
+            klambda_events::external::INVOKE_FUNCTION_EXTENSION: spec.name.as_str(),
+        }),
+        Some(invocations),
+    ));
+    triggers
 }
 
 fn trigger_spec(
     settings: &KnativeSettings,
     spec: &FunctionSpec,
-    filter: &klambda_events::spec::TriggerFilter,
+    attributes: Value,
+    delivery: Option<Value>,
 ) -> Value {
     let mut trigger = json!({
         "broker": settings.broker,
-        "filter": { "attributes": filter.attributes },
+        "filter": { "attributes": attributes },
         "subscriber": { "ref": {
             "apiVersion": "serving.knative.dev/v1",
             "kind": "Service",
@@ -238,10 +263,9 @@ fn trigger_spec(
             "namespace": settings.namespace,
         }},
     });
-    if let Some(delivery) = &spec.delivery {
+    if let Some(mut block) = delivery {
         // A Trigger's delivery replaces the Broker's entirely, its dead-letter sink included:
         // so the platform's dead letters are named again (as in eventing/broker.yaml).
-        let mut block = serde_json::to_value(delivery).unwrap_or_default();
         block["deadLetterSink"] = platform_dead_letters(settings);
         trigger["delivery"] = block;
     }
