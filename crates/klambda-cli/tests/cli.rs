@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 use common::{BIN, Up, klambda, text, up};
+use klambda_events::EventType as _;
+use klambda_events::catalogue::ServiceReady;
 use klambda_test_support::process::free_port;
 use klambda_test_support::repo;
 
@@ -224,6 +226,24 @@ fn deploy_invoke_redeploy_replay_delete() -> Result<()> {
     let replayed: serde_json::Value =
         serde_json::from_slice(&replayed.stdout).with_context(|| text(&replayed))?;
     assert_eq!(replayed["replayed"], id);
+    // The replayed journey ends in a service.ready of its own; the commands below follow the
+    // function's events and take the first ending they see, so they start once it is in.
+    let ready_count = |events: &std::process::Output| {
+        String::from_utf8_lossy(&events.stdout)
+            .lines()
+            .filter(|line| line.contains(ServiceReady::TYPE))
+            .count()
+    };
+    let before = ready_count(&events);
+    let started = Instant::now();
+    while ready_count(&klambda(
+        &up,
+        &["events", "hello-node", "--output", "json"],
+    )?) <= before
+        && started.elapsed() < Duration::from_secs(20)
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
 
     // Commands about what does not exist say so, fail, and change nothing: a rollback to a
     // revision that is not there leaves the function serving and ready; a rollback or delete of
