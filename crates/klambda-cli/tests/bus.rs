@@ -30,6 +30,21 @@ enum Mode {
     RabbitMq,
 }
 
+/// A scenario as two tests: on the in-memory broker and over RabbitMQ.
+macro_rules! on_both_brokers {
+    ($scenario:ident: $memory:ident, $rabbitmq:ident) => {
+        #[test]
+        fn $memory() -> Result<()> {
+            $scenario(Mode::Memory)
+        }
+
+        #[test]
+        fn $rabbitmq() -> Result<()> {
+            $scenario(Mode::RabbitMq)
+        }
+    };
+}
+
 /// `klambda up` over `data` with `mode`'s broker; over RabbitMQ an instance of this test's own,
 /// the same across restarts (its queues are the ones it had).
 fn start(data: &Path, mode: Mode, test: &str) -> Result<Up> {
@@ -108,15 +123,11 @@ const PICKY: &str = r#"exports.handler = async (order) => {
   console.log(`picky got ${order.id}`);
 };"#;
 
-#[test]
-fn events_reach_the_functions_whose_triggers_match_and_replies_chain() -> Result<()> {
-    chain(Mode::Memory)
-}
-
-#[test]
-fn over_rabbitmq_events_reach_the_functions_whose_triggers_match_and_replies_chain() -> Result<()> {
-    chain(Mode::RabbitMq)
-}
+on_both_brokers!(
+    chain:
+    events_reach_the_functions_whose_triggers_match_and_replies_chain,
+    over_rabbitmq_events_reach_the_functions_whose_triggers_match_and_replies_chain
+);
 
 fn chain(mode: Mode) -> Result<()> {
     let root = scratch(&format!("chain-{mode:?}"))?;
@@ -274,16 +285,11 @@ fn dead_lettered(platform: &Up, function: &str, count: usize) -> Result<Vec<Valu
     }
 }
 
-#[test]
-fn failed_deliveries_are_retried_as_configured_then_dead_lettered_and_redriven() -> Result<()> {
-    delivery(Mode::Memory)
-}
-
-#[test]
-fn over_rabbitmq_failed_deliveries_are_retried_as_configured_then_dead_lettered_and_redriven()
--> Result<()> {
-    delivery(Mode::RabbitMq)
-}
+on_both_brokers!(
+    delivery:
+    failed_deliveries_are_retried_as_configured_then_dead_lettered_and_redriven,
+    over_rabbitmq_failed_deliveries_are_retried_as_configured_then_dead_lettered_and_redriven
+);
 
 fn delivery(mode: Mode) -> Result<()> {
     let root = scratch(&format!("delivery-{mode:?}"))?;
@@ -392,15 +398,11 @@ fn delivery_attempts(platform: &Up, trigger: &str) -> Result<Vec<(String, f64)>>
         .collect())
 }
 
-#[test]
-fn an_update_and_a_rollback_during_a_stream_lose_no_event() -> Result<()> {
-    rollout(Mode::Memory)
-}
-
-#[test]
-fn over_rabbitmq_an_update_and_a_rollback_during_a_stream_lose_no_event() -> Result<()> {
-    rollout(Mode::RabbitMq)
-}
+on_both_brokers!(
+    rollout:
+    an_update_and_a_rollback_during_a_stream_lose_no_event,
+    over_rabbitmq_an_update_and_a_rollback_during_a_stream_lose_no_event
+);
 
 fn rollout(mode: Mode) -> Result<()> {
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -506,15 +508,11 @@ const WORKER: &str = r#"exports.handler = async (job, context) => {
   return { done: job.id };
 };"#;
 
-#[test]
-fn asynchronous_invocations_go_through_the_broker() -> Result<()> {
-    invoke_async(Mode::Memory)
-}
-
-#[test]
-fn over_rabbitmq_asynchronous_invocations_go_through_the_broker() -> Result<()> {
-    invoke_async(Mode::RabbitMq)
-}
+on_both_brokers!(
+    invoke_async:
+    asynchronous_invocations_go_through_the_broker,
+    over_rabbitmq_asynchronous_invocations_go_through_the_broker
+);
 
 fn invoke_async(mode: Mode) -> Result<()> {
     let root = scratch(&format!("async-{mode:?}"))?;
