@@ -13,19 +13,52 @@ wait_port() { # name port seconds
   return 1
 }
 
+# RabbitMQ answers the AMQP protocol header with connection.start (a method frame, 0x01)
+# within 10 s. An open port is not enough: a RabbitMQ overloaded by hundreds of leftover quorum
+# queues accepts TCP connections and never answers the handshake.
+amqp_answers() {
+  ( exec 3<>/dev/tcp/127.0.0.1/5672 && printf 'AMQP\0\0\x09\x01' >&3 &&
+    timeout 10 head -c 1 <&3 | od -An -tx1 | grep -q 01 ) 2>/dev/null
+}
+
+start_rabbitmq() {
+  rabbitmq-server -detached >/dev/null 2>&1 || true
+  wait_port rabbitmq 5672 60 && for _ in 1 2 3 4 5 6; do amqp_answers && return 0; sleep 5; done
+  return 1
+}
+
+stop_rabbitmq() {
+  timeout 30 rabbitmqctl stop >/dev/null 2>&1 || true
+  pkill -9 -f beam.smp 2>/dev/null || true
+  pkill -9 -x epmd 2>/dev/null || true
+  sleep 2
+}
+
 ensure_rabbitmq() {
-  port_open 5672 && return 0
+  if port_open 5672; then
+    amqp_answers && return 0
+    echo "RabbitMQ accepts connections on 127.0.0.1:5672 but does not answer the AMQP handshake." >&2
+  fi
   if ! command -v rabbitmq-server >/dev/null; then
     echo "RabbitMQ is not running on 127.0.0.1:5672 and is not installed." >&2
     echo "Install it with: apt-get install -y rabbitmq-server" >&2
     return 1
   fi
-  echo "starting RabbitMQ…" >&2
-  rabbitmq-server -detached >/dev/null 2>&1 || true
-  if ! wait_port rabbitmq 5672 60; then
-    echo "RabbitMQ did not start within 60 s; see /var/log/rabbitmq/ and run: rabbitmq-server -detached" >&2
-    return 1
+  echo "(re)starting RabbitMQ…" >&2
+  stop_rabbitmq
+  start_rabbitmq && return 0
+  # Still hung after a restart: it is recovering a database it cannot carry (test queues left by
+  # killed runs). Keep the database aside, never delete it, and start on an empty one.
+  local mnesia=/var/lib/rabbitmq/mnesia
+  if [ -d "$mnesia" ]; then
+    local kept="/var/tmp/rabbitmq-mnesia-$(date +%s)"
+    echo "RabbitMQ does not answer after a restart; moving its database $mnesia to $kept and starting on an empty one" >&2
+    stop_rabbitmq
+    mv "$mnesia" "$kept"
+    start_rabbitmq && return 0
   fi
+  echo "RabbitMQ does not answer the AMQP handshake on 127.0.0.1:5672; see /var/log/rabbitmq/ and run: rabbitmq-server -detached" >&2
+  return 1
 }
 
 ensure_postgres() {

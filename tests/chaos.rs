@@ -27,15 +27,10 @@ use klambda_events::catalogue::FunctionCreated;
 use klambda_events::spec::FunctionSubmission;
 use klambda_test_support::http::{get_with, post};
 use klambda_test_support::process::{free_port, terminate, wait_healthy};
-use klambda_test_support::repo;
+use klambda_test_support::{rabbitmq, repo};
 use klambda_tests::workspace_binary;
 
 const FUNCTIONS: usize = 12;
-
-fn amqp_url() -> String {
-    std::env::var("KLAMBDA_TEST_AMQP_URL")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
-}
 
 fn database_url() -> String {
     std::env::var("KLAMBDA_TEST_DATABASE_URL")
@@ -62,7 +57,7 @@ impl Process {
             "--stages",
             stages,
             "--broker",
-            &amqp_url(),
+            &rabbitmq::url(),
             "--database-url",
             &database_url(),
         ];
@@ -361,12 +356,13 @@ fn function_processes(prefix: &str) -> Result<Vec<(u32, String)>> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_submission_ends_ready_when_stages_and_rabbitmq_crash_mid_run() -> Result<()> {
     let run = std::process::id();
-    let instance = format!("chaos-{run}");
+    let instance = rabbitmq::Instance::new("chaos");
+    let instance = instance.name();
     let data_dir = klambda_tests::data_dir("chaos");
-    let mut status = Process::stages("status-reporter", &instance, &data_dir).await?;
-    let mut front = Process::stages("parser,context-uploader", &instance, &data_dir).await?;
-    let mut builder = Process::stages("job-launcher", &instance, &data_dir).await?;
-    let mut deployer = Process::stages("service-deployer", &instance, &data_dir).await?;
+    let mut status = Process::stages("status-reporter", instance, &data_dir).await?;
+    let mut front = Process::stages("parser,context-uploader", instance, &data_dir).await?;
+    let mut builder = Process::stages("job-launcher", instance, &data_dir).await?;
+    let mut deployer = Process::stages("service-deployer", instance, &data_dir).await?;
 
     let names = submit(&status, &format!("chaos-{run}"), FUNCTIONS).await?;
 
@@ -400,7 +396,7 @@ async fn every_submission_ends_ready_when_stages_and_rabbitmq_crash_mid_run() ->
     // done are answered from what is recorded, quickly, but may still be in flight).
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let queues = klambda_tests::rabbitmq_queues(&instance)?;
+        let queues = rabbitmq::queues(instance)?;
         ensure!(!queues.is_empty(), "no queue of {instance} found");
         let held: Vec<_> = queues.iter().filter(|(_, count)| *count > 0).collect();
         if held.is_empty() {
@@ -418,7 +414,6 @@ async fn every_submission_ends_ready_when_stages_and_rabbitmq_crash_mid_run() ->
     }
     // No orphan: the killed service-deployer's functions died with it, the last one's on stop.
     no_orphans(&format!("chaos-{run}-"))?;
-    klambda_tests::delete_topology(&amqp_url(), &instance).await?;
     let _ = std::fs::remove_dir_all(&data_dir);
     Ok(())
 }

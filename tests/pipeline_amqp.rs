@@ -13,12 +13,8 @@ use klambda_events::EventType as _;
 use klambda_events::data::Phase;
 use klambda_harness::signing::EventKeys;
 use klambda_test_support::http::{TestServer, post};
+use klambda_test_support::rabbitmq::{self, url};
 use klambda_test_support::repo;
-
-fn url() -> String {
-    std::env::var("KLAMBDA_TEST_AMQP_URL")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
-}
 
 async fn platform(instance: &str, role: &str, stages: Vec<&str>) -> Result<Platform> {
     let data_dir = std::env::temp_dir().join(format!("klambda-{instance}-{role}"));
@@ -39,11 +35,12 @@ async fn platform(instance: &str, role: &str, stages: Vec<&str>) -> Result<Platf
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn both_examples_deploy_over_rabbitmq_with_the_parser_in_its_own_process() -> Result<()> {
-    let instance = format!("test-pipeline-{}", std::process::id());
+    let instance = rabbitmq::Instance::new("test-pipeline");
+    let instance = instance.name();
     // This process runs every stage but the parser; a second one runs only the parser, and
     // receives the submissions through RabbitMQ.
     let main = platform(
-        &instance,
+        instance,
         "main",
         vec![
             "context-uploader",
@@ -53,7 +50,7 @@ async fn both_examples_deploy_over_rabbitmq_with_the_parser_in_its_own_process()
         ],
     )
     .await?;
-    let parser = platform(&instance, "parser", vec!["parser"]).await?;
+    let parser = platform(instance, "parser", vec!["parser"]).await?;
     let server = TestServer::start(klambda_cli::server::router(main.clone())).await?;
     let endpoint = client::Api::new(&server.url(""));
     for (example, name) in [

@@ -22,6 +22,7 @@ use klambda_broker::amqp::Topology;
 use klambda_broker::subscriber::BoxFuture;
 use klambda_broker::{AmqpBroker, Answer, Delivery, Subscriber, Trigger};
 use klambda_test_support::bench::argument;
+use klambda_test_support::rabbitmq::url;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions,
     QueueDeclareOptions, QueueDeleteOptions,
@@ -31,11 +32,6 @@ use lapin::{BasicProperties, Connection, ConnectionProperties};
 use tokio::sync::mpsc;
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
-
-fn url() -> String {
-    std::env::var("KLAMBDA_TEST_AMQP_URL")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
-}
 
 fn event(n: usize) -> Event {
     EventBuilderV10::new()

@@ -16,24 +16,17 @@ use cloudevents::AttributesReader as _;
 use common::{Scripted, event, failed, quick, trigger};
 use klambda_broker::amqp::Topology;
 use klambda_broker::{AmqpBroker, Delivery, Subscriber, Trigger};
+use klambda_test_support::rabbitmq::url;
 use lapin::options::{BasicPublishOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 
-/// The RabbitMQ the tests use: `$KLAMBDA_TEST_AMQP_URL`, else the local one.
-fn url() -> String {
-    std::env::var("KLAMBDA_TEST_AMQP_URL")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
-}
-
-/// A broker with its own topology for one test.
+/// A broker with its own topology for one test, deleted at the test's end.
 async fn broker(test: &str, triggers: &[Trigger]) -> AmqpBroker {
     let topology = Topology::new("klambda", &format!("test-{test}-{}", std::process::id()));
     match AmqpBroker::connect(&url(), topology, triggers).await {
         Ok(broker) => broker,
-        Err(error) => panic!(
-            "{error}\nThese tests need RabbitMQ on 127.0.0.1:5672 (guest/guest): run scripts/services.sh, or set KLAMBDA_TEST_AMQP_URL"
-        ),
+        Err(error) => panic!("{error}\n{}", klambda_test_support::rabbitmq::HOW_TO_START),
     }
 }
 

@@ -83,8 +83,7 @@ async fn every_event_is_delivered_across_a_rabbitmq_restart() -> Result<()> {
         .with_env_filter("klambda_broker=debug")
         .with_test_writer()
         .try_init();
-    let url = std::env::var("KLAMBDA_TEST_AMQP_URL")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
+    let url = klambda_test_support::rabbitmq::url();
     let triggers = vec![trigger("steady", "t.steady", "x", Delivery::default())];
     let topology = Topology::new("klambda", &format!("test-restart-{}", std::process::id()));
     let broker = AmqpBroker::connect(&url, topology, &triggers)

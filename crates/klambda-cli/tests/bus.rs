@@ -10,9 +10,10 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail, ensure};
-use common::{Up, amqp_url, klambda, text, up};
+use common::{Up, klambda, text, up};
 use klambda_events::EventType as _;
 use klambda_events::catalogue::{FunctionCreated, ParserCompleted};
+use klambda_test_support::rabbitmq;
 use serde_json::{Value, json};
 
 /// An empty directory of this test run's own.
@@ -25,9 +26,20 @@ fn scratch(name: &str) -> Result<std::path::PathBuf> {
 
 /// Which broker `klambda up` runs: function Triggers must behave the same on both.
 #[derive(Debug, Clone, Copy)]
-enum Mode {
+enum Mode<'a> {
     Memory,
-    RabbitMq,
+    /// Over RabbitMQ, as the platform instance given.
+    RabbitMq(&'a rabbitmq::Instance),
+}
+
+impl Mode<'_> {
+    /// The mode in a file name.
+    fn label(self) -> &'static str {
+        match self {
+            Mode::Memory => "memory",
+            Mode::RabbitMq(_) => "rabbitmq",
+        }
+    }
 }
 
 /// A scenario as two tests: on the in-memory broker and over RabbitMQ.
@@ -40,22 +52,28 @@ macro_rules! on_both_brokers {
 
         #[test]
         fn $rabbitmq() -> Result<()> {
-            $scenario(Mode::RabbitMq)
+            // The test's own platform instance, whose queues go when the test ends.
+            let instance = rabbitmq::Instance::new(concat!("bus-", stringify!($scenario)));
+            $scenario(Mode::RabbitMq(&instance))
         }
     };
 }
 
-/// `klambda up` over `data` with `mode`'s broker; over RabbitMQ an instance of this test's own,
-/// the same across restarts (its queues are the ones it had).
-fn start(data: &Path, mode: Mode, test: &str) -> Result<Up> {
+/// `klambda up` over `data` with `mode`'s broker; over RabbitMQ the test's own instance, the
+/// same across restarts (its queues are the ones it had).
+fn start(data: &Path, mode: Mode) -> Result<Up> {
     match mode {
         Mode::Memory => up(data, &[]),
-        Mode::RabbitMq => {
-            let instance = format!("bus-{test}-{}", std::process::id());
-            up(data, &["--broker", &amqp_url(), "--instance", &instance]).map_err(|e| {
-                e.context("klambda up over RabbitMQ (scripts/services.sh starts RabbitMQ)")
-            })
-        }
+        Mode::RabbitMq(instance) => up(
+            data,
+            &["--broker", &rabbitmq::url(), "--instance", instance.name()],
+        )
+        .map_err(|e| {
+            e.context(format!(
+                "klambda up over RabbitMQ: {}",
+                rabbitmq::HOW_TO_START
+            ))
+        }),
     }
 }
 
@@ -130,9 +148,9 @@ on_both_brokers!(
 );
 
 fn chain(mode: Mode) -> Result<()> {
-    let root = scratch(&format!("chain-{mode:?}"))?;
+    let root = scratch(&format!("chain-{}", mode.label()))?;
     let data = root.join("data");
-    let platform = start(&data, mode, "chain")?;
+    let platform = start(&data, mode)?;
     let created = json!([{"attributes": {"type": "com.example.order.created"},
                           "replyType": "com.example.order.priced"}]);
     deploy(&platform, &root, "pricer", created, PRICER)?;
@@ -195,7 +213,7 @@ fn chain(mode: Mode) -> Result<()> {
 
     // A restart of the platform: the Triggers of the functions that serve are back.
     drop(platform);
-    let platform = start(&data, mode, "chain")?;
+    let platform = start(&data, mode)?;
     publish(
         &platform,
         "com.example.order.created",
@@ -292,8 +310,8 @@ on_both_brokers!(
 );
 
 fn delivery(mode: Mode) -> Result<()> {
-    let root = scratch(&format!("delivery-{mode:?}"))?;
-    let platform = start(&root.join("data"), mode, "delivery")?;
+    let root = scratch(&format!("delivery-{}", mode.label()))?;
+    let platform = start(&root.join("data"), mode)?;
     // Observing the platform's own events is allowed; replying with one is not.
     deploy_with(
         &platform,
@@ -407,8 +425,8 @@ on_both_brokers!(
 fn rollout(mode: Mode) -> Result<()> {
     use std::sync::atomic::{AtomicUsize, Ordering};
     const EVENTS: usize = 90;
-    let root = scratch(&format!("rollout-{mode:?}"))?;
-    let platform = start(&root.join("data"), mode, "rollout")?;
+    let root = scratch(&format!("rollout-{}", mode.label()))?;
+    let platform = start(&root.join("data"), mode)?;
     let counter = |rev: &str| {
         json!({"triggers": [{"attributes": {"type": "com.example.tick"}, "replyType": "com.example.tock"}],
                "env": {"REV": rev}})
@@ -515,8 +533,8 @@ on_both_brokers!(
 );
 
 fn invoke_async(mode: Mode) -> Result<()> {
-    let root = scratch(&format!("async-{mode:?}"))?;
-    let platform = start(&root.join("data"), mode, "async")?;
+    let root = scratch(&format!("async-{}", mode.label()))?;
+    let platform = start(&root.join("data"), mode)?;
     // No triggers of its own: every function takes invocations addressed to it.
     deploy(&platform, &root, "worker", json!([]), WORKER)?;
     deploy(&platform, &root, "bystander", json!([]), WORKER)?;

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, ensure};
 use base64::Engine as _;
 use cloudevents::{Event, EventBuilder as _};
-use common::{Up, amqp_url, klambda, text, up};
+use common::{Up, klambda, text, up};
 use klambda_broker::amqp::Topology;
 use klambda_broker::{AmqpBroker, trigger};
 use klambda_cli::embedded::BROKER;
@@ -21,7 +21,7 @@ use klambda_harness::codec::to_structured;
 use klambda_harness::signing::EventKeys;
 use klambda_test_support::fixtures::{build_completed, inline_function, parser_completed, runtime};
 use klambda_test_support::http::{Reply, get_with, post, send as http_send};
-use klambda_test_support::{jobs, repo};
+use klambda_test_support::{jobs, rabbitmq, repo};
 use serde_json::{Value, json};
 
 const VICTIM: &str = "exports.handler = async () => ({ who: 'victim' });";
@@ -63,12 +63,12 @@ async fn forged_events_are_refused_at_the_edge_and_behind_it() -> Result<()> {
     let run = std::process::id();
     let data = std::env::temp_dir().join(format!("klambda-security-{run}"));
     let _ = std::fs::remove_dir_all(&data);
-    let instance = format!("security-{run}");
-    let url = amqp_url();
+    let instance = rabbitmq::Instance::new("security");
+    let url = rabbitmq::url();
     let platform = tokio::task::block_in_place(|| {
         up(
             &data.join("platform"),
-            &["--broker", &url, "--instance", &instance],
+            &["--broker", &url, "--instance", instance.name()],
         )
     })
     .context("klambda up over RabbitMQ (scripts/services.sh starts RabbitMQ)")?;
@@ -148,7 +148,8 @@ async fn forged_events_are_refused_at_the_edge_and_behind_it() -> Result<()> {
     // and signed with the platform's own key (a stage's key leaked) but carrying a digest that
     // is not its source's. Each is refused by the stage and dead-lettered with its reason.
     let triggers = trigger::load(&repo::root().join("eventing"), BROKER)?;
-    let broker = AmqpBroker::connect(&url, Topology::new(BROKER, &instance), &triggers).await?;
+    let broker =
+        AmqpBroker::connect(&url, Topology::new(BROKER, instance.name()), &triggers).await?;
     let platform_keys =
         EventKeys::parse(&std::fs::read_to_string(data.join("platform/event-keys"))?)?;
     let other_keys = EventKeys::parse("an-attackers-own-key-of-32-bytes-at-least")?;
@@ -225,20 +226,7 @@ async fn forged_events_are_refused_at_the_edge_and_behind_it() -> Result<()> {
     ensure!(reply["who"] == "victim", "the victim serves {reply}");
 
     drop(platform);
-    klambda_broker_cleanup(&url, &instance, &triggers).await?;
     let _ = std::fs::remove_dir_all(&data);
-    Ok(())
-}
-
-/// Deletes what the platform declared in RabbitMQ.
-async fn klambda_broker_cleanup(
-    url: &str,
-    instance: &str,
-    triggers: &[klambda_broker::trigger::Trigger],
-) -> Result<()> {
-    let broker = AmqpBroker::connect(url, Topology::new(BROKER, instance), triggers).await?;
-    broker.delete(triggers).await?;
-    broker.close().await;
     Ok(())
 }
 

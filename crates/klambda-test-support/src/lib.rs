@@ -9,6 +9,7 @@
 //! - [`http`]: serve a router on a port-0 listener and talk to it over real HTTP.
 //! - [`otlp`]: an OTLP/gRPC trace receiver that keeps what it is sent.
 //! - [`process`]: free ports, waiting for a process to answer, stopping it with SIGTERM.
+//! - [`rabbitmq`]: the RabbitMQ tests use, and a guard that deletes a test instance's topology.
 //! - [`repo`]: paths of the repository and of the shared folder beside it.
 //! - [`s3`]: a real S3-compatible server (`s3s-fs`) per test.
 
@@ -20,5 +21,6 @@ pub mod kubernetes;
 pub mod manifests;
 pub mod otlp;
 pub mod process;
+pub mod rabbitmq;
 pub mod repo;
 pub mod s3;

@@ -27,13 +27,6 @@ impl Drop for Up {
     }
 }
 
-/// The RabbitMQ the tests use (`KLAMBDA_TEST_AMQP_URL`, else the local one that
-/// scripts/services.sh starts).
-pub(crate) fn amqp_url() -> String {
-    std::env::var("KLAMBDA_TEST_AMQP_URL")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
-}
-
 /// `klambda up` on a free port over `data`, with `args` added, once it answers.
 pub(crate) fn up(data: &Path, args: &[&str]) -> Result<Up> {
     let port = free_port()?;
