@@ -15,7 +15,7 @@ async fn one_deploy_is_one_trace_through_all_five_stages() -> Result<()> {
     let settings = klambda_harness::Settings {
         otlp_endpoint: Some(url::Url::parse(&endpoint)?),
         log_filter:
-            "warn,klambda_harness=info,klambda_storage=info,job_launcher=info,service_deployer=info"
+            "warn,klambda_harness=info,klambda_broker=info,klambda_storage=info,job_launcher=info,service_deployer=info"
                 .into(),
         ..klambda_harness::Settings::default()
     };
@@ -25,6 +25,34 @@ async fn one_deploy_is_one_trace_through_all_five_stages() -> Result<()> {
         klambda_tests::deploy_example(&server, "hello-node", None).await?,
         0
     );
+    // A user's event in a trace of its own reaches a function through its Trigger.
+    assert_eq!(
+        klambda_tests::deploy_example(&server, "order-pipeline/pricer", None).await?,
+        0
+    );
+    let publisher = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let order = klambda_test_support::http::post(
+        &server.url("/"),
+        &[
+            ("ce-specversion", "1.0"),
+            ("ce-id", "order-1"),
+            ("ce-source", "/shop"),
+            ("ce-type", "com.example.order.created"),
+            ("ce-traceparent", publisher),
+            ("content-type", "application/json"),
+        ],
+        r#"{"id":"o-1","items":[{"sku":"a","price":10,"qty":1}]}"#,
+    )
+    .await?;
+    assert_eq!(order.status, 202, "{order:?}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while platform.deliveries.recent("pricer", 10).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the order never reached the pricer"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     // Flushing blocks until the collector (served on this runtime) has the spans.
     tokio::task::spawn_blocking(move || telemetry.shutdown()).await?;
 
@@ -101,6 +129,17 @@ async fn one_deploy_is_one_trace_through_all_five_stages() -> Result<()> {
             "no {call} span in the journey's trace; it has {calls:?}"
         );
     }
+    // The delivery to the function is a span of the order's trace, the publisher's child.
+    let delivery = all
+        .iter()
+        .find(|s| s.name == "delivery" && attribute(s, "function").as_deref() == Some("pricer"))
+        .context("the delivery to the pricer was exported as a span")?;
+    assert_eq!(
+        hex::encode(&delivery.trace_id),
+        "4bf92f3577b34da6a3ce929d0e0e4736"
+    );
+    assert_eq!(hex::encode(&delivery.parent_span_id), "00f067aa0ba902b7");
+    assert_eq!(attribute(delivery, "event_id").as_deref(), Some("order-1"));
     // The status API names the journey's trace, so an operator can open it.
     let state = platform
         .store

@@ -15,6 +15,7 @@ use klambda_harness::metrics::Metrics;
 use serde_json::Value;
 
 use crate::dead_letter::{DeadLetter, with_error_attributes};
+use crate::journal::{Attempt, Outcome};
 use crate::subscriber::{Answer, Subscriber};
 
 /// How the wait between attempts grows.
@@ -150,6 +151,7 @@ async fn deliver_with_retries(
     let attempts = delivery.attempts();
     let mut attempt = 1;
     loop {
+        let started = std::time::Instant::now();
         let answer = match delivery.timeout {
             None => subscriber.deliver(event.clone()).await,
             Some(limit) => {
@@ -162,26 +164,42 @@ async fn deliver_with_retries(
                 }
             }
         };
-        match answer {
-            Answer::Reply(reply) => {
-                metrics.delivery(trigger, "replied");
-                return Delivered::Reply(reply);
-            }
-            Answer::Accepted => {
-                metrics.delivery(trigger, "accepted");
-                return Delivered::Accepted;
-            }
+        let (outcome, status, reason) = match &answer {
+            Answer::Reply(_) => (Outcome::Replied, None, None),
+            Answer::Accepted => (Outcome::Accepted, None, None),
             Answer::Failed { status, body } => {
-                if !is_retryable(status) || attempt >= attempts {
-                    metrics.delivery(trigger, "dead_lettered");
-                    let event = with_error_attributes(event, &subscriber.address(), status, &body);
-                    return Delivered::DeadLetter(DeadLetter {
-                        trigger: trigger.to_owned(),
-                        attempts: attempt,
-                        event,
-                    });
-                }
-                metrics.delivery(trigger, "retried");
+                let last = !is_retryable(*status) || attempt >= attempts;
+                let outcome = if last {
+                    Outcome::DeadLettered
+                } else {
+                    Outcome::Retried
+                };
+                let reason = String::from_utf8_lossy(body).into_owned();
+                (outcome, *status, Some(reason))
+            }
+        };
+        metrics.delivery(trigger, outcome.as_str());
+        subscriber.attempted(&Attempt {
+            trigger,
+            event: &event,
+            attempt,
+            outcome,
+            status,
+            duration: started.elapsed(),
+            reason,
+        });
+        match (answer, outcome) {
+            (Answer::Reply(reply), _) => return Delivered::Reply(reply),
+            (Answer::Accepted, _) => return Delivered::Accepted,
+            (Answer::Failed { status, body }, Outcome::DeadLettered) => {
+                let event = with_error_attributes(event, &subscriber.address(), status, &body);
+                return Delivered::DeadLetter(DeadLetter {
+                    trigger: trigger.to_owned(),
+                    attempts: attempt,
+                    event,
+                });
+            }
+            (Answer::Failed { status, .. }, _) => {
                 tracing::debug!(trigger = %trigger, attempt, ?status, "delivery failed; retrying");
                 tokio::time::sleep(delivery.backoff(attempt)).await;
                 attempt += 1;

@@ -17,12 +17,14 @@
 //! - [`broker`]: queues, workers, re-ingestion of replies.
 //! - [`dead_letter`]: failed deliveries with their error attributes.
 //! - [`ingress`]: the broker as the harness's side-event publisher.
+//! - [`journal`]: each attempt of each delivery to a function, for `klambda events`.
 
 pub mod amqp;
 pub mod broker;
 pub mod dead_letter;
 pub mod delivery;
 pub mod ingress;
+pub mod journal;
 pub mod subscriber;
 pub mod trigger;
 

@@ -14,8 +14,10 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use klambda_events::FunctionName;
-use klambda_harness::codec;
 use klambda_harness::{Handler, Harness, Outcome};
+use klambda_harness::{codec, trace};
+
+use crate::journal::{Attempt, Journal};
 use url::Url;
 
 /// A boxed future, so subscribers of different kinds share one broker.
@@ -47,6 +49,9 @@ pub trait Subscriber: Send + Sync + 'static {
     fn address(&self) -> String;
     /// Delivers one event.
     fn deliver(&self, event: Event) -> BoxFuture<'_, Answer>;
+    /// Told how each attempt of a delivery to it ended (the delivery loop decides retries).
+    /// Nothing by default: a function keeps them in its [`Journal`].
+    fn attempted(&self, _attempt: &Attempt<'_>) {}
 }
 
 /// A stage served by a [`Harness`] in this process.
@@ -220,6 +225,8 @@ pub struct Function {
     discard_replies: bool,
     locate: std::sync::Arc<dyn Locate>,
     client: Client<HttpConnector, Full<Bytes>>,
+    /// Where each attempt is recorded, if anywhere.
+    journal: Option<std::sync::Arc<Journal>>,
 }
 
 impl Function {
@@ -236,7 +243,14 @@ impl Function {
             discard_replies: false,
             locate,
             client: client(),
+            journal: None,
         }
+    }
+
+    /// Records each attempt of each delivery in `journal`.
+    pub fn with_journal(mut self, journal: std::sync::Arc<Journal>) -> Self {
+        self.journal = Some(journal);
+        self
     }
 
     /// Delivers asynchronous invocations to `function`: its answer ends the delivery (a failure
@@ -254,8 +268,30 @@ impl Subscriber for Function {
         format!("{FUNCTION_SCHEME}{}", self.function)
     }
 
-    fn deliver(&self, event: Event) -> BoxFuture<'_, Answer> {
-        Box::pin(async move {
+    /// One span per attempt, in the trace of the event delivered: the function receives the
+    /// event with that span as its `traceparent`, and its reply continues the same trace.
+    fn deliver(&self, mut event: Event) -> BoxFuture<'_, Answer> {
+        let span = tracing::info_span!(
+            "delivery",
+            function = %self.function,
+            event_id = %cloudevents::AttributesReader::id(&event),
+            event_type = %cloudevents::AttributesReader::ty(&event),
+        );
+        let input_trace = trace::TraceParent::of_event(&event, None);
+        if let Some(parent) = input_trace {
+            parent.adopt_as_parent_of(&span);
+        }
+        let delivered_trace = trace::for_emitted(
+            input_trace,
+            &span,
+            &format!(
+                "{}@{}",
+                cloudevents::AttributesReader::id(&event),
+                self.function
+            ),
+        );
+        trace::stamp(&mut event, delivered_trace);
+        let delivery = async move {
             let Some(lease) = self.locate.serving(&self.function) else {
                 // Gone: not retried (nothing will serve it), so the event is dead-lettered
                 // with the reason instead of waiting in a queue.
@@ -284,11 +320,24 @@ impl Subscriber for Function {
                     }
                     let source = format!("/functions/{}", self.function);
                     cloudevents::event::AttributesWriter::set_source(&mut reply, source);
+                    let reply_trace = trace::for_emitted(
+                        delivered_trace,
+                        &tracing::Span::current(),
+                        cloudevents::AttributesReader::id(&reply),
+                    );
+                    trace::stamp(&mut reply, reply_trace);
                     Answer::Reply(reply)
                 }
                 other => other,
             }
-        })
+        };
+        Box::pin(tracing::Instrument::instrument(delivery, span))
+    }
+
+    fn attempted(&self, attempt: &Attempt<'_>) {
+        if let Some(journal) = &self.journal {
+            journal.record(self.function.as_str(), attempt);
+        }
     }
 }
 

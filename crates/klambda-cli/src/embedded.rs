@@ -150,6 +150,8 @@ pub struct Platform {
     pub api_token: Option<Arc<str>>,
     /// Functions' secret values (`<data-dir>/secrets`), read by the runner.
     pub secrets: SecretStore,
+    /// Each attempt of each delivery to a function from this process (`klambda events`).
+    pub deliveries: Arc<klambda_broker::journal::Journal>,
 }
 
 /// A stage in-process, by its Service name, with its side events going into the broker and
@@ -330,11 +332,13 @@ impl Platform {
                     settings.eventing_dir.display()
                 )
             })?;
+        let deliveries = Arc::new(klambda_broker::journal::Journal::default());
         runner
             .attach(Arc::new(crate::function_triggers::FunctionTriggers::new(
                 &bus,
                 Arc::downgrade(&runner),
                 default_delivery,
+                Arc::clone(&deliveries),
             )))
             .await;
         // Functions run as users of their own (when this is root): what the platform keeps here
@@ -350,6 +354,7 @@ impl Platform {
             metrics,
             api_token: settings.api_token.as_deref().map(Arc::from),
             secrets,
+            deliveries,
         })
     }
 }

@@ -10,6 +10,8 @@
 //!   deleted with the function, so nothing waits where nothing will consume it. Changes are
 //!   applied in order by one task, retried while RabbitMQ is unreachable.
 //!
+//! Each attempt of each delivery is recorded in the deliveries [`Journal`] (`klambda events`).
+//!
 //! After a restart the local runner hands over every serving function again, so the Triggers
 //! come back (RabbitMQ kept what was published to their queues meanwhile).
 
@@ -18,6 +20,7 @@ use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use klambda_broker::amqp::Dispatcher;
+use klambda_broker::journal::Journal;
 use klambda_broker::subscriber::{Function, Lease, Locate};
 use klambda_broker::{AmqpBroker, Broker, Delivery, trigger::Trigger};
 use klambda_events::FunctionName;
@@ -61,12 +64,19 @@ pub struct FunctionTriggers {
     /// The Broker's delivery: for functions that set none.
     delivery: Delivery,
     routes: Routes,
+    journal: Arc<Journal>,
 }
 
 impl FunctionTriggers {
     /// Function Triggers on `bus`, delivering to the revisions `runner` serves. Must run inside
     /// a Tokio runtime (over RabbitMQ it starts the task that applies changes).
-    pub fn new(bus: &Bus, runner: Weak<LocalRunner>, delivery: Delivery) -> Self {
+    /// Each attempt of each delivery is recorded in `journal`.
+    pub fn new(
+        bus: &Bus,
+        runner: Weak<LocalRunner>,
+        delivery: Delivery,
+        journal: Arc<Journal>,
+    ) -> Self {
         let locate = Arc::new(ServingRevision(runner));
         let routes = match bus {
             Bus::Embedded(broker) => Routes::Memory {
@@ -78,6 +88,7 @@ impl FunctionTriggers {
                 tokio::spawn(apply_in_rabbitmq(
                     broker.clone(),
                     Arc::clone(&locate),
+                    Arc::clone(&journal),
                     receiver,
                 ));
                 Routes::Amqp(changes)
@@ -87,6 +98,7 @@ impl FunctionTriggers {
             locate,
             delivery,
             routes,
+            journal,
         }
     }
 
@@ -148,14 +160,20 @@ impl FunctionTriggers {
     }
 }
 
-/// The subscriber that delivers `route`'s events to `function`.
-fn subscriber(function: &FunctionName, route: &Route, locate: &Arc<ServingRevision>) -> Function {
+/// The subscriber that delivers `route`'s events to `function`, recording in `journal`.
+fn subscriber(
+    function: &FunctionName,
+    route: &Route,
+    locate: &Arc<ServingRevision>,
+    journal: &Arc<Journal>,
+) -> Function {
     let locate = Arc::clone(locate) as Arc<dyn Locate>;
-    if route.invocations {
+    let subscriber = if route.invocations {
         Function::invocations(function.clone(), locate)
     } else {
         Function::new(function.clone(), route.reply_type.clone(), locate)
-    }
+    };
+    subscriber.with_journal(Arc::clone(journal))
 }
 
 impl Subscriptions for FunctionTriggers {
@@ -182,7 +200,7 @@ impl Subscriptions for FunctionTriggers {
                     if before.contains(route) && routing.contains(&route.trigger.name) {
                         continue;
                     }
-                    let subscriber = subscriber(function, route, &self.locate);
+                    let subscriber = subscriber(function, route, &self.locate, &self.journal);
                     broker.subscribe(route.trigger.clone(), Arc::new(subscriber));
                 }
                 if !wanted.is_empty() {
@@ -193,6 +211,7 @@ impl Subscriptions for FunctionTriggers {
     }
 
     fn remove(&self, function: &FunctionName) {
+        self.journal.forget(function.as_str());
         match &self.routes {
             Routes::Amqp(changes) => {
                 let _ = changes.send(Change::Remove(function.clone()));
@@ -219,6 +238,7 @@ const MAX_RETRY_WAIT: Duration = Duration::from_secs(5);
 async fn apply_in_rabbitmq(
     broker: AmqpBroker,
     locate: Arc<ServingRevision>,
+    journal: Arc<Journal>,
     mut changes: mpsc::UnboundedReceiver<Change>,
 ) {
     let mut routed: HashMap<FunctionName, Vec<(Route, Dispatcher)>> = HashMap::new();
@@ -251,7 +271,7 @@ async fn apply_in_rabbitmq(
                 })
                 .await;
             }
-            let subscriber = Arc::new(subscriber(&function, &route, &locate));
+            let subscriber = Arc::new(subscriber(&function, &route, &locate, &journal));
             let dispatcher = broker.dispatch(route.trigger.clone(), subscriber);
             now.push((route, dispatcher));
         }

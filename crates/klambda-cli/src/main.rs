@@ -122,8 +122,15 @@ enum Command {
     },
     /// Show every function, or one.
     Status { name: Option<String> },
-    /// Show a function's events.
-    Events { name: String },
+    /// Show a function's events, and the deliveries of events to it.
+    Events {
+        /// The function (also as `--function NAME`).
+        #[arg(required_unless_present = "function", conflicts_with = "function")]
+        name: Option<String>,
+        /// The function, as a flag.
+        #[arg(long)]
+        function: Option<String>,
+    },
     /// Show a function's latest build log and its serving revision's output.
     Logs { name: String },
     /// Publish a recorded event again.
@@ -421,7 +428,10 @@ async fn run(cli: Cli) -> Result<i32> {
             client::publish(&platform, &event, output).await
         }
         Command::Status { name } => client::status(&platform, name.as_deref(), output).await,
-        Command::Events { name } => client::events(&platform, &name, output).await,
+        Command::Events { name, function } => {
+            let name = name.or(function).unwrap_or_default();
+            client::events(&platform, &name, output).await
+        }
         Command::Logs { name } => client::logs(&platform, &name, output).await,
         Command::Replay { event_id } => client::replay(&platform, &event_id, output).await,
         Command::Delete { name } => client::delete(&platform, &name, output).await,

@@ -33,6 +33,7 @@ pub fn router(platform: Platform) -> Router {
         .route("/events/{id}/replay", post(replay))
         .route("/dead-letters/{seq}/redrive", post(redrive))
         .route("/functions/{name}/logs", get(logs))
+        .route("/functions/{name}/deliveries", get(deliveries))
         .route("/secrets", get(secret_names))
         .route(
             "/secrets/{name}",
@@ -271,6 +272,37 @@ async fn metrics(State(platform): State<Platform>) -> Response {
 }
 
 /// `GET /functions/{name}/logs`: the latest build's log and the serving revision's output.
+/// `?limit=N` of `GET /functions/{name}/deliveries`.
+#[derive(Debug, serde::Deserialize)]
+struct DeliveriesQuery {
+    limit: Option<usize>,
+}
+
+/// `GET /functions/{name}/deliveries`: the latest attempts of deliveries to the function from
+/// this process, oldest first (`?limit=N`, default 100). A known function with none answers
+/// `[]`; an unknown one 404.
+async fn deliveries(
+    State(platform): State<Platform>,
+    Path(name): Path<String>,
+    axum::extract::Query(query): axum::extract::Query<DeliveriesQuery>,
+) -> Response {
+    match platform.store.function(&name).await {
+        Ok(Some(_)) => {}
+        Ok(None) => {
+            return ProblemDetails::new(
+                StatusCode::NOT_FOUND,
+                "not-found",
+                "Not found",
+                format!("no function named {name:?}"),
+            )
+            .into_response();
+        }
+        Err(error) => return status_reporter::api::unavailable(&error),
+    }
+    let limit = query.limit.unwrap_or(100);
+    axum::Json(platform.deliveries.recent(&name, limit)).into_response()
+}
+
 async fn logs(State(platform): State<Platform>, Path(name): Path<String>) -> Response {
     use klambda_events::{BuildId, ContentDigest, FunctionName};
     use service_deployer::deployer::Deployer as _;

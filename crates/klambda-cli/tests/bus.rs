@@ -130,12 +130,45 @@ fn said(platform: &Up, name: &str, line: &str) -> Result<()> {
 
 const PRICER: &str = r#"exports.handler = async (order, context) => {
   console.log(`pricing ${order.id} region=${context.cloudevent.region}`);
+  console.log(`pricer trace ${order.id} ${context.cloudevent.traceparent}`);
   return { id: order.id, price: order.total * 2 };
 };"#;
 
-const SHIPPER: &str = r#"exports.handler = async (priced) => {
+const SHIPPER: &str = r#"exports.handler = async (priced, context) => {
   console.log(`shipping ${priced.id} at ${priced.price}`);
+  console.log(`shipper trace ${priced.id} ${context.cloudevent.traceparent}`);
 };"#;
+
+/// The trace an order is published in.
+const TRACE_ID: &str = "0af7651916cd43dd8448eb211c80319c";
+const PUBLISHER_SPAN: &str = "b7ad6b7169203331";
+
+/// The `traceparent` `name` logged for order `id` (`<name> trace <id> <traceparent>`).
+fn logged_trace(platform: &Up, name: &str, id: &str) -> Result<(String, String)> {
+    let prefix = format!("{name} trace {id} ");
+    let line = lines_with(platform, name, &prefix)?
+        .pop()
+        .unwrap_or_default();
+    let traceparent = line.split(&prefix).nth(1).unwrap_or_default().trim();
+    match traceparent.split('-').collect::<Vec<_>>()[..] {
+        ["00", trace, span, _] => Ok((trace.to_owned(), span.to_owned())),
+        _ => bail!("{name} logged no traceparent for {id}: {line:?}"),
+    }
+}
+
+/// `klambda events --function NAME -o json`: the delivery records among its lines.
+fn deliveries(platform: &Up, name: &str) -> Result<Vec<Value>> {
+    let listed = klambda(platform, &["events", "--function", name, "-o", "json"])?;
+    ensure!(listed.status.success(), "{}", text(&listed));
+    let mut found = Vec::new();
+    for line in String::from_utf8_lossy(&listed.stdout).lines() {
+        let entry: Value = serde_json::from_str(line)?;
+        if !entry["delivery"].is_null() {
+            found.push(entry["delivery"].clone());
+        }
+    }
+    Ok(found)
+}
 
 const PICKY: &str = r#"exports.handler = async (order) => {
   console.log(`picky got ${order.id}`);
@@ -171,14 +204,42 @@ fn chain(mode: Mode) -> Result<()> {
 
     // An order from the US: priced, and the priced order's reply triggers the shipper; the
     // function that wants only European orders gets nothing.
-    publish(
+    let traceparent = format!("traceparent=00-{TRACE_ID}-{PUBLISHER_SPAN}-01");
+    let order = publish(
         &platform,
         "com.example.order.created",
         r#"{"id":"o-1","total":21}"#,
-        &["--ext", "region=us"],
+        &["--ext", "region=us", "--ext", &traceparent],
     )?;
     said(&platform, "pricer", "pricing o-1")?;
     said(&platform, "shipper", "shipping o-1 at 42")?;
+    // One trace through the chain: each function sees the order's trace, under the span of its
+    // own delivery (not the publisher's), and the pricer's reply carried it to the shipper.
+    let (trace, pricer_span) = logged_trace(&platform, "pricer", "o-1")?;
+    ensure!(trace == TRACE_ID, "the pricer is in trace {trace}");
+    ensure!(
+        pricer_span != PUBLISHER_SPAN,
+        "the pricer's parent is its delivery"
+    );
+    let (trace, shipper_span) = logged_trace(&platform, "shipper", "o-1")?;
+    ensure!(trace == TRACE_ID, "the shipper is in trace {trace}");
+    ensure!(shipper_span != pricer_span && shipper_span != PUBLISHER_SPAN);
+    // `klambda events` shows each delivery: the pricer replied to the order at once.
+    let priced = deliveries(&platform, "pricer")?;
+    ensure!(
+        priced.iter().any(|d| d["eventId"] == order.as_str()
+            && d["outcome"] == "replied"
+            && d["attempt"] == 1
+            && d["trigger"] == "fn-pricer-0"),
+        "the pricer's deliveries: {priced:#?}"
+    );
+    let shipped = deliveries(&platform, "shipper")?;
+    ensure!(
+        shipped
+            .iter()
+            .any(|d| d["eventType"] == "com.example.order.priced" && d["outcome"] == "accepted"),
+        "the shipper's deliveries: {shipped:#?}"
+    );
     // A European order: the two-attribute filter (type and the extension) matches too.
     publish(
         &platform,
@@ -340,6 +401,36 @@ fn delivery(mode: Mode) -> Result<()> {
     ensure!(event["knativeerrordest"] == "function://flaky", "{event}");
     let attempts = lines_with(&platform, "flaky", "attempt j-1")?;
     ensure!(attempts.len() == 3, "three attempts: {attempts:#?}");
+    // `klambda events` shows the same three attempts, their outcomes and the function's answer.
+    let journal: Vec<(u64, String)> = deliveries(&platform, "flaky")?
+        .iter()
+        .filter(|d| d["eventType"] == "com.example.job")
+        .map(|d| {
+            ensure!(d["status"] == 500, "{d}");
+            ensure!(
+                d["reason"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains("down for j-1"),
+                "{d}"
+            );
+            Ok((
+                d["attempt"].as_u64().unwrap_or_default(),
+                d["outcome"].as_str().unwrap_or_default().to_owned(),
+            ))
+        })
+        .collect::<Result<_>>()?;
+    let expected =
+        [(1, "retried"), (2, "retried"), (3, "dead_lettered")].map(|(n, o)| (n, o.to_owned()));
+    ensure!(journal == expected, "flaky's deliveries: {journal:?}");
+    let listed = klambda(&platform, &["events", "flaky"])?;
+    let lines = text(&listed);
+    let ready = lines.find("service.ready").unwrap_or(usize::MAX);
+    let retried = lines.find("attempt 1 retried 500").unwrap_or_default();
+    ensure!(
+        ready < retried,
+        "deliveries follow the deploy in time order:\n{lines}"
+    );
     let at: Vec<u64> = attempts
         .iter()
         .filter_map(|line| line.rsplit(' ').next()?.parse().ok())

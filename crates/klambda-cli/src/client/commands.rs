@@ -284,7 +284,9 @@ pub async fn status(platform: &Api, name: Option<&str>, output: Output) -> Resul
     Ok(0)
 }
 
-/// `klambda events NAME`.
+/// `klambda events NAME`: the function's lifecycle events and, in time order between them, each
+/// attempt of each delivery to it (from the process that delivers to it; none on a cluster,
+/// where Knative's dispatcher delivers).
 pub async fn events(platform: &Api, name: &str, output: Output) -> Result<i32> {
     // An unknown function is an error, as for `status` and `logs`, not an empty history.
     if platform.known(name).await?.is_none() {
@@ -295,24 +297,69 @@ pub async fn events(platform: &Api, name: &str, output: Output) -> Result<i32> {
         .get_json(&format!("/functions/{name}/events?limit=10000"))
         .await?
         .unwrap_or_default();
+    let deliveries: Vec<Value> = platform
+        .get_json(&format!("/functions/{name}/deliveries?limit=10000"))
+        .await?
+        .unwrap_or_default();
+    let at = |time: &str| chrono::DateTime::parse_from_rfc3339(time).ok();
+    let mut lines: Vec<(Option<chrono::DateTime<chrono::FixedOffset>>, String)> = Vec::new();
     for entry in &events {
-        match output {
-            Output::Json => say!("{}", serde_json::to_string(entry)?),
+        let line = match output {
+            Output::Json => serde_json::to_string(entry)?,
             Output::Text => {
                 let event = &entry.event;
                 let ty = event["type"].as_str().unwrap_or_default();
                 let short = ty.strip_prefix(klambda_events::TYPE_PREFIX).unwrap_or(ty);
-                say!(
+                format!(
                     "{:>5}  {}  {short:<18} {}  {}",
                     entry.seq,
                     entry.received_at,
                     event["id"].as_str().unwrap_or_default(),
                     detail(short, &event["data"])
-                );
+                )
             }
-        }
+        };
+        lines.push((at(&entry.received_at), line));
+    }
+    for delivery in &deliveries {
+        let time = delivery["time"].as_str().unwrap_or_default();
+        let line = match output {
+            Output::Json => serde_json::to_string(&serde_json::json!({ "delivery": delivery }))?,
+            Output::Text => delivery_line(delivery),
+        };
+        lines.push((at(time), line));
+    }
+    // Stable: the store's order among events, the journal's among deliveries.
+    lines.sort_by_key(|(time, _)| *time);
+    for (_, line) in lines {
+        say!("{line}");
     }
     Ok(0)
+}
+
+/// One delivery attempt as `klambda events` prints it.
+fn delivery_line(delivery: &Value) -> String {
+    let text = |key: &str| delivery[key].as_str().unwrap_or_default();
+    let outcome = text("outcome").replace('_', "-");
+    let status = delivery["status"]
+        .as_u64()
+        .map(|s| format!(" {s}"))
+        .unwrap_or_default();
+    let reason = delivery["reason"]
+        .as_str()
+        .map(|r| format!(": {}", r.lines().next().unwrap_or_default()))
+        .unwrap_or_default();
+    format!(
+        "{:>5}  {}  {:<18} {}  {} via {} attempt {} {outcome}{status} in {:.1} ms{reason}",
+        "-",
+        text("time"),
+        "delivery",
+        text("eventId"),
+        text("eventType"),
+        text("trigger"),
+        delivery["attempt"],
+        delivery["durationMs"].as_f64().unwrap_or_default(),
+    )
 }
 
 /// `klambda replay EVENT_ID`: publishes a recorded event again, exactly as recorded (the
