@@ -66,8 +66,17 @@ async fn invoke(shim: &Shim, mode: &str) -> Result<klambda_test_support::http::R
 }
 
 async fn invoke_at(base: &str, mode: &str) -> Result<klambda_test_support::http::Reply> {
+    invoke_path(base, "/", mode).await
+}
+
+/// An invocation at `path` (the subscriber URI's path and query).
+async fn invoke_path(
+    base: &str,
+    path: &str,
+    mode: &str,
+) -> Result<klambda_test_support::http::Reply> {
     post(
-        &format!("{base}/"),
+        &format!("{base}{path}"),
         &[
             ("ce-specversion", "1.0"),
             ("ce-id", "inv%201"),
@@ -99,6 +108,21 @@ async fn contract(mut shim: Shim, after_timeout: AfterTimeout) -> Result<()> {
     assert_eq!(
         reply.json()?,
         serde_json::json!({"hello": "world", "requestId": "inv 1"})
+    );
+
+    // What a cluster's Trigger puts on the subscriber URI: the reply's type, or no reply.
+    let retyped = invoke_path(&shim.base, "/?replyType=com.example.greeted", "greet").await?;
+    assert_eq!(retyped.status, 200, "{:?}", retyped.body);
+    assert_eq!(retyped.header("ce-type"), "com.example.greeted");
+    assert_eq!(retyped.header("ce-source"), "/functions/hello");
+    let dropped = invoke_path(&shim.base, "/?reply=none", "greet").await?;
+    assert_eq!(dropped.status, 202, "{:?}", dropped.body);
+    assert!(dropped.body.is_empty(), "{:?}", dropped.body);
+    let failed = invoke_path(&shim.base, "/?reply=none", "throw").await?;
+    assert_eq!(failed.status, 500, "a failure is still one, to be retried");
+    assert_eq!(
+        invoke_path(&shim.base, "/other", "greet").await?.status,
+        405
     );
 
     assert_eq!(invoke(&shim, "nothing").await?.status, 202);

@@ -87,7 +87,12 @@ async function main() {
       res.writeHead(200, { 'content-type': 'application/json' });
       return res.end('{"status":"alive"}');
     }
-    if (req.method !== 'POST' || req.url !== '/') return problem(res, 405, 'Method not allowed', 'POST / with a CloudEvent');
+    // The subscriber URI may say what becomes of the reply (a Knative Trigger cannot):
+    // ?replyType=T types it T; ?reply=none drops it (an asynchronous invocation's result).
+    const target = new URL(req.url, 'http://shim');
+    if (req.method !== 'POST' || target.pathname !== '/') return problem(res, 405, 'Method not allowed', 'POST / with a CloudEvent');
+    const replyType = target.searchParams.get('replyType');
+    const dropReply = target.searchParams.get('reply') === 'none';
     const chunks = [];
     let size = 0;
     req.on('data', (chunk) => {
@@ -111,12 +116,12 @@ async function main() {
       };
       try {
         const result = await withTimeout(Promise.resolve(handler(data, context)));
-        if (result === undefined) { res.writeHead(202); return res.end(); }
+        if (result === undefined || dropReply) { res.writeHead(202); return res.end(); }
         res.writeHead(200, {
           'ce-specversion': '1.0',
           'ce-id': encodeHeader(`${attributes.id}.response`),
           'ce-source': encodeHeader(`/functions/${functionName}`),
-          'ce-type': encodeHeader(`${attributes.type}.response`),
+          'ce-type': encodeHeader(replyType || `${attributes.type}.response`),
           'content-type': 'application/json',
         });
         return res.end(JSON.stringify(result));

@@ -141,8 +141,14 @@ def make_server(handler):
                     os._exit(RECYCLE_EXIT)
 
         def invoke(self):
-            if self.path != "/":
+            # The subscriber URI may say what becomes of the reply (a Knative Trigger cannot):
+            # ?replyType=T types it T; ?reply=none drops it (an asynchronous invocation's result).
+            target = urllib.parse.urlsplit(self.path)
+            if target.path != "/":
                 return self.problem(405, "Method not allowed", "POST / with a CloudEvent")
+            query = urllib.parse.parse_qs(target.query)
+            reply_type = (query.get("replyType") or [None])[0]
+            drop_reply = (query.get("reply") or [None])[0] == "none"
             length = int(self.headers.get("content-length") or 0)
             if length > MAX_BODY:
                 return self.problem(413, "Payload too large", f"limit {MAX_BODY} bytes")
@@ -166,7 +172,7 @@ def make_server(handler):
                 stack = traceback.format_exception(type(error), error, error.__traceback__)
                 log_failure(attributes["id"], "error", str(error), [l.rstrip() for l in stack])
                 return self.problem(500, "Handler error", str(error))
-            if result is None:
+            if result is None or drop_reply:
                 self.send_response(202)
                 self.send_header("content-length", "0")
                 self.end_headers()
@@ -176,7 +182,7 @@ def make_server(handler):
             self.send_header("ce-specversion", "1.0")
             self.send_header("ce-id", encode_header(f"{attributes['id']}.response"))
             self.send_header("ce-source", encode_header(f"/functions/{FUNCTION_NAME}"))
-            self.send_header("ce-type", encode_header(f"{attributes['type']}.response"))
+            self.send_header("ce-type", encode_header(reply_type or f"{attributes['type']}.response"))
             self.send_header("content-type", "application/json")
             self.send_header("content-length", str(len(body)))
             self.end_headers()

@@ -68,7 +68,8 @@ fn built(name: &str, image: &str, greeting: &str) -> Result<Event> {
     spec.scaling =
         serde_json::from_value(json!({"minScale": 1, "maxScale": 5, "concurrency": 10}))?;
     spec.triggers = vec![serde_json::from_value(
-        json!({"attributes": {"type": "com.example.order.created"}}),
+        json!({"attributes": {"type": "com.example.order.created"},
+               "replyType": "com.example.order.priced"}),
     )?];
     spec.delivery = Some(serde_json::from_value(json!({
         "retry": 3, "backoffPolicy": "linear", "backoffDelay": "PT0.2S", "timeout": "PT5S"
@@ -209,6 +210,10 @@ async fn deploy_replay_update_rollback_and_delete_with_exactly_the_granted_verbs
         invocations["spec"]["filter"]["attributes"],
         json!({"type": "klambda.invoke", "klambdafunction": "hello"})
     );
+    // Its result is dropped, as Lambda drops an asynchronous invocation's: the shim is told so
+    // on the subscriber URI, resolved against the Service's address.
+    assert_eq!(invocations["spec"]["subscriber"]["uri"], "/?reply=none");
+    assert_eq!(invocations["spec"]["subscriber"]["ref"]["name"], "hello");
     let triggers: Vec<Value> = triggers
         .into_iter()
         .filter(|t| t["metadata"]["name"] == "fn-hello-0")
@@ -219,6 +224,11 @@ async fn deploy_replay_update_rollback_and_delete_with_exactly_the_granted_verbs
         "com.example.order.created"
     );
     assert_eq!(triggers[0]["spec"]["subscriber"]["ref"]["name"], "hello");
+    // The filter's replyType, for the shim to type the reply with (query-encoded).
+    assert_eq!(
+        triggers[0]["spec"]["subscriber"]["uri"],
+        "/?replyType=com.example.order.priced"
+    );
     // The function's delivery, 1:1, and (since a Trigger's delivery replaces the Broker's) the
     // platform's dead letters named as the Broker names them.
     let broker =

@@ -204,9 +204,12 @@ fn function_labels(function: &FunctionName) -> Value {
 }
 
 /// The function's Triggers: one per filter, and its invocation Trigger (asynchronous
-/// invocations addressed to it), each delivering to its Service.
+/// invocations addressed to it), each delivering to its Service. What becomes of the reply
+/// rides on the subscriber URI's query, which the runtimes' shims honour (a Knative Trigger
+/// cannot retype or drop a reply): `?replyType=T` for a filter's `replyType`, `?reply=none` for
+/// asynchronous invocations, whose result Lambda drops.
 pub fn triggers(settings: &KnativeSettings, spec: &FunctionSpec) -> Vec<Value> {
-    let trigger = |name: String, filter: Value, delivery: Option<Value>| {
+    let trigger = |name: String, filter: Value, delivery: Option<Value>, query: Option<String>| {
         json!({
             "apiVersion": "eventing.knative.dev/v1",
             "kind": "Trigger",
@@ -215,7 +218,7 @@ pub fn triggers(settings: &KnativeSettings, spec: &FunctionSpec) -> Vec<Value> {
                 "namespace": settings.namespace,
                 "labels": function_labels(&spec.name),
             },
-            "spec": trigger_spec(settings, spec, filter, delivery),
+            "spec": trigger_spec(settings, spec, filter, delivery, query),
         })
     };
     let delivery = spec
@@ -227,10 +230,16 @@ pub fn triggers(settings: &KnativeSettings, spec: &FunctionSpec) -> Vec<Value> {
         .iter()
         .enumerate()
         .map(|(index, filter)| {
+            let reply_type = filter.reply_type.as_deref().map(|ty| {
+                url::form_urlencoded::Serializer::new(String::new())
+                    .append_pair("replyType", ty)
+                    .finish()
+            });
             trigger(
                 klambda_events::spec::trigger_name(&spec.name, index),
                 json!(filter.attributes),
                 delivery.clone(),
+                reply_type,
             )
         })
         .collect();
@@ -243,6 +252,7 @@ pub fn triggers(settings: &KnativeSettings, spec: &FunctionSpec) -> Vec<Value> {
             klambda_events::external::INVOKE_FUNCTION_EXTENSION: spec.name.as_str(),
         }),
         Some(invocations),
+        Some("reply=none".to_owned()),
     ));
     triggers
 }
@@ -252,6 +262,7 @@ fn trigger_spec(
     spec: &FunctionSpec,
     attributes: Value,
     delivery: Option<Value>,
+    query: Option<String>,
 ) -> Value {
     let mut trigger = json!({
         "broker": settings.broker,
@@ -263,6 +274,10 @@ fn trigger_spec(
             "namespace": settings.namespace,
         }},
     });
+    if let Some(query) = query {
+        // Resolved against the Service's address: http://<function>.<namespace>.svc…/?query
+        trigger["subscriber"]["uri"] = json!(format!("/?{query}"));
+    }
     if let Some(mut block) = delivery {
         // A Trigger's delivery replaces the Broker's entirely, its dead-letter sink included:
         // so the platform's dead letters are named again (as in eventing/broker.yaml).
