@@ -38,10 +38,6 @@ struct Route {
     invocations: bool,
 }
 
-/// Retries of an asynchronous invocation when the function sets no `delivery`: Lambda's
-/// default for asynchronous invocations.
-const ASYNC_INVOKE_RETRIES: u32 = 2;
-
 /// What the runner asked for, in order.
 enum Change {
     /// The function serves with these Triggers (none: it has no Triggers).
@@ -123,7 +119,11 @@ impl FunctionTriggers {
                     filter: filter.attributes.clone(),
                     subscriber: format!("function {function}"),
                     delivery: delivery.clone(),
-                    parallelism: 1,
+                    parallelism: filter
+                        .parallelism
+                        .and_then(|p| usize::try_from(p).ok())
+                        .filter(|p| *p >= 1)
+                        .unwrap_or(1),
                 },
                 reply_type: filter.reply_type.clone(),
                 invocations: false,
@@ -133,7 +133,7 @@ impl FunctionTriggers {
         // runs them, with its delivery or Lambda's two retries.
         let mut invocation_delivery = delivery;
         if subscribed.delivery.is_none() {
-            invocation_delivery.retry = ASYNC_INVOKE_RETRIES;
+            invocation_delivery.retry = klambda_events::spec::INVOCATION_RETRIES;
         }
         routes.push(Route {
             trigger: Trigger {
@@ -151,7 +151,7 @@ impl FunctionTriggers {
                 .into(),
                 subscriber: format!("function {function}"),
                 delivery: invocation_delivery,
-                parallelism: 10,
+                parallelism: klambda_events::spec::INVOCATION_PARALLELISM as usize,
             },
             reply_type: None,
             invocations: true,
@@ -319,5 +319,53 @@ impl Locate for ServingRevision {
             url: url.parse().ok()?,
             hold: Box::new(hold),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn filter(value: serde_json::Value) -> klambda_events::spec::TriggerFilter {
+        serde_json::from_value(value).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[tokio::test]
+    async fn each_filter_is_a_trigger_with_its_parallelism_and_the_invocations_run_side_by_side() {
+        let broker = Broker::start(Vec::new(), &HashMap::new()).unwrap_or_else(|e| panic!("{e}"));
+        let triggers = FunctionTriggers::new(
+            &Bus::Embedded(broker),
+            Weak::new(),
+            Delivery::default(),
+            Arc::default(),
+        );
+        let function = FunctionName::new("pricer".to_owned()).unwrap_or_else(|e| panic!("{e}"));
+        let subscribed = Subscribed {
+            triggers: vec![
+                filter(serde_json::json!({"attributes": {"type": "a"}})),
+                filter(serde_json::json!({"attributes": {"type": "b"}, "parallelism": 8})),
+            ],
+            delivery: None,
+        };
+        let routes: Vec<(String, usize, u32)> = triggers
+            .routes(&function, &subscribed)
+            .into_iter()
+            .map(|r| {
+                (
+                    r.trigger.name,
+                    r.trigger.parallelism,
+                    r.trigger.delivery.retry,
+                )
+            })
+            .collect();
+        let broker_retry = Delivery::default().retry;
+        assert_eq!(
+            routes,
+            [
+                ("fn-pricer-0".to_owned(), 1, broker_retry),
+                ("fn-pricer-1".to_owned(), 8, broker_retry),
+                ("fn-pricer-async".to_owned(), 10, 2),
+            ]
+        );
     }
 }

@@ -161,6 +161,10 @@ pub struct TriggerFilter {
     /// `<input type>.response`. Never a platform type (`io.knative.lambda.*`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reply_type: Option<String>,
+    /// How many of these events are delivered to the function at once (1–1000); absent: 1,
+    /// which keeps their order. The RabbitMQ Broker's `rabbitmq.eventing.knative.dev/parallelism`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parallelism: Option<i64>,
     /// Anything else (such as `filters`) is refused by the parser, never silently ignored.
     #[serde(flatten)]
     pub extra: Extra,
@@ -206,6 +210,13 @@ pub fn trigger_name(function: &FunctionName, index: usize) -> String {
 pub fn invocation_trigger_name(function: &FunctionName) -> String {
     named_trigger(function, "async")
 }
+
+/// Retries of an asynchronous invocation when the function sets no `delivery`: Lambda's
+/// default for asynchronous invocations.
+pub const INVOCATION_RETRIES: u32 = 2;
+
+/// Asynchronous invocations of one function delivered at once, as Lambda runs them side by side.
+pub const INVOCATION_PARALLELISM: u32 = 10;
 
 fn named_trigger(function: &FunctionName, suffix: &str) -> String {
     let name = format!("fn-{function}-{suffix}");

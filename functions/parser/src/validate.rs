@@ -13,6 +13,9 @@ use crate::limits::Limits;
 use crate::source;
 use klambda_events::digest::content_digest;
 
+/// The most deliveries at once a function Trigger may ask for (as the RabbitMQ Broker allows).
+const MAX_PARALLELISM: i64 = 1000;
+
 /// Characters that mean something to a shell. Handlers reach the runtime shim's start command,
 /// so none may appear in one, whatever the runtime.
 const SHELL_METACHARACTERS: &str = ";|&$`<>(){}[]!*?~'\"\\#=%,";
@@ -474,7 +477,9 @@ fn check_triggers(triggers: &[TriggerFilter], limits: &Limits, problems: &mut Ve
             let reason = if key == "filters" {
                 "filters (CESQL/dialect filters) are ignored by the RabbitMQ broker, so the Trigger would receive every event; use attributes (exact match)".to_owned()
             } else {
-                format!("unknown field {key:?}; a trigger has attributes and replyType")
+                format!(
+                    "unknown field {key:?}; a trigger has attributes, replyType and parallelism"
+                )
             };
             problems.push(Problem::new(format!("{field}.{key}"), reason));
         }
@@ -529,6 +534,14 @@ fn check_triggers(triggers: &[TriggerFilter], limits: &Limits, problems: &mut Ve
                     "is the platform's event type; a function's reply may not carry it",
                 ));
             }
+        }
+        if let Some(parallelism) = trigger.parallelism
+            && !(1..=MAX_PARALLELISM).contains(&parallelism)
+        {
+            problems.push(Problem::new(
+                format!("{field}.parallelism"),
+                format!("deliveries at once: from 1 (in order) to {MAX_PARALLELISM}"),
+            ));
         }
         if triggers[..i].iter().any(|earlier| {
             earlier.attributes == trigger.attributes && !trigger.attributes.is_empty()

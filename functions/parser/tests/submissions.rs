@@ -670,6 +670,21 @@ fn submissions() {
             &["triggers[0].replyType"],
         ),
         (
+            "trigger in parallel",
+            trigger(json!({"attributes": {"type": "x"}, "parallelism": 10})),
+            &[],
+        ),
+        (
+            "trigger parallelism of zero",
+            trigger(json!({"attributes": {"type": "x"}, "parallelism": 0})),
+            &["triggers[0].parallelism"],
+        ),
+        (
+            "trigger parallelism past the RabbitMQ Broker's",
+            trigger(json!({"attributes": {"type": "x"}, "parallelism": 1001})),
+            &["triggers[0].parallelism"],
+        ),
+        (
             "duplicate triggers",
             with(
                 "triggers",

@@ -69,7 +69,7 @@ fn built(name: &str, image: &str, greeting: &str) -> Result<Event> {
         serde_json::from_value(json!({"minScale": 1, "maxScale": 5, "concurrency": 10}))?;
     spec.triggers = vec![serde_json::from_value(
         json!({"attributes": {"type": "com.example.order.created"},
-               "replyType": "com.example.order.priced"}),
+               "replyType": "com.example.order.priced", "parallelism": 5}),
     )?];
     spec.delivery = Some(serde_json::from_value(json!({
         "retry": 3, "backoffPolicy": "linear", "backoffDelay": "PT0.2S", "timeout": "PT5S"
@@ -214,6 +214,10 @@ async fn deploy_replay_update_rollback_and_delete_with_exactly_the_granted_verbs
     // on the subscriber URI, resolved against the Service's address.
     assert_eq!(invocations["spec"]["subscriber"]["uri"], "/?reply=none");
     assert_eq!(invocations["spec"]["subscriber"]["ref"]["name"], "hello");
+    let parallelism = |trigger: &Value| {
+        trigger["metadata"]["annotations"]["rabbitmq.eventing.knative.dev/parallelism"].clone()
+    };
+    assert_eq!(parallelism(&invocations), "10");
     let triggers: Vec<Value> = triggers
         .into_iter()
         .filter(|t| t["metadata"]["name"] == "fn-hello-0")
@@ -224,6 +228,7 @@ async fn deploy_replay_update_rollback_and_delete_with_exactly_the_granted_verbs
         "com.example.order.created"
     );
     assert_eq!(triggers[0]["spec"]["subscriber"]["ref"]["name"], "hello");
+    assert_eq!(parallelism(&triggers[0]), "5");
     // The filter's replyType, for the shim to type the reply with (query-encoded).
     assert_eq!(
         triggers[0]["spec"]["subscriber"]["uri"],

@@ -203,14 +203,21 @@ fn function_labels(function: &FunctionName) -> Value {
     })
 }
 
+/// The RabbitMQ Broker's per-Trigger concurrency (`eventing/triggers/` use it too).
+const PARALLELISM_ANNOTATION: &str = "rabbitmq.eventing.knative.dev/parallelism";
+
 /// The function's Triggers: one per filter, and its invocation Trigger (asynchronous
 /// invocations addressed to it), each delivering to its Service. What becomes of the reply
 /// rides on the subscriber URI's query, which the runtimes' shims honour (a Knative Trigger
 /// cannot retype or drop a reply): `?replyType=T` for a filter's `replyType`, `?reply=none` for
 /// asynchronous invocations, whose result Lambda drops.
 pub fn triggers(settings: &KnativeSettings, spec: &FunctionSpec) -> Vec<Value> {
-    let trigger = |name: String, filter: Value, delivery: Option<Value>, query: Option<String>| {
-        json!({
+    let trigger = |name: String,
+                   filter: Value,
+                   delivery: Option<Value>,
+                   query: Option<String>,
+                   parallelism: Option<i64>| {
+        let mut trigger = json!({
             "apiVersion": "eventing.knative.dev/v1",
             "kind": "Trigger",
             "metadata": {
@@ -219,7 +226,12 @@ pub fn triggers(settings: &KnativeSettings, spec: &FunctionSpec) -> Vec<Value> {
                 "labels": function_labels(&spec.name),
             },
             "spec": trigger_spec(settings, spec, filter, delivery, query),
-        })
+        });
+        if let Some(parallelism) = parallelism {
+            trigger["metadata"]["annotations"] =
+                json!({ PARALLELISM_ANNOTATION: parallelism.to_string() });
+        }
+        trigger
     };
     let delivery = spec
         .delivery
@@ -240,11 +252,13 @@ pub fn triggers(settings: &KnativeSettings, spec: &FunctionSpec) -> Vec<Value> {
                 json!(filter.attributes),
                 delivery.clone(),
                 reply_type,
+                filter.parallelism,
             )
         })
         .collect();
     // Lambda retries an asynchronous invocation twice unless told otherwise.
-    let invocations = delivery.unwrap_or_else(|| json!({ "retry": 2 }));
+    let invocations =
+        delivery.unwrap_or_else(|| json!({ "retry": klambda_events::spec::INVOCATION_RETRIES }));
     triggers.push(trigger(
         klambda_events::spec::invocation_trigger_name(&spec.name),
         json!({
@@ -253,6 +267,7 @@ pub fn triggers(settings: &KnativeSettings, spec: &FunctionSpec) -> Vec<Value> {
         }),
         Some(invocations),
         Some("reply=none".to_owned()),
+        Some(i64::from(klambda_events::spec::INVOCATION_PARALLELISM)),
     ));
     triggers
 }
