@@ -10,25 +10,16 @@
 //! Run: `cargo bench -p klambda-broker --bench amqp_hop` (`-- --samples N --events M`).
 
 use std::collections::BTreeMap;
-use std::future::poll_fn;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use cloudevents::{Event, EventBuilder as _, EventBuilderV10};
-use futures_core::Stream as _;
 use klambda_broker::amqp::Topology;
 use klambda_broker::subscriber::BoxFuture;
 use klambda_broker::{AmqpBroker, Answer, Delivery, Subscriber, Trigger};
-use klambda_test_support::bench::argument;
-use klambda_test_support::rabbitmq::url;
-use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions,
-    QueueDeclareOptions, QueueDeleteOptions,
-};
-use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::{BasicProperties, Connection, ConnectionProperties};
+use klambda_test_support::bench::{argument, percentile};
+use klambda_test_support::rabbitmq::{raw_round_trips, url};
 use tokio::sync::mpsc;
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
@@ -82,11 +73,6 @@ impl Subscriber for Count {
     }
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[index.min(sorted.len() - 1)]
-}
-
 async fn broker_hop(samples: usize) -> Result<Vec<Duration>> {
     let triggers = vec![trigger("hop", 1)];
     let broker = AmqpBroker::connect(
@@ -108,66 +94,6 @@ async fn broker_hop(samples: usize) -> Result<Vec<Duration>> {
         }
     }
     broker.delete(&triggers).await?;
-    Ok(latencies)
-}
-
-async fn raw_hop(samples: usize) -> Result<Vec<Duration>> {
-    let connection = Connection::connect(&url(), ConnectionProperties::default()).await?;
-    let publisher = connection.create_channel().await?;
-    publisher
-        .confirm_select(ConfirmSelectOptions::default())
-        .await?;
-    let consumer_channel = connection.create_channel().await?;
-    let queue = format!("bench.raw.{}", std::process::id());
-    let mut arguments = FieldTable::default();
-    arguments.insert(
-        "x-queue-type".into(),
-        AMQPValue::LongString("quorum".into()),
-    );
-    publisher
-        .queue_declare(
-            queue.as_str().into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..QueueDeclareOptions::default()
-            },
-            arguments,
-        )
-        .await?;
-    let mut consumer = consumer_channel
-        .basic_consume(
-            queue.as_str().into(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    let body = serde_json::to_vec(&serde_json::json!({"name": "hello", "n": 0}))?;
-    let mut latencies = Vec::with_capacity(samples);
-    for n in 0..samples + 100 {
-        let start = Instant::now();
-        let confirm = publisher
-            .basic_publish(
-                ShortString::from(""),
-                queue.as_str().into(),
-                BasicPublishOptions::default(),
-                &body,
-                BasicProperties::default().with_delivery_mode(2),
-            )
-            .await?;
-        let delivery = poll_fn(|cx| Pin::new(&mut consumer).poll_next(cx))
-            .await
-            .ok_or("the consumer stopped")??;
-        let arrived = Instant::now();
-        delivery.acker.ack(BasicAckOptions::default()).await?;
-        confirm.await?;
-        if n >= 100 {
-            latencies.push(arrived - start);
-        }
-    }
-    publisher
-        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-        .await?;
     Ok(latencies)
 }
 
@@ -212,7 +138,7 @@ fn main() -> Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let mut raw = raw_hop(samples).await?;
+        let mut raw = raw_round_trips(&url(), samples, 100).await?;
         raw.sort();
         let mut ours = broker_hop(samples).await?;
         ours.sort();

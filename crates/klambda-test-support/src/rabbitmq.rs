@@ -125,3 +125,79 @@ fn listed(command: &str, columns: &[&str], instance: &str) -> Result<Vec<Vec<Str
         .filter(|columns: &Vec<String>| columns[0].ends_with(&suffix))
         .collect())
 }
+
+/// The raw AMQP round trip the broker benches compare with, `samples` times after `warmup`:
+/// a confirm-mode publish of a persistent message to a quorum queue of its own until a consumer
+/// (manual ack) has it, with lapin alone.
+pub async fn raw_round_trips(
+    url: &str,
+    samples: usize,
+    warmup: usize,
+) -> Result<Vec<std::time::Duration>> {
+    use lapin::BasicProperties;
+    use lapin::options::{
+        BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions,
+        QueueDeclareOptions,
+    };
+    use lapin::types::{AMQPValue, FieldTable};
+
+    let connection = Connection::connect(url, ConnectionProperties::default())
+        .await
+        .with_context(|| format!("connecting to {url}: {HOW_TO_START}"))?;
+    let publisher = connection.create_channel().await?;
+    publisher
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    let consumer_channel = connection.create_channel().await?;
+    let queue = format!("bench.raw.{}", std::process::id());
+    let mut arguments = FieldTable::default();
+    arguments.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    };
+    publisher
+        .queue_declare(queue.clone().into(), durable, arguments)
+        .await?;
+    let mut consumer = consumer_channel
+        .basic_consume(
+            queue.clone().into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let body = br#"{"name":"hello","n":0}"#;
+    let mut latencies = Vec::with_capacity(samples);
+    for n in 0..samples + warmup {
+        let start = std::time::Instant::now();
+        let confirm = publisher
+            .basic_publish(
+                ShortString::from(""),
+                queue.clone().into(),
+                BasicPublishOptions::default(),
+                body,
+                BasicProperties::default().with_delivery_mode(2),
+            )
+            .await?;
+        let delivery = std::future::poll_fn(|cx| {
+            futures_core::Stream::poll_next(std::pin::Pin::new(&mut consumer), cx)
+        })
+        .await
+        .context("the consumer stopped")??;
+        let arrived = std::time::Instant::now();
+        delivery.acker.ack(BasicAckOptions::default()).await?;
+        confirm.await?;
+        if n >= warmup {
+            latencies.push(arrived - start);
+        }
+    }
+    publisher
+        .queue_delete(queue.into(), QueueDeleteOptions::default())
+        .await?;
+    let _ = connection.close(200, ShortString::from("measured")).await;
+    Ok(latencies)
+}
