@@ -97,6 +97,24 @@ ensure_s3s() {
   fi
 }
 
+# The AWS CLI (version 1, from PyPI) and boto3, which the Lambda API tests drive, in a
+# virtualenv of the project's own (nothing installed into the system's Python).
+AWS_TOOLS="$TOOLS/aws"
+ensure_aws() {
+  [ -x "$AWS_TOOLS/bin/aws" ] && "$AWS_TOOLS/bin/python" -c 'import boto3' 2>/dev/null && return 0
+  python3 -c 'import ensurepip' 2>/dev/null || ensure_tool_package python3-venv
+  echo "installing the AWS CLI v1 and boto3 into $AWS_TOOLS (pip, about 20 s)…" >&2
+  if ! { python3 -m venv "$AWS_TOOLS" && "$AWS_TOOLS/bin/pip" install -q 'awscli>=1.36,<2' 'boto3>=1.36'; }; then
+    echo "could not install the AWS CLI; run: python3 -m venv $AWS_TOOLS && $AWS_TOOLS/bin/pip install 'awscli<2' boto3" >&2
+    return 1
+  fi
+}
+
+ensure_tool_package() { # Debian package
+  apt-get install -y "$1" >/dev/null 2>&1 || { apt-get update >/dev/null 2>&1 && apt-get install -y "$1" >/dev/null 2>&1; } ||
+    { echo "could not install $1; run: apt-get install -y $1" >&2; return 1; }
+}
+
 ensure_rabbitmq
 ensure_postgres
 ensure_s3s
@@ -106,3 +124,4 @@ ensure_tool node nodejs
 ensure_tool npm npm
 ensure_tool python3 "python3 python3-pip"
 python3 -m pip --version >/dev/null 2>&1 || ensure_tool pip3 python3-pip
+ensure_aws

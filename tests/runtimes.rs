@@ -128,11 +128,26 @@ async fn contract(mut shim: Shim, after_timeout: AfterTimeout) -> Result<()> {
     assert_eq!(invoke(&shim, "nothing").await?.status, 202);
     let thrown = invoke(&shim, "throw").await?;
     assert_eq!(thrown.status, 500);
+    let problem = thrown.json()?;
     assert!(
-        thrown.json()?["detail"]
+        problem["detail"]
             .as_str()
             .unwrap_or_default()
-            .contains("boom")
+            .contains("boom"),
+        "{problem}"
+    );
+    // What the Lambda API turns into Lambda's error document: the error's type and stack.
+    assert!(
+        problem["errorType"]
+            .as_str()
+            .is_some_and(|t| t.contains("Error")),
+        "{problem}"
+    );
+    assert!(
+        problem["stackTrace"]
+            .as_array()
+            .is_some_and(|s| !s.is_empty()),
+        "{problem}"
     );
     // The failure is logged with the invocation's request id, message and stack.
     let logged = shim.failures()?;

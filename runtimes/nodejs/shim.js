@@ -26,9 +26,9 @@ async function loadHandler() {
   return fn;
 }
 
-function problem(res, status, title, detail) {
+function problem(res, status, title, detail, extra = {}) {
   res.writeHead(status, { 'content-type': 'application/problem+json' });
-  res.end(JSON.stringify({ type: 'about:blank', title, status, detail }));
+  res.end(JSON.stringify({ type: 'about:blank', title, status, detail, ...extra }));
 }
 
 // CloudEvents binary mode: percent-encode space, '"', '%' and every byte outside U+0021-U+007E.
@@ -131,7 +131,10 @@ async function main() {
           return problem(res, 504, 'Handler timeout', e.message);
         }
         logFailure(attributes.id, 'error', e);
-        return problem(res, 500, 'Handler error', String((e && e.message) || e));
+        // What Lambda's error document needs: the error's type and its stack.
+        const errorType = (e && e.name) || 'Error';
+        const stackTrace = e && e.stack ? String(e.stack).split('\n').slice(1).map((l) => l.trim()) : [];
+        return problem(res, 500, 'Handler error', String((e && e.message) || e), { errorType, stackTrace });
       }
     });
   });

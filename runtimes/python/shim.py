@@ -79,8 +79,8 @@ def make_server(handler):
         def log_message(self, *args):
             pass
 
-        def problem(self, status, title, detail):
-            body = json.dumps({"type": "about:blank", "title": title, "status": status, "detail": detail}).encode()
+        def problem(self, status, title, detail, **extra):
+            body = json.dumps({"type": "about:blank", "title": title, "status": status, "detail": detail, **extra}).encode()
             self.send_response(status)
             self.send_header("content-type", "application/problem+json")
             self.send_header("content-length", str(len(body)))
@@ -171,7 +171,12 @@ def make_server(handler):
             except Exception as error:  # noqa: BLE001 - the handler's error is the answer
                 stack = traceback.format_exception(type(error), error, error.__traceback__)
                 log_failure(attributes["id"], "error", str(error), [l.rstrip() for l in stack])
-                return self.problem(500, "Handler error", str(error))
+                # What Lambda's error document needs: the error's type and its stack.
+                return self.problem(
+                    500, "Handler error", str(error),
+                    errorType=type(error).__name__,
+                    stackTrace=[l.rstrip() for l in traceback.format_tb(error.__traceback__)],
+                )
             if result is None or drop_reply:
                 self.send_response(202)
                 self.send_header("content-length", "0")

@@ -7,8 +7,11 @@
 //! - [`embedded`]: the embedded platform.
 //! - [`server`]: `klambda up`'s HTTP face: broker ingress and status API.
 //! - [`client`]: the client commands.
+//! - [`function_triggers`]: users' function Triggers on the bus.
+//! - [`lambda_api`]: the AWS Lambda API (Invoke, GetFunction, ListFunctions) with SigV4.
 
 pub mod client;
 pub mod embedded;
 pub mod function_triggers;
+pub mod lambda_api;
 pub mod server;

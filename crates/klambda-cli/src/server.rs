@@ -54,8 +54,10 @@ pub fn router(platform: Platform) -> Router {
             "/health",
             get(|| async { axum::Json(serde_json::json!({"status": "alive"})) }),
         )
-        .with_state(platform)
+        .with_state(platform.clone())
         .merge(guarded)
+        // The Lambda API authenticates as AWS does (SigV4), not with the bearer token.
+        .merge(crate::lambda_api::routes(platform))
         .layer(axum::middleware::map_response(
             klambda_harness::problem::as_problem,
         ))

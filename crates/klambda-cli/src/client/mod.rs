@@ -330,7 +330,7 @@ fn detail(ty: &str, data: &Value) -> String {
     }
 }
 
-fn event_id(prefix: &str) -> String {
+pub(crate) fn event_id(prefix: &str) -> String {
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos())
