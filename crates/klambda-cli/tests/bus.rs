@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail, ensure};
-use common::{Up, klambda, text, up};
+use common::{Up, deploy_node, klambda, text, up};
 use klambda_events::EventType as _;
 use klambda_events::catalogue::{FunctionCreated, ParserCompleted};
 use klambda_test_support::rabbitmq;
@@ -79,22 +79,7 @@ fn start(data: &Path, mode: Mode) -> Result<Up> {
 
 /// Writes a Node.js function `name` with `triggers` and `code` under `root`, and deploys it.
 fn deploy(platform: &Up, root: &Path, name: &str, triggers: Value, code: &str) -> Result<()> {
-    deploy_with(platform, root, name, json!({ "triggers": triggers }), code)
-}
-
-/// [`deploy`] with `config`'s fields (triggers, delivery) in its `klambda.json`.
-fn deploy_with(platform: &Up, root: &Path, name: &str, config: Value, code: &str) -> Result<()> {
-    let dir = root.join(name);
-    std::fs::create_dir_all(&dir)?;
-    let mut manifest = json!({"name": name, "runtime": "nodejs20", "handler": "index.handler"});
-    for (key, value) in config.as_object().into_iter().flatten() {
-        manifest[key] = value.clone();
-    }
-    std::fs::write(dir.join("klambda.json"), manifest.to_string())?;
-    std::fs::write(dir.join("index.js"), code)?;
-    let deployed = klambda(platform, &["deploy", &dir.display().to_string()])?;
-    ensure!(deployed.status.success(), "{name}: {}", text(&deployed));
-    Ok(())
+    deploy_node(platform, root, name, json!({ "triggers": triggers }), code)
 }
 
 /// Publishes an event of `ty` with `data` and `args`, returning its id.
@@ -374,7 +359,7 @@ fn delivery(mode: Mode) -> Result<()> {
     let root = scratch(&format!("delivery-{}", mode.label()))?;
     let platform = start(&root.join("data"), mode)?;
     // Observing the platform's own events is allowed; replying with one is not.
-    deploy_with(
+    deploy_node(
         &platform,
         &root,
         "watcher",
@@ -383,7 +368,7 @@ fn delivery(mode: Mode) -> Result<()> {
         WATCHER,
     )?;
     let delay_ms = 300;
-    deploy_with(
+    deploy_node(
         &platform,
         &root,
         "flaky",
@@ -514,15 +499,14 @@ on_both_brokers!(
 );
 
 fn rollout(mode: Mode) -> Result<()> {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    const EVENTS: usize = 90;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     let root = scratch(&format!("rollout-{}", mode.label()))?;
     let platform = start(&root.join("data"), mode)?;
     let counter = |rev: &str| {
         json!({"triggers": [{"attributes": {"type": "com.example.tick"}, "replyType": "com.example.tock"}],
                "env": {"REV": rev}})
     };
-    deploy_with(&platform, &root, "counter", counter("1"), COUNTER)?;
+    deploy_node(&platform, &root, "counter", counter("1"), COUNTER)?;
     deploy(
         &platform,
         &root,
@@ -531,41 +515,63 @@ fn rollout(mode: Mode) -> Result<()> {
         TALLY,
     )?;
 
-    // A stream of ticks; meanwhile a new revision, then a rollback to the first.
+    // A stream of ticks that goes on until told to stop; meanwhile a new revision, which must
+    // answer some of them, then a rollback to the first, which must answer more.
     let published = AtomicUsize::new(0);
+    let stop = AtomicBool::new(false);
     let wait_for = |count: usize| {
         while published.load(Ordering::SeqCst) < count {
             std::thread::sleep(Duration::from_millis(10));
         }
     };
+    let answered_by = |rev: &str| -> Result<()> {
+        let started = Instant::now();
+        while lines_with(&platform, "tally", &format!("from {rev}"))?.is_empty() {
+            ensure!(
+                started.elapsed() < Duration::from_secs(30),
+                "revision {rev} answered no tick within 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    };
     std::thread::scope(|scope| -> Result<()> {
         let stream = scope.spawn(|| -> Result<()> {
-            for n in 0..EVENTS {
+            let mut n = 0;
+            while !stop.load(Ordering::SeqCst) {
                 publish(
                     &platform,
                     "com.example.tick",
                     &json!({ "n": n }).to_string(),
                     &[],
                 )?;
+                n += 1;
                 published.fetch_add(1, Ordering::SeqCst);
             }
             Ok(())
         });
-        wait_for(EVENTS / 3);
-        deploy_with(&platform, &root, "counter", counter("2"), COUNTER)?;
-        wait_for(2 * EVENTS / 3);
-        let rolled = klambda(&platform, &["rollback", "counter"])?;
-        ensure!(rolled.status.success(), "{}", text(&rolled));
-        stream
+        let rolled_out = (|| -> Result<()> {
+            wait_for(30);
+            deploy_node(&platform, &root, "counter", counter("2"), COUNTER)?;
+            answered_by("2")?;
+            let rolled = klambda(&platform, &["rollback", "counter"])?;
+            ensure!(rolled.status.success(), "{}", text(&rolled));
+            wait_for(published.load(Ordering::SeqCst) + 30);
+            Ok(())
+        })();
+        stop.store(true, Ordering::SeqCst);
+        let streamed = stream
             .join()
-            .map_err(|_| anyhow::anyhow!("the stream panicked"))?
+            .map_err(|_| anyhow::anyhow!("the stream panicked"))?;
+        rolled_out.and(streamed)
     })?;
+    let events = published.load(Ordering::SeqCst);
 
     // Every tick was answered exactly once, by one of the revisions that served.
     let started = Instant::now();
     let tallied = loop {
         let tallied = lines_with(&platform, "tally", "tallied ")?;
-        if tallied.len() >= EVENTS || started.elapsed() > Duration::from_secs(30) {
+        if tallied.len() >= events || started.elapsed() > Duration::from_secs(30) {
             break tallied;
         }
         std::thread::sleep(Duration::from_millis(100));
@@ -583,7 +589,7 @@ fn rollout(mode: Mode) -> Result<()> {
         .collect();
     seen.sort_unstable();
     ensure!(
-        seen == (0..EVENTS).collect::<Vec<_>>(),
+        seen == (0..events).collect::<Vec<_>>(),
         "ticks lost or answered twice: {seen:?}"
     );
     for rev in ["from 1", "from 2"] {
@@ -595,13 +601,13 @@ fn rollout(mode: Mode) -> Result<()> {
     // None went to a stopped revision: not one delivery to the counter failed.
     let attempts = delivery_attempts(&platform, "fn-counter-0")?;
     ensure!(
-        attempts == vec![("replied".to_owned(), EVENTS as f64)],
+        attempts == vec![("replied".to_owned(), events as f64)],
         "the counter's deliveries: {attempts:?}"
     );
     ensure!(dead_letters_of(&platform, "counter")?.is_empty());
     // Each delivery's time is observed for the function's Trigger.
     let count = format!(
-        "klambda_broker_delivery_duration_seconds_count{{trigger=\"fn-counter-0\"}} {EVENTS}"
+        "klambda_broker_delivery_duration_seconds_count{{trigger=\"fn-counter-0\"}} {events}"
     );
     ensure!(
         metrics(&platform)?.contains(&count),

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail, ensure};
 use base64::Engine as _;
-use common::{Up, klambda, text, up};
+use common::{Up, deploy_node, klambda, text, up};
 use serde_json::{Value, json};
 
 /// Where scripts/services.sh installs the AWS CLI and boto3.
@@ -38,16 +38,7 @@ fn scratch() -> Result<PathBuf> {
 }
 
 fn deploy(platform: &Up, root: &Path, name: &str, code: &str) -> Result<()> {
-    let dir = root.join(name);
-    std::fs::create_dir_all(&dir)?;
-    std::fs::write(
-        dir.join("klambda.json"),
-        json!({"name": name, "runtime": "nodejs20", "handler": "index.handler"}).to_string(),
-    )?;
-    std::fs::write(dir.join("index.js"), code)?;
-    let deployed = klambda(platform, &["deploy", &dir.to_string_lossy()])?;
-    ensure!(deployed.status.success(), "{}", text(&deployed));
-    Ok(())
+    deploy_node(platform, root, name, json!({}), code)
 }
 
 /// `aws lambda ARGS` against `platform`, signed with `secret`.

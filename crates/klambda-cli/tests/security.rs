@@ -483,17 +483,7 @@ async fn a_function_sees_only_its_own_and_its_memory_is_bounded() -> Result<()> 
     let platform_dir = data.join("platform");
     let platform = tokio::task::block_in_place(|| up(&platform_dir, &[]))?;
     let deploy = |name: &str, code: &str| -> Result<()> {
-        let dir = data.join(name);
-        std::fs::create_dir_all(&dir)?;
-        std::fs::write(
-            dir.join("klambda.json"),
-            json!({"name": name, "runtime": "nodejs20", "handler": "index.handler"}).to_string(),
-        )?;
-        std::fs::write(dir.join("index.js"), code)?;
-        let dir = dir.display().to_string();
-        let deployed = tokio::task::block_in_place(|| klambda(&platform, &["deploy", &dir]))?;
-        ensure!(deployed.status.success(), "{}", text(&deployed));
-        Ok(())
+        tokio::task::block_in_place(|| common::deploy_node(&platform, &data, name, json!({}), code))
     };
     deploy(
         "neighbour",

@@ -90,3 +90,28 @@ pub(crate) fn text(output: &Output) -> String {
         String::from_utf8_lossy(&output.stderr)
     )
 }
+
+/// Writes a Node.js function `name` (`index.js` is `code`; `config`'s fields, such as triggers
+/// or delivery, in its `klambda.json`) under `root`, and deploys it with `klambda deploy`.
+pub(crate) fn deploy_node(
+    platform: &Up,
+    root: &Path,
+    name: &str,
+    config: serde_json::Value,
+    code: &str,
+) -> Result<()> {
+    let dir = root.join(name);
+    std::fs::create_dir_all(&dir)?;
+    let mut manifest =
+        serde_json::json!({"name": name, "runtime": "nodejs20", "handler": "index.handler"});
+    for (key, value) in config.as_object().into_iter().flatten() {
+        manifest[key] = value.clone();
+    }
+    std::fs::write(dir.join("klambda.json"), manifest.to_string())?;
+    std::fs::write(dir.join("index.js"), code)?;
+    let deployed = klambda(platform, &["deploy", &dir.display().to_string()])?;
+    if !deployed.status.success() {
+        bail!("deploying {name}: {}", text(&deployed));
+    }
+    Ok(())
+}
