@@ -435,20 +435,67 @@ pub fn visit_attributes(event: &Event, mut visit: impl FnMut(&str, &str)) {
     }
 }
 
-/// The event as a structured-mode JSON object (what the status reporter stores and serves).
-/// JSON data received in binary mode is carried as `data`, not as `data_base64`.
+/// The event in the CloudEvents JSON format (what the status reporter stores and serves, and
+/// what the dead letters and `klambda events -o json` show): data of a JSON media type (or of
+/// none, which the format reads as JSON) as a JSON value in `data`; data of a text media type
+/// as a string in `data`, decoded from its declared charset (UTF-8 or US-ASCII; UTF-8 when none
+/// is declared); anything else, or text that does not decode, as `data_base64`. Attributes and
+/// extensions as the event has them.
 pub fn to_structured(event: &Event) -> Value {
-    let mut event = event.clone();
-    let json_data = match event.data() {
-        Some(Data::Binary(bytes)) if event.datacontenttype().is_none_or(is_json) => {
-            serde_json::from_slice::<Value>(bytes).ok()
-        }
-        _ => None,
+    let mut json = serde_json::to_value(event).unwrap_or(Value::Null);
+    let (Some(Data::Binary(bytes)), Some(object)) = (event.data(), json.as_object_mut()) else {
+        return json;
     };
-    if let Some(value) = json_data {
-        event.set_data_unchecked(value);
+    let data = match media_class(event.datacontenttype()) {
+        MediaClass::Json => serde_json::from_slice::<Value>(bytes).ok(),
+        MediaClass::Text { ascii_only } => std::str::from_utf8(bytes)
+            .ok()
+            .filter(|text| !ascii_only || text.is_ascii())
+            .map(|text| Value::String(text.to_owned())),
+        MediaClass::Other => None,
+    };
+    if let Some(data) = data {
+        object.remove("data_base64");
+        object.insert("data".to_owned(), data);
     }
-    serde_json::to_value(&event).unwrap_or(Value::Null)
+    json
+}
+
+/// How the JSON event format carries data of a media type.
+#[derive(Debug, PartialEq, Eq)]
+enum MediaClass {
+    /// A JSON value (`application/json`, `*/*+json`, or no type at all).
+    Json,
+    /// A string; its charset is UTF-8, or US-ASCII when `ascii_only`.
+    Text { ascii_only: bool },
+    /// Bytes, as `data_base64`: other media types, and text in any other charset (decoding it
+    /// to a string would not give the same bytes back).
+    Other,
+}
+
+fn media_class(content_type: Option<&str>) -> MediaClass {
+    let Some(content_type) = content_type else {
+        return MediaClass::Json;
+    };
+    if is_json(content_type) {
+        return MediaClass::Json;
+    }
+    let mut parts = content_type.split(';');
+    let essence = parts.next().unwrap_or_default().trim().to_ascii_lowercase();
+    let textual =
+        essence.starts_with("text/") || essence == "application/xml" || essence.ends_with("+xml");
+    if !textual {
+        return MediaClass::Other;
+    }
+    let charset = parts
+        .filter_map(|p| p.split_once('='))
+        .find(|(name, _)| name.trim().eq_ignore_ascii_case("charset"))
+        .map(|(_, value)| value.trim().trim_matches('"').to_ascii_lowercase());
+    match charset.as_deref() {
+        None | Some("utf-8" | "utf8") => MediaClass::Text { ascii_only: false },
+        Some("us-ascii" | "ascii") => MediaClass::Text { ascii_only: true },
+        Some(_) => MediaClass::Other,
+    }
 }
 
 #[cfg(test)]
@@ -514,6 +561,92 @@ mod tests {
         let again = decode(&forward, body.clone()).unwrap();
         assert_eq!(encode_binary(&again), (forward, body));
         assert!(decode(&headers, Bytes::from(event("text/\u{1}plain"))).is_err());
+    }
+
+    /// The CloudEvents JSON format's cases, in binary mode (where data arrives as bytes).
+    #[test]
+    fn data_is_carried_as_the_json_format_says_for_each_media_type() {
+        let binary = |content_type: Option<&str>, body: &[u8]| {
+            let mut headers = HeaderMap::new();
+            for (name, value) in [
+                ("ce-specversion", "1.0"),
+                ("ce-id", "e-1"),
+                ("ce-source", "/t"),
+                ("ce-type", "t.x"),
+                ("ce-note", "cr%C3%A8me"),
+            ] {
+                if let (Ok(name), Ok(value)) = (
+                    HeaderName::from_bytes(name.as_bytes()),
+                    HeaderValue::from_str(value),
+                ) {
+                    headers.insert(name, value);
+                }
+            }
+            if let Some(ct) = content_type {
+                headers.insert(CONTENT_TYPE, HeaderValue::from_str(ct).unwrap());
+            }
+            to_structured(&decode(&headers, Bytes::copy_from_slice(body)).unwrap())
+        };
+        // The media type, the body, and the member of the JSON format carrying it, with its value.
+        type Case<'a> = (Option<&'a str>, &'a [u8], (&'a str, Value));
+        let cases: [Case<'_>; 9] = [
+            (
+                Some("application/json"),
+                br#"{"a":1}"#,
+                ("data", serde_json::json!({"a": 1})),
+            ),
+            (
+                None,
+                r#"{"a":[1,"é"]}"#.as_bytes(),
+                ("data", serde_json::json!({"a": [1, "é"]})),
+            ),
+            (
+                Some("application/vnd.order+json"),
+                b"[true]",
+                ("data", serde_json::json!([true])),
+            ),
+            (
+                Some("text/plain; charset=us-ascii"),
+                b"plain text",
+                ("data", Value::from("plain text")),
+            ),
+            (
+                Some("text/plain; charset=utf-8"),
+                "Grüße, 世界".as_bytes(),
+                ("data", Value::from("Grüße, 世界")),
+            ),
+            (
+                Some("application/xml; charset=utf-8"),
+                b"<a>\xc3\xa9</a>",
+                ("data", Value::from("<a>é</a>")),
+            ),
+            (
+                Some("text/plain; charset=us-ascii"),
+                "é".as_bytes(),
+                ("data_base64", Value::from("w6k=")),
+            ),
+            (
+                Some("text/plain; charset=iso-8859-1"),
+                b"\xe9",
+                ("data_base64", Value::from("6Q==")),
+            ),
+            (
+                Some("application/octet-stream"),
+                b"\x00\xff",
+                ("data_base64", Value::from("AP8=")),
+            ),
+        ];
+        for (content_type, body, (key, expected)) in cases {
+            let json = binary(content_type, body);
+            assert_eq!(json[key], expected, "{content_type:?}: {json}");
+            let other = if key == "data" { "data_base64" } else { "data" };
+            assert!(json.get(other).is_none(), "{content_type:?}: {json}");
+            assert_eq!(json["note"], "crème", "{json}");
+            assert_eq!(
+                json.get("datacontenttype").and_then(Value::as_str),
+                content_type
+            );
+        }
     }
 
     #[test]
