@@ -112,6 +112,24 @@ impl Http {
     }
 }
 
+/// Posts CloudEvents to any address through one pooled HTTP client (kept-alive connections per
+/// address): for what calls many endpoints, such as the Lambda API calling functions.
+#[derive(Clone)]
+pub struct Poster(Client<HttpConnector, Full<Bytes>>);
+
+impl Default for Poster {
+    fn default() -> Self {
+        Self(client())
+    }
+}
+
+impl Poster {
+    /// Posts `event` to `url` in binary mode; the answer in Knative's terms.
+    pub async fn post(&self, url: &Url, event: Event) -> Answer {
+        post(&self.0, url, event).await
+    }
+}
+
 impl Subscriber for Http {
     fn address(&self) -> String {
         self.url.to_string()

@@ -223,10 +223,51 @@ fn micros(sorted: &[Duration], p: f64) -> f64 {
     percentile(sorted, p).as_secs_f64() * 1e6
 }
 
-/// Sequential events, interleaved: through the broker, and straight to the function.
-async fn latency(bench: &mut Bench, samples: usize) -> Result<(Vec<Duration>, Vec<Duration>)> {
+/// A pooled HTTP client, as an AWS SDK keeps one.
+type LambdaClient = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    http_body_util::Full<bytes::Bytes>,
+>;
+
+/// One synchronous call through the Lambda Invoke API (the platform asks no signature when it
+/// runs without an API token, as here), checked for the function's answer.
+async fn lambda_invoke(client: &LambdaClient, url: &str, n: usize) -> Result<Duration> {
+    use http_body_util::BodyExt as _;
+    let request = http::Request::post(url)
+        .header("content-type", "application/json")
+        .body(http_body_util::Full::new(bytes::Bytes::from(
+            json!({ "n": n }).to_string(),
+        )))?;
+    let started = Instant::now();
+    let response = client.request(request).await?;
+    let status = response.status();
+    let body = response.into_body().collect().await?.to_bytes();
+    let took = started.elapsed();
+    ensure!(
+        status == 200 && serde_json::from_slice::<Value>(&body)? == json!({ "n": n }),
+        "the Invoke API answered {status}: {body:?}"
+    );
+    Ok(took)
+}
+
+/// What [`latency`] measured, each sorted.
+struct Latencies {
+    bus: Vec<Duration>,
+    direct: Vec<Duration>,
+    lambda: Vec<Duration>,
+}
+
+/// Sequential events, interleaved: through the broker, straight to the function, and through
+/// the Lambda Invoke API.
+async fn latency(bench: &mut Bench, samples: usize) -> Result<Latencies> {
     let direct = bench.direct("echo-node")?;
-    let (mut bus, mut straight) = (Vec::new(), Vec::new());
+    let client: LambdaClient =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http();
+    let invoke_url = bench
+        .server
+        .url("/2015-03-31/functions/echo-node/invocations");
+    let (mut bus, mut straight, mut lambda) = (Vec::new(), Vec::new(), Vec::new());
     let warmup = 50;
     for n in 0..samples + warmup {
         let id = format!("lat-{n}");
@@ -247,14 +288,21 @@ async fn latency(bench: &mut Bench, samples: usize) -> Result<(Vec<Duration>, Ve
             matches!(answer, Answer::Reply(_)),
             "the direct call failed: {answer:?}"
         );
+        let invoked = lambda_invoke(&client, &invoke_url, n).await?;
         if n >= warmup {
             bus.push(through_bus);
             straight.push(called);
+            lambda.push(invoked);
         }
     }
     bus.sort();
     straight.sort();
-    Ok((bus, straight))
+    lambda.sort();
+    Ok(Latencies {
+        bus,
+        direct: straight,
+        lambda,
+    })
 }
 
 /// Events/s through the function's Trigger of `parallelism`, and straight to it with as many
@@ -478,7 +526,11 @@ async fn run(
         )
         .await?;
 
-    let (bus, direct) = latency(&mut bench, samples).await?;
+    let Latencies {
+        bus,
+        direct,
+        lambda,
+    } = latency(&mut bench, samples).await?;
     writeln!(
         report,
         "\n### {}: latency, {samples} sequential events (Node.js echo)\n",
@@ -502,6 +554,17 @@ async fn run(
         "| added by the bus | {:.0} µs | {:.0} µs |",
         micros(&bus, 0.5) - micros(&direct, 0.5),
         micros(&bus, 0.99) - micros(&direct, 0.99)
+    )?;
+    writeln!(
+        report,
+        "| Lambda Invoke API (RequestResponse) to the same function | {:.0} µs | {:.0} µs |",
+        micros(&lambda, 0.5),
+        micros(&lambda, 0.99)
+    )?;
+    writeln!(
+        report,
+        "| added by the Invoke API | {:.0} µs | |",
+        micros(&lambda, 0.5) - micros(&direct, 0.5)
     )?;
     if mode == Mode::RabbitMq {
         let mut raw = rabbitmq::raw_round_trips(&rabbitmq::url(), samples, 50).await?;

@@ -26,7 +26,8 @@ use axum::routing::{get, post};
 use base64::Engine as _;
 use bytes::Bytes;
 use cloudevents::{Event, EventBuilder as _, EventBuilderV10};
-use klambda_broker::{Answer, Http, Subscriber as _};
+use klambda_broker::Answer;
+use klambda_broker::subscriber::Poster;
 use klambda_events::FunctionName;
 use klambda_events::data::Phase;
 use serde_json::{Value, json};
@@ -45,6 +46,9 @@ pub const MAX_ASYNC_PAYLOAD: usize = 256 * 1024;
 
 /// How much of an invocation's log `X-Amz-Log-Type: Tail` returns.
 const LOG_TAIL_BYTES: usize = 4096;
+
+/// The client synchronous invocations call functions with: connections kept alive per revision.
+static FUNCTIONS_CLIENT: std::sync::LazyLock<Poster> = std::sync::LazyLock::new(Poster::default);
 
 /// The account in the functions' ARNs: there is one platform, no accounts.
 const ACCOUNT: &str = "000000000000";
@@ -316,8 +320,8 @@ async fn call(
             .unwrap_or_default(),
         false => Vec::new(),
     };
-    let answer = Http::new(url)
-        .deliver(invocation(request_id, name, payload)?)
+    let answer = FUNCTIONS_CLIENT
+        .post(&url, invocation(request_id, name, payload)?)
         .await;
     drop(hold);
     let mut response = match answer {
