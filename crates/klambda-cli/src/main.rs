@@ -80,6 +80,21 @@ enum Command {
         #[command(flatten)]
         store: StoreFlags,
     },
+    /// Start a new function in DIR from a runtime's template (handler, test, README).
+    Init {
+        /// The new function's directory (new or empty).
+        #[arg(required_unless_present = "list")]
+        dir: Option<PathBuf>,
+        /// The runtime, e.g. nodejs22 or python3.12.
+        #[arg(long, required_unless_present = "list")]
+        runtime: Option<String>,
+        /// The function's name; default: the directory's name.
+        #[arg(long)]
+        name: Option<String>,
+        /// List the runtimes init can start.
+        #[arg(long, conflicts_with_all = ["dir", "runtime", "name"])]
+        list: bool,
+    },
     /// Deploy the function in DIR (klambda.json + its files) and follow it until ready.
     Deploy {
         dir: PathBuf,
@@ -382,6 +397,15 @@ async fn run(cli: Cli) -> Result<i32> {
             };
             up(port, settings).await
         }
+        Command::Init { list: true, .. } => client::init_list(output),
+        Command::Init {
+            dir, runtime, name, ..
+        } => client::init(
+            &dir.unwrap_or_default(),
+            &runtime.unwrap_or_default(),
+            name.as_deref(),
+            output,
+        ),
         Command::Deploy { dir, store } => {
             let store = store.s3()?.map(|s3| klambda_storage::s3(&s3));
             client::deploy(&platform, &dir, output, store.as_deref()).await

@@ -7,10 +7,12 @@
 //! - [`Template`]: a runtime's descriptor and shim; the rendered Dockerfile.
 //! - [`context`]: the build context as a deterministic tar.gz, streamed.
 //! - [`archive`]: unpacking untrusted archives (sources, contexts) safely.
+//! - [`scaffold`]: a new function's starting point per runtime (`klambda init`).
 
 pub mod archive;
 pub mod context;
 pub mod interpreter;
+pub mod scaffold;
 
 use std::collections::BTreeMap;
 

@@ -29,6 +29,7 @@ pub fn is_broken_pipe(error: &anyhow::Error) -> bool {
 
 mod commands;
 mod dlq;
+mod init;
 mod package;
 mod secrets;
 
@@ -36,6 +37,7 @@ pub use commands::{
     Publication, delete, deploy, events, invoke, logs, publish, replay, rollback, status,
 };
 pub use dlq::{Dlq, WebhookDlq, dlq, webhook_dlq};
+pub use init::{init, list as init_list};
 pub use package::{package, package_to_s3};
 pub use secrets::{Secrets, secrets};
 
