@@ -145,10 +145,15 @@ pub fn verify(request: &SignedRequest<'_>, secret: &str, now: i64) -> Result<(),
         let joined: Vec<String> = values.iter().map(|v| collapse_spaces(v)).collect();
         canonical_headers.push_str(&format!("{name}:{}\n", joined.join(",")));
     }
-    let payload_hash = match header("x-amz-content-sha256").first() {
-        Some(given) if *given != "UNSIGNED-PAYLOAD" => (*given).to_owned(),
-        _ => hex::encode(Sha256::digest(request.body)),
-    };
+    // The body's own hash, always: a claimed `X-Amz-Content-Sha256` (or `UNSIGNED-PAYLOAD`)
+    // that is not the body's would let a captured signature carry another body.
+    let payload_hash = hex::encode(Sha256::digest(request.body));
+    if header("x-amz-content-sha256")
+        .first()
+        .is_some_and(|claimed| *claimed != payload_hash)
+    {
+        return Err(SignatureError::Mismatch);
+    }
     let canonical_request = format!(
         "{}\n{}\n{}\n{}\n{}\n{}",
         request.method,
@@ -324,6 +329,21 @@ mod tests {
             verify(&request(&[], body), "token", NOW),
             Err(SignatureError::Missing)
         );
+        // A claim of the payload's hash must be the body's: a captured request cannot carry
+        // another body under the same signature, nor skip the payload.
+        let other_body = br#"{"name":"mallory"}"#;
+        for claimed in [
+            hex::encode(Sha256::digest(body)),
+            "UNSIGNED-PAYLOAD".to_owned(),
+        ] {
+            let mut claiming = headers.clone();
+            claiming.push(("x-amz-content-sha256".to_owned(), claimed.clone()));
+            assert_eq!(
+                verify(&request(&claiming, other_body), "token", NOW),
+                Err(SignatureError::Mismatch),
+                "{claimed}"
+            );
+        }
         let other_key: Vec<(String, String)> = headers
             .iter()
             .map(|(n, v)| {
