@@ -4,6 +4,7 @@
 //! - [`manifests`]: load YAML manifests and check them against the real Knative CRD schemas in
 //!   `../shared/schemas` (validation and the API server's pruning of undeclared fields).
 //! - [`bench`]: arguments of the benchmark binaries.
+//! - [`event_format`]: the CloudEvents JSON format conformance table, against any status store.
 //! - [`fixtures`]: specs and events built from the contract, so no stage's tests borrow another.
 //! - [`jobs`]: what the Job controller and kubelet leave on a build Job, and its source event.
 //! - [`http`]: serve a router on a port-0 listener and talk to it over real HTTP.
@@ -14,6 +15,7 @@
 //! - [`s3`]: a real S3-compatible server (`s3s-fs`) per test.
 
 pub mod bench;
+pub mod event_format;
 pub mod fixtures;
 pub mod http;
 pub mod jobs;
