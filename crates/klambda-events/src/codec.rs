@@ -31,6 +31,15 @@ const REQUIRED: [&str; 4] = ["id", "source", "specversion", "type"];
 /// non-ASCII bytes are always encoded.
 const HEADER_VALUE: &AsciiSet = &CONTROLS.add(b' ').add(b'"').add(b'%').add(0x7f);
 
+/// Whether a content type names the CloudEvents format (structured or batch mode), which is how
+/// a receiver tells a structured-mode message from a binary-mode one.
+fn is_cloudevents_format(content_type: &str) -> bool {
+    content_type
+        .trim()
+        .to_ascii_lowercase()
+        .starts_with("application/cloudevents")
+}
+
 /// Decodes the event in a request, in binary or structured mode by its `Content-Type`.
 pub fn decode(headers: &HeaderMap, body: Bytes) -> Result<Event, DecodeFailure> {
     let content_type = headers
@@ -45,7 +54,7 @@ pub fn decode(headers: &HeaderMap, body: Bytes) -> Result<Event, DecodeFailure> 
     });
     match essence.as_deref() {
         Some(ct) if ct.starts_with("application/cloudevents-batch") => Err(DecodeFailure::Batch),
-        Some(ct) if ct.starts_with("application/cloudevents") => decode_structured(&body),
+        Some(ct) if is_cloudevents_format(ct) => decode_structured(&body),
         _ => decode_binary(headers, content_type, body),
     }
 }
@@ -321,6 +330,14 @@ fn decode_structured(body: &[u8]) -> Result<Event, DecodeFailure> {
                 // It becomes the Content-Type header in binary mode: what a header cannot carry
                 // (surrounding whitespace, control characters) would change or vanish on the
                 // way (found by fuzzing).
+                // Nor may it name the CloudEvents format itself: as a Content-Type it would make
+                // the next hop read the binary-mode message as structured mode (found by fuzzing).
+                Value::String(ct) if is_cloudevents_format(&ct) => {
+                    draft.problem(
+                        "datacontenttype",
+                        "application/cloudevents… is the format of a whole event, not of data; binary mode could not carry it",
+                    );
+                }
                 Value::String(ct) if HeaderValue::from_str(ct.trim()).is_ok() => {
                     draft.datacontenttype = Some(ct.trim().to_owned());
                 }
@@ -647,6 +664,24 @@ mod tests {
                 content_type
             );
         }
+    }
+
+    /// Found by `fuzz/fuzz_targets/codec_structured.rs`: a `datacontenttype` naming the
+    /// CloudEvents format became the binary-mode Content-Type, and the next hop read the message
+    /// as structured mode (an empty body: not JSON).
+    #[test]
+    fn data_cannot_claim_the_cloudevents_format() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/cloudevents+json"),
+        );
+        let body = br#"{"specversion":"1.0","id":"e","source":"/t","type":"t.x","datacontenttype":"application/cloudevents[["}"#;
+        let Err(DecodeFailure::Invalid(problems)) = decode(&headers, Bytes::from_static(body))
+        else {
+            panic!("a datacontenttype naming the CloudEvents format must be refused");
+        };
+        assert_eq!(problems[0].field, "datacontenttype", "{problems:?}");
     }
 
     #[test]
