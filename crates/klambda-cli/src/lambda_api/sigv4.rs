@@ -172,19 +172,13 @@ pub fn verify(request: &SignedRequest<'_>, secret: &str, now: i64) -> Result<(),
     for part in authorization.scope.split('/') {
         key = hmac(&key, part.as_bytes());
     }
-    let expected = hex::encode(hmac(&key, string_to_sign.as_bytes()));
-    // Constant time: a mismatch says nothing about how much matched.
-    let matches = expected.len() == authorization.signature.len()
-        && expected
-            .bytes()
-            .zip(authorization.signature.bytes())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0;
-    if matches {
-        Ok(())
-    } else {
-        Err(SignatureError::Mismatch)
-    }
+    let claimed = hex::decode(authorization.signature).map_err(|_| SignatureError::Mismatch)?;
+    // HMAC takes a key of any length; `verify_slice` compares in constant time, so a mismatch
+    // says nothing about how much matched.
+    let mut mac = HmacSha256::new_from_slice(&key).map_err(|_| SignatureError::Mismatch)?;
+    mac.update(string_to_sign.as_bytes());
+    mac.verify_slice(&claimed)
+        .map_err(|_| SignatureError::Mismatch)
 }
 
 fn hmac(key: &[u8], data: &[u8]) -> Vec<u8> {
