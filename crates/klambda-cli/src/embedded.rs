@@ -214,7 +214,8 @@ impl Platform {
             } else {
                 LocalRunner::new()
             }
-            .with_secrets(&secrets),
+            .with_secrets(&secrets)
+            .with_metrics(metrics.for_stage(Stage::ServiceDeployer.service_name())),
         );
         // Every process of one platform signs with the same keys: the data directory's, unless
         // given.

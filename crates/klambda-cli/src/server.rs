@@ -26,7 +26,18 @@ use crate::embedded::Platform;
 /// `GET /metrics` (what probes and Prometheus read) asks for it
 /// (`klambda_harness::auth::require_bearer`).
 pub fn router(platform: Platform) -> Router {
-    let status = platform.reporter.routes();
+    // The status API shows each function's processes as the local runner counts them.
+    let runner = std::sync::Arc::downgrade(&platform.runner);
+    let status =
+        platform
+            .reporter
+            .routes()
+            .layer(axum::Extension(status_reporter::api::LiveScale(
+                std::sync::Arc::new(move |name: &str| {
+                    let name = klambda_events::FunctionName::new(name).ok()?;
+                    runner.upgrade()?.scale(&name)
+                }),
+            )));
     let token = platform.api_token.clone();
     let guarded = Router::new()
         .route("/", post(ingress))

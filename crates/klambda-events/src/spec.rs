@@ -139,6 +139,9 @@ pub struct ScalingSubmission {
     /// Requests one instance serves at once (0 = unlimited, up to 1000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub concurrency: Option<i64>,
+    /// Seconds without a request before the last instance stops (1–3600).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale_to_zero_after_seconds: Option<i64>,
 }
 
 /// Submitted build settings; absent fields take the defaults of [`BuildSettings`].
@@ -370,6 +373,17 @@ pub struct Scaling {
     pub max_scale: u32,
     /// Concurrent requests per instance (0 = unlimited).
     pub concurrency: u32,
+    /// Seconds without a request before the last instance stops (Knative's scale-to-zero
+    /// retention); with `minScale` above 0 that many stay.
+    #[serde(default = "default_scale_to_zero_after")]
+    pub scale_to_zero_after_seconds: u32,
+}
+
+/// The idle time before a function's last instance stops, when none is submitted.
+pub const SCALE_TO_ZERO_AFTER_SECONDS: u32 = 60;
+
+fn default_scale_to_zero_after() -> u32 {
+    SCALE_TO_ZERO_AFTER_SECONDS
 }
 
 impl Default for Scaling {
@@ -378,6 +392,7 @@ impl Default for Scaling {
             min_scale: 0,
             max_scale: 10,
             concurrency: 0,
+            scale_to_zero_after_seconds: SCALE_TO_ZERO_AFTER_SECONDS,
         }
     }
 }

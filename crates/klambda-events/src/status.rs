@@ -64,6 +64,41 @@ pub struct FunctionStatus {
     /// The last of those restarts, while the revision serves.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_restart: Option<LastRestart>,
+    /// The serving revision's processes now, where the platform runs them itself (the local
+    /// runner); absent on a cluster, where Knative's autoscaler owns them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale: Option<Scale>,
+}
+
+/// A serving revision's processes and the requests on them, at the moment of asking.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Scale {
+    /// Processes ready to serve.
+    pub replicas: u32,
+    /// Processes starting.
+    pub starting: u32,
+    /// Requests being served.
+    pub in_flight: u32,
+    /// Requests held in the activator, waiting for a process to be free or to start.
+    pub queued: u32,
+    /// Whether the autoscaler reacts to a burst (panic mode: no scaling down).
+    pub panicking: bool,
+    /// Requests that found no process and waited for one to start, since the revision serves.
+    pub cold_starts: u64,
+    /// The last of those.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_cold_start: Option<ColdStart>,
+}
+
+/// A process started for a request that found none.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ColdStart {
+    /// When it was ready (RFC 3339).
+    pub at: String,
+    /// Milliseconds from the start of the process to its first healthy answer.
+    pub duration_ms: u64,
 }
 
 /// Why the serving revision's process was last restarted.

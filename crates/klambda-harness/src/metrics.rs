@@ -188,6 +188,7 @@ struct Families {
     delivery_duration: Histograms<TriggerLabels>,
     context_size: Histograms<RuntimeLabels>,
     context_upload: Histograms<RuntimeLabels>,
+    cold_starts: Histograms<RuntimeLabels>,
     builds: Family<BuildLabels, Counter>,
     effects: Family<EffectLabels, Counter>,
     build_duration: Histograms<BuildDurationLabels>,
@@ -215,6 +216,8 @@ impl Families {
             context_size: histograms(|| Histogram::new(exponential_buckets(1024.0, 4.0, 11))),
             // 5 ms … 80 s.
             context_upload: histograms(|| Histogram::new(exponential_buckets(0.005, 2.0, 15))),
+            // 1 ms … 16 s.
+            cold_starts: histograms(|| Histogram::new(exponential_buckets(0.001, 2.0, 15))),
             builds: Family::default(),
             effects: Family::default(),
             // 1 s … 68 min.
@@ -263,6 +266,11 @@ impl Families {
             "klambda_context_upload_duration_seconds",
             "Time to render and upload a build context",
             f.context_upload,
+        );
+        registry.register(
+            "klambda_cold_start_duration_seconds",
+            "Time from a request finding no process of its function's revision to a started process being ready for it, by runtime (the count is the cold starts)",
+            f.cold_starts,
         );
         registry.register(
             "klambda_build_outcomes",
@@ -417,6 +425,16 @@ impl Metrics {
         self.families
             .context_upload
             .get_or_create(&labels)
+            .observe(seconds);
+    }
+
+    /// Records one cold start of a function of `runtime`.
+    pub fn cold_start(&self, runtime: Runtime, seconds: f64) {
+        self.families
+            .cold_starts
+            .get_or_create(&RuntimeLabels {
+                runtime: runtime.id(),
+            })
             .observe(seconds);
     }
 

@@ -380,6 +380,14 @@ fn scaling(given: Option<ScalingSubmission>, problems: &mut Vec<Problem>) -> Sca
             "requests",
             problems,
         ),
+        scale_to_zero_after_seconds: bounded(
+            given.scale_to_zero_after_seconds,
+            default.scale_to_zero_after_seconds,
+            1..=3600,
+            "scaling.scaleToZeroAfterSeconds",
+            "seconds",
+            problems,
+        ),
     };
     if scaling.min_scale > scaling.max_scale {
         problems.push(Problem::new(

@@ -170,6 +170,11 @@ fn submissions() {
             &[],
         ),
         (
+            "scale to zero after one second",
+            with("scaling", json!({"scaleToZeroAfterSeconds": 1})),
+            &[],
+        ),
+        (
             "trigger on type and source",
             trigger(
                 json!({"attributes": {"type": "com.example.order.created", "source": "/shop"}}),
@@ -627,6 +632,16 @@ fn submissions() {
             "min above max",
             with("scaling", json!({"minScale": 5, "maxScale": 2})),
             &["scaling"],
+        ),
+        (
+            "scale to zero at once",
+            with("scaling", json!({"scaleToZeroAfterSeconds": 0})),
+            &["scaling.scaleToZeroAfterSeconds"],
+        ),
+        (
+            "scale to zero after more than an hour",
+            with("scaling", json!({"scaleToZeroAfterSeconds": 3601})),
+            &["scaling.scaleToZeroAfterSeconds"],
         ),
         (
             "max scale zero",

@@ -204,8 +204,16 @@ async fn a_hung_process_is_killed_and_restarted_and_its_output_says_why() -> Res
     let ready = decode::<ServiceReady>(&reply(&rig, built(&rig, "hangs", code).await?).await?)?;
     let hung = tokio::time::timeout(Duration::from_millis(500), invoke(&ready.url, "hang")).await;
     assert!(hung.is_err(), "the hanging call answered: {hung:?}");
+    // The revision's URL (its activator) holds `/health` for the hung process like any
+    // request: healthy means a 200 within a second.
     let started = Instant::now();
-    while get(&format!("{}/health", ready.url)).await.is_ok() {
+    while let Ok(Ok(answer)) = tokio::time::timeout(
+        Duration::from_secs(1),
+        get(&format!("{}/health", ready.url)),
+    )
+    .await
+        && answer.status == 200
+    {
         assert!(
             started.elapsed() < Duration::from_secs(5),
             "/health still answered"

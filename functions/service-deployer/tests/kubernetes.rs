@@ -187,6 +187,10 @@ async fn deploy_replay_update_rollback_and_delete_with_exactly_the_granted_verbs
         "5"
     );
     assert_eq!(
+        template["metadata"]["annotations"]["autoscaling.knative.dev/scale-to-zero-pod-retention-period"],
+        "60s"
+    );
+    assert_eq!(
         template["spec"]["containers"][0]["env"],
         // Secret env by reference to the functions' Secret: the value never passes here.
         json!([

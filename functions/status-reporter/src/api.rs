@@ -18,6 +18,15 @@ use klambda_events::status::{self, EventRecord, FunctionStatus};
 use crate::fold::FunctionState;
 use crate::store::StatusStore;
 
+/// Where the status API reads a function's processes live, when the platform runs them itself
+/// (the local runner): added to the router as an `axum::Extension`, it fills
+/// [`FunctionStatus::scale`]. On a cluster there is none: Knative's autoscaler owns the pods.
+#[derive(Clone)]
+pub struct LiveScale(pub Arc<ScaleOf>);
+
+/// A function's processes now, by function name; `None` when none are counted.
+pub type ScaleOf = dyn Fn(&str) -> Option<status::Scale> + Send + Sync;
+
 /// Where the Broker's `deadLetterSink` delivers (`eventing/broker.yaml`).
 pub const DEAD_LETTER_PATH: &str = "/dead-letters";
 
@@ -81,6 +90,7 @@ fn status_of(state: FunctionState) -> FunctionStatus {
             message: seen.report.message,
             at: time(seen.received_at),
         }),
+        scale: None,
     }
 }
 
@@ -106,19 +116,38 @@ fn not_found(what: String) -> Response {
     ProblemDetails::new(StatusCode::NOT_FOUND, "not-found", "Not found", what).into_response()
 }
 
-async fn functions(State(store): State<Arc<dyn StatusStore>>) -> Response {
+/// The status of `state`, with its processes when `live` counts them.
+fn live_status_of(state: FunctionState, live: Option<&LiveScale>) -> FunctionStatus {
+    let mut status = status_of(state);
+    if let Some(LiveScale(scale)) = live {
+        status.scale = scale(status.name.as_str());
+    }
+    status
+}
+
+async fn functions(
+    State(store): State<Arc<dyn StatusStore>>,
+    live: Option<axum::Extension<LiveScale>>,
+) -> Response {
     match store.functions().await {
         Ok(states) => {
-            let views: Vec<FunctionStatus> = states.into_iter().map(status_of).collect();
+            let views: Vec<FunctionStatus> = states
+                .into_iter()
+                .map(|state| live_status_of(state, live.as_deref()))
+                .collect();
             axum::Json(views).into_response()
         }
         Err(error) => unavailable(&error),
     }
 }
 
-async fn function(State(store): State<Arc<dyn StatusStore>>, Path(name): Path<String>) -> Response {
+async fn function(
+    State(store): State<Arc<dyn StatusStore>>,
+    live: Option<axum::Extension<LiveScale>>,
+    Path(name): Path<String>,
+) -> Response {
     match store.function(&name).await {
-        Ok(Some(state)) => axum::Json(status_of(state)).into_response(),
+        Ok(Some(state)) => axum::Json(live_status_of(state, live.as_deref())).into_response(),
         Ok(None) => not_found(format!("no function named {name:?} has been seen")),
         Err(error) => unavailable(&error),
     }

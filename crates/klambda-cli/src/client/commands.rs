@@ -93,7 +93,15 @@ pub async fn invoke(
         .header("ce-type", event_type)
         .header("content-type", "application/json")
         .body(Full::new(Bytes::from(data.to_owned())))?;
+    let began = std::time::Instant::now();
     let answer = platform.send(request).await?;
+    let took_ms = began.elapsed().as_secs_f64() * 1000.0;
+    // The revision's activator says when the call waited for a process to start.
+    let cold_start_ms = answer
+        .headers
+        .get(service_deployer::deployer::activator::COLD_START_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
     let text = String::from_utf8_lossy(&answer.body);
     let reply_type = answer.headers.get("ce-type").and_then(|v| v.to_str().ok());
     let code = i32::from(answer.status != 200 && answer.status != 202);
@@ -104,9 +112,20 @@ pub async fn invoke(
             .unwrap_or_else(|_| Value::String(text.into_owned()));
         say!(
             "{}",
-            serde_json::json!({"status": answer.status, "type": reply_type, "reply": reply})
+            serde_json::json!({
+                "status": answer.status,
+                "type": reply_type,
+                "reply": reply,
+                "durationMs": took_ms.round(),
+                "coldStart": cold_start_ms.is_some(),
+                "coldStartMs": cold_start_ms,
+            })
         );
         return Ok(code);
+    }
+    match cold_start_ms {
+        Some(ms) => eprintln!("cold start: {took_ms:.0} ms ({ms} ms waiting for a process)"),
+        None => eprintln!("warm: {took_ms:.0} ms"),
     }
     match answer.status {
         200 => {
@@ -219,7 +238,7 @@ pub async fn status(platform: &Api, name: Option<&str>, output: Output) -> Resul
         say!("{}", serde_json::to_string_pretty(&list)?);
         return Ok(0);
     }
-    let rows: Vec<[String; 6]> = list
+    let rows: Vec<[String; 8]> = list
         .iter()
         .map(|f| {
             let stalled = f.stalled.as_ref().map(|stalled| {
@@ -244,44 +263,72 @@ pub async fn status(platform: &Api, name: Option<&str>, output: Output) -> Resul
                     Some(last) => format!("{} ({})", f.restarts, last.reason.label()),
                     None => f.restarts.to_string(),
                 },
+                f.scale.as_ref().map_or_else(|| "-".to_owned(), replicas_cell),
+                f.scale.as_ref().map_or_else(|| "-".to_owned(), cold_starts_cell),
                 tail,
             ]
         })
         .collect();
-    // Each column as wide as its widest cell, so long names and revisions stay aligned.
     let header = [
         "NAME",
         "PHASE",
         "REVISION",
         "RUNTIME",
         "RESTARTS",
+        "REPLICAS",
+        "COLD STARTS",
         "URL / LAST ERROR",
     ];
-    let width = |column: usize| {
-        rows.iter()
-            .map(|row| row[column].chars().count())
-            .chain([header[column].len()])
-            .max()
-            .unwrap_or_default()
-    };
-    let widths = [width(0), width(1), width(2), width(3), width(4)];
-    for row in std::iter::once(header.map(str::to_owned)).chain(rows) {
-        say!(
-            "{:<w0$}  {:<w1$}  {:<w2$}  {:<w3$}  {:<w4$}  {}",
-            row[0],
-            row[1],
-            row[2],
-            row[3],
-            row[4],
-            row[5],
-            w0 = widths[0],
-            w1 = widths[1],
-            w2 = widths[2],
-            w3 = widths[3],
-            w4 = widths[4],
-        );
-    }
+    print_table(header, rows)?;
     Ok(0)
+}
+
+/// The REPLICAS cell: ready processes, those starting, and the requests on them.
+fn replicas_cell(scale: &klambda_events::status::Scale) -> String {
+    let mut cell = scale.replicas.to_string();
+    if scale.starting > 0 {
+        cell.push_str(&format!(" (+{} starting)", scale.starting));
+    }
+    if scale.in_flight > 0 || scale.queued > 0 {
+        cell.push_str(&format!(", {} busy", scale.in_flight));
+    }
+    if scale.queued > 0 {
+        cell.push_str(&format!(", {} queued", scale.queued));
+    }
+    cell
+}
+
+/// The COLD STARTS cell: how many, and how long the last took.
+fn cold_starts_cell(scale: &klambda_events::status::Scale) -> String {
+    match &scale.last_cold_start {
+        Some(last) => format!("{} (last {} ms)", scale.cold_starts, last.duration_ms),
+        None => scale.cold_starts.to_string(),
+    }
+}
+
+/// Prints `rows` under `header`, each column but the last as wide as its widest cell.
+fn print_table<const N: usize>(header: [&str; N], rows: Vec<[String; N]>) -> Result<()> {
+    let widths: Vec<usize> = (0..N)
+        .map(|column| {
+            rows.iter()
+                .map(|row| row[column].chars().count())
+                .chain([header[column].len()])
+                .max()
+                .unwrap_or_default()
+        })
+        .collect();
+    for row in std::iter::once(header.map(str::to_owned)).chain(rows) {
+        let mut line = String::new();
+        for (column, cell) in row.iter().enumerate() {
+            if column + 1 == N {
+                line.push_str(cell);
+            } else {
+                line.push_str(&format!("{cell:<width$}  ", width = widths[column]));
+            }
+        }
+        say!("{}", line.trim_end());
+    }
+    Ok(())
 }
 
 /// `klambda events NAME`: the function's lifecycle events and, in time order between them, each

@@ -363,13 +363,18 @@ async fn call(
             );
             response
         }
+        // The revision's activator held the call as long as it holds any and no process
+        // became free (or one is restarting): Lambda's throttle.
         Answer::Failed {
-            status: Some(503), ..
+            status: Some(503),
+            body,
         } => {
+            let problem: Value = serde_json::from_slice(&body).unwrap_or_default();
+            let why = problem["detail"].as_str().unwrap_or("it is restarting");
             return Err(error(
                 StatusCode::TOO_MANY_REQUESTS,
                 "TooManyRequestsException",
-                format!("{name} is restarting; retry"),
+                format!("{name} cannot take the call now ({why}); retry"),
             ));
         }
         Answer::Failed { status, body } => {

@@ -145,6 +145,9 @@ pub fn service(namespace: &str, spec: &FunctionSpec, digest: &ContentDigest, ima
             "annotations": {
                 "autoscaling.knative.dev/min-scale": spec.scaling.min_scale.to_string(),
                 "autoscaling.knative.dev/max-scale": spec.scaling.max_scale.to_string(),
+                // How long the last pod stays after traffic stops (the local runner's idle time).
+                "autoscaling.knative.dev/scale-to-zero-pod-retention-period":
+                    format!("{}s", spec.scaling.scale_to_zero_after_seconds),
                 DIGEST: digest.as_str(),
             },
         },

@@ -137,6 +137,9 @@ impl RevisionCgroup {
     }
 }
 
+/// How old an empty group must be to be swept.
+const SWEEP_AFTER: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Removes the runner's groups that hold no process any more (left by runners that were killed
 /// or whose tasks ended without stopping their revisions). The kernel refuses to remove a group
 /// with processes in it, so the groups of other running platforms stay.
@@ -154,7 +157,15 @@ pub fn sweep() {
             let path = entry.path();
             let empty = std::fs::read_to_string(path.join("cgroup.procs"))
                 .is_ok_and(|procs| procs.trim().is_empty());
-            if path.is_dir() && empty {
+            // A group made a moment ago is empty until its process writes itself into it:
+            // another runner's, starting now, is not left over.
+            let fresh = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|at| at.elapsed().ok())
+                .is_none_or(|age| age < SWEEP_AFTER);
+            if path.is_dir() && empty && !fresh {
                 let _ = std::fs::remove_dir(&path);
             }
         }

@@ -29,14 +29,19 @@ use http_body_util::Empty;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use klambda_events::data::{RestartReason, ServiceRestart};
-use klambda_events::spec::{DeliverySpec, TriggerFilter};
+use klambda_events::runtime::Runtime;
+use klambda_events::spec::{DeliverySpec, Scaling, TriggerFilter};
+use klambda_events::status::Scale;
 use klambda_events::{ContentDigest, FunctionName, FunctionSpec};
+use klambda_harness::metrics::Metrics;
 use klambda_runtimes::Template;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::{Mutex, mpsc, oneshot};
 
+use super::activator::{self, Activator, ScaleGauge};
+use super::autoscale::Bounds;
 use super::{BoxFuture, DeployError, Deployer, Deployment, NotReady, Revision};
 use crate::secrets::SecretStore;
 
@@ -77,7 +82,37 @@ struct Launch {
     #[serde(default)]
     identity: Option<u32>,
     dir: PathBuf,
+    /// The revision's port (its activator's); each process gets one of its own.
     port: u16,
+    /// The runtime id (`nodejs22`), for the cold-start metrics.
+    #[serde(default)]
+    runtime_id: String,
+    /// How the revision scales.
+    #[serde(default)]
+    scaling: Scaling,
+}
+
+impl Launch {
+    /// This launch, for a process listening on `port`.
+    fn on_port(&self, port: u16) -> Self {
+        let mut launch = self.clone();
+        launch.port = port;
+        for (name, value) in &mut launch.env {
+            if name == "PORT" {
+                *value = port.to_string();
+            }
+        }
+        launch
+    }
+
+    /// The function's timeout.
+    fn timeout(&self) -> Duration {
+        self.env
+            .iter()
+            .find(|(name, _)| name == "KLAMBDA_TIMEOUT_SECONDS")
+            .and_then(|(_, seconds)| seconds.parse().ok())
+            .map_or(Duration::from_secs(30), Duration::from_secs)
+    }
 }
 
 #[derive(Debug)]
@@ -86,7 +121,8 @@ struct RevisionState {
     config: String,
     launch: Launch,
     subscribed: Subscribed,
-    stop: Option<oneshot::Sender<()>>,
+    /// Its front while it serves (see [`super::activator`]).
+    activator: Option<Activator>,
     output: Tail,
 }
 
@@ -158,7 +194,7 @@ impl FunctionState {
                     config: r.config,
                     launch: r.launch,
                     subscribed: r.subscribed,
-                    stop: None,
+                    activator: None,
                     output: Tail::default(),
                 })
                 .collect(),
@@ -208,6 +244,7 @@ pub trait Subscriptions: Send + Sync + 'static {
 struct Serving {
     url: String,
     deliveries: Arc<()>,
+    scale: Option<ScaleGauge>,
 }
 
 /// The longest a replaced revision waits for deliveries on their way to it beyond the
@@ -218,13 +255,7 @@ const DRAIN_MARGIN: Duration = Duration::from_secs(2);
 /// [`DRAIN_MARGIN`]).
 async fn drain(deliveries: Option<Arc<()>>, launch: &Launch) {
     let Some(deliveries) = deliveries else { return };
-    let timeout = launch
-        .env
-        .iter()
-        .find(|(name, _)| name == "KLAMBDA_TIMEOUT_SECONDS")
-        .and_then(|(_, seconds)| seconds.parse().ok())
-        .map_or(Duration::from_secs(30), Duration::from_secs);
-    let deadline = tokio::time::Instant::now() + timeout + DRAIN_MARGIN;
+    let deadline = tokio::time::Instant::now() + launch.timeout() + DRAIN_MARGIN;
     while Arc::strong_count(&deliveries) > 1 {
         if tokio::time::Instant::now() >= deadline {
             tracing::warn!(
@@ -255,6 +286,59 @@ pub struct LocalRunner {
     serving: SyncMutex<HashMap<FunctionName, Serving>>,
     /// Where functions' Triggers go, once attached.
     subscriptions: std::sync::OnceLock<Arc<dyn Subscriptions>>,
+    /// Where cold starts are counted, once given ([`LocalRunner::with_metrics`]).
+    metrics: ColdStartMetrics,
+}
+
+/// Where cold starts are counted: set once, after revisions may already serve.
+type ColdStartMetrics = Arc<std::sync::OnceLock<Metrics>>;
+
+/// Serves a revision: its activator on `launch.port`, and its first process, ready.
+async fn serve(
+    launch: &Launch,
+    reporter: Reporter,
+    tail: &Tail,
+    metrics: &ColdStartMetrics,
+) -> Result<Activator, NotReady> {
+    let revision = reporter.revision.clone();
+    let starter: activator::Start = {
+        let launch = launch.clone();
+        let tail = Arc::clone(tail);
+        Arc::new(move |port| {
+            let launch = launch.on_port(port);
+            let reporter = reporter.clone();
+            let tail = Arc::clone(&tail);
+            Box::pin(async move {
+                start(&launch, reporter, &tail)
+                    .await
+                    .map_err(|not_ready| not_ready.message)
+            })
+        })
+    };
+    let on_cold_start: Option<activator::OnColdStart> =
+        Runtime::find(&launch.runtime_id).map(|runtime| {
+            let metrics = Arc::clone(metrics);
+            let counted: activator::OnColdStart = Arc::new(move |took: Duration| {
+                if let Some(metrics) = metrics.get() {
+                    metrics.cold_start(runtime, took.as_secs_f64());
+                }
+            });
+            counted
+        });
+    Activator::start(
+        revision.clone(),
+        launch.port,
+        Bounds::of(&launch.scaling),
+        launch.timeout() + READY_WITHIN,
+        starter,
+        on_cold_start,
+    )
+    .await
+    .map_err(|message| NotReady {
+        revision: Some(revision),
+        reason: "RevisionFailed".into(),
+        message,
+    })
 }
 
 /// Restart reports waiting for the stage to publish them; past this, more are logged and
@@ -273,6 +357,7 @@ impl Default for LocalRunner {
             sandboxed: true,
             serving: SyncMutex::default(),
             subscriptions: std::sync::OnceLock::new(),
+            metrics: ColdStartMetrics::default(),
         }
     }
 }
@@ -330,7 +415,7 @@ impl LocalRunner {
         for (name, function) in functions {
             let function = function.lock().await;
             if let Some(current) = function.current.map(|i| &function.revisions[i])
-                && current.stop.is_some()
+                && current.activator.is_some()
             {
                 self.now_serving(&name, current);
             }
@@ -348,6 +433,22 @@ impl LocalRunner {
             .map(|serving| (serving.url.clone(), Arc::clone(&serving.deliveries)))
     }
 
+    /// `function`'s serving revision's processes and requests now.
+    pub fn scale(&self, function: &FunctionName) -> Option<Scale> {
+        self.serving
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(function)
+            .and_then(|serving| serving.scale.as_ref().map(ScaleGauge::scale))
+    }
+
+    /// Counts functions' cold starts in `metrics` (`klambda_cold_start_duration_seconds`),
+    /// those of revisions already serving included. Later calls keep the first.
+    pub fn with_metrics(self, metrics: Metrics) -> Self {
+        let _ = self.metrics.set(metrics);
+        self
+    }
+
     /// `revision` serves `function` from now on: deliveries go to it, its Triggers are on the
     /// bus. Returns what deliveries to the revision it replaces hold, to [`drain`] before
     /// stopping that one.
@@ -361,6 +462,7 @@ impl LocalRunner {
                 Serving {
                     url: revision.revision.url.clone(),
                     deliveries: Arc::new(()),
+                    scale: revision.activator.as_ref().map(Activator::gauge),
                 },
             )
             .filter(|replaced| replaced.url != revision.revision.url);
@@ -419,6 +521,7 @@ impl LocalRunner {
         let mut restarts = tokio::task::JoinSet::new();
         for (name, mut function) in functions {
             let reports = runner.reports.clone();
+            let metrics = Arc::clone(&runner.metrics);
             restarts.spawn(async move {
                 if let Some(current) = function.current
                     && let Some(revision) = function.revisions.get_mut(current)
@@ -428,10 +531,10 @@ impl LocalRunner {
                         revision: revision.revision.name.clone(),
                         reports,
                     };
-                    match start(&revision.launch, reporter, &revision.output).await {
-                        Ok(stopper) => {
+                    match serve(&revision.launch, reporter, &revision.output, &metrics).await {
+                        Ok(activator) => {
                             tracing::info!(function = %name, revision = %revision.revision.name, "serving again after a restart");
-                            revision.stop = Some(stopper);
+                            revision.activator = Some(activator);
                         }
                         // Not serving: the next deploy of any image starts a new revision.
                         Err(not_ready) => {
@@ -446,7 +549,7 @@ impl LocalRunner {
         while let Some(restarted) = restarts.join_next().await {
             let (name, function) = restarted.map_err(std::io::Error::other)?;
             if let Some(current) = function.current.map(|i| &function.revisions[i])
-                && current.stop.is_some()
+                && current.activator.is_some()
             {
                 runner.now_serving(&name, current);
             }
@@ -510,8 +613,8 @@ async fn write_state(dir: &Path, name: &FunctionName, saved: &Saved) -> std::io:
 /// What decides whether a deployment is new: the image and the configuration the shim runs with.
 fn config_of(spec: &FunctionSpec) -> String {
     format!(
-        "{}|{:?}|{:?}|{:?}",
-        spec.handler, spec.env, spec.secrets, spec.resources
+        "{}|{:?}|{:?}|{:?}|{:?}",
+        spec.handler, spec.env, spec.secrets, spec.resources, spec.scaling
     )
 }
 
@@ -620,10 +723,12 @@ fn launch_for(
         identity,
         dir: function,
         port,
+        runtime_id: spec.runtime.id().to_owned(),
+        scaling: spec.scaling,
     })
 }
 
-fn free_port() -> Result<u16, NotReady> {
+pub(super) fn free_port() -> Result<u16, NotReady> {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -956,9 +1061,11 @@ async fn start(
     Ok(stop)
 }
 
-fn stop(state: &mut RevisionState) {
-    if let Some(stop) = state.stop.take() {
-        let _ = stop.send(());
+/// Stops a revision once the requests on it (through its URL) are over, at most its timeout
+/// and [`DRAIN_MARGIN`] from now.
+async fn retire(state: &mut RevisionState) {
+    if let Some(activator) = state.activator.take() {
+        activator.stop(state.launch.timeout() + DRAIN_MARGIN).await;
     }
 }
 
@@ -1015,7 +1122,7 @@ impl LocalRunner {
             && let Some(current) = function.revisions.get_mut(index)
             && current.revision.image == image
             && current.config == config
-            && current.stop.is_some()
+            && current.activator.is_some()
         {
             // Triggers are not part of the revision (as on Knative): a change moves them.
             let subscribed = Subscribed::of(spec);
@@ -1070,7 +1177,13 @@ impl LocalRunner {
                 "klambda: this function runs as the platform's own user, with a cleared environment only (run the platform as root for a user of its own; docs/SECURITY.md)".to_owned(),
             );
         }
-        let stopper = start(&launch, self.reporter(&spec.name, &name), &output).await?;
+        let activator = serve(
+            &launch,
+            self.reporter(&spec.name, &name),
+            &output,
+            &self.metrics,
+        )
+        .await?;
         let first = function.revisions.is_empty();
         let revision = Revision {
             name,
@@ -1087,7 +1200,7 @@ impl LocalRunner {
             config,
             launch,
             subscribed: Subscribed::of(spec),
-            stop: Some(stopper),
+            activator: Some(activator),
             output,
         });
         function.current = Some(function.revisions.len() - 1);
@@ -1099,7 +1212,7 @@ impl LocalRunner {
         // the previous one are over, does it stop.
         if let Some(previous) = previous {
             drain(replaced, &function.revisions[previous].launch).await;
-            stop(&mut function.revisions[previous]);
+            retire(&mut function.revisions[previous]).await;
         }
         self.save(&spec.name, &function).await;
         Ok(revision)
@@ -1141,12 +1254,18 @@ impl LocalRunner {
         let launch = function.revisions[target].launch.clone();
         let revision_name = function.revisions[target].revision.name.clone();
         let output = Arc::clone(&function.revisions[target].output);
-        let stopper = start(&launch, self.reporter(name, &revision_name), &output).await?;
-        function.revisions[target].stop = Some(stopper);
+        let activator = serve(
+            &launch,
+            self.reporter(name, &revision_name),
+            &output,
+            &self.metrics,
+        )
+        .await?;
+        function.revisions[target].activator = Some(activator);
         function.current = Some(target);
         let replaced = self.now_serving(name, &function.revisions[target]);
         drain(replaced, &function.revisions[current].launch).await;
-        stop(&mut function.revisions[current]);
+        retire(&mut function.revisions[current]).await;
         self.save(name, &function).await;
         Ok(Revision {
             changed: true,
@@ -1174,7 +1293,8 @@ impl LocalRunner {
         // A deploy of this function in progress finishes first; then it goes.
         let mut function = function.lock().await;
         for revision in &mut function.revisions {
-            stop(revision);
+            // Deleted: what is in flight is cut off now.
+            revision.activator = None;
         }
         self.functions
             .lock()

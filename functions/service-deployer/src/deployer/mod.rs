@@ -3,6 +3,8 @@
 //! deployer (`knative`) applies a Service and reads its readiness from the Service's status
 //! events, since a stage must not wait out a rollout on a cluster.
 
+pub mod activator;
+pub mod autoscale;
 pub mod knative;
 pub mod limits;
 pub mod local;
