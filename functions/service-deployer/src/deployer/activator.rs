@@ -109,6 +109,12 @@ struct Pool {
     next_id: u64,
     closed: bool,
     scaler: Autoscaler,
+    /// Concurrency × seconds since the last tick, and when it was last added to: the
+    /// autoscaler's sample is the average over the tick (as Knative's queue-proxy reports it),
+    /// not the count at the instant of the tick, which a burst can fall between.
+    load: f64,
+    load_since: Instant,
+    tick_began: Instant,
 }
 
 struct Replica {
@@ -146,6 +152,27 @@ impl Pool {
             .map(|(index, _)| index)
     }
 
+    /// Adds the load since the last change; call before every change of requests.
+    fn account(&mut self) {
+        let now = Instant::now();
+        let concurrency = f64::from(self.in_flight()) + self.waiters.len() as f64;
+        self.load += concurrency * now.duration_since(self.load_since).as_secs_f64();
+        self.load_since = now;
+    }
+
+    /// The average concurrency since the last call.
+    fn average_load(&mut self) -> f64 {
+        self.account();
+        let span = self
+            .load_since
+            .duration_since(self.tick_began)
+            .as_secs_f64();
+        let average = if span > 0.0 { self.load / span } else { 0.0 };
+        self.load = 0.0;
+        self.tick_began = self.load_since;
+        average
+    }
+
     fn take(&mut self, index: usize, cold: bool) -> Slot {
         let replica = &mut self.replicas[index];
         replica.in_flight += 1;
@@ -158,6 +185,7 @@ impl Pool {
 
     /// Gives free slots to held requests, first come first served.
     fn dispatch(&mut self, limit: u32, cold: bool) {
+        self.account();
         while !self.waiters.is_empty() {
             let Some(index) = self.free(limit) else {
                 return;
@@ -174,6 +202,7 @@ impl Pool {
     }
 
     fn release(&mut self, id: u64, limit: u32) {
+        self.account();
         if let Some(replica) = self.replicas.iter_mut().find(|r| r.id == id) {
             replica.in_flight = replica.in_flight.saturating_sub(1);
         }
@@ -217,6 +246,9 @@ impl Activator {
                 next_id: 0,
                 closed: false,
                 scaler: Autoscaler::new(bounds, now),
+                load: 0.0,
+                load_since: now,
+                tick_began: now,
             }),
             client: Client::builder(TokioExecutor::new())
                 .pool_idle_timeout(Duration::from_secs(30))
@@ -381,6 +413,7 @@ async fn acquire(shared: &Arc<Shared>) -> Result<Slot, Refused> {
             )));
         }
         pool.last_request = Some(Instant::now());
+        pool.account();
         if let Some(index) = pool.free(shared.bounds.concurrency) {
             return Ok(pool.take(index, false));
         }
@@ -581,7 +614,7 @@ async fn autoscale(shared: Arc<Shared>) {
             return;
         }
         let now = Instant::now();
-        let concurrency = f64::from(pool.in_flight()) + pool.waiters.len() as f64;
+        let concurrency = pool.average_load();
         pool.scaler.observe(now, concurrency);
         let current = u32::try_from(pool.replicas.len()).unwrap_or(u32::MAX) + pool.starting;
         let last_request = pool.last_request;

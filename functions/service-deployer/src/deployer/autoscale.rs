@@ -1,6 +1,6 @@
 //! How many processes a revision wants, decided as Knative's Pod Autoscaler (KPA) decides it,
 //! from the revision's observed concurrency (requests in flight plus requests waiting in the
-//! activator), sampled once per [`TICK`]:
+//! activator), averaged over each [`TICK`] by the activator:
 //!
 //! - **Target.** Each process is meant to carry `concurrency × 70 %` requests (Knative's
 //!   `container-concurrency-target-percentage`), or `100 × 70 %` when the function sets no

@@ -892,6 +892,9 @@ async fn healthy(child: &mut Child, port: u16) -> Result<(), String> {
     let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
     let url = format!("http://127.0.0.1:{port}/health");
     let deadline = tokio::time::Instant::now() + READY_WITHIN;
+    // Asked often for the first seconds (a request may be waiting on this start: every
+    // millisecond between the process listening and the answer is cold-start time), then less.
+    let started = tokio::time::Instant::now();
     loop {
         if let Ok(Some(status)) = child.try_wait() {
             return Err(format!("the process exited ({status}) before it was ready"));
@@ -907,7 +910,12 @@ async fn healthy(child: &mut Child, port: u16) -> Result<(), String> {
                 "no healthy answer on {url} within {READY_WITHIN:?}"
             ));
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        let pause = if started.elapsed() < Duration::from_secs(2) {
+            Duration::from_millis(5)
+        } else {
+            Duration::from_millis(50)
+        };
+        tokio::time::sleep(pause).await;
     }
 }
 
