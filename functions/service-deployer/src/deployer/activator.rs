@@ -637,3 +637,159 @@ async fn autoscale(shared: Arc<Shared>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A "process": an HTTP server on `port` answering every request after `delay` with the
+    /// port; it stops when the returned sender is dropped.
+    async fn process(port: u16, delay: Duration) -> Result<oneshot::Sender<()>, String> {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .map_err(|e| e.to_string())?;
+        let (stop, stopped) = oneshot::channel::<()>();
+        let app = axum::Router::new().fallback(move || async move {
+            tokio::time::sleep(delay).await;
+            port.to_string()
+        });
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = stopped.await;
+                })
+                .await;
+        });
+        Ok(stop)
+    }
+
+    /// Waits (at most 5 s) until the activator shows `in_flight` and `queued` calls.
+    async fn until(activator: &Activator, in_flight: u32, queued: u32) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let scale = activator.gauge().scale();
+            if (scale.in_flight, scale.queued) == (in_flight, queued) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{scale:?}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    fn bounds(max: u32, concurrency: u32) -> Bounds {
+        Bounds {
+            min: 0,
+            max,
+            concurrency,
+            idle: Duration::from_secs(60),
+        }
+    }
+
+    async fn activator(bounds: Bounds, hold: Duration, start: Start) -> (Activator, String) {
+        let port = super::super::local::free_port().unwrap_or_else(|e| panic!("{}", e.message));
+        let activator = Activator::start("f-00001".into(), port, bounds, hold, start, None)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        (activator, format!("http://127.0.0.1:{port}/"))
+    }
+
+    async fn get(url: &str) -> (StatusCode, String) {
+        let client = Client::builder(TokioExecutor::new()).build_http::<Body>();
+        let uri: http::Uri = url.parse().unwrap_or_else(|e| panic!("{e}"));
+        let response = client.get(uri).await.unwrap_or_else(|e| panic!("{e}"));
+        let status = response.status();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn calls_beyond_concurrency_wait_in_line_and_are_served_by_one_process() {
+        let start: Start = Arc::new(|port| Box::pin(process(port, Duration::from_millis(100))));
+        let (activator, url) = activator(bounds(1, 1), Duration::from_secs(5), start).await;
+        let began = Instant::now();
+        let calls: Vec<_> = (0..3)
+            .map(|_| {
+                let url = url.clone();
+                tokio::spawn(async move { get(&url).await })
+            })
+            .collect();
+        until(&activator, 1, 2).await;
+        assert_eq!(activator.gauge().scale().replicas, 1);
+        let mut ports = std::collections::BTreeSet::new();
+        for call in calls {
+            let (status, port) = call.await.unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(status, StatusCode::OK);
+            ports.insert(port);
+        }
+        // One at a time on the one process maxScale allows: three 100 ms calls in a row.
+        assert_eq!(ports.len(), 1);
+        assert!(began.elapsed() >= Duration::from_millis(300));
+        let idle = activator.gauge().scale();
+        assert_eq!((idle.in_flight, idle.queued), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn a_call_held_past_the_hold_time_is_answered_503_busy() {
+        let start: Start = Arc::new(|port| Box::pin(process(port, Duration::from_millis(800))));
+        let (activator, url) = activator(bounds(1, 1), Duration::from_millis(200), start).await;
+        let first = {
+            let url = url.clone();
+            tokio::spawn(async move { get(&url).await })
+        };
+        until(&activator, 1, 0).await;
+        let (status, body) = get(&url).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        assert!(
+            body.contains("revision-busy") && body.contains("maxScale 1"),
+            "{body}"
+        );
+        let (status, _) = first.await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(status, StatusCode::OK);
+        // The call that gave up holds nothing.
+        let after = activator.gauge().scale();
+        assert_eq!((after.in_flight, after.queued), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn held_calls_are_told_at_once_when_no_process_can_start() {
+        // The first process starts (the revision is ready); every later start fails.
+        let started = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let start: Start = {
+            let started = Arc::clone(&started);
+            Arc::new(move |port| {
+                let first = started.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0;
+                Box::pin(async move {
+                    if first {
+                        process(port, Duration::ZERO).await
+                    } else {
+                        Err("the interpreter is gone".to_owned())
+                    }
+                })
+            })
+        };
+        let idle = Bounds {
+            idle: Duration::from_secs(1),
+            ..bounds(2, 1)
+        };
+        let (activator, url) = activator(idle, Duration::from_secs(30), start).await;
+        // Idle past scaleToZeroAfterSeconds: the process goes.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while activator.gauge().scale().replicas > 0 {
+            assert!(Instant::now() < deadline, "never scaled to zero");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let began = Instant::now();
+        let (status, body) = get(&url).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        assert!(body.contains("the interpreter is gone"), "{body}");
+        assert!(
+            began.elapsed() < Duration::from_secs(5),
+            "told only at the hold time"
+        );
+    }
+}
