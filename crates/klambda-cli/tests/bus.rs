@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail, ensure};
-use common::{Up, deploy_node, klambda, text, up};
+use common::{Up, deploy_node, klambda, metrics, text, up};
 use klambda_events::EventType as _;
 use klambda_events::catalogue::{FunctionCreated, ParserCompleted};
 use klambda_test_support::rabbitmq;
@@ -463,18 +463,6 @@ const COUNTER: &str = r#"exports.handler = async (tick) => ({ n: tick.n, rev: pr
 const TALLY: &str = r#"exports.handler = async (tock) => {
   console.log(`tallied ${tock.n} from ${tock.rev}`);
 };"#;
-
-/// The platform's `/metrics` text.
-fn metrics(platform: &Up) -> Result<String> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let metrics = runtime.block_on(klambda_test_support::http::get(&format!(
-        "{}/metrics",
-        platform.endpoint
-    )))?;
-    Ok(String::from_utf8_lossy(&metrics.body).into_owned())
-}
 
 /// The series of `klambda_broker_delivery_attempts_total` for `trigger`: outcome → count.
 fn delivery_attempts(platform: &Up, trigger: &str) -> Result<Vec<(String, f64)>> {

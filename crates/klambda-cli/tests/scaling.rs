@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail, ensure};
-use common::{Up, deploy_node, klambda, text, up};
+use common::{Up, deploy_node, klambda, metrics, text, up};
 use serde_json::{Value, json};
 
 fn scratch(name: &str) -> Result<PathBuf> {
@@ -232,16 +232,4 @@ exports.handler = async () => {
     // Idle for scaleToZeroAfterSeconds (2 s): every process goes.
     tokio::task::block_in_place(|| scaled_to_zero(&platform, "busy", Duration::from_secs(10)))?;
     Ok(())
-}
-
-/// The platform's `/metrics` text.
-fn metrics(platform: &Up) -> Result<String> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let metrics = runtime.block_on(klambda_test_support::http::get(&format!(
-        "{}/metrics",
-        platform.endpoint
-    )))?;
-    Ok(String::from_utf8_lossy(&metrics.body).into_owned())
 }

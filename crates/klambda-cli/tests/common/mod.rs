@@ -115,3 +115,15 @@ pub(crate) fn deploy_node(
     }
     Ok(())
 }
+
+/// The platform's `/metrics` text.
+pub(crate) fn metrics(platform: &Up) -> Result<String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let metrics = runtime.block_on(klambda_test_support::http::get(&format!(
+        "{}/metrics",
+        platform.endpoint
+    )))?;
+    Ok(String::from_utf8_lossy(&metrics.body).into_owned())
+}

@@ -152,6 +152,18 @@ impl Pool {
             .map(|(index, _)| index)
     }
 
+    /// A ready process on `port`, stopped by dropping `stop`, joins the pool.
+    fn add(&mut self, port: u16, stop: oneshot::Sender<()>) {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.replicas.push(Replica {
+            id,
+            port,
+            in_flight: 0,
+            _stop: stop,
+        });
+    }
+
     /// Adds the load since the last change; call before every change of requests.
     fn account(&mut self) {
         let now = Instant::now();
@@ -257,15 +269,7 @@ impl Activator {
         let port = super::local::free_port().map_err(|e| e.message)?;
         let first = (shared.start)(port).await?;
         {
-            let mut pool = Pool::lock(&shared);
-            let id = pool.next_id;
-            pool.next_id += 1;
-            pool.replicas.push(Replica {
-                id,
-                port,
-                in_flight: 0,
-                _stop: first,
-            });
+            Pool::lock(&shared).add(port, first);
         }
         let router = axum::Router::new()
             .fallback(proxy)
@@ -343,14 +347,7 @@ fn launch(shared: &Arc<Shared>, pool: &mut Pool, cold: bool) {
                 if pool.closed {
                     return;
                 }
-                let id = pool.next_id;
-                pool.next_id += 1;
-                pool.replicas.push(Replica {
-                    id,
-                    port,
-                    in_flight: 0,
-                    _stop: stop,
-                });
+                pool.add(port, stop);
                 if cold {
                     pool.cold_starts += 1;
                     pool.last_cold_start = Some(ColdStart {
