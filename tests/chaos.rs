@@ -334,31 +334,13 @@ async fn wait_for_any(
     }
 }
 
-/// The live processes on this machine serving a function whose name starts with `prefix`
-/// (the runner gives each its name in `KLAMBDA_FUNCTION_NAME`): pid and function.
+/// The live processes on this machine serving a function whose name starts with `prefix`:
+/// pid and function.
 fn function_processes(prefix: &str) -> Result<Vec<(u32, String)>> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc")?.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|p| p.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        // Processes come and go while we look; one we cannot read is not ours to count.
-        let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
-            continue;
-        };
-        let function = environ
-            .split(|b| *b == 0)
-            .filter_map(|var| std::str::from_utf8(var).ok())
-            .find_map(|var| var.strip_prefix("KLAMBDA_FUNCTION_NAME="));
-        if let Some(function) = function.filter(|f| f.starts_with(prefix)) {
-            found.push((pid, function.to_owned()));
-        }
-    }
-    Ok(found)
+    Ok(klambda_test_support::process::function_processes()
+        .into_iter()
+        .filter(|(_, function)| function.starts_with(prefix))
+        .collect())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

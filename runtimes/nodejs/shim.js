@@ -6,12 +6,49 @@ const path = require('node:path');
 const { pathToFileURL } = require('node:url');
 const fs = require('node:fs');
 
-const port = Number(process.env.PORT || 8080);
-const root = process.env.KLAMBDA_FUNCTION_ROOT || process.cwd();
-const handlerSpec = process.env.KLAMBDA_HANDLER || 'index.handler';
-const functionName = process.env.KLAMBDA_FUNCTION_NAME || 'function';
-const timeoutMs = Number(process.env.KLAMBDA_TIMEOUT_SECONDS || 30) * 1000;
 const maxBody = 1024 * 1024;
+// Read from the environment when the function is known: at start, or when a warm process is
+// claimed (see claim below).
+let port, root, handlerSpec, functionName, timeoutMs;
+
+function configure() {
+  port = Number(process.env.PORT || 8080);
+  root = process.env.KLAMBDA_FUNCTION_ROOT || process.cwd();
+  handlerSpec = process.env.KLAMBDA_HANDLER || 'index.handler';
+  functionName = process.env.KLAMBDA_FUNCTION_NAME || 'function';
+  timeoutMs = Number(process.env.KLAMBDA_TIMEOUT_SECONDS || 30) * 1000;
+}
+
+// The local runner's warm pool (KLAMBDA_POOL=1): this process started before any function was
+// chosen, Node.js and this shim loaded, and waits for one JSON line on stdin naming the function:
+// {"env": {...}, "cwd": "...", "uid": n|null}. It takes that environment and directory, drops
+// to the function's user and group (it was started as root for this only), and serves as if it
+// had been started for that function. stdin stays open: its end means the runner is gone (the
+// parent-death signal does not survive the change of user), and the process exits.
+function claim() {
+  return new Promise((resolve) => {
+    let buffered = '';
+    const onData = (chunk) => {
+      buffered += chunk;
+      const newline = buffered.indexOf('\n');
+      if (newline < 0) return;
+      process.stdin.off('data', onData);
+      resolve(JSON.parse(buffered.slice(0, newline)));
+    };
+    process.stdin.setEncoding('utf8');
+    process.stdin.on('data', onData);
+    process.stdin.on('end', () => process.exit(0));
+  }).then(({ env, cwd, uid }) => {
+    for (const name of Object.keys(process.env)) delete process.env[name];
+    Object.assign(process.env, env);
+    process.chdir(cwd);
+    if (uid !== null && uid !== undefined) {
+      process.setgroups([]);
+      process.setgid(uid);
+      process.setuid(uid);
+    }
+  });
+}
 
 async function loadHandler() {
   const dot = handlerSpec.lastIndexOf('.');
@@ -81,6 +118,8 @@ function withTimeout(promise) {
 }
 
 async function main() {
+  if (process.env.KLAMBDA_POOL === '1') await claim();
+  configure();
   const handler = await loadHandler();
   const server = http.createServer((req, res) => {
     if (req.method === 'GET' && req.url === '/health') {

@@ -15,12 +15,50 @@ import traceback
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-PORT = int(os.environ.get("PORT", "8080"))
-ROOT = os.environ.get("KLAMBDA_FUNCTION_ROOT", os.getcwd())
-HANDLER = os.environ.get("KLAMBDA_HANDLER", "app.handler")
-FUNCTION_NAME = os.environ.get("KLAMBDA_FUNCTION_NAME", "function")
-TIMEOUT = float(os.environ.get("KLAMBDA_TIMEOUT_SECONDS", "30"))
 MAX_BODY = 1024 * 1024
+# Read from the environment once the function is known: at start, or when a warm process is
+# claimed (see claim below).
+PORT = ROOT = HANDLER = FUNCTION_NAME = TIMEOUT = None
+
+
+def configure():
+    global PORT, ROOT, HANDLER, FUNCTION_NAME, TIMEOUT
+    PORT = int(os.environ.get("PORT", "8080"))
+    ROOT = os.environ.get("KLAMBDA_FUNCTION_ROOT", os.getcwd())
+    HANDLER = os.environ.get("KLAMBDA_HANDLER", "app.handler")
+    FUNCTION_NAME = os.environ.get("KLAMBDA_FUNCTION_NAME", "function")
+    TIMEOUT = float(os.environ.get("KLAMBDA_TIMEOUT_SECONDS", "30"))
+
+
+def claim():
+    """The local runner's warm pool (KLAMBDA_POOL=1): this process started before any function
+    was chosen, Python and this shim's modules loaded, and waits for one JSON line on stdin
+    naming the function: {"env": {...}, "cwd": "...", "uid": n|null}. It takes that environment
+    and directory, drops to the function's user and group (it was started as root for this
+    only), and serves as if it had been started for that function."""
+    import ctypes  # loaded while waiting, not after the claim
+
+    line = sys.stdin.buffer.readline()
+    if not line:
+        sys.exit(0)  # the runner is gone before it chose a function
+    claimed = json.loads(line)
+    parent = os.getppid()
+    os.environ.clear()
+    os.environ.update(claimed["env"])
+    time.tzset()
+    os.chdir(claimed["cwd"])
+    uid = claimed.get("uid")
+    if uid is not None:
+        os.setgroups([])
+        os.setgid(uid)
+        os.setuid(uid)
+        # A change of user clears the parent-death signal and makes the process undumpable;
+        # both as a process started as that user has them (PR_SET_PDEATHSIG, PR_SET_DUMPABLE).
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)
+        libc.prctl(4, 1, 0, 0, 0)
+        if os.getppid() != parent:
+            sys.exit(0)  # the runner died before the signal was set again
 
 
 def encode_header(value):
@@ -198,6 +236,9 @@ def make_server(handler):
 
 
 def main():
+    if os.environ.get("KLAMBDA_POOL") == "1":
+        claim()
+    configure()
     try:
         handler = load_handler()
     except Exception as error:  # noqa: BLE001 - report and exit non-zero

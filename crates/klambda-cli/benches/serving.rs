@@ -3,7 +3,8 @@
 //!
 //! - cold starts per runtime: a function scaled to zero (`scaleToZeroAfterSeconds: 1`, waited
 //!   out before each sample), then one call: the call's latency and the process start the
-//!   activator timed, against a warm call right after;
+//!   activator timed, against a warm call right after; once without the warm pool and once with
+//!   `klambda up`'s default pool (two platforms, one after the other, same run);
 //! - a burst of N calls (1,000 by default) at once against a function at `concurrency: 1`,
 //!   `maxScale: 8` whose handler takes 10 ms: throughput, p50/p99 latency, and the processes
 //!   (ready + starting, from the activator) sampled every 100 ms.
@@ -30,12 +31,18 @@ struct Bench {
 }
 
 impl Bench {
-    async fn start() -> Result<Self> {
-        let root =
-            std::env::temp_dir().join(format!("klambda-bench-serving-{}", std::process::id()));
+    /// A platform keeping `warm_pool` warm interpreters per runtime.
+    async fn start(warm_pool: usize) -> Result<Self> {
+        let root = std::env::temp_dir().join(format!(
+            "klambda-bench-serving-{}-{warm_pool}",
+            std::process::id()
+        ));
         let _ = std::fs::remove_dir_all(&root);
         std::fs::create_dir_all(&root)?;
-        let settings = Settings::new(root.join("data"), repo::root().join("eventing"));
+        let settings = Settings {
+            warm_pool,
+            ..Settings::new(root.join("data"), repo::root().join("eventing"))
+        };
         let platform = Platform::start(&settings).await?;
         let server = TestServer::start(klambda_cli::server::router(platform.clone())).await?;
         Ok(Self {
@@ -130,7 +137,8 @@ fn ms(sorted: &[Duration], p: f64) -> f64 {
     percentile(sorted, p).as_secs_f64() * 1e3
 }
 
-async fn cold_starts(bench: &Bench, samples: usize) -> Result<()> {
+/// Cold and warm calls per runtime, one table row each.
+async fn cold_starts(bench: &Bench, samples: usize, pool: &str) -> Result<Vec<String>> {
     let runtimes = [
         (
             "nodejs20",
@@ -141,11 +149,7 @@ async fn cold_starts(bench: &Bench, samples: usize) -> Result<()> {
             "def handler(event, context):\n    return {\"ok\": True}\n",
         ),
     ];
-    println!("\n## Cold start from zero ({samples} samples per runtime)\n");
-    println!(
-        "| runtime | cold call p50 | cold call p99 | process start p50 (activator) | warm call p50 | warm call p99 |"
-    );
-    println!("|---|---|---|---|---|---|");
+    let mut rows = Vec::new();
     for (runtime, code) in runtimes {
         let name = format!("cold-{}", runtime.replace('.', "-"));
         let url = bench
@@ -165,16 +169,16 @@ async fn cold_starts(bench: &Bench, samples: usize) -> Result<()> {
         for list in [&mut cold, &mut started, &mut warm] {
             list.sort();
         }
-        println!(
-            "| {runtime} | {:.1} ms | {:.1} ms | {:.1} ms | {:.2} ms | {:.2} ms |",
+        rows.push(format!(
+            "| {runtime} | {pool} | {:.1} ms | {:.1} ms | {:.1} ms | {:.2} ms | {:.2} ms |",
             ms(&cold, 0.50),
             ms(&cold, 0.99),
             ms(&started, 0.50),
             ms(&warm, 0.50),
             ms(&warm, 0.99),
-        );
+        ));
     }
-    Ok(())
+    Ok(rows)
 }
 
 async fn burst(bench: &Bench, calls: usize) -> Result<()> {
@@ -259,8 +263,21 @@ fn main() -> Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let bench = Bench::start().await?;
-        cold_starts(&bench, samples).await?;
+        let mut rows = Vec::new();
+        let without = Bench::start(0).await?;
+        rows.extend(cold_starts(&without, samples, "none").await?);
+        let _ = std::fs::remove_dir_all(&without.root);
+        let size = service_deployer::deployer::pool::DEFAULT_SIZE;
+        let bench = Bench::start(size).await?;
+        rows.extend(cold_starts(&bench, samples, &format!("{size} per runtime")).await?);
+        println!("\n## Cold start from zero ({samples} samples per runtime)\n");
+        println!(
+            "| runtime | warm pool | cold call p50 | cold call p99 | process start p50 (activator) | warm call p50 | warm call p99 |"
+        );
+        println!("|---|---|---|---|---|---|---|");
+        for row in rows {
+            println!("{row}");
+        }
         burst(&bench, calls).await?;
         let _ = std::fs::remove_dir_all(&bench.root);
         Ok(())

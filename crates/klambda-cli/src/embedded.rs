@@ -27,6 +27,7 @@ use klambda_storage::{LocalDir, ObjectStore, S3Settings};
 use parser::Parser;
 use service_deployer::ServiceDeployer;
 use service_deployer::deployer::local::LocalRunner;
+use service_deployer::deployer::pool::WarmPool;
 use service_deployer::secrets::SecretStore;
 use status_reporter::StatusReporter;
 use status_reporter::store::StatusStore;
@@ -59,6 +60,9 @@ pub struct Settings {
     /// (`Authorization: Bearer`); `None`: none is asked (what in-process tests use; `klambda up`
     /// always sets one).
     pub api_token: Option<String>,
+    /// Warm interpreters kept per runtime (see `service_deployer::deployer::pool`); 0 (what
+    /// in-process tests use) keeps none, `klambda up` keeps 2 unless told.
+    pub warm_pool: usize,
 }
 
 impl Settings {
@@ -74,6 +78,7 @@ impl Settings {
             s3: None,
             event_keys: None,
             api_token: None,
+            warm_pool: 0,
         }
     }
 }
@@ -215,7 +220,15 @@ impl Platform {
                 LocalRunner::new()
             }
             .with_secrets(&secrets)
-            .with_metrics(metrics.for_stage(Stage::ServiceDeployer.service_name())),
+            .with_metrics(metrics.for_stage(Stage::ServiceDeployer.service_name()))
+            .with_warm_pool(Arc::new(
+                // Only where functions are started.
+                WarmPool::new(
+                    data("warm-pool"),
+                    if deploys { settings.warm_pool } else { 0 },
+                )
+                .context("writing the warm pool's shims")?,
+            )),
         );
         // Every process of one platform signs with the same keys: the data directory's, unless
         // given.

@@ -77,6 +77,11 @@ enum Command {
         /// on different machines need the same keys).
         #[arg(long, env = "KLAMBDA_EVENT_KEYS", hide_env_values = true)]
         event_keys: Option<String>,
+        /// Warm interpreters kept per runtime (Node.js, Python) so a cold start skips the
+        /// interpreter's start; 0: none (at most 32).
+        #[arg(long, env = "KLAMBDA_WARM_POOL", default_value_t = service_deployer::deployer::pool::DEFAULT_SIZE,
+              value_parser = |value: &str| service_deployer::deployer::pool::size_of(Some(value)))]
+        warm_pool: usize,
         #[command(flatten)]
         store: StoreFlags,
     },
@@ -368,6 +373,7 @@ async fn run(cli: Cli) -> Result<i32> {
             instance,
             stages,
             event_keys,
+            warm_pool,
             store,
         } => {
             let event_keys = event_keys
@@ -389,6 +395,7 @@ async fn run(cli: Cli) -> Result<i32> {
                 broker_url: broker,
                 instance,
                 stages,
+                warm_pool,
                 s3: store.s3()?,
                 ..embedded::Settings::new(
                     data_dir,

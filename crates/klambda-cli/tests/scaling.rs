@@ -1,8 +1,8 @@
 //! Serving on one machine as Knative serves on a cluster, through the real `klambda up`: a
 //! function's processes go to zero when idle and the next call waits for one (a cold start,
 //! recorded); `scaling.concurrency` holds per process and a burst adds processes up to
-//! `maxScale`, then they go again. Processes are counted in `/proc` (those carrying the
-//! function's `KLAMBDA_FUNCTION_NAME`), not taken from the platform's word.
+//! `maxScale`, then they go again. Processes are counted in `/proc`
+//! (`klambda_test_support::process::function_processes`), not taken from the platform's word.
 
 mod common;
 
@@ -25,24 +25,9 @@ fn scratch(name: &str) -> Result<PathBuf> {
 
 /// How many processes run for the function `name` on this machine now.
 fn processes_of(name: &str) -> usize {
-    let marker = format!("KLAMBDA_FUNCTION_NAME={name}\0");
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return 0;
-    };
-    entries
-        .flatten()
-        .filter(|entry| {
-            entry
-                .file_name()
-                .to_str()
-                .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
-        })
-        .filter_map(|entry| std::fs::read(entry.path().join("environ")).ok())
-        .filter(|environ| {
-            environ
-                .windows(marker.len())
-                .any(|window| window == marker.as_bytes())
-        })
+    klambda_test_support::process::function_processes()
+        .iter()
+        .filter(|(_, function)| function == name)
         .count()
 }
 
@@ -231,5 +216,138 @@ exports.handler = async () => {
     );
     // Idle for scaleToZeroAfterSeconds (2 s): every process goes.
     tokio::task::block_in_place(|| scaled_to_zero(&platform, "busy", Duration::from_secs(10)))?;
+    Ok(())
+}
+
+/// The processes `platform`'s warm pool started (waiting or claimed since): its children whose
+/// environment at start, as `/proc` shows it, says `KLAMBDA_POOL=1`.
+fn pool_started(platform: &Up) -> BTreeSet<u32> {
+    let parent = platform.child.id();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return BTreeSet::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let pid = entry.file_name().to_str()?.parse::<u32>().ok()?;
+            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+            // pid (comm) state ppid …: comm may hold spaces, so read after its ')'.
+            let ppid = stat.rsplit_once(')')?.1.split_whitespace().nth(1)?;
+            let environ = std::fs::read(entry.path().join("environ")).ok()?;
+            let pooled = environ
+                .split(|b| *b == 0)
+                .any(|var| var == b"KLAMBDA_POOL=1");
+            (ppid == parent.to_string() && pooled).then_some(pid)
+        })
+        .collect()
+}
+
+/// What the test functions of the warm pool report about the process serving them.
+const WHO_NODE: &str = "exports.handler = async () => ({ pid: process.pid, uid: process.getuid(), \
+    gid: process.getgid(), groups: process.getgroups(), cwd: process.cwd(), env: process.env });";
+
+#[test]
+fn warm_pool_processes_each_become_one_functions_process_as_its_own_user() -> Result<()> {
+    let root = scratch("pool")?;
+    let platform = up(&root.join("data"), &[])?;
+    // `klambda up` keeps 2 warm interpreters per runtime by default.
+    let started = Instant::now();
+    while pool_started(&platform).len() < 4 {
+        ensure!(
+            started.elapsed() < Duration::from_secs(20),
+            "the warm pool did not fill: {:?}",
+            pool_started(&platform)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let warm = pool_started(&platform);
+    let config = json!({"env": {"GREETING": "hi"}, "scaling": {"scaleToZeroAfterSeconds": 1}});
+    deploy_node(&platform, &root, "pool-a", config.clone(), WHO_NODE)?;
+    deploy_node(&platform, &root, "pool-b", config, WHO_NODE)?;
+    let python = root.join("pool-py");
+    std::fs::create_dir_all(&python)?;
+    std::fs::write(
+        python.join("klambda.json"),
+        json!({"name": "pool-py", "runtime": "python3.11", "handler": "app.handler"}).to_string(),
+    )?;
+    std::fs::write(
+        python.join("app.py"),
+        "import os\ndef handler(event, context):\n    return {'pid': os.getpid(), 'uid': os.getuid()}\n",
+    )?;
+    let deployed = klambda(&platform, &["deploy", &python.display().to_string()])?;
+    ensure!(deployed.status.success(), "{}", text(&deployed));
+    let who = |name: &str| -> Result<Value> {
+        let called = klambda(&platform, &["invoke", name, "{}", "-o", "json"])?;
+        ensure!(called.status.success(), "{}", text(&called));
+        let answer: Value = serde_json::from_slice(&called.stdout)?;
+        Ok(answer["reply"].clone())
+    };
+    let pid = |reply: &Value| reply["pid"].as_u64().map(|p| p as u32).unwrap_or_default();
+    let (a, b, py) = (who("pool-a")?, who("pool-b")?, who("pool-py")?);
+    // Each function's first process was a warm one, and no two functions share one.
+    ensure!(warm.contains(&pid(&a)), "pool-a {a} not from {warm:?}");
+    ensure!(
+        pool_started(&platform).contains(&pid(&b)),
+        "pool-b {b} not from the pool"
+    );
+    ensure!(warm.contains(&pid(&py)), "pool-py {py} not from {warm:?}");
+    ensure!(
+        pid(&a) != pid(&b),
+        "one process serves two functions: {a} {b}"
+    );
+
+    // Claimed, each is the process a direct start makes: the function's environment only (not
+    // the pool's), its directory, its own user with no supplementary groups (as root).
+    for (name, reply) in [("pool-a", &a), ("pool-b", &b)] {
+        let env = &reply["env"];
+        ensure!(env["KLAMBDA_FUNCTION_NAME"] == name, "{reply}");
+        ensure!(env["GREETING"] == "hi", "{reply}");
+        ensure!(env.get("KLAMBDA_POOL").is_none(), "{reply}");
+        ensure!(
+            reply["cwd"]
+                .as_str()
+                .is_some_and(|cwd| cwd.ends_with("/function")),
+            "{reply}"
+        );
+        let cgroup = std::fs::read_to_string(format!("/proc/{}/cgroup", pid(reply)))?;
+        if std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m))? == 0 {
+            ensure!(reply["uid"] != 0 && reply["uid"] == reply["gid"], "{reply}");
+            // Node.js lists the effective group among the groups; the kernel has none else.
+            ensure!(reply["groups"] == json!([reply["gid"]]), "{reply}");
+            let status = std::fs::read_to_string(format!("/proc/{}/status", pid(reply)))?;
+            let field = |name: &str| {
+                status
+                    .lines()
+                    .find_map(|line| line.strip_prefix(name))
+                    .map(str::trim)
+            };
+            ensure!(
+                field("Groups:") == Some("")
+                    && field("NoNewPrivs:") == Some("1")
+                    && field("CapEff:") == Some("0000000000000000"),
+                "{status}"
+            );
+            ensure!(cgroup.contains(&format!("/klambda/{name}-")), "{cgroup}");
+        }
+    }
+    ensure!(a["uid"] != b["uid"] || py["uid"] != 0, "{a} {b} {py}");
+
+    // pool-a goes to zero: its process ends, never to serve again; the next call is a cold
+    // start on another warm process, which is not pool-b's.
+    scaled_to_zero(&platform, "pool-a", Duration::from_secs(10))?;
+    ensure!(
+        !std::path::Path::new(&format!("/proc/{}", pid(&a))).exists(),
+        "pool-a's process {} still runs",
+        pid(&a)
+    );
+    let again = who("pool-a")?;
+    ensure!(
+        ![pid(&a), pid(&b), pid(&py)].contains(&pid(&again)),
+        "{again}"
+    );
+    ensure!(
+        pool_started(&platform).contains(&pid(&again)),
+        "the cold start did not take a warm process: {again}"
+    );
     Ok(())
 }

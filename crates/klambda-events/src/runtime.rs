@@ -33,11 +33,11 @@ pub struct Runtime {
 
 /// Every runtime the platform builds, in the order documentation lists them.
 pub const RUNTIMES: &[Runtime] = &[
-    Runtime::known("nodejs20", Language::Node, "node-4"),
-    Runtime::known("nodejs22", Language::Node, "node-4"),
-    Runtime::known("python3.11", Language::Python, "python-5"),
-    Runtime::known("python3.12", Language::Python, "python-5"),
-    Runtime::known("python3.13", Language::Python, "python-5"),
+    Runtime::known("nodejs20", Language::Node, "node-5"),
+    Runtime::known("nodejs22", Language::Node, "node-5"),
+    Runtime::known("python3.11", Language::Python, "python-6"),
+    Runtime::known("python3.12", Language::Python, "python-6"),
+    Runtime::known("python3.13", Language::Python, "python-6"),
     Runtime::known("go1.24", Language::Go, "go-1"),
     Runtime::known("go1.25", Language::Go, "go-1"),
     Runtime::known("rust1", Language::Rust, "rust-1"),

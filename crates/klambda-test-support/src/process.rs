@@ -55,3 +55,41 @@ pub fn terminate(child: &mut Child, within: Duration) -> Result<ExitStatus> {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Every process on this machine serving a function, with the function's name, read from
+/// `/proc` (not taken from the platform's word): a process started for its function carries
+/// `KLAMBDA_FUNCTION_NAME` in its environment; a warm-pool process claimed for one does not
+/// (`/proc` shows the environment it started with) and is known by the cgroup it was moved into,
+/// `/klambda/<function>-<NNNNN>.<runner>.<n>`. Processes that end while this looks, or that
+/// this user cannot read, are not counted.
+pub fn function_processes() -> Vec<(u32, String)> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let pid = entry.file_name().to_str()?.parse::<u32>().ok()?;
+            let named = std::fs::read(entry.path().join("environ"))
+                .ok()
+                .and_then(|environ| {
+                    environ
+                        .split(|b| *b == 0)
+                        .filter_map(|var| std::str::from_utf8(var).ok())
+                        .find_map(|var| var.strip_prefix("KLAMBDA_FUNCTION_NAME="))
+                        .map(str::to_owned)
+                });
+            let function = named.or_else(|| {
+                let groups = std::fs::read_to_string(entry.path().join("cgroup")).ok()?;
+                groups.lines().find_map(|line| {
+                    let group = line.splitn(3, ':').nth(2)?.strip_prefix("/klambda/")?;
+                    let (revision, _) = group.split_once('.')?;
+                    let (function, number) = revision.rsplit_once('-')?;
+                    (number.len() == 5 && number.bytes().all(|b| b.is_ascii_digit()))
+                        .then(|| function.to_owned())
+                })
+            })?;
+            Some((pid, function))
+        })
+        .collect()
+}

@@ -41,6 +41,7 @@ use klambda_harness::{
 
 use crate::deployer::knative::{KnativeServices, KnativeSettings};
 use crate::deployer::local::LocalRunner;
+use crate::deployer::pool::WarmPool;
 use crate::deployer::{DeployError, Deployer, Deployment, NotReady, Observation};
 
 /// The settings this stage reads besides the harness's; the Knative ones only with
@@ -57,6 +58,11 @@ pub const SETTINGS: &[klambda_harness::StageSetting] = &[
     )
     .default("klambda-runner"),
     klambda_harness::StageSetting::new("KLAMBDA_INTERPRETERS", klambda_runtimes::interpreter::HELP),
+    klambda_harness::StageSetting::new(
+        deployer::pool::SETTING,
+        "local: warm interpreters kept per runtime for fast cold starts (0: none)",
+    )
+    .default("2"),
     klambda_harness::StageSetting::new(
         klambda_kube::KUBECONFIG,
         "kubernetes: a kubeconfig instead of the pod's ServiceAccount",
@@ -150,11 +156,23 @@ impl ServiceDeployer {
                 let dir = config
                     .setting("KLAMBDA_RUNNER_DIR")
                     .unwrap_or_else(|| "klambda-runner".to_owned());
-                let runner = LocalRunner::recover(&dir).await.map_err(|e| {
-                    problem(format!(
-                        "KLAMBDA_RUNNER_DIR={dir}: the runner's state cannot be read: {e}"
-                    ))
-                })?;
+                let size =
+                    deployer::pool::size_of(config.setting(deployer::pool::SETTING).as_deref())
+                        .map_err(problem)?;
+                let pool = WarmPool::new(std::path::Path::new(&dir).join("warm-pool"), size)
+                    .map_err(|e| {
+                        problem(format!(
+                            "KLAMBDA_RUNNER_DIR={dir}: the warm pool's shims cannot be written: {e}"
+                        ))
+                    })?;
+                let runner = LocalRunner::recover(&dir)
+                    .await
+                    .map_err(|e| {
+                        problem(format!(
+                            "KLAMBDA_RUNNER_DIR={dir}: the runner's state cannot be read: {e}"
+                        ))
+                    })?
+                    .with_warm_pool(Arc::new(pool));
                 Ok(Self::new(Arc::new(runner)))
             }
             "kubernetes" => {

@@ -129,6 +129,16 @@ impl RevisionCgroup {
         argv
     }
 
+    /// Moves the running process `pid` into the group (a warm process claimed for the revision,
+    /// before it runs any of the function's code). What it allocated before stays counted where
+    /// it was: cgroup v2 does not move memory charges.
+    pub fn adopt(&self, pid: u32) -> std::io::Result<()> {
+        for dir in &self.dirs {
+            std::fs::write(dir.join("cgroup.procs"), pid.to_string())?;
+        }
+        Ok(())
+    }
+
     /// Removes the group's directories (once its processes are gone).
     pub fn remove(&self) {
         for dir in &self.dirs {

@@ -42,6 +42,7 @@ use tokio::sync::{Mutex, mpsc, oneshot};
 
 use super::activator::{self, Activator, ScaleGauge};
 use super::autoscale::Bounds;
+use super::pool::{Claim, WarmPool};
 use super::{BoxFuture, DeployError, Deployer, Deployment, NotReady, Revision};
 use crate::secrets::SecretStore;
 
@@ -286,30 +287,40 @@ pub struct LocalRunner {
     serving: SyncMutex<HashMap<FunctionName, Serving>>,
     /// Where functions' Triggers go, once attached.
     subscriptions: std::sync::OnceLock<Arc<dyn Subscriptions>>,
-    /// Where cold starts are counted, once given ([`LocalRunner::with_metrics`]).
-    metrics: ColdStartMetrics,
+    /// What every process start shares.
+    starts: Starts,
 }
 
-/// Where cold starts are counted: set once, after revisions may already serve.
-type ColdStartMetrics = Arc<std::sync::OnceLock<Metrics>>;
+/// What every process start of every revision shares, each set once (with
+/// [`LocalRunner::with_metrics`], [`LocalRunner::with_warm_pool`]), possibly after revisions
+/// already serve: where cold starts are counted, and the warm pool.
+#[derive(Default)]
+struct Shared {
+    metrics: std::sync::OnceLock<Metrics>,
+    pool: std::sync::OnceLock<Arc<WarmPool>>,
+}
+
+type Starts = Arc<Shared>;
 
 /// Serves a revision: its activator on `launch.port`, and its first process, ready.
 async fn serve(
     launch: &Launch,
     reporter: Reporter,
     tail: &Tail,
-    metrics: &ColdStartMetrics,
+    starts: &Starts,
 ) -> Result<Activator, NotReady> {
     let revision = reporter.revision.clone();
     let starter: activator::Start = {
         let launch = launch.clone();
         let tail = Arc::clone(tail);
+        let starts = Arc::clone(starts);
         Arc::new(move |port| {
             let launch = launch.on_port(port);
             let reporter = reporter.clone();
             let tail = Arc::clone(&tail);
+            let starts = Arc::clone(&starts);
             Box::pin(async move {
-                start(&launch, reporter, &tail)
+                start(&launch, reporter, &tail, &starts)
                     .await
                     .map_err(|not_ready| not_ready.message)
             })
@@ -317,9 +328,9 @@ async fn serve(
     };
     let on_cold_start: Option<activator::OnColdStart> =
         Runtime::find(&launch.runtime_id).map(|runtime| {
-            let metrics = Arc::clone(metrics);
+            let starts = Arc::clone(starts);
             let counted: activator::OnColdStart = Arc::new(move |took: Duration| {
-                if let Some(metrics) = metrics.get() {
+                if let Some(metrics) = starts.metrics.get() {
                     metrics.cold_start(runtime, took.as_secs_f64());
                 }
             });
@@ -357,7 +368,7 @@ impl Default for LocalRunner {
             sandboxed: true,
             serving: SyncMutex::default(),
             subscriptions: std::sync::OnceLock::new(),
-            metrics: ColdStartMetrics::default(),
+            starts: Starts::default(),
         }
     }
 }
@@ -445,7 +456,21 @@ impl LocalRunner {
     /// Counts functions' cold starts in `metrics` (`klambda_cold_start_duration_seconds`),
     /// those of revisions already serving included. Later calls keep the first.
     pub fn with_metrics(self, metrics: Metrics) -> Self {
-        let _ = self.metrics.set(metrics);
+        let _ = self.starts.metrics.set(metrics);
+        self
+    }
+
+    /// Starts functions' processes from `pool` where one fits (see [`super::pool`]), those of
+    /// revisions already serving included, and fills it. Later calls keep the first.
+    pub fn with_warm_pool(self, pool: Arc<WarmPool>) -> Self {
+        if pool.size() > 0 {
+            let filling = Arc::clone(&pool);
+            tokio::task::spawn_blocking(move || {
+                filling.learn_interpreters();
+                filling.fill();
+            });
+        }
+        let _ = self.starts.pool.set(pool);
         self
     }
 
@@ -521,7 +546,7 @@ impl LocalRunner {
         let mut restarts = tokio::task::JoinSet::new();
         for (name, mut function) in functions {
             let reports = runner.reports.clone();
-            let metrics = Arc::clone(&runner.metrics);
+            let starts = Arc::clone(&runner.starts);
             restarts.spawn(async move {
                 if let Some(current) = function.current
                     && let Some(revision) = function.revisions.get_mut(current)
@@ -531,7 +556,7 @@ impl LocalRunner {
                         revision: revision.revision.name.clone(),
                         reports,
                     };
-                    match serve(&revision.launch, reporter, &revision.output, &metrics).await {
+                    match serve(&revision.launch, reporter, &revision.output, &starts).await {
                         Ok(activator) => {
                             tracing::info!(function = %name, revision = %revision.revision.name, "serving again after a restart");
                             revision.activator = Some(activator);
@@ -651,6 +676,16 @@ fn launch_for(
                 "{image} is not a local artifact; the local runner runs local builds"
             ))
         })?;
+    // Its own user and group, its own copy of the artifact readable by it alone, a temporary
+    // directory of its own (when the runner is root; see `sandbox`).
+    let identity = super::sandbox::identity_of(&spec.name).filter(|_| sandboxed);
+    let prepared = identity
+        .map(|id| super::sandbox::prepare(&artifact, id))
+        .transpose()
+        .map_err(|e| failed(format!("preparing the function's sandbox: {e}")))?;
+    let artifact = prepared
+        .as_ref()
+        .map_or(artifact, |prepared| prepared.artifact.clone());
     let template = Template::of(spec.runtime).map_err(|e| failed(e.to_string()))?;
     let mut start = template.descriptor().start.clone();
     // The container paths of the start command, mapped onto the artifact directory.
@@ -663,9 +698,6 @@ fn launch_for(
         .split_first()
         .ok_or_else(|| failed("the runtime's start command is empty".into()))?;
     let function = artifact.join("function");
-    // Its own user and group, its artifact readable by it alone, a temporary directory of its
-    // own (when the runner is root; see `sandbox`).
-    let identity = super::sandbox::identity_of(&spec.name).filter(|_| sandboxed);
     // The interpreter the runtime id names, found where the function's own user can run it.
     let path = std::env::var("PATH").unwrap_or_default();
     let path = match identity {
@@ -679,10 +711,6 @@ fn launch_for(
             reason: "RuntimeUnavailable".into(),
             message: error.to_string(),
         })?;
-    let tmp = identity
-        .map(|id| super::sandbox::prepare(&artifact, id))
-        .transpose()
-        .map_err(|e| failed(format!("preparing the function's sandbox: {e}")))?;
     let mut env: Vec<(String, String)> = spec
         .env
         .iter()
@@ -703,9 +731,9 @@ fn launch_for(
             spec.resources.timeout_seconds.to_string(),
         ),
     ]);
-    if let Some(tmp) = &tmp {
+    if let Some(prepared) = &prepared {
         for variable in ["TMPDIR", "HOME"] {
-            env.push((variable.to_owned(), tmp.display().to_string()));
+            env.push((variable.to_owned(), prepared.tmp.display().to_string()));
         }
     }
     Ok(Launch {
@@ -764,14 +792,13 @@ pub const INHERITED_ENV: &[&str] = &[
     "no_proxy",
 ];
 
-/// Starts the process, keeping the last lines of its output in `tail`. It runs under
-/// `setpriv --pdeathsig KILL`, so it dies when the runner dies, however the runner dies, with a
-/// cleared environment: [`INHERITED_ENV`], then the function's own env and the shim's settings.
 /// A started function process and the cgroup it runs in (one per process, so a revision started
 /// again never shares, or loses, a group another process is leaving).
 struct Running {
     child: Child,
     group: Option<super::limits::RevisionCgroup>,
+    /// A claimed warm process's stdin, open while it runs (see [`super::pool`]).
+    _stdin: Option<tokio::process::ChildStdin>,
 }
 
 impl Running {
@@ -784,11 +811,33 @@ impl Running {
     }
 }
 
-fn spawn(launch: &Launch, tail: &Tail) -> Result<Running, String> {
-    let inherited = INHERITED_ENV
+/// What a function process runs and with what: the program (where the function's own user can
+/// run it) and its whole environment, in order (a later value of a variable wins): a cleared
+/// environment with [`INHERITED_ENV`], then the function's own env, the shim's settings and
+/// its secrets.
+struct Exec {
+    program: PathBuf,
+    env: Vec<(String, String)>,
+}
+
+fn exec_of(launch: &Launch) -> Result<Exec, String> {
+    let mut env: Vec<(String, String)> = INHERITED_ENV
         .iter()
-        .filter_map(|name| Some((*name, std::env::var_os(name)?)));
-    let mut secrets = Vec::with_capacity(launch.secrets.len());
+        .filter_map(|name| Some(((*name).to_owned(), std::env::var(name).ok()?)))
+        .collect();
+    let mut program = PathBuf::from(&launch.program);
+    if launch.identity.is_some() {
+        // The function's user finds its interpreter, and what it runs, where that user can.
+        let path = super::sandbox::reachable_path(&std::env::var("PATH").unwrap_or_default());
+        program = super::sandbox::program_for(&launch.program, &path).ok_or_else(|| {
+            format!(
+                "{} is not installed where a function's own user can run it",
+                launch.program
+            )
+        })?;
+        env.push(("PATH".to_owned(), path));
+    }
+    env.extend(launch.env.iter().cloned());
     for (variable, secret) in &launch.secrets {
         let value = launch
             .secret_dir
@@ -798,8 +847,81 @@ fn spawn(launch: &Launch, tail: &Tail) -> Result<Running, String> {
             .map_err(|e| format!("reading the secret {secret}: {e}"))?
             .flatten()
             .ok_or_else(|| format!("the secret {secret} is not set"))?;
-        secrets.push((variable.as_str(), value));
+        env.push((variable.clone(), value));
     }
+    Ok(Exec { program, env })
+}
+
+/// Starts a process for `launch`, keeping the last lines of its output in `tail`: a warm one
+/// from the pool where one fits (see [`super::pool`]), else a new one ([`spawn`]).
+async fn begin(launch: &Launch, tail: &Tail, starts: &Starts) -> Result<Running, String> {
+    let exec = exec_of(launch)?;
+    if let Some(pool) = starts.pool.get()
+        && let Some(running) = claim(pool, launch, &exec, tail).await
+    {
+        return Ok(running);
+    }
+    spawn(launch, &exec, tail)
+}
+
+/// A warm process of `pool` made `launch`'s process: moved into a cgroup of the revision's,
+/// then told its environment, directory and user. `None` where none fits or the hand-over
+/// fails (the warm process is then killed, never offered again).
+async fn claim(pool: &WarmPool, launch: &Launch, exec: &Exec, tail: &Tail) -> Option<Running> {
+    let runtime = Runtime::find(&launch.runtime_id)?;
+    let starts_with_env = launch
+        .env
+        .iter()
+        .map(|(name, _)| name)
+        .chain(launch.secrets.iter().map(|(name, _)| name))
+        .any(|name| super::pool::takes_env(name));
+    if starts_with_env {
+        return None;
+    }
+    let warm = pool.take(runtime, &exec.program, Path::new(launch.args.first()?))?;
+    let pid = warm.pid()?;
+    let group = launch
+        .cgroup
+        .as_ref()
+        .and_then(super::limits::RevisionCgroup::fresh);
+    if let Some(group) = &group
+        && let Err(error) = group.adopt(pid)
+    {
+        tracing::warn!(%error, "a warm process could not join the revision's cgroup; starting anew");
+        group.remove();
+        return None;
+    }
+    let claim = Claim {
+        env: exec
+            .env
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.as_str()))
+            .collect(),
+        cwd: &launch.dir,
+        uid: launch.identity,
+    };
+    match warm.hand(&claim).await {
+        Ok(mut claimed) => {
+            follow_output(&mut claimed.child, tail);
+            Some(Running {
+                child: claimed.child,
+                group,
+                _stdin: Some(claimed.stdin),
+            })
+        }
+        Err(error) => {
+            tracing::warn!(%error, "a warm process could not be handed its function; starting anew");
+            if let Some(group) = &group {
+                group.remove();
+            }
+            None
+        }
+    }
+}
+
+/// Starts a new process for `launch`. It runs under `setpriv --pdeathsig KILL`, so it dies when
+/// the runner dies, however the runner dies, with the environment of [`Exec`].
+fn spawn(launch: &Launch, exec: &Exec, tail: &Tail) -> Result<Running, String> {
     // In the revision's cgroup before the function's program runs, when there is one.
     let group = launch
         .cgroup
@@ -814,18 +936,7 @@ fn spawn(launch: &Launch, tail: &Tail) -> Result<Running, String> {
         }
         None => Command::new("setpriv"),
     };
-    let mut program = PathBuf::from(&launch.program);
-    let mut reachable = None;
     if let Some(id) = launch.identity {
-        // The function's user finds its interpreter, and what it runs, where that user can.
-        let path = super::sandbox::reachable_path(&std::env::var("PATH").unwrap_or_default());
-        program = super::sandbox::program_for(&launch.program, &path).ok_or_else(|| {
-            format!(
-                "{} is not installed where a function's own user can run it",
-                launch.program
-            )
-        })?;
-        reachable = Some(path);
         let id = id.to_string();
         setpriv.args([
             "--reuid",
@@ -838,13 +949,10 @@ fn spawn(launch: &Launch, tail: &Tail) -> Result<Running, String> {
     }
     let mut child = setpriv
         .args(["--pdeathsig", "KILL", "--"])
-        .arg(&program)
+        .arg(&exec.program)
         .args(&launch.args)
         .env_clear()
-        .envs(inherited)
-        .envs(reachable.iter().map(|path| ("PATH", path)))
-        .envs(launch.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .envs(secrets)
+        .envs(exec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .current_dir(&launch.dir)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -852,6 +960,16 @@ fn spawn(launch: &Launch, tail: &Tail) -> Result<Running, String> {
         .kill_on_drop(true)
         .spawn()
         .map_err(|e| format!("{} could not start: {e}", launch.program))?;
+    follow_output(&mut child, tail);
+    Ok(Running {
+        child,
+        group,
+        _stdin: None,
+    })
+}
+
+/// Keeps the last lines the process writes (stdout and stderr) in `tail`.
+fn follow_output(child: &mut Child, tail: &Tail) {
     for stream in [
         child
             .stdout
@@ -873,7 +991,6 @@ fn spawn(launch: &Launch, tail: &Tail) -> Result<Running, String> {
             }
         });
     }
-    Ok(Running { child, group })
 }
 
 fn tail_lines(tail: &SyncMutex<VecDeque<String>>, last: usize) -> Vec<String> {
@@ -925,6 +1042,7 @@ fn supervise(
     launch: Launch,
     reporter: Reporter,
     tail: Tail,
+    starts: Starts,
     mut running: Running,
     mut stop: oneshot::Receiver<()>,
 ) {
@@ -1005,7 +1123,7 @@ fn supervise(
                         () = tokio::time::sleep(backoff) => {}
                     }
                     backoff = (backoff * 2).min(Duration::from_secs(30));
-                    match spawn(&launch, &tail) {
+                    match begin(&launch, &tail, &starts).await {
                         Ok(next) => running = next,
                         Err(error) => tracing::error!(%error, "function process could not restart"),
                     }
@@ -1045,14 +1163,23 @@ async fn start(
     launch: &Launch,
     reporter: Reporter,
     tail: &Tail,
+    starts: &Starts,
 ) -> Result<oneshot::Sender<()>, NotReady> {
     let name = reporter.revision.clone();
-    let mut running = spawn(launch, tail).map_err(|message| NotReady {
-        revision: Some(name.clone()),
-        reason: "RevisionFailed".into(),
-        message,
-    })?;
-    if let Err(problem) = healthy(&mut running.child, launch.port).await {
+    let mut running = begin(launch, tail, starts)
+        .await
+        .map_err(|message| NotReady {
+            revision: Some(name.clone()),
+            reason: "RevisionFailed".into(),
+            message,
+        })?;
+    let health = healthy(&mut running.child, launch.port).await;
+    // The pool is refilled once this start is over, not while it competes for the CPU.
+    if let Some(pool) = starts.pool.get() {
+        let pool = Arc::clone(pool);
+        tokio::task::spawn_blocking(move || pool.fill());
+    }
+    if let Err(problem) = health {
         running.end().await;
         // Give the output readers a moment to drain what the process said before it died.
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -1065,7 +1192,14 @@ async fn start(
         });
     }
     let (stop, stopped) = oneshot::channel();
-    supervise(launch.clone(), reporter, Arc::clone(tail), running, stopped);
+    supervise(
+        launch.clone(),
+        reporter,
+        Arc::clone(tail),
+        Arc::clone(starts),
+        running,
+        stopped,
+    );
     Ok(stop)
 }
 
@@ -1189,7 +1323,7 @@ impl LocalRunner {
             &launch,
             self.reporter(&spec.name, &name),
             &output,
-            &self.metrics,
+            &self.starts,
         )
         .await?;
         let first = function.revisions.is_empty();
@@ -1266,7 +1400,7 @@ impl LocalRunner {
             &launch,
             self.reporter(name, &revision_name),
             &output,
-            &self.metrics,
+            &self.starts,
         )
         .await?;
         function.revisions[target].activator = Some(activator);

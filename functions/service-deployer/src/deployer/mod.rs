@@ -8,6 +8,7 @@ pub mod autoscale;
 pub mod knative;
 pub mod limits;
 pub mod local;
+pub mod pool;
 pub mod sandbox;
 
 use std::future::Future;

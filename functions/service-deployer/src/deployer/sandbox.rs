@@ -1,8 +1,9 @@
 //! What a function's process may touch on one machine. When the runner is root, each function
 //! runs as a user and group of its own (derived from its name, above [`FIRST_ID`]), with
-//! `no_new_privs`: its artifact (code, runtime shim, build log) is made root-owned and readable
-//! by that group only, so it can read its own code but not change it, and no other function can
-//! read it; it writes only its own temporary directory (`TMPDIR`, `HOME`); it cannot read what
+//! `no_new_privs`: it runs from its own copy of its artifact (code, runtime shim), root-owned and
+//! readable by that group only (the build itself, with its log, is root's alone), so it can read
+//! its own code but not change it, and no other function can read it, even one whose code is the
+//! same (builds are shared by content); it writes only its own temporary directory (`TMPDIR`, `HOME`); it cannot read what
 //! the platform keeps private (the status database, keys, tokens, secrets, other builds) or
 //! signal the platform. Without root the function runs as the platform's user (a user namespace
 //! or landlock would be the way there; not built), with the cleared environment only.
@@ -31,15 +32,66 @@ pub fn identity_of(function: &FunctionName) -> Option<u32> {
     Some(FIRST_ID + n % 1_000_000)
 }
 
-/// Makes `artifact` readable by group `id` only and creates its writable temporary directory,
-/// owned by `id`; returns that directory.
-pub fn prepare(artifact: &Path, id: u32) -> std::io::Result<PathBuf> {
-    let tmp = artifact.join("tmp");
+/// What a function runs from when it has a user of its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Prepared {
+    /// The function's own copy of the artifact, readable by group `id` only.
+    pub artifact: PathBuf,
+    /// Its writable temporary directory, owned by `id`.
+    pub tmp: PathBuf,
+}
+
+/// Gives the function of user `id` its own copy of `artifact` (beside it, made once), readable
+/// by group `id` only, with a writable temporary directory owned by `id`. A copy, because builds
+/// are shared by content: two functions with the same code have the same build, and each must
+/// read it while neither can read the other's.
+pub fn prepare(artifact: &Path, id: u32) -> std::io::Result<Prepared> {
+    let name = artifact
+        .file_name()
+        .ok_or_else(|| std::io::Error::other("an artifact path has a name"))?;
+    let own = artifact.with_file_name(format!("{}.u{id}", name.to_string_lossy()));
+    // The build itself is the platform's alone (functions read their copies).
+    std::fs::set_permissions(artifact, std::fs::Permissions::from_mode(0o700))?;
+    if !own.is_dir() {
+        // Copied aside, then renamed: a copy cut short is never taken for a whole one.
+        static COPIES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = COPIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let partial = own.with_extension(format!("partial-{}-{n}", std::process::id()));
+        copy_tree(artifact, &partial)?;
+        if let Err(error) = std::fs::rename(&partial, &own) {
+            let _ = std::fs::remove_dir_all(&partial);
+            if !own.is_dir() {
+                return Err(error);
+            }
+        }
+    }
+    let tmp = own.join("tmp");
     std::fs::create_dir_all(&tmp)?;
-    share_with_group(artifact, id, &tmp)?;
+    share_with_group(&own, id, &tmp)?;
     std::os::unix::fs::chown(&tmp, Some(id), Some(id))?;
     std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o700))?;
-    Ok(tmp)
+    Ok(Prepared { artifact: own, tmp })
+}
+
+/// Copies the directory `from` to `to` (new): files with their modes, links as links, not the
+/// temporary directory of an earlier run.
+fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let (source, target) = (entry.path(), to.join(entry.file_name()));
+        let kind = entry.file_type()?;
+        if kind.is_symlink() {
+            std::os::unix::fs::symlink(std::fs::read_link(&source)?, &target)?;
+        } else if kind.is_dir() {
+            if from.join("tmp") != source {
+                copy_tree(&source, &target)?;
+            }
+        } else {
+            std::fs::copy(&source, &target)?;
+        }
+    }
+    Ok(())
 }
 
 /// Root-owned, group `id`, no access for others, no writes by the group: directories 0750,
