@@ -24,8 +24,8 @@ use anyhow::{Context as _, Result, bail, ensure};
 use bytes::Bytes;
 use cloudevents::{AttributesReader as _, Event};
 use http::HeaderMap;
-use klambda_events::catalogue::{BuildCompleted, ContextUploaded};
-use klambda_events::data::BuiltImage;
+use klambda_events::catalogue::{BuildCompleted, ContextUploaded, ServiceReady};
+use klambda_events::data::{BuiltImage, ServiceReadiness};
 use klambda_events::{BuildId, Envelope, EventType as _, decode};
 use klambda_harness::codec;
 use klambda_test_support::fixtures::EVENT_KEY;
@@ -552,6 +552,9 @@ async fn every_deployed_binary_boots_with_its_manifests_environment_and_handles_
     )
     .await?;
 
+    // The Lambda API on the status reporter's Service (issue 18).
+    lambda_api_on_the_cluster(&stand, reporter, &function).await?;
+
     // webhook-gateway: a Buildkite delivery with the Secret's token reaches the sink.
     let gateway = stage("webhook-gateway")?;
     let before = stand.received.lock().map(|e| e.len()).unwrap_or_default();
@@ -599,4 +602,131 @@ async fn every_deployed_binary_boots_with_its_manifests_environment_and_handles_
     }
     let _ = std::fs::remove_dir_all(&stand.scratch);
     Ok(())
+}
+
+/// The Lambda API of the status reporter's Service, driven by the real AWS CLI signed with the
+/// API token: a synchronous invocation reaches the function at the URL its status records (a
+/// real Node.js shim stands for its Knative Service), an `Event` invocation goes to the broker
+/// (the recording sink) for the invocation Trigger, GetFunction reads the status, and an
+/// unsigned request is refused as Lambda refuses it.
+async fn lambda_api_on_the_cluster(stand: &Stand, reporter: &Booted, function: &str) -> Result<()> {
+    let code = stand.scratch.join("lambda-function");
+    std::fs::create_dir_all(&code)?;
+    std::fs::write(
+        code.join("index.js"),
+        "exports.handler = async (event, context) => ({ hello: event.name, id: context.awsRequestId });\n",
+    )?;
+    let port = free_port()?;
+    let mut shim = Command::new("node")
+        .arg(repo::root().join("runtimes/nodejs/shim.js"))
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("PORT", port.to_string())
+        .env("KLAMBDA_BIND", "127.0.0.1")
+        .env("KLAMBDA_FUNCTION_ROOT", &code)
+        .env("KLAMBDA_HANDLER", "index.handler")
+        .env("KLAMBDA_FUNCTION_NAME", function)
+        .stdout(Stdio::null())
+        .spawn()?;
+    let url = format!("http://127.0.0.1:{port}");
+    let outcome = async {
+        wait_healthy(&format!("{url}/health"), &mut shim, Duration::from_secs(10)).await?;
+        let mut ready = Envelope::new(format!("{function}-ready"), "/tests/boot")
+            .subject(function.to_owned())
+            .encode::<ServiceReady>(&ServiceReadiness {
+                function: klambda_events::FunctionName::new(function.to_owned())?,
+                revision: format!("{function}-00001"),
+                url: url.clone(),
+                runtime: None,
+            });
+        klambda_harness::signing::EventKeys::parse(EVENT_KEY)?.sign(&mut ready);
+        let answer = deliver(&format!("{}/", reporter.url), &ready).await?;
+        ensure!(answer.status.is_success(), "service.ready: {answer:?}");
+
+        // Off the runtime's thread: the recording sink answers the reporter meanwhile.
+        let aws = |args: &[&str]| {
+            let endpoint = reporter.url.clone();
+            let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+            tokio::task::spawn_blocking(move || {
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                klambda_test_support::aws::lambda(&endpoint, API_TOKEN, &args)
+            })
+        };
+        let out = stand.scratch.join("lambda-response.json");
+        let out_arg = out.display().to_string();
+        let invoked = aws(&[
+            "invoke",
+            "--function-name",
+            function,
+            "--payload",
+            r#"{"name":"ada"}"#,
+            &out_arg,
+        ])
+        .await??;
+        ensure!(invoked.status.success(), "aws lambda invoke: {invoked:?}");
+        let printed: Value = serde_json::from_slice(&invoked.stdout)?;
+        ensure!(
+            printed["StatusCode"] == 200 && printed["ExecutedVersion"] == "1",
+            "{printed}"
+        );
+        let reply: Value = serde_json::from_str(&std::fs::read_to_string(&out)?)?;
+        ensure!(reply["hello"] == "ada", "{reply}");
+
+        let before = stand.received.lock().map(|e| e.len()).unwrap_or_default();
+        let queued = aws(&[
+            "invoke",
+            "--function-name",
+            function,
+            "--invocation-type",
+            "Event",
+            "--payload",
+            r#"{"name":"later"}"#,
+            &out_arg,
+        ])
+        .await??;
+        ensure!(
+            queued.status.success(),
+            "aws lambda invoke --invocation-type Event: {queued:?}"
+        );
+        ensure!(
+            serde_json::from_slice::<Value>(&queued.stdout)?["StatusCode"] == 202,
+            "{queued:?}"
+        );
+        let sent: Vec<Event> = stand
+            .received
+            .lock()
+            .map(|e| e[before..].to_vec())
+            .unwrap_or_default();
+        let invocation = sent
+            .iter()
+            .find(|e| e.ty() == klambda_events::external::INVOKE)
+            .with_context(|| format!("no invocation reached the broker: {sent:?}"))?;
+        ensure!(
+            invocation
+                .extension(klambda_events::external::INVOKE_FUNCTION_EXTENSION)
+                .is_some_and(|f| f.to_string() == function),
+            "{invocation}"
+        );
+
+        let got = aws(&["get-function", "--function-name", function]).await??;
+        ensure!(got.status.success(), "aws lambda get-function: {got:?}");
+        let got: Value = serde_json::from_slice(&got.stdout)?;
+        ensure!(
+            got["Configuration"]["FunctionName"] == function
+                && got["Configuration"]["State"] == "Active",
+            "{got}"
+        );
+
+        let unsigned = get(&format!("{}/2015-03-31/functions/", reporter.url)).await?;
+        ensure!(
+            unsigned.status == 403
+                && unsigned.header("x-amzn-errortype") == "MissingAuthenticationTokenException",
+            "unsigned: {unsigned:?}"
+        );
+        Ok(())
+    }
+    .await;
+    let _ = shim.kill();
+    let _ = shim.wait();
+    outcome
 }

@@ -18,6 +18,7 @@ use klambda_broker::amqp::{Dispatcher, Topology};
 use klambda_broker::{
     AmqpBroker, Answer, Broker, Delivery, InProcess, Ingress, Options, Subscriber, trigger,
 };
+use klambda_events::FunctionName;
 use klambda_events::Stage;
 use klambda_harness::metrics::Metrics;
 use klambda_harness::publisher::{PublishError, Publisher};
@@ -30,6 +31,7 @@ use service_deployer::deployer::local::LocalRunner;
 use service_deployer::deployer::pool::WarmPool;
 use service_deployer::secrets::SecretStore;
 use status_reporter::StatusReporter;
+use status_reporter::fold::FunctionState;
 use status_reporter::store::StatusStore;
 
 /// The name of the Broker in `eventing/`.
@@ -157,6 +159,34 @@ pub struct Platform {
     pub secrets: SecretStore,
     /// Each attempt of each delivery to a function from this process (`klambda events`).
     pub deliveries: Arc<klambda_broker::journal::Journal>,
+}
+
+/// The Lambda API's functions on one machine: the local runner's serving revisions (held while
+/// called), their output for the log tail, and the platform's own ingress for asynchronous
+/// invocations.
+impl status_reporter::lambda_api::Functions for Platform {
+    fn serving(&self, state: &FunctionState) -> Option<(String, Box<dyn Send>)> {
+        let (url, hold) = self.runner.serving(&state.name)?;
+        Some((url, Box::new(hold)))
+    }
+
+    fn output<'a>(
+        &'a self,
+        function: &'a FunctionName,
+    ) -> status_reporter::lambda_api::BoxFuture<'a, Option<Vec<String>>> {
+        Box::pin(async move { self.runner.output(function).await.map(|(_, lines)| lines) })
+    }
+
+    fn accept(
+        &self,
+        event: cloudevents::Event,
+    ) -> status_reporter::lambda_api::BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            Platform::accept(self, event)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
 }
 
 /// A stage in-process, by its Service name, with its side events going into the broker and

@@ -8,10 +8,10 @@
 //! - [`server`]: `klambda up`'s HTTP face: broker ingress and status API.
 //! - [`client`]: the client commands.
 //! - [`function_triggers`]: users' function Triggers on the bus.
-//! - [`lambda_api`]: the AWS Lambda API (Invoke, GetFunction, ListFunctions) with SigV4.
+//! - The AWS Lambda API is `status_reporter::lambda_api`, over the local runner here
+//!   ([`embedded::Platform`] is its `Functions`).
 
 pub mod client;
 pub mod embedded;
 pub mod function_triggers;
-pub mod lambda_api;
 pub mod server;

@@ -7,6 +7,8 @@
 //! (`/functions…`, `/events/{id}`, `/dead-letters`), `GET /functions/{name}/logs` gives the
 //! latest build's log and the serving revision's output, `GET /health` says it is up.
 
+use std::sync::Arc;
+
 use axum::Router;
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
@@ -68,7 +70,13 @@ pub fn router(platform: Platform) -> Router {
         .with_state(platform.clone())
         .merge(guarded)
         // The Lambda API authenticates as AWS does (SigV4), not with the bearer token.
-        .merge(crate::lambda_api::routes(platform))
+        .merge(status_reporter::lambda_api::routes(
+            status_reporter::lambda_api::LambdaApi {
+                store: Arc::clone(&platform.store),
+                token: platform.api_token.clone(),
+                functions: Arc::new(platform),
+            },
+        ))
         .layer(axum::middleware::map_response(
             klambda_harness::problem::as_problem,
         ))

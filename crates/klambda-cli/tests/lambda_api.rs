@@ -12,10 +12,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, bail, ensure};
 use base64::Engine as _;
 use common::{Up, deploy_node, klambda, text, up};
+use klambda_test_support::aws::TOOLS as AWS_TOOLS;
 use serde_json::{Value, json};
-
-/// Where scripts/services.sh installs the AWS CLI and boto3.
-const AWS_TOOLS: &str = "/var/tmp/knative-lambda/tools/aws/bin";
 
 /// Greets; throws when asked to; logs each call.
 const HELLO: &str = r#"exports.handler = async (event, context) => {
@@ -43,23 +41,7 @@ fn deploy(platform: &Up, root: &Path, name: &str, code: &str) -> Result<()> {
 
 /// `aws lambda ARGS` against `platform`, signed with `secret`.
 fn aws_with(platform: &Up, secret: &str, args: &[&str]) -> Result<Output> {
-    let program = Path::new(AWS_TOOLS).join("aws");
-    ensure!(
-        program.exists(),
-        "the AWS CLI is not installed at {}: run scripts/services.sh",
-        program.display()
-    );
-    Ok(Command::new(program)
-        .arg("lambda")
-        .args(args)
-        .args(["--endpoint-url", &platform.endpoint, "--output", "json"])
-        .env("AWS_ACCESS_KEY_ID", "klambda")
-        .env("AWS_SECRET_ACCESS_KEY", secret)
-        .env("AWS_DEFAULT_REGION", "eu-west-3")
-        .env("AWS_CONFIG_FILE", "/dev/null")
-        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
-        .env("AWS_MAX_ATTEMPTS", "1")
-        .output()?)
+    klambda_test_support::aws::lambda(&platform.endpoint, secret, args)
 }
 
 fn aws(platform: &Up, args: &[&str]) -> Result<Output> {

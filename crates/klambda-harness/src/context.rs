@@ -29,6 +29,13 @@ impl Emitter {
         self.publish(envelope.encode::<T>(data)).await;
     }
 
+    /// Puts a client's event into the broker as the client made it (not signed: it speaks for
+    /// the client, not the stage), and says whether the broker took it: for what a stage accepts
+    /// on a client's behalf, such as the Lambda API's asynchronous invocations.
+    pub async fn forward(&self, event: Event) -> Result<(), crate::publisher::PublishError> {
+        self.publisher.publish(event).await
+    }
+
     async fn publish(&self, mut event: Event) {
         if let Some(keys) = &self.keys {
             keys.sign(&mut event);

@@ -14,6 +14,7 @@
 //! - [`repo`]: paths of the repository and of the shared folder beside it.
 //! - [`s3`]: a real S3-compatible server (`s3s-fs`) per test.
 
+pub mod aws;
 pub mod bench;
 pub mod event_format;
 pub mod fixtures;

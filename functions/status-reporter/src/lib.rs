@@ -10,6 +10,8 @@
 //! - **Serves** `GET /functions`, `GET /functions/{name}`, `GET /functions/{name}/events`,
 //!   `GET /events/{id}`, and is the Broker's dead-letter sink: `POST /dead-letters` keeps the
 //!   event with its `knativeerror*` attributes, `GET /dead-letters` lists them.
+//! - **Serves the AWS Lambda API** ([`lambda_api`]) on a cluster: Invoke, GetFunction,
+//!   ListFunctions, signed with SigV4 and the API token (`klambda up` serves the same module).
 //! - **Store**: SQLite by default (`DATABASE_URL=sqlite:klambda-status.db`), PostgreSQL when
 //!   `DATABASE_URL` is a postgres URL.
 //!
@@ -17,9 +19,11 @@
 //! - [`fold`]: events → function state (pure).
 //! - [`store`]: the event log and states, SQLite or PostgreSQL.
 //! - [`api`]: the query routes.
+//! - [`lambda_api`]: the AWS Lambda API.
 
 pub mod api;
 pub mod fold;
+pub mod lambda_api;
 pub mod resume;
 pub mod store;
 
@@ -50,7 +54,7 @@ pub const SETTINGS: &[klambda_harness::StageSetting] = &[
     .secret(),
     klambda_harness::StageSetting::new(
         "KLAMBDA_API_TOKEN",
-        "required: the token the status and dead-letter API asks for (Authorization: Bearer; the CLI's KLAMBDA_TOKEN)",
+        "required: the token the status and dead-letter API asks for (Authorization: Bearer; the CLI's KLAMBDA_TOKEN) and the Lambda API's secret access key (SigV4, access key id klambda)",
     )
     .secret(),
 ];
@@ -68,6 +72,9 @@ pub struct StatusReporter {
     store: Arc<dyn StatusStore>,
     /// The token its API asks for; `None` where something in front asks for it (`klambda up`).
     api_token: Option<klambda_harness::auth::BearerToken>,
+    /// The Lambda API over a cluster's functions, where this stage serves it (its Service;
+    /// `klambda up` serves its own).
+    lambda: Option<(Arc<str>, Arc<lambda_api::Cluster>)>,
 }
 
 impl StatusReporter {
@@ -76,7 +83,15 @@ impl StatusReporter {
         Self {
             store,
             api_token: None,
+            lambda: None,
         }
+    }
+
+    /// Serves the AWS Lambda API too ([`lambda_api`]), signed with `token`, for the functions of
+    /// a cluster ([`lambda_api::Cluster`]).
+    pub fn with_lambda_api(mut self, token: &str) -> Self {
+        self.lambda = Some((Arc::from(token), Arc::default()));
+        self
     }
 
     /// Asks every request to its API (not the broker's deliveries, not `/health`, `/ready` or
@@ -126,7 +141,9 @@ impl StatusReporter {
                     .to_owned(),
             ],
         })?;
-        Ok(Self::new(Arc::from(store)).with_api_token(&token))
+        Ok(Self::new(Arc::from(store))
+            .with_api_token(&token)
+            .with_lambda_api(&token))
     }
 }
 
@@ -176,12 +193,27 @@ impl Handler for StatusReporter {
 
     fn routes(&self) -> axum::Router {
         let routes = api::routes(Arc::clone(&self.store));
-        match &self.api_token {
+        let routes = match &self.api_token {
             Some(token) => routes.layer(axum::middleware::from_fn_with_state(
                 token.clone(),
                 klambda_harness::auth::require_bearer,
             )),
             None => routes,
+        };
+        match &self.lambda {
+            // Outside the bearer guard: the Lambda API checks its own signatures (SigV4).
+            Some((token, cluster)) => routes.merge(lambda_api::routes(lambda_api::LambdaApi {
+                store: Arc::clone(&self.store),
+                token: Some(Arc::clone(token)),
+                functions: Arc::clone(cluster) as Arc<dyn lambda_api::Functions>,
+            })),
+            None => routes,
+        }
+    }
+
+    fn on_start(&self, emitter: klambda_harness::Emitter) {
+        if let Some((_, cluster)) = &self.lambda {
+            cluster.start(emitter);
         }
     }
 

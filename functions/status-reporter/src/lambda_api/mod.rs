@@ -14,8 +14,18 @@
 //! Requests are signed with Signature Version 4 ([`sigv4`]): access key id `klambda`, the
 //! platform's API token as the secret access key, any region. A platform started without a
 //! token (in-process tests) asks for none, as its other routes.
+//!
+//! Served where the status store is, over a [`Functions`] that says where each function
+//! serves and takes asynchronous invocations: `klambda up` (its local runner, which also
+//! keeps each revision's output for the log tail) and, on a cluster, the status reporter's
+//! Service ([`Cluster`]: the function's Knative URL from its status, the broker through the
+//! stage's sink).
 
 pub mod sigv4;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
 
 use axum::Router;
 use axum::extract::{Path, Request, State};
@@ -30,10 +40,87 @@ use klambda_broker::Answer;
 use klambda_broker::subscriber::Poster;
 use klambda_events::FunctionName;
 use klambda_events::data::Phase;
+use klambda_harness::context::Emitter;
 use serde_json::{Value, json};
-use status_reporter::fold::FunctionState;
 
-use crate::embedded::Platform;
+use crate::fold::FunctionState;
+use crate::store::StatusStore;
+
+/// A boxed future, as the [`Functions`] trait returns.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What the Lambda API needs of the platform besides the status store.
+pub trait Functions: Send + Sync + 'static {
+    /// Where `state`'s function serves now, and what to keep while calling it (a revision is
+    /// not stopped while a call holds it); `None` when it serves nothing.
+    fn serving(&self, state: &FunctionState) -> Option<(String, Box<dyn Send>)>;
+    /// The serving revision's last lines of output, where the platform keeps them (the log
+    /// tail of a synchronous invocation); `None` where it does not.
+    fn output<'a>(&'a self, function: &'a FunctionName) -> BoxFuture<'a, Option<Vec<String>>>;
+    /// Puts a client's event (an asynchronous invocation) into the broker; `Err` with the
+    /// reason when the broker did not take it.
+    fn accept(&self, event: Event) -> BoxFuture<'_, Result<(), String>>;
+}
+
+/// The Lambda API over a status store and the [`Functions`] it fronts.
+#[derive(Clone)]
+pub struct LambdaApi {
+    /// The status store (functions, their phases and history).
+    pub store: Arc<dyn StatusStore>,
+    /// The API token requests are signed with; `None`: none is asked.
+    pub token: Option<Arc<str>>,
+    /// Where functions serve.
+    pub functions: Arc<dyn Functions>,
+}
+
+/// The functions of a cluster, as the status reporter's Service sees them: each serves at the
+/// URL its status records (the Knative Service's, cluster-local), and asynchronous invocations
+/// go to the broker through the stage's sink (`K_SINK`), given once the stage starts. No
+/// revision output is kept here: a cluster's logs are in its log pipeline.
+#[derive(Default)]
+pub struct Cluster {
+    emitter: OnceLock<Emitter>,
+}
+
+impl Cluster {
+    /// Sends asynchronous invocations through `emitter` (the stage's, from `on_start`).
+    pub fn start(&self, emitter: Emitter) {
+        let _ = self.emitter.set(emitter);
+    }
+}
+
+impl Functions for Cluster {
+    fn serving(&self, state: &FunctionState) -> Option<(String, Box<dyn Send>)> {
+        // While an update is under way, or after one failed, the Service keeps serving its
+        // previous revision at the same URL, as Knative does.
+        Some((state.url.clone()?, Box::new(())))
+    }
+
+    fn output<'a>(&'a self, _: &'a FunctionName) -> BoxFuture<'a, Option<Vec<String>>> {
+        Box::pin(async { None })
+    }
+
+    fn accept(&self, event: Event) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            let emitter = self
+                .emitter
+                .get()
+                .ok_or_else(|| "the stage has not started".to_owned())?;
+            emitter.forward(event).await.map_err(|e| e.to_string())
+        })
+    }
+}
+
+/// A request id of this process: time and a counter, unique per process.
+fn request_id() -> String {
+    static COUNT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("lambda-{nanos:x}-{}-{n}", std::process::id())
+}
 
 /// Where Lambda's API puts functions.
 const FUNCTIONS: &str = "/2015-03-31/functions";
@@ -54,7 +141,7 @@ static FUNCTIONS_CLIENT: std::sync::LazyLock<Poster> = std::sync::LazyLock::new(
 const ACCOUNT: &str = "000000000000";
 
 /// The Lambda API's routes; they check their own authentication (SigV4), not the bearer token.
-pub fn routes(platform: Platform) -> Router {
+pub fn routes(platform: LambdaApi) -> Router {
     Router::new()
         .route(FUNCTIONS, get(list_functions))
         .route(&format!("{FUNCTIONS}/"), get(list_functions))
@@ -107,8 +194,8 @@ fn function_name(given: &str) -> &str {
 }
 
 /// Checks the request's SigV4 signature against the platform's API token.
-fn authenticate(platform: &Platform, parts: &Parts, body: &[u8]) -> Result<(), LambdaError> {
-    let Some(token) = &platform.api_token else {
+fn authenticate(platform: &LambdaApi, parts: &Parts, body: &[u8]) -> Result<(), LambdaError> {
+    let Some(token) = &platform.token else {
         return Ok(());
     };
     let headers: Vec<(String, String)> = parts
@@ -140,7 +227,7 @@ fn authenticate(platform: &Platform, parts: &Parts, body: &[u8]) -> Result<(), L
 
 /// Reads the body up to `limit` bytes and authenticates the request.
 async fn authenticated(
-    platform: &Platform,
+    platform: &LambdaApi,
     request: Request,
     limit: usize,
 ) -> Result<(Parts, Bytes), LambdaError> {
@@ -157,7 +244,7 @@ async fn authenticated(
 }
 
 /// The function's state, or Lambda's 404.
-async fn known(platform: &Platform, name: &str) -> Result<FunctionState, LambdaError> {
+async fn known(platform: &LambdaApi, name: &str) -> Result<FunctionState, LambdaError> {
     match platform.store.function(name).await {
         Ok(Some(state)) if state.phase != Phase::Deleted => Ok(state),
         Ok(_) => Err(error(
@@ -174,7 +261,7 @@ async fn known(platform: &Platform, name: &str) -> Result<FunctionState, LambdaE
 }
 
 async fn invoke(
-    State(platform): State<Platform>,
+    State(platform): State<LambdaApi>,
     Path(given): Path<String>,
     request: Request,
 ) -> Response {
@@ -184,7 +271,7 @@ async fn invoke(
 }
 
 async fn invoke_checked(
-    platform: &Platform,
+    platform: &LambdaApi,
     name: &str,
     request: Request,
 ) -> Result<Response, LambdaError> {
@@ -208,7 +295,7 @@ async fn invoke_checked(
             )
         })?
     };
-    let request_id = crate::client::event_id("lambda");
+    let request_id = request_id();
     match header("x-amz-invocation-type")
         .as_deref()
         .unwrap_or("RequestResponse")
@@ -225,7 +312,7 @@ async fn invoke_checked(
                 ));
             }
             let event = invocation(&request_id, name, payload)?;
-            platform.accept(event).await.map_err(|failure| {
+            platform.functions.accept(event).await.map_err(|failure| {
                 error(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "ServiceException",
@@ -285,7 +372,7 @@ fn version(revision: Option<&str>) -> String {
 
 /// A synchronous invocation: the serving revision is called, its answer becomes Lambda's.
 async fn call(
-    platform: &Platform,
+    platform: &LambdaApi,
     state: &FunctionState,
     request_id: &str,
     payload: Value,
@@ -309,14 +396,13 @@ async fn call(
             ),
         )
     };
-    let (url, hold) = platform.runner.serving(&function).ok_or_else(not_serving)?;
+    let (url, hold) = platform.functions.serving(state).ok_or_else(not_serving)?;
     let url: url::Url = url.parse().map_err(|_| not_serving())?;
     let before = match tail {
         true => platform
-            .runner
+            .functions
             .output(&function)
             .await
-            .map(|(_, l)| l)
             .unwrap_or_default(),
         false => Vec::new(),
     };
@@ -395,10 +481,9 @@ async fn call(
     }
     if tail {
         let after = platform
-            .runner
+            .functions
             .output(&function)
             .await
-            .map(|(_, l)| l)
             .unwrap_or_default();
         let log = new_lines(&before, &after).join("\n");
         let mut start = log.len().saturating_sub(LOG_TAIL_BYTES);
@@ -434,7 +519,7 @@ fn new_lines(before: &[String], after: &[String]) -> Vec<String> {
 }
 
 async fn get_function(
-    State(platform): State<Platform>,
+    State(platform): State<LambdaApi>,
     Path(given): Path<String>,
     request: Request,
 ) -> Response {
@@ -453,7 +538,7 @@ async fn get_function(
     lookup.await.unwrap_or_else(IntoResponse::into_response)
 }
 
-async fn list_functions(State(platform): State<Platform>, request: Request) -> Response {
+async fn list_functions(State(platform): State<LambdaApi>, request: Request) -> Response {
     let listing = async {
         authenticated(&platform, request, 0).await?;
         let states = platform.store.functions().await.map_err(|failure| {
@@ -473,7 +558,7 @@ async fn list_functions(State(platform): State<Platform>, request: Request) -> R
 }
 
 /// A function's `Configuration` in Lambda's shape, from its status and its latest submission.
-async fn configuration(platform: &Platform, state: &FunctionState) -> Value {
+async fn configuration(platform: &LambdaApi, state: &FunctionState) -> Value {
     let name = state.name.as_str();
     let spec = latest_submission(platform, name).await.unwrap_or_default();
     let lambda_state = match state.phase {
@@ -508,7 +593,7 @@ async fn configuration(platform: &Platform, state: &FunctionState) -> Value {
 }
 
 /// The function's latest submission (`function.created` / `function.updated` data).
-async fn latest_submission(platform: &Platform, name: &str) -> Option<Value> {
+async fn latest_submission(platform: &LambdaApi, name: &str) -> Option<Value> {
     use klambda_events::EventType as _;
     let submissions = [
         klambda_events::catalogue::FunctionCreated::TYPE,
