@@ -57,6 +57,25 @@ pub struct FunctionState {
     /// The last of those restarts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_restart: Option<RestartSeen>,
+    /// What the latest submission that parsed asks for (absent from states recorded before
+    /// it was kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub configuration: Option<Configuration>,
+}
+
+/// A function's configuration as its latest parsed submission normalised it: what the Lambda
+/// API's GetFunction and ListFunctions show.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Configuration {
+    /// The runtime id (`nodejs22`).
+    pub runtime: String,
+    /// The handler (`index.handler`).
+    pub handler: String,
+    /// `resources.memoryMib`.
+    pub memory_mib: u32,
+    /// `resources.timeoutSeconds`.
+    pub timeout_seconds: u32,
 }
 
 /// A restart of the serving revision's process, as reported, and when the report arrived.
@@ -233,6 +252,7 @@ pub fn fold(
         trace_id: None,
         restarts: 0,
         last_restart: None,
+        configuration: None,
     });
     let is = |t: &str| ty == t;
     let submitted = is(FunctionCreated::TYPE) || is(FunctionUpdated::TYPE);
@@ -253,6 +273,12 @@ pub fn fold(
         next.phase = Phase::Building;
         if let Ok(data) = decode::<ParserCompleted>(event) {
             next.digest = Some(data.digest.to_string());
+            next.configuration = Some(Configuration {
+                runtime: data.spec.runtime.id().to_owned(),
+                handler: data.spec.handler.clone(),
+                memory_mib: data.spec.resources.memory_mib,
+                timeout_seconds: data.spec.resources.timeout_seconds,
+            });
         }
     } else if is(ParserFailed::TYPE) {
         next.phase = Phase::Failed;

@@ -301,3 +301,53 @@ fn restarts_of_the_serving_revision_are_counted_and_a_new_revision_starts_from_z
     let next = fold(state, &revision(2), at).expect("a state");
     assert_eq!((next.restarts, next.last_restart), (0, None));
 }
+
+#[test]
+fn the_configuration_is_what_the_latest_parsed_submission_asks_for() {
+    let fixture = |file: &str| -> serde_json::Value {
+        let path = klambda_test_support::repo::root()
+            .join("crates/klambda-events/tests/fixtures")
+            .join(file);
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{e}")))
+            .unwrap_or_else(|e| panic!("{e}"))
+    };
+    let mut parsed = fixture("io.knative.lambda.parser.completed.json");
+    let at = Utc.with_ymd_and_hms(2026, 12, 5, 12, 0, 0).unwrap();
+    let first = fold(
+        None,
+        &event("parser.completed", "hello", parsed.clone()),
+        at,
+    )
+    .expect("a state");
+    let asked = first.configuration.clone().expect("a configuration");
+    assert_eq!(
+        (asked.runtime.as_str(), asked.handler.as_str()),
+        ("nodejs22", "index.handler")
+    );
+    assert_eq!((asked.memory_mib, asked.timeout_seconds), (256, 30));
+
+    // A later submission that parsed replaces it; one that failed to parse keeps it.
+    parsed["spec"]["handler"] = json!("main.handler");
+    parsed["spec"]["resources"]["memoryMib"] = json!(512);
+    let second =
+        fold(Some(first), &event("parser.completed", "hello", parsed), at).expect("a state");
+    let asked = second.configuration.clone().expect("a configuration");
+    assert_eq!(
+        (asked.handler.as_str(), asked.memory_mib),
+        ("main.handler", 512)
+    );
+    let failed = fold(
+        Some(second),
+        &event(
+            "parser.failed",
+            "hello",
+            json!({"function": "hello", "problems": [{"field": "handler", "reason": "bad"}]}),
+        ),
+        at,
+    )
+    .expect("a state");
+    assert_eq!(
+        failed.configuration.map(|c| c.handler).as_deref(),
+        Some("main.handler")
+    );
+}

@@ -526,7 +526,7 @@ async fn get_function(
     let lookup = async {
         authenticated(&platform, request, 0).await?;
         let state = known(&platform, function_name(&given)).await?;
-        let configuration = configuration(&platform, &state).await;
+        let configuration = configuration(&state);
         Ok::<_, LambdaError>(
             axum::Json(json!({
                 "Configuration": configuration,
@@ -548,19 +548,21 @@ async fn list_functions(State(platform): State<LambdaApi>, request: Request) -> 
                 failure.to_string(),
             )
         })?;
-        let mut functions = Vec::new();
-        for state in states.iter().filter(|s| s.phase != Phase::Deleted) {
-            functions.push(configuration(&platform, state).await);
-        }
+        let functions: Vec<Value> = states
+            .iter()
+            .filter(|s| s.phase != Phase::Deleted)
+            .map(configuration)
+            .collect();
         Ok::<_, LambdaError>(axum::Json(json!({ "Functions": functions })).into_response())
     };
     listing.await.unwrap_or_else(IntoResponse::into_response)
 }
 
-/// A function's `Configuration` in Lambda's shape, from its status and its latest submission.
-async fn configuration(platform: &LambdaApi, state: &FunctionState) -> Value {
+/// A function's `Configuration` in Lambda's shape, from its status (the configuration its
+/// latest parsed submission asks for; null fields for a state recorded before it was kept).
+fn configuration(state: &FunctionState) -> Value {
     let name = state.name.as_str();
-    let spec = latest_submission(platform, name).await.unwrap_or_default();
+    let asked = state.configuration.as_ref();
     let lambda_state = match state.phase {
         Phase::Ready => "Active",
         Phase::Failed => "Failed",
@@ -575,10 +577,10 @@ async fn configuration(platform: &LambdaApi, state: &FunctionState) -> Value {
     let mut configuration = json!({
         "FunctionName": name,
         "FunctionArn": arn(name),
-        "Runtime": spec["runtime"],
-        "Handler": spec["handler"],
-        "MemorySize": spec["resources"]["memoryMib"].as_u64().unwrap_or(256),
-        "Timeout": spec["resources"]["timeoutSeconds"].as_u64().unwrap_or(30),
+        "Runtime": asked.map(|c| &c.runtime),
+        "Handler": asked.map(|c| &c.handler),
+        "MemorySize": asked.map(|c| c.memory_mib),
+        "Timeout": asked.map(|c| c.timeout_seconds),
         "State": lambda_state,
         "LastModified": state.updated_at.format("%Y-%m-%dT%H:%M:%S%.3f+0000").to_string(),
         "CodeSha256": code_sha256,
@@ -590,34 +592,6 @@ async fn configuration(platform: &LambdaApi, state: &FunctionState) -> Value {
         configuration["StateReason"] = json!(reason);
     }
     configuration
-}
-
-/// The function's latest submission (`function.created` / `function.updated` data).
-async fn latest_submission(platform: &LambdaApi, name: &str) -> Option<Value> {
-    use klambda_events::EventType as _;
-    let submissions = [
-        klambda_events::catalogue::FunctionCreated::TYPE,
-        klambda_events::catalogue::FunctionUpdated::TYPE,
-    ];
-    let mut latest = None;
-    let mut after = 0;
-    loop {
-        let page = platform
-            .store
-            .function_events(name, after, 1000)
-            .await
-            .ok()?;
-        let Some(last) = page.last() else {
-            return latest;
-        };
-        after = last.seq;
-        for stored in &page {
-            let event: Value = serde_json::from_str(&stored.body).ok()?;
-            if submissions.contains(&event["type"].as_str().unwrap_or_default()) {
-                latest = Some(event["data"].clone());
-            }
-        }
-    }
 }
 
 #[cfg(test)]
