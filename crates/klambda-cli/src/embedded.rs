@@ -65,6 +65,8 @@ pub struct Settings {
     /// Warm interpreters kept per runtime (see `service_deployer::deployer::pool`); 0 (what
     /// in-process tests use) keeps none, `klambda up` keeps 2 unless told.
     pub warm_pool: usize,
+    /// Where compiled runtimes' build caches are; `None`: `<data_dir>/builds/.cache`.
+    pub build_cache_dir: Option<PathBuf>,
 }
 
 impl Settings {
@@ -81,6 +83,7 @@ impl Settings {
             event_keys: None,
             api_token: None,
             warm_pool: 0,
+            build_cache_dir: None,
         }
     }
 }
@@ -232,7 +235,11 @@ impl Platform {
         let reporter = StatusReporter::new(Arc::clone(&store));
         let ingress = Ingress::new();
         let metrics = Arc::new(Metrics::new("klambda"));
-        let builder = Arc::new(LocalBuilder::new(Arc::clone(&objects), data("builds")));
+        let mut builder = LocalBuilder::new(Arc::clone(&objects), data("builds"));
+        if let Some(cache) = &settings.build_cache_dir {
+            builder = builder.with_cache_dir(cache);
+        }
+        let builder = Arc::new(builder);
         // The runner serves its recorded functions again only in the process that runs the
         // service-deployer: processes sharing a data directory must not each start a copy.
         let deploys = settings.stages.as_ref().is_none_or(|stages| {

@@ -82,6 +82,11 @@ enum Command {
         #[arg(long, env = "KLAMBDA_WARM_POOL", default_value_t = service_deployer::deployer::pool::DEFAULT_SIZE,
               value_parser = |value: &str| service_deployer::deployer::pool::size_of(Some(value)))]
         warm_pool: usize,
+        /// Where compiled runtimes' build caches are kept (Go's GOCACHE, GOMODCACHE), one per
+        /// runtime id (default: <data-dir>/builds/.cache); platforms sharing one compile the
+        /// standard library once.
+        #[arg(long, env = "KLAMBDA_BUILD_CACHE_DIR")]
+        build_cache_dir: Option<PathBuf>,
         #[command(flatten)]
         store: StoreFlags,
     },
@@ -374,6 +379,7 @@ async fn run(cli: Cli) -> Result<i32> {
             stages,
             event_keys,
             warm_pool,
+            build_cache_dir,
             store,
         } => {
             let event_keys = event_keys
@@ -396,6 +402,7 @@ async fn run(cli: Cli) -> Result<i32> {
                 instance,
                 stages,
                 warm_pool,
+                build_cache_dir,
                 s3: store.s3()?,
                 ..embedded::Settings::new(
                     data_dir,

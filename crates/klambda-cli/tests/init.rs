@@ -40,6 +40,7 @@ fn init_writes_a_function_that_passes_its_test_deploys_and_answers() -> Result<(
     for (runtime, name) in [
         ("nodejs20", "greeter-node"),
         ("python3.11", "greeter-python"),
+        ("go1.24", "greeter-go"),
     ] {
         let dir = root.join(name);
         let made = offline(&["init", &dir.to_string_lossy(), "--runtime", runtime])?;
@@ -56,9 +57,17 @@ fn init_writes_a_function_that_passes_its_test_deploys_and_answers() -> Result<(
             !test.is_empty(),
             "{runtime} has no test command: {listed:?}"
         );
+        // The toolchains scripts/services.sh installs (Go), as a user has them on PATH.
+        let path = format!(
+            "{}/go/bin:{}",
+            klambda_runtimes::interpreter::TOOLS_DIR,
+            std::env::var("PATH").unwrap_or_default()
+        );
         let tested = Command::new(&test[0])
             .args(&test[1..])
             .current_dir(&dir)
+            .env("PATH", path)
+            .env("GOTOOLCHAIN", "local")
             .output()?;
         ensure!(
             tested.status.success(),

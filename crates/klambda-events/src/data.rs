@@ -220,6 +220,34 @@ pub struct BuildFailure {
     /// The last lines of the build log.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log_excerpt: Option<String>,
+    /// The compiler's first errors, each at its place in the function's source (a compiled
+    /// runtime's build that failed to compile).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+/// A compiler's error at one place in a function's source.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Diagnostic {
+    /// The file, relative to the function's directory.
+    pub file: String,
+    /// Its line (from 1).
+    pub line: u32,
+    /// Its column (from 1), where the compiler says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub column: Option<u32>,
+    /// What the compiler said.
+    pub message: String,
+}
+
+impl std::fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.column {
+            Some(column) => write!(f, "{}:{}:{column}: {}", self.file, self.line, self.message),
+            None => write!(f, "{}:{}: {}", self.file, self.line, self.message),
+        }
+    }
 }
 
 /// `build.timeout`: a build passed its deadline and was stopped.

@@ -6,9 +6,11 @@
 //! cached build of that digest).
 //!
 //! The input is a length-prefixed canonical encoding, not JSON, so it does not depend on field
-//! order, whitespace or how a file's content was encoded in the submission. Handler, env,
-//! resources and triggers are deliberately left out: they change the deployment, not the image,
-//! so changing them redeploys without rebuilding.
+//! order, whitespace or how a file's content was encoded in the submission. Env, resources and
+//! triggers are deliberately left out: they change the deployment, not the image, so changing
+//! them redeploys without rebuilding. So is the handler of an interpreted runtime (the shim
+//! loads it by name as it starts); a compiled runtime's handler is compiled into the binary
+//! ([`crate::Language::is_compiled`]), so it is part of the digest.
 
 use base64::Engine as _;
 use sha2::{Digest as _, Sha256};
@@ -18,12 +20,16 @@ use crate::{ContentDigest, Runtime};
 
 const DOMAIN: &[u8] = b"knative-lambda content digest v1\n";
 
-/// The digest of `source` built for `runtime`.
-pub fn content_digest(runtime: Runtime, source: &Source) -> ContentDigest {
+/// The digest of `source` built for `runtime` with `handler`.
+pub fn content_digest(runtime: Runtime, handler: &str, source: &Source) -> ContentDigest {
     let mut hash = Sha256::new();
     hash.update(DOMAIN);
     field(&mut hash, runtime.id().as_bytes());
     field(&mut hash, runtime.template_version().as_bytes());
+    if runtime.language().is_compiled() {
+        field(&mut hash, b"handler");
+        field(&mut hash, handler.as_bytes());
+    }
     match source {
         Source::Inline { files } => {
             field(&mut hash, b"inline");

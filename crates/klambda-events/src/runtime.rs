@@ -17,10 +17,18 @@ pub enum Language {
     Node,
     /// Python: handler `module.function`, e.g. `app.handler` or `pkg.app.handler`.
     Python,
-    /// Go: handler is the exported function name in package main, e.g. `Handle`.
+    /// Go: handler is an exported function of the function's package (not `main`), e.g.
+    /// `Handler`.
     Go,
-    /// Rust: handler is the binary name, e.g. `my-fn`.
+    /// Rust: handler is a public async function of the function's library crate, e.g. `handler`.
     Rust,
+}
+
+impl Language {
+    /// Whether the handler is compiled into the image (so a changed handler is a new build).
+    pub fn is_compiled(self) -> bool {
+        matches!(self, Self::Go | Self::Rust)
+    }
 }
 
 /// A known runtime.

@@ -1,4 +1,4 @@
-//! The build context: `Dockerfile`, `runtime/<shim>`, `function/<source files>`, as a tar.gz
+//! The build context: `Dockerfile`, `runtime/<shim and build files>`, `function/<source files>`, as a tar.gz
 //! that is byte-identical for the same input (sorted entries, fixed mtime, owner and modes, a
 //! gzip header without time or name), so its sha256 can name it and a rebuild can be skipped.
 //!
@@ -42,25 +42,64 @@ impl SourceFile {
     }
 }
 
-/// Builds the context for `files` with `template` in memory; returns the tar.gz bytes.
-pub fn build(template: &Template, files: &[SourceFile]) -> std::io::Result<Vec<u8>> {
+/// Builds the context for `files` with `template` and `handler` in memory; returns the tar.gz
+/// bytes.
+pub fn build(template: &Template, handler: &str, files: &[SourceFile]) -> std::io::Result<Vec<u8>> {
+    let runtime = runtime_files(template, handler, files)?;
     let mut bytes = Vec::new();
-    write(template, files, &mut bytes)?;
+    write(template, &runtime, files, &mut bytes)?;
     Ok(bytes)
 }
 
-/// Writes the context for `files` with `template` to `out` as it is produced.
-pub fn write(template: &Template, files: &[SourceFile], out: impl Write) -> std::io::Result<()> {
+/// The files of the context's `runtime/` directory for a function with `handler` and `files`
+/// ([`Template::runtime_files`]; a Go function's `go.mod` is read for its module path). A
+/// source that does not fit the template is `InvalidInput`, with the reason.
+pub fn runtime_files(
+    template: &Template,
+    handler: &str,
+    files: &[SourceFile],
+) -> std::io::Result<Vec<(String, String)>> {
+    let go_mod = match files
+        .iter()
+        .find(|f| f.path == "go.mod")
+        .map(|f| &f.content)
+    {
+        Some(Content::Bytes(bytes)) => Some(String::from_utf8_lossy(bytes).into_owned()),
+        Some(Content::File(path)) => Some(std::fs::read_to_string(path)?),
+        None => None,
+    };
+    template
+        .runtime_files(handler, go_mod.as_deref())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))
+}
+
+/// Writes the context for `files` with `template` and its `runtime` files
+/// ([`runtime_files`]) to `out` as it is produced.
+pub fn write(
+    template: &Template,
+    runtime: &[(String, String)],
+    files: &[SourceFile],
+    out: impl Write,
+) -> std::io::Result<()> {
     let dependency_file = &template.descriptor().dependency_file;
     let has_dependencies = files.iter().any(|f| &f.path == dependency_file);
-    let (shim_name, shim) = template.shim();
     let dockerfile = template.dockerfile(has_dependencies);
     let dockerfile = Content::Bytes(dockerfile.into_bytes());
-    let shim = Content::Bytes(shim.as_bytes().to_vec());
-    let mut entries: Vec<(String, &Content)> = vec![
-        ("Dockerfile".to_owned(), &dockerfile),
-        (format!("runtime/{shim_name}"), &shim),
-    ];
+    let runtime: Vec<(String, Content)> = runtime
+        .iter()
+        .map(|(path, text)| {
+            (
+                format!("runtime/{path}"),
+                Content::Bytes(text.as_bytes().to_vec()),
+            )
+        })
+        .collect();
+    let mut entries: Vec<(String, &Content)> = vec![("Dockerfile".to_owned(), &dockerfile)];
+    entries.extend(
+        runtime
+            .iter()
+            .map(|(path, content)| (path.clone(), content)),
+    );
     for file in files {
         entries.push((format!("function/{}", file.path), &file.content));
     }

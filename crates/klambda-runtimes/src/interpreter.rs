@@ -5,7 +5,12 @@
 //! Where it looks, in order: the path `KLAMBDA_INTERPRETERS` names for the runtime id
 //! (`python3.13=/opt/python3.13/bin/python3,nodejs22=/opt/node22/bin/node`), then
 //! `python<version>` (Python only: Debian and others install `python3.13` beside `python3`), then
-//! the runtime's own program (`python3`, `node`) on `PATH`. Each candidate is asked its version.
+//! the runtime's own program (`python3`, `node`, `go`) on `PATH`, then (Go only) the toolchain
+//! `scripts/services.sh` installs under [`TOOLS_DIR`]. Each candidate is asked its version.
+//!
+//! A Go runtime id names the oldest toolchain that may build it: `go1.24` builds with Go 1.24
+//! or any later 1.x (Go compiles older language versions exactly; the function's `go.mod` `go`
+//! line sets the language version), as a cluster's `golang:1.24` image would.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -16,7 +21,11 @@ use klambda_events::{Language, Runtime};
 pub const INTERPRETERS: &str = "KLAMBDA_INTERPRETERS";
 
 /// What the setting does, for the stages' `--help`.
-pub const HELP: &str = "local: interpreters by runtime id, id=path,… (python3.13=/opt/py/bin/python3); else python<version>, python3, node on PATH";
+pub const HELP: &str = "local: interpreters and toolchains by runtime id, id=path,… (python3.13=/opt/py/bin/python3, go1.24=/opt/go/bin/go); else python<version>, python3, node, go on PATH";
+
+/// Where `scripts/services.sh` installs toolchains (`go/bin/go`): `KLAMBDA_TOOLS_DIR`, by default
+/// `/var/tmp/knative-lambda/tools`.
+pub const TOOLS_DIR: &str = "/var/tmp/knative-lambda/tools";
 
 /// An interpreter that runs a runtime id.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,7 +42,8 @@ impl Interpreter {
         let language = match runtime.language() {
             Language::Node => "Node.js",
             Language::Python => "Python",
-            _ => runtime.id(),
+            Language::Go => "Go",
+            Language::Rust => "Rust",
         };
         format!("{language} {}", self.version)
     }
@@ -74,7 +84,8 @@ pub fn find(
     let (program, prefix, language) = match runtime.language() {
         Language::Node => ("node", "nodejs", "Node.js"),
         Language::Python => ("python3", "python", "Python"),
-        _ => return Err(InterpreterError::NotInterpreted(runtime.id().to_owned())),
+        Language::Go => ("go", "go", "Go"),
+        Language::Rust => return Err(InterpreterError::NotInterpreted(runtime.id().to_owned())),
     };
     let wanted = runtime.id().strip_prefix(prefix).unwrap_or_default();
     let mut candidates = Vec::new();
@@ -98,10 +109,17 @@ pub fn find(
     for name in names {
         candidates.extend(on_path(&name, path));
     }
+    if runtime.language() == Language::Go {
+        let tools = std::env::var("KLAMBDA_TOOLS_DIR").unwrap_or_else(|_| TOOLS_DIR.to_owned());
+        let installed = Path::new(&tools).join("go/bin/go");
+        if is_executable(&installed) {
+            candidates.push(installed);
+        }
+    }
     let mut found = Vec::new();
     for candidate in candidates {
         match version_of(runtime.language(), &candidate) {
-            Some(version) if version == wanted || version.starts_with(&format!("{wanted}.")) => {
+            Some(version) if serves(runtime.language(), wanted, &version) => {
                 return Ok(Interpreter {
                     program: candidate,
                     version,
@@ -138,10 +156,26 @@ fn is_executable(path: &Path) -> bool {
     std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
+/// Whether a program of `version` serves a runtime id asking for `wanted`: the same version
+/// (`3.13` for `3.13.1`), or for Go that version or a later one of the same major.
+fn serves(language: Language, wanted: &str, version: &str) -> bool {
+    if version == wanted || version.starts_with(&format!("{wanted}.")) {
+        return true;
+    }
+    let numbers = |v: &str| -> Vec<u32> { v.split('.').map_while(|n| n.parse().ok()).collect() };
+    let (wanted, found) = (numbers(wanted), numbers(version));
+    language == Language::Go
+        && wanted.len() == 2
+        && found.len() >= 2
+        && found[0] == wanted[0]
+        && found[1] >= wanted[1]
+}
+
 /// What `program` says its version is, or `None` when it does not run.
 fn version_of(language: Language, program: &Path) -> Option<String> {
     let args: &[&str] = match language {
         Language::Node => &["-p", "process.versions.node"],
+        Language::Go => &["env", "GOVERSION"],
         _ => &[
             "-c",
             "import sys; print('.'.join(map(str, sys.version_info[:3])))",
@@ -153,7 +187,9 @@ fn version_of(language: Language, program: &Path) -> Option<String> {
         .stderr(Stdio::null())
         .output()
         .ok()?;
-    let version = String::from_utf8(output.stdout).ok()?.trim().to_owned();
+    let version = String::from_utf8(output.stdout).ok()?;
+    // `go env GOVERSION` says `go1.25.5`.
+    let version = version.trim().trim_start_matches("go").to_owned();
     (output.status.success() && !version.is_empty()).then_some(version)
 }
 
@@ -175,6 +211,23 @@ mod tests {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
             .unwrap_or_else(|e| panic!("{e}"));
         path
+    }
+
+    #[test]
+    fn a_go_runtime_id_is_served_by_that_toolchain_or_a_later_one() {
+        let dir = std::env::temp_dir().join(format!("klambda-go-{}", std::process::id()));
+        let go = fake(&dir, "go", "go1.25.5");
+        let path = dir.display().to_string();
+        let found = find(runtime("go1.24"), "", &path).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((&found.program, found.version.as_str()), (&go, "1.25.5"));
+        assert_eq!(found.describe(runtime("go1.24")), "Go 1.25.5");
+        assert!(serves(Language::Go, "1.25", "1.25.5"));
+        assert!(serves(Language::Go, "1.24", "1.26.0"));
+        assert!(!serves(Language::Go, "1.25", "1.24.11"));
+        assert!(!serves(Language::Go, "1.24", "2.0.0"));
+        // Other languages take exactly the version named.
+        assert!(!serves(Language::Python, "3.12", "3.13.1"));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

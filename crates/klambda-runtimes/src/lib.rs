@@ -6,11 +6,13 @@
 //! # Layout
 //! - [`Template`]: a runtime's descriptor and shim; the rendered Dockerfile.
 //! - [`context`]: the build context as a deterministic tar.gz, streamed.
+//! - [`diagnostics`]: a compiler's errors read from a build's output.
 //! - [`archive`]: unpacking untrusted archives (sources, contexts) safely.
 //! - [`scaffold`]: a new function's starting point per runtime (`klambda init`).
 
 pub mod archive;
 pub mod context;
+pub mod diagnostics;
 pub mod interpreter;
 pub mod scaffold;
 
@@ -23,8 +25,11 @@ use serde::Deserialize;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TemplateError {
     /// The language has no template yet.
-    #[error("runtime {0} has no build template yet (templates exist for Node.js and Python)")]
+    #[error("runtime {0} has no build template yet (templates exist for Node.js, Python and Go)")]
     Unsupported(&'static str),
+    /// The function's source does not fit the template (a Go function without a module path).
+    #[error("{0}")]
+    Source(String),
     /// The embedded descriptor does not parse or lacks this runtime: a build defect.
     #[error("the template of {runtime} is broken: {reason}")]
     Broken {
@@ -64,12 +69,45 @@ pub struct Descriptor {
     pub shim: String,
     /// The container's start command.
     pub start: Vec<String>,
+    /// A compiled runtime's build command (run from the context's root, with the container
+    /// paths of the start command mapped the same way); empty for an interpreted one.
+    #[serde(default)]
+    pub build: Vec<String>,
+    /// A compiled runtime's final image: the binary alone on a minimal base.
+    #[serde(default)]
+    pub run_image: Option<String>,
+    /// Environment the build command runs with (locally; an image sets its own).
+    #[serde(default)]
+    pub build_env: BTreeMap<String, String>,
+    /// Variables naming the build's caches: the local builder points each at a directory kept
+    /// per runtime id and shared by every build of it, so a second function compiles only what
+    /// is its own.
+    #[serde(default)]
+    pub build_caches: Vec<String>,
+    /// How a failed build's output says dependencies could not be resolved (it contains one of
+    /// these) rather than that the code did not compile.
+    #[serde(default)]
+    pub dependency_errors: Vec<String>,
 }
 
 const NODE_DESCRIPTOR: &str = include_str!("../../../runtimes/nodejs/runtime.json");
 const NODE_SHIM: &str = include_str!("../../../runtimes/nodejs/shim.js");
 const PYTHON_DESCRIPTOR: &str = include_str!("../../../runtimes/python/runtime.json");
 const PYTHON_SHIM: &str = include_str!("../../../runtimes/python/shim.py");
+const GO_DESCRIPTOR: &str = include_str!("../../../runtimes/go/runtime.json");
+const GO_SHIM: &str = include_str!("../../../runtimes/go/main.go");
+/// What a Go build needs besides the rendered program, under the context's `runtime/`.
+const GO_FILES: &[(&str, &str)] = &[
+    ("build.sh", include_str!("../../../runtimes/go/build.sh")),
+    (
+        "function/go.mod",
+        include_str!("../../../runtimes/go/function/go.mod"),
+    ),
+    (
+        "function/function.go",
+        include_str!("../../../runtimes/go/function/function.go"),
+    ),
+];
 
 /// A runtime's template.
 #[derive(Debug, Clone)]
@@ -77,15 +115,17 @@ pub struct Template {
     runtime: Runtime,
     descriptor: Descriptor,
     shim: &'static str,
+    files: &'static [(&'static str, &'static str)],
 }
 
 impl Template {
     /// The template of `runtime`.
     pub fn of(runtime: Runtime) -> Result<Self, TemplateError> {
-        let (descriptor, shim) = match runtime.language() {
-            Language::Node => (NODE_DESCRIPTOR, NODE_SHIM),
-            Language::Python => (PYTHON_DESCRIPTOR, PYTHON_SHIM),
-            Language::Go | Language::Rust => return Err(TemplateError::Unsupported(runtime.id())),
+        let (descriptor, shim, files) = match runtime.language() {
+            Language::Node => (NODE_DESCRIPTOR, NODE_SHIM, &[][..]),
+            Language::Python => (PYTHON_DESCRIPTOR, PYTHON_SHIM, &[][..]),
+            Language::Go => (GO_DESCRIPTOR, GO_SHIM, GO_FILES),
+            Language::Rust => return Err(TemplateError::Unsupported(runtime.id())),
         };
         let broken = |reason: String| TemplateError::Broken {
             runtime: runtime.id(),
@@ -107,6 +147,7 @@ impl Template {
             runtime,
             descriptor,
             shim,
+            files,
         })
     }
 
@@ -115,9 +156,45 @@ impl Template {
         &self.descriptor
     }
 
-    /// The shim's file name and contents.
+    /// The shim's file name and contents (as the template has it: a compiled runtime's is
+    /// rendered per function, see [`Template::runtime_files`]).
     pub fn shim(&self) -> (&str, &'static str) {
         (&self.descriptor.shim, self.shim)
+    }
+
+    /// Whether functions of this runtime are compiled (built to a binary by
+    /// [`Descriptor::build`]) rather than loaded by an interpreter.
+    pub fn is_compiled(&self) -> bool {
+        !self.descriptor.build.is_empty()
+    }
+
+    /// The files of the context's `runtime/` directory for a function with `handler` whose
+    /// source holds `go_mod` (its `go.mod`, for a Go function): the shim, rendered where the
+    /// runtime compiles the handler in (`{{module}}`, `{{handler}}`), and what the build needs.
+    pub fn runtime_files(
+        &self,
+        handler: &str,
+        go_mod: Option<&str>,
+    ) -> Result<Vec<(String, String)>, TemplateError> {
+        let mut shim = self.shim.to_owned();
+        if self.runtime.language() == Language::Go {
+            let module = go_mod.and_then(go_module_path).ok_or_else(|| {
+                TemplateError::Source(
+                    "a Go function needs a go.mod naming its module (`module example.com/hello`)"
+                        .to_owned(),
+                )
+            })?;
+            shim = shim
+                .replace("{{module}}", module)
+                .replace("{{handler}}", handler);
+        }
+        let mut files = vec![(self.descriptor.shim.clone(), shim)];
+        files.extend(
+            self.files
+                .iter()
+                .map(|(path, text)| ((*path).to_owned(), (*text).to_owned())),
+        );
+        Ok(files)
     }
 
     /// The base image.
@@ -130,10 +207,35 @@ impl Template {
     }
 
     /// The Dockerfile for a context whose function does (or does not) carry the dependency
-    /// file. The handler is not in it: it is deployment configuration (`KLAMBDA_HANDLER`), so a
-    /// changed handler redeploys the same image.
+    /// file. The handler is not in an interpreted runtime's: it is deployment configuration
+    /// (`KLAMBDA_HANDLER`), so a changed handler redeploys the same image. A compiled runtime's
+    /// is multi-stage: the build image runs [`Descriptor::build`], the final image holds the
+    /// binary alone on [`Descriptor::run_image`].
     pub fn dockerfile(&self, has_dependencies: bool) -> String {
         let exec = |argv: &[String]| serde_json::to_string(argv).unwrap_or_default();
+        if self.is_compiled() {
+            let binary = self.descriptor.start.first().cloned().unwrap_or_default();
+            return format!(
+                "# Rendered from runtimes/{}/runtime.json (template {}); do not edit.\n\
+                 FROM {} AS build\n\
+                 COPY function/ /var/function/\n\
+                 COPY runtime/ /var/runtime/\n\
+                 WORKDIR /var/function\n\
+                 RUN {}\n\
+                 FROM {}\n\
+                 COPY --from=build {binary} {binary}\n\
+                 ENV PORT=8080\n\
+                 USER 65532:65532\n\
+                 EXPOSE 8080\n\
+                 CMD {}\n",
+                self.descriptor.language,
+                self.descriptor.template_version,
+                self.image(),
+                exec(&self.descriptor.build),
+                self.descriptor.run_image.as_deref().unwrap_or("scratch"),
+                exec(&self.descriptor.start)
+            );
+        }
         let mut text = format!(
             "# Rendered from runtimes/{}/runtime.json (template {}); do not edit.\n\
              FROM {}\n\
@@ -158,21 +260,84 @@ impl Template {
     }
 }
 
+/// The module path a `go.mod` declares.
+pub fn go_module_path(go_mod: &str) -> Option<&str> {
+    go_mod.lines().find_map(|line| {
+        let rest = line.trim().strip_prefix("module")?;
+        let path = rest.split("//").next()?.trim().trim_matches('"');
+        (rest.starts_with(char::is_whitespace) && !path.is_empty()).then_some(path)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
+    fn a_go_program_is_rendered_for_the_functions_module_and_handler() {
+        let go = Template::of(Runtime::find("go1.24").unwrap_or_else(|| unreachable!()))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let files = go
+            .runtime_files(
+                "Greet",
+                Some("// a comment\nmodule \"example.com/greeter\" // trailing\n\ngo 1.24\n"),
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
+        let program = &files
+            .iter()
+            .find(|(p, _)| p == "main.go")
+            .unwrap_or_else(|| unreachable!())
+            .1;
+        assert!(program.contains("fn \"example.com/greeter\""), "{program}");
+        assert!(program.contains("= fn.Greet"), "{program}");
+        assert!(!program.contains("{{"), "{program}");
+        let paths: Vec<&str> = files.iter().map(|(p, _)| p.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "main.go",
+                "build.sh",
+                "function/go.mod",
+                "function/function.go"
+            ]
+        );
+        let refused = go
+            .runtime_files("Greet", None)
+            .map(|_| ())
+            .unwrap_err()
+            .to_string();
+        assert!(refused.contains("needs a go.mod"), "{refused}");
+        assert_eq!(
+            go_module_path("module example.com/x\n"),
+            Some("example.com/x")
+        );
+        assert_eq!(go_module_path("modules x\n"), None);
+    }
+
+    #[test]
     fn every_node_and_python_runtime_has_a_consistent_template() {
         for runtime in klambda_events::runtime::RUNTIMES {
             match Template::of(*runtime) {
+                Ok(template) if template.is_compiled() => {
+                    // Multi-stage: the build image runs the build, the binary alone is kept.
+                    let dockerfile = template.dockerfile(false);
+                    assert!(
+                        dockerfile.contains(&format!("FROM {} AS build", template.image())),
+                        "{dockerfile}"
+                    );
+                    assert!(dockerfile.contains("RUN [\"sh\""), "{dockerfile}");
+                    assert!(dockerfile.contains("COPY --from=build "), "{dockerfile}");
+                    assert!(dockerfile.contains("USER 65532:65532"), "{dockerfile}");
+                    assert!(runtime.language().is_compiled());
+                }
                 Ok(template) => {
                     assert!(!template.image().is_empty());
                     assert!(template.dockerfile(true).contains("RUN ["));
                     assert!(!template.dockerfile(false).contains("RUN "));
+                    assert!(!runtime.language().is_compiled());
                 }
                 Err(TemplateError::Unsupported(_)) => {
-                    assert!(matches!(runtime.language(), Language::Go | Language::Rust));
+                    assert!(matches!(runtime.language(), Language::Rust));
                 }
                 Err(broken) => panic!("{broken}"),
             }

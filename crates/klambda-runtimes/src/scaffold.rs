@@ -53,12 +53,33 @@ const PYTHON: Scaffold = Scaffold {
     ],
 };
 
+const GO: Scaffold = Scaffold {
+    handler: "Handler",
+    test: &["go", "test", "./..."],
+    files: &[
+        ("go.mod", include_str!("../../../runtimes/go/init/go.mod")),
+        (
+            "handler.go",
+            include_str!("../../../runtimes/go/init/handler.go"),
+        ),
+        (
+            "handler_test.go",
+            include_str!("../../../runtimes/go/init/handler_test.go"),
+        ),
+        (
+            "README.md",
+            include_str!("../../../runtimes/go/init/README.md"),
+        ),
+    ],
+};
+
 /// The scaffold of `runtime`'s language; `None` while the language has no template.
 pub fn of(runtime: Runtime) -> Option<Scaffold> {
     match runtime.language() {
         Language::Node => Some(NODE),
         Language::Python => Some(PYTHON),
-        Language::Go | Language::Rust => None,
+        Language::Go => Some(GO),
+        Language::Rust => None,
     }
 }
 

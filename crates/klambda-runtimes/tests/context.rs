@@ -41,18 +41,19 @@ fn the_same_source_gives_byte_identical_contexts() {
         file("lib/a.js", "module.exports = 2;"),
     ];
     let reversed = [files[1].clone(), files[0].clone()];
-    let first = build(&template, &files).unwrap_or_else(|e| panic!("{e}"));
+    let first = build(&template, "index.handler", &files).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(
         first,
-        build(&template, &files).unwrap_or_else(|e| panic!("{e}"))
+        build(&template, "index.handler", &files).unwrap_or_else(|e| panic!("{e}"))
     );
     assert_eq!(
         first,
-        build(&template, &reversed).unwrap_or_else(|e| panic!("{e}")),
+        build(&template, "index.handler", &reversed).unwrap_or_else(|e| panic!("{e}")),
         "input order must not matter"
     );
     let changed = build(
         &template,
+        "index.handler",
         &[file("index.js", "exports.handler = async () => 2;")],
     )
     .unwrap_or_else(|e| panic!("{e}"));
@@ -65,6 +66,7 @@ fn the_context_holds_dockerfile_shim_and_function() {
         .unwrap_or_else(|e| panic!("{e}"));
     let archive = build(
         &template,
+        "app.handler",
         &[
             file("app.py", "def handler(e, c): return e"),
             file("requirements.txt", "requests==2.32.3"),

@@ -28,7 +28,7 @@ pub fn function(
     handler: &str,
     source: Source,
 ) -> anyhow::Result<(FunctionSpec, ContentDigest)> {
-    let digest = klambda_events::digest::content_digest(runtime, &source);
+    let digest = klambda_events::digest::content_digest(runtime, handler, &source);
     let spec = FunctionSpec {
         name: FunctionName::new(name)?,
         runtime,
@@ -139,7 +139,11 @@ pub fn context_archive(spec: &FunctionSpec) -> anyhow::Result<Vec<u8>> {
         .map(|file| SourceFile::in_memory(file.path.clone(), file.content.as_bytes()))
         .collect();
     let template = Template::of(spec.runtime)?;
-    Ok(klambda_runtimes::context::build(&template, &files)?)
+    Ok(klambda_runtimes::context::build(
+        &template,
+        &spec.handler,
+        &files,
+    )?)
 }
 
 /// What the local builder makes of a dependency-free inline `spec`: its build context unpacked

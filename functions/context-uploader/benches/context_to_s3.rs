@@ -170,6 +170,9 @@ fn main() -> Result<()> {
                 .upload(
                     &format!("contexts/bench-{mib}.tar.gz"),
                     template.clone(),
+                    template
+                        .runtime_files("index.handler", None)
+                        .map_err(|e| e.to_string())?,
                     files,
                 )
                 .await

@@ -133,12 +133,13 @@ impl ContextUploader {
         &self,
         key: &str,
         template: Template,
+        runtime: Vec<(String, String)>,
         files: Vec<SourceFile>,
     ) -> Result<u64, HandlerError> {
         const IN_FLIGHT: usize = 16;
         let (mut writer, chunks) = chunk_channel(IN_FLIGHT);
         let producer = tokio::task::spawn_blocking(move || {
-            match context::write(&template, &files, &mut writer) {
+            match context::write(&template, &runtime, &files, &mut writer) {
                 Ok(()) => writer.finish(),
                 Err(error) => {
                     let reason = error.to_string();
@@ -174,6 +175,7 @@ fn unbuildable(input: &Event, parsed: &ParsedFunction, reason: String) -> Event 
             cause: BuildFailureCause::Unknown,
             reason,
             log_excerpt: None,
+            diagnostics: Vec::new(),
         })
 }
 
@@ -184,8 +186,11 @@ impl Handler for ContextUploader {
 
     async fn handle(&self, event: Event, context: &Context) -> Result<Outcome, HandlerError> {
         let mut parsed = decode::<ParserCompleted>(&event)?;
-        let named =
-            klambda_events::digest::content_digest(parsed.spec.runtime, &parsed.spec.source);
+        let named = klambda_events::digest::content_digest(
+            parsed.spec.runtime,
+            &parsed.spec.handler,
+            &parsed.spec.source,
+        );
         if named != parsed.digest {
             return Err(HandlerError::Invalid(vec![Problem::new(
                 "data.digest",
@@ -250,8 +255,20 @@ impl Handler for ContextUploader {
                         return Ok(Outcome::Reply(unbuildable(&event, &parsed, reason)));
                     }
                 };
+                // The runtime's files for this function (a Go program importing its module).
+                let runtime = match context::runtime_files(&template, &parsed.spec.handler, &files)
+                {
+                    Ok(runtime) => runtime,
+                    Err(error) => {
+                        return Ok(Outcome::Reply(unbuildable(
+                            &event,
+                            &parsed,
+                            error.to_string(),
+                        )));
+                    }
+                };
                 let started = Instant::now();
-                let size = self.upload(&key, template, files).await?;
+                let size = self.upload(&key, template, runtime, files).await?;
                 context.metrics().context_uploaded(
                     parsed.spec.runtime,
                     size,

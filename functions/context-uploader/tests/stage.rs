@@ -161,14 +161,26 @@ async fn an_already_built_digest_skips_upload_and_build() -> Result<()> {
 async fn unbuildable_functions_get_build_failed_with_the_reason() -> Result<()> {
     let dir = store_dir("unbuildable");
     let harness = Harness::new(ContextUploader::new(Arc::new(LocalDir::new(&dir))));
+    let rust = fixtures::inline_function(
+        "r",
+        fixtures::runtime("rust1")?,
+        "handler",
+        &[("src/lib.rs", "pub async fn handler() {}")],
+    )?;
+    // A Go function whose source names no module (the parser refuses it inline; an archive or
+    // a repository is seen only here).
     let go = fixtures::inline_function(
         "g",
         fixtures::runtime("go1.24")?,
-        "Handle",
-        &[("main.go", "package main")],
+        "Handler",
+        &[("handler.go", "package handler")],
     )?;
     let s3 = python_from("s3://sources/app.tar.gz")?;
-    for (spec, needle) in [(go, "no build template"), (s3, "needs S3 storage")] {
+    for (spec, needle) in [
+        (rust, "no build template"),
+        (go, "needs a go.mod naming its module"),
+        (s3, "needs S3 storage"),
+    ] {
         let (event, _) = parsed(spec)?;
         let reply = reply(&harness, event).await?;
         assert_eq!(reply.ty(), BuildFailed::TYPE);

@@ -53,6 +53,10 @@ pub const SETTINGS: &[StageSetting] = &[
     StageSetting::new("KLAMBDA_BUILDER", "where builds run: local or kubernetes").default("local"),
     StageSetting::new("KLAMBDA_BUILD_DIR", "local builds' work directory")
         .default("klambda-builds"),
+    StageSetting::new(
+        "KLAMBDA_BUILD_CACHE_DIR",
+        "local: compiled runtimes' build caches (Go's GOCACHE, GOMODCACHE), one per runtime id, shared by every build of it; default <KLAMBDA_BUILD_DIR>/.cache",
+    ),
     StageSetting::new("KLAMBDA_INTERPRETERS", klambda_runtimes::interpreter::HELP),
     StageSetting::new(
         klambda_kube::KUBECONFIG,
@@ -181,10 +185,11 @@ impl JobLauncher {
         match setting("KLAMBDA_BUILDER", "local").as_str() {
             "local" => {
                 let work = PathBuf::from(setting("KLAMBDA_BUILD_DIR", "klambda-builds"));
-                Ok(Self::new(
-                    Arc::new(LocalBuilder::new(Arc::clone(&store), work)),
-                    store,
-                ))
+                let mut builder = LocalBuilder::new(Arc::clone(&store), work);
+                if let Some(cache) = config.setting("KLAMBDA_BUILD_CACHE_DIR") {
+                    builder = builder.with_cache_dir(cache);
+                }
+                Ok(Self::new(Arc::new(builder), store))
             }
             "kubernetes" => {
                 let mut problems = Vec::new();
@@ -440,6 +445,12 @@ impl JobLauncher {
                 digest: uploaded.digest,
                 cause,
                 reason,
+                // Where the compiler says the code is wrong, from the build's log (local or
+                // Kaniko's alike).
+                diagnostics: log_excerpt
+                    .as_deref()
+                    .map(klambda_runtimes::diagnostics::parse)
+                    .unwrap_or_default(),
                 log_excerpt,
             }),
             BuildOutcome::TimedOut { deadline_seconds } => answer::<BuildTimeout>(input, &name)

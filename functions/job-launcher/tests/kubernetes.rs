@@ -327,6 +327,13 @@ async fn every_failure_is_classified_from_the_pod_and_its_log() -> Result<()> {
             BuildFailureCause::CompileError,
         ),
         (
+            "gocompile",
+            backoff,
+            Box::new(|j: &Value| pod(j, "Failed", terminated(1, "Error", ""), None)),
+            "RUN [\"sh\",\"/var/runtime/build.sh\"]\ngo: downloading example.com/dep v1.0.0\n# example.com/gocompile\n./handler.go:13:15: undefined: errr\nerror building image: error building stage: failed to execute command: waiting for process to exit: exit status 1",
+            BuildFailureCause::CompileError,
+        ),
+        (
             "deps",
             backoff,
             Box::new(|j: &Value| pod(j, "Failed", terminated(1, "Error", ""), None)),
@@ -379,6 +386,16 @@ async fn every_failure_is_classified_from_the_pod_and_its_log() -> Result<()> {
         assert_eq!(event.ty(), BuildFailed::TYPE, "{name}");
         let failure = decode::<BuildFailed>(&event)?;
         assert_eq!(failure.cause, cause, "{name}: {}", failure.reason);
+        // Where the compiler said the code is wrong, read from Kaniko's log.
+        if name == "gocompile" {
+            let first = failure.diagnostics.first().map(ToString::to_string);
+            assert_eq!(
+                first.as_deref(),
+                Some("handler.go:13:15: undefined: errr"),
+                "{:?}",
+                failure.diagnostics
+            );
+        }
         if !log.is_empty() {
             let excerpt = failure.log_excerpt.unwrap_or_default();
             assert!(

@@ -30,15 +30,18 @@ pub fn parse(
         .map_err(|e| problems.push(Problem::new("name", format!("{:?} {e}", submission.name))))
         .ok();
     let runtime = Runtime::find(&submission.runtime);
-    if runtime.is_none() {
-        problems.push(Problem::new(
+    match runtime.map(klambda_runtimes::Template::of) {
+        None => problems.push(Problem::new(
             "runtime",
             format!(
                 "unknown runtime {:?}; known: {}",
                 submission.runtime,
                 Runtime::known_ids().join(", ")
             ),
-        ));
+        )),
+        // Only runtimes the platform can build are accepted.
+        Some(Err(unbuildable)) => problems.push(Problem::new("runtime", unbuildable.to_string())),
+        Some(Ok(_)) => {}
     }
     let source = source::normalise(submission.source, limits, &mut problems);
     check_handler(
@@ -59,7 +62,7 @@ pub fn parse(
 
     match (name, runtime, source) {
         (Some(name), Some(runtime), Some(source)) if problems.is_empty() => {
-            let digest = content_digest(runtime, &source);
+            let digest = content_digest(runtime, &submission.handler, &source);
             let spec = FunctionSpec {
                 name,
                 runtime,
@@ -168,9 +171,31 @@ fn check_handler(
         }
         Language::Go => {
             if !handler.starts_with(|c: char| c.is_ascii_uppercase()) || !ident(handler, &[]) {
-                problem(format!(
-                    "{handler:?} is not an exported Go function name (e.g. Handle)"
+                return problem(format!(
+                    "{handler:?} is not an exported Go function name (e.g. Handler)"
                 ));
+            }
+            // The platform's program imports the function's package by its module path.
+            if let Some(Source::Inline { files }) = source {
+                let go_mod = files
+                    .iter()
+                    .find(|f| f.path == "go.mod")
+                    .map(|f| match f.encoding {
+                        klambda_events::spec::ContentEncoding::Utf8 => f.content.clone(),
+                        klambda_events::spec::ContentEncoding::Base64 => {
+                            use base64::Engine as _;
+                            let bytes = base64::engine::general_purpose::STANDARD
+                                .decode(f.content.as_bytes())
+                                .unwrap_or_default();
+                            String::from_utf8_lossy(&bytes).into_owned()
+                        }
+                    });
+                let module = go_mod.as_deref().and_then(klambda_runtimes::go_module_path);
+                if module.is_none() {
+                    problem(format!(
+                        "no go.mod naming the module in the source for handler {handler:?}: a Go function is a package in a module (`go mod init example.com/hello`)"
+                    ));
+                }
             }
         }
         Language::Rust => {

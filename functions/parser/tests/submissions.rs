@@ -122,8 +122,10 @@ fn submissions() {
             &[],
         ),
         (
-            "rust from s3",
-            json!({"name": "rs", "runtime": "rust1", "handler": "my-fn", "source": {"kind": "s3", "url": "s3://my-bucket/fns/rs.tar.gz"}}),
+            "go inline with its module",
+            json!({"name": "go-in", "runtime": "go1.25", "handler": "Handler", "source": {"kind": "inline", "files": [
+                {"path": "go.mod", "content": "module example.com/go-in\n\ngo 1.25\n"},
+                {"path": "handler.go", "content": "package handler\n"}]}}),
             &[],
         ),
         ("s3 prefix", s3("s3://my.bucket-1/sources/hello/"), &[]),
@@ -285,6 +287,17 @@ fn submissions() {
             "python module missing",
             json!({"name": "py", "runtime": "python3.12", "handler": "app.handler",
             "source": {"kind": "inline", "files": [{"path": "main.py", "content": ""}]}}),
+            &["handler"],
+        ),
+        (
+            "rust refused until it has a build template",
+            json!({"name": "rs", "runtime": "rust1", "handler": "handler", "source": {"kind": "s3", "url": "s3://my-bucket/fns/rs.tar.gz"}}),
+            &["runtime"],
+        ),
+        (
+            "go inline without go.mod",
+            json!({"name": "g", "runtime": "go1.24", "handler": "Handler", "source": {"kind": "inline", "files": [
+                {"path": "handler.go", "content": "package handler\n"}]}}),
             &["handler"],
         ),
         (

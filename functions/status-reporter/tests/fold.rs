@@ -311,7 +311,10 @@ fn the_configuration_is_what_the_latest_parsed_submission_asks_for() {
         serde_json::from_str(&std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{e}")))
             .unwrap_or_else(|e| panic!("{e}"))
     };
-    let mut parsed = fixture("io.knative.lambda.parser.completed.json");
+    let mut parsed = fixture(&format!(
+        "{}.json",
+        <klambda_events::catalogue::ParserCompleted as klambda_events::EventType>::TYPE
+    ));
     let at = Utc.with_ymd_and_hms(2026, 12, 5, 12, 0, 0).unwrap();
     let first = fold(
         None,

@@ -91,6 +91,7 @@ async fn records_folds_replies_and_serves() -> Result<()> {
             cause: BuildFailureCause::CompileError,
             reason: "SyntaxError: Unexpected token".into(),
             log_excerpt: None,
+            diagnostics: Vec::new(),
         });
     let reply = send(&server, failed).await?;
     let data = decode::<StatusUpdated>(

@@ -13,6 +13,9 @@ use klambda_test_support::repo;
 
 pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_klambda");
 
+/// The compiled runtimes' build cache every test platform shares (`--build-cache-dir`).
+pub(crate) const BUILD_CACHE: &str = "/var/tmp/knative-lambda/build-cache";
+
 pub(crate) struct Up {
     pub(crate) child: Child,
     pub(crate) endpoint: String,
@@ -35,6 +38,9 @@ pub(crate) fn up(data: &Path, args: &[&str]) -> Result<Up> {
         .arg(data)
         .arg("--eventing-dir")
         .arg(repo::root().join("eventing"))
+        // One Go build cache for every test platform on the machine: the standard library
+        // compiles once.
+        .args(["--build-cache-dir", BUILD_CACHE])
         .args(args)
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())

@@ -588,6 +588,17 @@ fn cause_from_log(log: &str) -> BuildFailureCause {
     ]) {
         BuildFailureCause::RegistryAuth
     } else if any(&[
+        "missing go.sum entry",
+        "module lookup disabled",
+        "no required module provides package",
+        "cannot find module providing package",
+    ]) {
+        BuildFailureCause::DependencyResolution
+    } else if !klambda_runtimes::diagnostics::parse(log).is_empty() {
+        // The compiler said where the code is wrong (a Go build that downloaded modules first
+        // still failed to compile).
+        BuildFailureCause::CompileError
+    } else if any(&[
         "npm err!",
         "npm error",
         "could not find a version that satisfies",
@@ -695,6 +706,18 @@ mod tests {
             (
                 "error[E0425]: cannot find value `x`",
                 BuildFailureCause::CompileError,
+            ),
+            (
+                "go: downloading example.com/dep v1.0.0\n# example.com/hello\n./handler.go:13:15: undefined: errr",
+                BuildFailureCause::CompileError,
+            ),
+            (
+                "handler.go:5:2: missing go.sum entry for module providing package example.com/dep",
+                BuildFailureCause::DependencyResolution,
+            ),
+            (
+                "go: example.com/dep@v1.0.0: module lookup disabled by GOPROXY=off",
+                BuildFailureCause::DependencyResolution,
             ),
             (
                 "error checking push permissions -- make sure you entered the correct tag name, and that you are authenticated correctly: UNAUTHORIZED",

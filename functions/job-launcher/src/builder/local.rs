@@ -26,15 +26,28 @@ const EXCERPT_LINES: usize = 20;
 pub struct LocalBuilder {
     store: Arc<dyn ObjectStore>,
     work: PathBuf,
+    /// Where compiled runtimes' build caches are (see [`LocalBuilder::with_cache_dir`]).
+    cache: PathBuf,
 }
 
 impl LocalBuilder {
-    /// A builder reading contexts from `store` and building under `work`.
+    /// A builder reading contexts from `store` and building under `work`, its caches in
+    /// `<work>/.cache`.
     pub fn new(store: Arc<dyn ObjectStore>, work: impl Into<PathBuf>) -> Self {
+        let work = work.into();
         Self {
             store,
-            work: work.into(),
+            cache: work.join(".cache"),
+            work,
         }
+    }
+
+    /// Keeps compiled runtimes' build caches (Go's `GOCACHE`, `GOMODCACHE`) under `dir`, one
+    /// per runtime id: builders sharing it (platforms on one machine, the tests) compile the
+    /// standard library and shared dependencies once.
+    pub fn with_cache_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.cache = dir.into();
+        self
     }
 
     async fn run(&self, request: &BuildRequest) -> BuildOutcome {
@@ -117,19 +130,81 @@ impl LocalBuilder {
         for file in sources(&function, &descriptor.check.extensions) {
             let mut command = with_interpreter(&descriptor.check.command);
             command.push(file.display().to_string());
-            if let Err((reason, log)) = run(&command, &function, &log_file).await {
+            if let Err((reason, log)) = run(&command, &function, &[], &log_file).await {
                 return failed(BuildFailureCause::CompileError, reason, Some(log));
             }
         }
-        if function.join(&descriptor.dependency_file).is_file()
-            && let Err((reason, log)) =
-                run(&with_interpreter(&descriptor.install), &function, &log_file).await
+        if !descriptor.install.is_empty()
+            && function.join(&descriptor.dependency_file).is_file()
+            && let Err((reason, log)) = run(
+                &with_interpreter(&descriptor.install),
+                &function,
+                &[],
+                &log_file,
+            )
+            .await
         {
             return failed(BuildFailureCause::DependencyResolution, reason, Some(log));
+        }
+        if template.is_compiled() {
+            let command: Vec<String> = descriptor
+                .build
+                .iter()
+                .map(|arg| match arg.strip_prefix("/var/runtime/") {
+                    Some(rest) => dir.join("runtime").join(rest).display().to_string(),
+                    None => arg.clone(),
+                })
+                .collect();
+            let env = self.build_env(runtime, descriptor, &interpreter.program);
+            if let Err((reason, log)) = run(&command, &dir, &env, &log_file).await {
+                let dependencies = descriptor
+                    .dependency_errors
+                    .iter()
+                    .any(|marker| log.contains(marker.as_str()));
+                let diagnostics = klambda_runtimes::diagnostics::parse(&log);
+                return BuildOutcome::Failed {
+                    cause: if dependencies {
+                        BuildFailureCause::DependencyResolution
+                    } else {
+                        BuildFailureCause::CompileError
+                    },
+                    reason: diagnostics
+                        .first()
+                        .map_or(reason, |first| format!("{first}")),
+                    log_excerpt: Some(log),
+                };
+            }
         }
         BuildOutcome::Completed {
             image: format!("local:{}", dir.display()),
         }
+    }
+}
+
+impl LocalBuilder {
+    /// The environment a compiled runtime's build runs with: the descriptor's, the toolchain
+    /// found for the runtime id first on `PATH`, and each of its caches in a directory shared by
+    /// every build of that runtime id (`<cache>/<runtime id>/<variable>`).
+    fn build_env(
+        &self,
+        runtime: klambda_events::Runtime,
+        descriptor: &klambda_runtimes::Descriptor,
+        toolchain: &Path,
+    ) -> Vec<(String, String)> {
+        let mut env: Vec<(String, String)> = descriptor
+            .build_env
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        if let Some(bin) = toolchain.parent() {
+            let path = std::env::var("PATH").unwrap_or_default();
+            env.push(("PATH".to_owned(), format!("{}:{path}", bin.display())));
+        }
+        for variable in &descriptor.build_caches {
+            let dir = self.cache.join(runtime.id()).join(variable.to_lowercase());
+            env.push((variable.clone(), dir.display().to_string()));
+        }
+        env
     }
 }
 
@@ -224,7 +299,12 @@ pub const BUILD_LOG: &str = "build.log";
 
 /// Runs `argv` in `dir`, appending the command and its output to `log`; on failure, a one-line
 /// reason and the last lines of output.
-async fn run(argv: &[String], dir: &Path, log: &Path) -> Result<(), (String, String)> {
+async fn run(
+    argv: &[String],
+    dir: &Path,
+    env: &[(String, String)],
+    log: &Path,
+) -> Result<(), (String, String)> {
     let Some((program, args)) = argv.split_first() else {
         return Err((
             "the runtime descriptor has an empty command".into(),
@@ -234,6 +314,7 @@ async fn run(argv: &[String], dir: &Path, log: &Path) -> Result<(), (String, Str
     let mut command = tokio::process::Command::new(program);
     command
         .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .current_dir(dir)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

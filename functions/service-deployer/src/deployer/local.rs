@@ -694,23 +694,32 @@ fn launch_for(
             *arg = artifact.join("runtime").join(rest).display().to_string();
         }
     }
-    let (_, args) = start
+    let (first, args) = start
         .split_first()
         .ok_or_else(|| failed("the runtime's start command is empty".into()))?;
     let function = artifact.join("function");
-    // The interpreter the runtime id names, found where the function's own user can run it.
-    let path = std::env::var("PATH").unwrap_or_default();
-    let path = match identity {
-        Some(_) => super::sandbox::reachable_path(&path),
-        None => path,
+    // A compiled runtime's program is the built binary; an interpreted one's is the
+    // interpreter the runtime id names, found where the function's own user can run it.
+    let (program, runtime) = if template.is_compiled() {
+        (first.clone(), format!("{} (compiled)", spec.runtime.id()))
+    } else {
+        let path = std::env::var("PATH").unwrap_or_default();
+        let path = match identity {
+            Some(_) => super::sandbox::reachable_path(&path),
+            None => path,
+        };
+        let overrides = std::env::var("KLAMBDA_INTERPRETERS").unwrap_or_default();
+        let interpreter = klambda_runtimes::interpreter::find(spec.runtime, &overrides, &path)
+            .map_err(|error| NotReady {
+                revision: None,
+                reason: "RuntimeUnavailable".into(),
+                message: error.to_string(),
+            })?;
+        (
+            interpreter.program.display().to_string(),
+            interpreter.describe(spec.runtime),
+        )
     };
-    let overrides = std::env::var("KLAMBDA_INTERPRETERS").unwrap_or_default();
-    let interpreter = klambda_runtimes::interpreter::find(spec.runtime, &overrides, &path)
-        .map_err(|error| NotReady {
-            revision: None,
-            reason: "RuntimeUnavailable".into(),
-            message: error.to_string(),
-        })?;
     let mut env: Vec<(String, String)> = spec
         .env
         .iter()
@@ -737,8 +746,8 @@ fn launch_for(
         }
     }
     Ok(Launch {
-        program: interpreter.program.display().to_string(),
-        runtime: Some(interpreter.describe(spec.runtime)),
+        program,
+        runtime: Some(runtime),
         cgroup: None,
         args: args.to_vec(),
         env,
@@ -826,15 +835,22 @@ fn exec_of(launch: &Launch) -> Result<Exec, String> {
         .filter_map(|name| Some(((*name).to_owned(), std::env::var(name).ok()?)))
         .collect();
     let mut program = PathBuf::from(&launch.program);
+    // A compiled function's program is in its own artifact, which its user reads.
+    let built = launch
+        .dir
+        .parent()
+        .is_some_and(|artifact| program.starts_with(artifact));
     if launch.identity.is_some() {
         // The function's user finds its interpreter, and what it runs, where that user can.
         let path = super::sandbox::reachable_path(&std::env::var("PATH").unwrap_or_default());
-        program = super::sandbox::program_for(&launch.program, &path).ok_or_else(|| {
-            format!(
-                "{} is not installed where a function's own user can run it",
-                launch.program
-            )
-        })?;
+        if !built {
+            program = super::sandbox::program_for(&launch.program, &path).ok_or_else(|| {
+                format!(
+                    "{} is not installed where a function's own user can run it",
+                    launch.program
+                )
+            })?;
+        }
         env.push(("PATH".to_owned(), path));
     }
     env.extend(launch.env.iter().cloned());

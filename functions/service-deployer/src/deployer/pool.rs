@@ -144,6 +144,10 @@ impl WarmPool {
             let Ok(template) = Template::of(*runtime) else {
                 continue;
             };
+            // A compiled runtime's program is the function itself: nothing to keep warm.
+            if template.is_compiled() {
+                continue;
+            }
             let (name, text) = template.shim();
             let language_dir = dir.join(&template.descriptor().language);
             std::fs::create_dir_all(&language_dir)?;
@@ -182,7 +186,8 @@ impl WarmPool {
             std::env::var(klambda_runtimes::interpreter::INTERPRETERS).unwrap_or_default();
         let mut warm = self.lock();
         for runtime in RUNTIMES {
-            if Template::of(*runtime).is_err() {
+            // Interpreted runtimes only: a compiled one has no interpreter to keep warm.
+            if !Template::of(*runtime).is_ok_and(|t| !t.is_compiled()) {
                 continue;
             }
             if let Ok(interpreter) =
@@ -221,7 +226,7 @@ impl WarmPool {
         if self.size == 0 {
             return None;
         }
-        let template = Template::of(runtime).ok()?;
+        let template = Template::of(runtime).ok().filter(|t| !t.is_compiled())?;
         if std::fs::read(shim).ok()?.as_slice() != template.shim().1.as_bytes() {
             return None;
         }

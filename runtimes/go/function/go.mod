@@ -1,0 +1,3 @@
+module klambda.dev/function
+
+go 1.24
