@@ -63,7 +63,17 @@ impl Bench {
     ) -> Result<String> {
         let dir = self.root.join("functions").join(name);
         std::fs::create_dir_all(&dir)?;
-        let handler = if runtime.starts_with("python") {
+        let handler = if runtime.starts_with("rust") {
+            std::fs::create_dir_all(dir.join("src"))?;
+            std::fs::write(
+                dir.join("Cargo.toml"),
+                format!(
+                    "[package]\nname = \"{name}\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n[dependencies]\nklambda-function = \"0.1\"\nserde_json = \"1\"\n"
+                ),
+            )?;
+            std::fs::write(dir.join("src/lib.rs"), code)?;
+            "handler"
+        } else if runtime.starts_with("python") {
             std::fs::write(dir.join("app.py"), code)?;
             "app.handler"
         } else if runtime.starts_with("go") {
@@ -162,8 +172,8 @@ fn rss_mib(pid: u64) -> Option<f64> {
     Some(kib / 1024.0)
 }
 
-/// Each runtime's handler, answering its process id, and a second function of it.
-const RUNTIMES: [(&str, &str); 3] = [
+/// Each runtime's handler, answering its process id.
+const RUNTIMES: [(&str, &str); 4] = [
     (
         "nodejs20",
         "exports.handler = async () => ({ pid: process.pid });\n",
@@ -175,6 +185,10 @@ const RUNTIMES: [(&str, &str); 3] = [
     (
         "go1.24",
         "package probe\n\nimport (\n\t\"context\"\n\t\"encoding/json\"\n\t\"os\"\n)\n\nfunc Handler(ctx context.Context, event json.RawMessage) (any, error) {\n\treturn map[string]int{\"pid\": os.Getpid()}, nil\n}\n",
+    ),
+    (
+        "rust1",
+        "pub async fn handler(\n    _event: serde_json::Value,\n    _ctx: klambda_function::Context,\n) -> Result<serde_json::Value, klambda_function::Error> {\n    Ok(serde_json::json!({\"pid\": std::process::id()}))\n}\n",
     ),
 ];
 

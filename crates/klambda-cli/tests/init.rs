@@ -41,6 +41,7 @@ fn init_writes_a_function_that_passes_its_test_deploys_and_answers() -> Result<(
         ("nodejs20", "greeter-node"),
         ("python3.11", "greeter-python"),
         ("go1.24", "greeter-go"),
+        ("rust1", "greeter-rust"),
     ] {
         let dir = root.join(name);
         let made = offline(&["init", &dir.to_string_lossy(), "--runtime", runtime])?;
@@ -68,6 +69,11 @@ fn init_writes_a_function_that_passes_its_test_deploys_and_answers() -> Result<(
             .current_dir(&dir)
             .env("PATH", path)
             .env("GOTOOLCHAIN", "local")
+            // Not the workspace's target directory, which this test's own build holds.
+            .env(
+                "CARGO_TARGET_DIR",
+                format!("{}/init-target", common::BUILD_CACHE),
+            )
             .output()?;
         ensure!(
             tested.status.success(),

@@ -52,16 +52,18 @@ pub fn build(template: &Template, handler: &str, files: &[SourceFile]) -> std::i
 }
 
 /// The files of the context's `runtime/` directory for a function with `handler` and `files`
-/// ([`Template::runtime_files`]; a Go function's `go.mod` is read for its module path). A
+/// ([`Template::runtime_files`]; its dependency file, a Go function's `go.mod` or a Rust one's
+/// `Cargo.toml`, is read for the names the program imports). A
 /// source that does not fit the template is `InvalidInput`, with the reason.
 pub fn runtime_files(
     template: &Template,
     handler: &str,
     files: &[SourceFile],
 ) -> std::io::Result<Vec<(String, String)>> {
-    let go_mod = match files
+    let dependency_file = &template.descriptor().dependency_file;
+    let manifest = match files
         .iter()
-        .find(|f| f.path == "go.mod")
+        .find(|f| &f.path == dependency_file)
         .map(|f| &f.content)
     {
         Some(Content::Bytes(bytes)) => Some(String::from_utf8_lossy(bytes).into_owned()),
@@ -69,7 +71,7 @@ pub fn runtime_files(
         None => None,
     };
     template
-        .runtime_files(handler, go_mod.as_deref())
+        .runtime_files(handler, manifest.as_deref())
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))
 }
 

@@ -5,7 +5,7 @@
 //! Where it looks, in order: the path `KLAMBDA_INTERPRETERS` names for the runtime id
 //! (`python3.13=/opt/python3.13/bin/python3,nodejs22=/opt/node22/bin/node`), then
 //! `python<version>` (Python only: Debian and others install `python3.13` beside `python3`), then
-//! the runtime's own program (`python3`, `node`, `go`) on `PATH`, then (Go only) the toolchain
+//! the runtime's own program (`python3`, `node`, `go`, `cargo`) on `PATH`, then (Go only) the toolchain
 //! `scripts/services.sh` installs under [`TOOLS_DIR`]. Each candidate is asked its version.
 //!
 //! A Go runtime id names the oldest toolchain that may build it: `go1.24` builds with Go 1.24
@@ -68,9 +68,6 @@ pub enum InterpreterError {
     /// `KLAMBDA_INTERPRETERS` is not `id=path` pairs separated by commas.
     #[error("{INTERPRETERS}: {0:?} is not runtime-id=path")]
     BadSetting(String),
-    /// The runtime has no local interpreter (it builds to a binary).
-    #[error("{0} does not run on an interpreter")]
-    NotInterpreted(String),
 }
 
 /// The interpreter for `runtime`: `overrides` is the `KLAMBDA_INTERPRETERS` value (or empty),
@@ -85,7 +82,7 @@ pub fn find(
         Language::Node => ("node", "nodejs", "Node.js"),
         Language::Python => ("python3", "python", "Python"),
         Language::Go => ("go", "go", "Go"),
-        Language::Rust => return Err(InterpreterError::NotInterpreted(runtime.id().to_owned())),
+        Language::Rust => ("cargo", "rust", "Rust"),
     };
     let wanted = runtime.id().strip_prefix(prefix).unwrap_or_default();
     let mut candidates = Vec::new();
@@ -176,6 +173,7 @@ fn version_of(language: Language, program: &Path) -> Option<String> {
     let args: &[&str] = match language {
         Language::Node => &["-p", "process.versions.node"],
         Language::Go => &["env", "GOVERSION"],
+        Language::Rust => &["--version"],
         _ => &[
             "-c",
             "import sys; print('.'.join(map(str, sys.version_info[:3])))",
@@ -188,8 +186,12 @@ fn version_of(language: Language, program: &Path) -> Option<String> {
         .output()
         .ok()?;
     let version = String::from_utf8(output.stdout).ok()?;
-    // `go env GOVERSION` says `go1.25.5`.
-    let version = version.trim().trim_start_matches("go").to_owned();
+    // `go env GOVERSION` says `go1.25.5`; `cargo --version` says `cargo 1.95.0 (… …)`.
+    let version = match language {
+        Language::Rust => version.split_whitespace().nth(1).unwrap_or_default(),
+        _ => version.trim().trim_start_matches("go"),
+    }
+    .to_owned();
     (output.status.success() && !version.is_empty()).then_some(version)
 }
 

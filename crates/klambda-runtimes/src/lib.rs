@@ -25,9 +25,10 @@ use serde::Deserialize;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TemplateError {
     /// The language has no template yet.
-    #[error("runtime {0} has no build template yet (templates exist for Node.js, Python and Go)")]
+    #[error("runtime {0} has no build template yet")]
     Unsupported(&'static str),
-    /// The function's source does not fit the template (a Go function without a module path).
+    /// The function's source does not fit the template (a Go function without a module path, a
+    /// Rust one without a package name).
     #[error("{0}")]
     Source(String),
     /// The embedded descriptor does not parse or lacks this runtime: a build defect.
@@ -96,6 +97,24 @@ const PYTHON_DESCRIPTOR: &str = include_str!("../../../runtimes/python/runtime.j
 const PYTHON_SHIM: &str = include_str!("../../../runtimes/python/shim.py");
 const GO_DESCRIPTOR: &str = include_str!("../../../runtimes/go/runtime.json");
 const GO_SHIM: &str = include_str!("../../../runtimes/go/main.go");
+const RUST_DESCRIPTOR: &str = include_str!("../../../runtimes/rust/runtime.json");
+const RUST_SHIM: &str = include_str!("../../../runtimes/rust/main/main.rs");
+/// What a Rust build needs besides the rendered program, under the context's `runtime/`.
+const RUST_FILES: &[(&str, &str)] = &[
+    ("build.sh", include_str!("../../../runtimes/rust/build.sh")),
+    (
+        "main/Cargo.toml",
+        include_str!("../../../runtimes/rust/main/Cargo.toml"),
+    ),
+    (
+        "klambda-function/Cargo.toml",
+        include_str!("../../../runtimes/rust/klambda-function/Cargo.toml"),
+    ),
+    (
+        "klambda-function/src/lib.rs",
+        include_str!("../../../runtimes/rust/klambda-function/src/lib.rs"),
+    ),
+];
 /// What a Go build needs besides the rendered program, under the context's `runtime/`.
 const GO_FILES: &[(&str, &str)] = &[
     ("build.sh", include_str!("../../../runtimes/go/build.sh")),
@@ -125,7 +144,7 @@ impl Template {
             Language::Node => (NODE_DESCRIPTOR, NODE_SHIM, &[][..]),
             Language::Python => (PYTHON_DESCRIPTOR, PYTHON_SHIM, &[][..]),
             Language::Go => (GO_DESCRIPTOR, GO_SHIM, GO_FILES),
-            Language::Rust => return Err(TemplateError::Unsupported(runtime.id())),
+            Language::Rust => (RUST_DESCRIPTOR, RUST_SHIM, RUST_FILES),
         };
         let broken = |reason: String| TemplateError::Broken {
             runtime: runtime.id(),
@@ -169,30 +188,47 @@ impl Template {
     }
 
     /// The files of the context's `runtime/` directory for a function with `handler` whose
-    /// source holds `go_mod` (its `go.mod`, for a Go function): the shim, rendered where the
-    /// runtime compiles the handler in (`{{module}}`, `{{handler}}`), and what the build needs.
+    /// source holds `manifest` (its dependency file: `go.mod`, `Cargo.toml`): the shim and what
+    /// the build needs, rendered where the runtime compiles the handler in (`{{handler}}`, Go's
+    /// `{{module}}`, Rust's `{{package}}` and `{{crate}}`).
     pub fn runtime_files(
         &self,
         handler: &str,
-        go_mod: Option<&str>,
+        manifest: Option<&str>,
     ) -> Result<Vec<(String, String)>, TemplateError> {
-        let mut shim = self.shim.to_owned();
-        if self.runtime.language() == Language::Go {
-            let module = go_mod.and_then(go_module_path).ok_or_else(|| {
-                TemplateError::Source(
-                    "a Go function needs a go.mod naming its module (`module example.com/hello`)"
-                        .to_owned(),
-                )
-            })?;
-            shim = shim
-                .replace("{{module}}", module)
-                .replace("{{handler}}", handler);
-        }
-        let mut files = vec![(self.descriptor.shim.clone(), shim)];
+        let unfit = |what: &str| TemplateError::Source(what.to_owned());
+        let values: Vec<(&str, String)> = match self.runtime.language() {
+            Language::Node | Language::Python => Vec::new(),
+            Language::Go => {
+                let module = manifest.and_then(go_module_path).ok_or_else(|| {
+                    unfit("a Go function needs a go.mod naming its module (`module example.com/hello`)")
+                })?;
+                vec![
+                    ("{{handler}}", handler.to_owned()),
+                    ("{{module}}", module.to_owned()),
+                ]
+            }
+            Language::Rust => {
+                let package = manifest.and_then(cargo_package_name).ok_or_else(|| {
+                    unfit("a Rust function needs a Cargo.toml naming its package (`[package] name = \"hello\"`)")
+                })?;
+                vec![
+                    ("{{handler}}", handler.to_owned()),
+                    ("{{crate}}", package.replace('-', "_")),
+                    ("{{package}}", package.to_owned()),
+                ]
+            }
+        };
+        let render = |text: &str| {
+            values.iter().fold(text.to_owned(), |text, (key, value)| {
+                text.replace(key, value)
+            })
+        };
+        let mut files = vec![(self.descriptor.shim.clone(), render(self.shim))];
         files.extend(
             self.files
                 .iter()
-                .map(|(path, text)| ((*path).to_owned(), (*text).to_owned())),
+                .map(|(path, text)| ((*path).to_owned(), render(text))),
         );
         Ok(files)
     }
@@ -258,6 +294,33 @@ impl Template {
         ));
         text
     }
+}
+
+/// The package name a `Cargo.toml` declares (`name` in `[package]`).
+pub fn cargo_package_name(cargo_toml: &str) -> Option<&str> {
+    let mut in_package = false;
+    for line in cargo_toml.lines() {
+        let line = line.trim();
+        if line.starts_with('[') {
+            in_package = line == "[package]";
+            continue;
+        }
+        if !in_package {
+            continue;
+        }
+        let Some((key, value)) = line.split_once('=') else {
+            continue;
+        };
+        if key.trim() == "name" {
+            let name = value.trim().trim_matches('"');
+            let valid = !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+            return valid.then_some(name);
+        }
+    }
+    None
 }
 
 /// The module path a `go.mod` declares.

@@ -73,13 +73,45 @@ const GO: Scaffold = Scaffold {
     ],
 };
 
+const RUST: Scaffold = Scaffold {
+    handler: "handler",
+    test: &["cargo", "test", "--quiet"],
+    files: &[
+        (
+            "Cargo.toml",
+            include_str!("../../../runtimes/rust/init/Cargo.toml"),
+        ),
+        (
+            "src/lib.rs",
+            include_str!("../../../runtimes/rust/init/src/lib.rs"),
+        ),
+        (
+            "README.md",
+            include_str!("../../../runtimes/rust/init/README.md"),
+        ),
+        (
+            ".cargo/config.toml",
+            include_str!("../../../runtimes/rust/init/.cargo/config.toml"),
+        ),
+        // The runtime crate, for `cargo test` (the platform's build uses its own copy).
+        (
+            ".klambda/klambda-function/Cargo.toml",
+            include_str!("../../../runtimes/rust/klambda-function/Cargo.toml"),
+        ),
+        (
+            ".klambda/klambda-function/src/lib.rs",
+            include_str!("../../../runtimes/rust/klambda-function/src/lib.rs"),
+        ),
+    ],
+};
+
 /// The scaffold of `runtime`'s language; `None` while the language has no template.
 pub fn of(runtime: Runtime) -> Option<Scaffold> {
     match runtime.language() {
         Language::Node => Some(NODE),
         Language::Python => Some(PYTHON),
         Language::Go => Some(GO),
-        Language::Rust => None,
+        Language::Rust => Some(RUST),
     }
 }
 

@@ -161,6 +161,7 @@ async fn an_already_built_digest_skips_upload_and_build() -> Result<()> {
 async fn unbuildable_functions_get_build_failed_with_the_reason() -> Result<()> {
     let dir = store_dir("unbuildable");
     let harness = Harness::new(ContextUploader::new(Arc::new(LocalDir::new(&dir))));
+    // A Rust function whose source names no package.
     let rust = fixtures::inline_function(
         "r",
         fixtures::runtime("rust1")?,
@@ -177,7 +178,7 @@ async fn unbuildable_functions_get_build_failed_with_the_reason() -> Result<()> 
     )?;
     let s3 = python_from("s3://sources/app.tar.gz")?;
     for (spec, needle) in [
-        (rust, "no build template"),
+        (rust, "needs a Cargo.toml naming its package"),
         (go, "needs a go.mod naming its module"),
         (s3, "needs S3 storage"),
     ] {

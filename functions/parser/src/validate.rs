@@ -177,19 +177,7 @@ fn check_handler(
             }
             // The platform's program imports the function's package by its module path.
             if let Some(Source::Inline { files }) = source {
-                let go_mod = files
-                    .iter()
-                    .find(|f| f.path == "go.mod")
-                    .map(|f| match f.encoding {
-                        klambda_events::spec::ContentEncoding::Utf8 => f.content.clone(),
-                        klambda_events::spec::ContentEncoding::Base64 => {
-                            use base64::Engine as _;
-                            let bytes = base64::engine::general_purpose::STANDARD
-                                .decode(f.content.as_bytes())
-                                .unwrap_or_default();
-                            String::from_utf8_lossy(&bytes).into_owned()
-                        }
-                    });
+                let go_mod = inline_text(files, "go.mod");
                 let module = go_mod.as_deref().and_then(klambda_runtimes::go_module_path);
                 if module.is_none() {
                     problem(format!(
@@ -199,18 +187,57 @@ fn check_handler(
             }
         }
         Language::Rust => {
+            let keyword = [
+                "as", "async", "await", "break", "const", "continue", "crate", "dyn", "else",
+                "enum", "extern", "false", "fn", "for", "if", "impl", "in", "let", "loop", "match",
+                "mod", "move", "mut", "pub", "ref", "return", "self", "static", "struct", "super",
+                "trait", "true", "type", "unsafe", "use", "where", "while",
+            ]
+            .contains(&handler);
             let ok = handler.len() <= 64
-                && handler.starts_with(|c: char| c.is_ascii_lowercase())
+                && handler.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
                 && handler
                     .chars()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
-            if !ok {
-                problem(format!(
-                    "{handler:?} is not a Rust binary name (lowercase letters, digits, '_' and '-')"
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+            if !ok || keyword {
+                return problem(format!(
+                    "{handler:?} is not a Rust function name (lowercase letters, digits and '_', e.g. handler)"
                 ));
+            }
+            // The platform's program depends on the function's crate by its package name.
+            if let Some(Source::Inline { files }) = source {
+                let manifest = inline_text(files, "Cargo.toml");
+                if manifest
+                    .as_deref()
+                    .and_then(klambda_runtimes::cargo_package_name)
+                    .is_none()
+                {
+                    problem(format!(
+                        "no Cargo.toml naming the package in the source for handler {handler:?}: a Rust function is a library crate (`[package] name = \"hello\"`)"
+                    ));
+                } else if !files.iter().any(|f| f.path == "src/lib.rs") {
+                    problem(format!(
+                        "no src/lib.rs in the source for handler {handler:?}"
+                    ));
+                }
             }
         }
     }
+}
+
+/// The text of the inline file at `path`, whatever its encoding.
+fn inline_text(files: &[klambda_events::spec::InlineFile], path: &str) -> Option<String> {
+    let file = files.iter().find(|f| f.path == path)?;
+    Some(match file.encoding {
+        klambda_events::spec::ContentEncoding::Utf8 => file.content.clone(),
+        klambda_events::spec::ContentEncoding::Base64 => {
+            use base64::Engine as _;
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(file.content.as_bytes())
+                .unwrap_or_default();
+            String::from_utf8_lossy(&bytes).into_owned()
+        }
+    })
 }
 
 fn check_env(env: &BTreeMap<String, String>, limits: &Limits, problems: &mut Vec<Problem>) {

@@ -290,9 +290,20 @@ fn submissions() {
             &["handler"],
         ),
         (
-            "rust refused until it has a build template",
+            "rust from s3",
             json!({"name": "rs", "runtime": "rust1", "handler": "handler", "source": {"kind": "s3", "url": "s3://my-bucket/fns/rs.tar.gz"}}),
-            &["runtime"],
+            &[],
+        ),
+        (
+            "rust inline without Cargo.toml",
+            json!({"name": "rs", "runtime": "rust1", "handler": "handler", "source": {"kind": "inline", "files": [
+                {"path": "src/lib.rs", "content": "pub async fn handler() {}\n"}]}}),
+            &["handler"],
+        ),
+        (
+            "rust handler a keyword",
+            json!({"name": "rs", "runtime": "rust1", "handler": "fn", "source": {"kind": "s3", "url": "s3://bkt/k"}}),
+            &["handler"],
         ),
         (
             "go inline without go.mod",

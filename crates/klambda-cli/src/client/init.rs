@@ -84,6 +84,9 @@ pub fn init(dir: &Path, runtime: &str, name: Option<&str>, output: Output) -> Re
         format!("{}\n", serde_json::to_string_pretty(&manifest)?),
     )?;
     for (path, text) in scaffold.render(function.as_str(), runtime) {
+        if let Some(parent) = dir.join(path).parent() {
+            std::fs::create_dir_all(parent)?;
+        }
         std::fs::write(dir.join(path), text)?;
         written.push(path);
     }

@@ -18,7 +18,14 @@ const SKIPPED: &[&str] = &[
     "__pycache__",
     ".deps",
     ".venv",
+    // A Rust function's local build output and `cargo test` setup (`klambda init`): the
+    // platform builds with its own.
+    ".cargo",
+    ".klambda",
 ];
+
+/// Skipped at a function's top level where it has a `Cargo.toml`: Cargo's build output.
+const CARGO_TARGET: &str = "target";
 
 /// Reads `dir/klambda.json` and the function's files into a submission.
 pub fn package(dir: &Path) -> Result<FunctionSubmission> {
@@ -136,13 +143,15 @@ fn key_path(pointer: &str) -> String {
 }
 
 /// The function's files under `dir` (relative path with `/`, path on disk), in path order,
-/// without what `SKIPPED` names.
+/// without what `SKIPPED` names (nor a Rust function's `target/`).
 fn function_files(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
     fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, PathBuf)>) -> Result<()> {
         for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
             let entry = entry?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            if SKIPPED.contains(&name.as_str()) {
+            let cargo_output =
+                dir == root && name == CARGO_TARGET && root.join("Cargo.toml").is_file();
+            if SKIPPED.contains(&name.as_str()) || cargo_output {
                 continue;
             }
             let path = entry.path();

@@ -332,6 +332,8 @@ async fn run(
         .map_err(|e| (format!("{program} failed to run: {e}"), String::new()))?;
     let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
     text.push_str(&String::from_utf8_lossy(&output.stderr));
+    // A tool's JSON messages (Cargo's) as the text they render, for the log and its excerpt.
+    let text = klambda_runtimes::diagnostics::readable(&text);
     append_log(log, &format!("$ {}\n{text}", argv.join(" "))).await;
     if output.status.success() {
         return Ok(());
