@@ -60,8 +60,17 @@ class Platform:
         self.process.wait()
         self.start()
 
+    def auth(self):
+        """The API token `klambda up` keeps in its data directory, as a bearer header."""
+        try:
+            with open(os.path.join(self.data, "api-token")) as f:
+                return {"authorization": "Bearer " + f.read().strip()}
+        except OSError:
+            return {}
+
     def get(self, path):
-        with urllib.request.urlopen(self.base + path, timeout=30) as response:
+        request = urllib.request.Request(self.base + path, headers=self.auth())
+        with urllib.request.urlopen(request, timeout=30) as response:
             return json.loads(response.read())
 
     def submit(self, name, event_id, n, kind="created"):
@@ -70,7 +79,7 @@ class Platform:
         event = {"specversion": "1.0", "id": event_id, "source": "/bench", "subject": name,
                  "type": f"io.knative.lambda.function.{kind}", "datacontenttype": "application/json", "data": data}
         request = urllib.request.Request(self.base + "/", data=json.dumps(event).encode(),
-                                         headers={"content-type": "application/cloudevents+json"})
+                                         headers={"content-type": "application/cloudevents+json", **self.auth()})
         with urllib.request.urlopen(request, timeout=30) as response:
             assert response.status == 202, response.status
 
