@@ -60,9 +60,22 @@ async fn cluster(test: &str) -> Result<Cluster> {
     })
 }
 
-/// A `context.uploaded` for a Node.js function, its context in S3.
+/// A `context.uploaded` for a Node.js function (a Go one when `name` starts with `go-`), its
+/// context in S3.
 fn uploaded(name: &str) -> Result<Event> {
-    let (mut spec, digest) = klambda_test_support::fixtures::node_function(name)?;
+    let (mut spec, digest) = if name.starts_with("go-") {
+        klambda_test_support::fixtures::inline_function(
+            name,
+            klambda_test_support::fixtures::runtime("go1.24")?,
+            "Handler",
+            &[
+                ("go.mod", "module example.com/hello\n\ngo 1.24\n"),
+                ("handler.go", "package hello\n"),
+            ],
+        )?
+    } else {
+        klambda_test_support::fixtures::node_function(name)?
+    };
     spec.build.timeout_seconds = 600;
     let uri = format!("s3://klambda/contexts/{}.tar.gz", digest.hex());
     Ok(klambda_test_support::fixtures::context_uploaded(
@@ -152,10 +165,19 @@ async fn a_context_becomes_one_strictly_valid_kaniko_job_and_a_replay_finds_it()
         build_id.as_str()
     );
 
+    // A compiled runtime's build is the same Job (the Dockerfile in its context differs),
+    // as strictly valid: the fake API checks every create against the schemas.
+    let (go_build, go_job) = launch(&cluster, "go-hello").await?;
+    assert_eq!(
+        go_job["metadata"]["labels"]["lambda.knative.dev/build-id"],
+        go_build.as_str()
+    );
+    assert_eq!(go_job["spec"]["template"]["spec"]["restartPolicy"], "Never");
+
     // A replay: the same answer, still one Job (the second create met AlreadyExists).
     let (again, _) = launch(&cluster, "hello").await?;
     assert_eq!(again, build_id);
-    assert_eq!(cluster.fake.kube.objects("batch", "jobs", BUILDS).len(), 1);
+    assert_eq!(cluster.fake.kube.objects("batch", "jobs", BUILDS).len(), 2);
     let creates: Vec<u16> = cluster
         .fake
         .kube
@@ -164,11 +186,11 @@ async fn a_context_becomes_one_strictly_valid_kaniko_job_and_a_replay_finds_it()
         .filter(|r| r.verb == "create")
         .map(|r| r.status)
         .collect();
-    assert_eq!(creates, [201, 409]);
-    // Counted where it happens: one build started, though launched twice.
+    assert_eq!(creates, [201, 201, 409]);
+    // Counted where it happens: one per build started, though hello was launched twice.
     let metrics = cluster.launcher.metrics().encode();
     assert!(
-        metrics.contains(r#"klambda_effects_total{stage="job-launcher",effect="build_started"} 1"#),
+        metrics.contains(r#"klambda_effects_total{stage="job-launcher",effect="build_started"} 2"#),
         "{metrics}"
     );
     Ok(())
