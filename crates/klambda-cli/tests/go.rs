@@ -10,9 +10,9 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context as _, Result, ensure};
-use common::{Up, klambda, text, up};
-use serde_json::{Value, json};
+use anyhow::{Result, ensure};
+use common::{invoke_json, klambda, latest_event_data, text, up};
+use serde_json::json;
 
 /// Answers as asked: a result, a returned error, a panic, or too late.
 const PROBE: &str = r#"package probe
@@ -64,29 +64,6 @@ fn write(root: &Path, name: &str, code: &str) -> Result<PathBuf> {
     Ok(dir)
 }
 
-/// `klambda invoke NAME EVENT -o json`: the answer's status and reply.
-fn invoke(platform: &Up, name: &str, event: &str) -> Result<(u64, Value)> {
-    let called = klambda(platform, &["invoke", name, event, "-o", "json"])?;
-    let answer: Value = serde_json::from_slice(&called.stdout)
-        .with_context(|| format!("invoke {name}: {}", text(&called)))?;
-    Ok((
-        answer["status"].as_u64().unwrap_or_default(),
-        answer["reply"].clone(),
-    ))
-}
-
-/// The data of `name`'s latest event of `type` (`build.failed`), from `klambda events`.
-fn latest(platform: &Up, name: &str, ty: &str) -> Result<Value> {
-    let events = klambda(platform, &["events", name, "-o", "json"])?;
-    String::from_utf8_lossy(&events.stdout)
-        .lines()
-        .rev()
-        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-        .find(|e| e["event"]["type"].as_str().is_some_and(|t| t.ends_with(ty)))
-        .map(|e| e["event"]["data"].clone())
-        .with_context(|| format!("no {ty} for {name}: {}", text(&events)))
-}
-
 #[test]
 fn go_functions_answer_fail_time_out_and_a_compile_error_keeps_the_serving_revision() -> Result<()>
 {
@@ -96,7 +73,7 @@ fn go_functions_answer_fail_time_out_and_a_compile_error_keeps_the_serving_revis
     // The example, as the README deploys it: its reply carries the Lambda context's request id.
     let deployed = klambda(&platform, &["deploy", "examples/hello-go"])?;
     ensure!(deployed.status.success(), "{}", text(&deployed));
-    let (status, reply) = invoke(&platform, "hello-go", r#"{"name":"gopher"}"#)?;
+    let (status, reply) = invoke_json(&platform, "hello-go", r#"{"name":"gopher"}"#)?;
     ensure!(status == 200, "{reply}");
     ensure!(reply["message"] == "Hello, gopher!", "{reply}");
     ensure!(
@@ -110,15 +87,15 @@ fn go_functions_answer_fail_time_out_and_a_compile_error_keeps_the_serving_revis
     let dir = dir.to_string_lossy().into_owned();
     let deployed = klambda(&platform, &["deploy", &dir])?;
     ensure!(deployed.status.success(), "{}", text(&deployed));
-    let (status, reply) = invoke(&platform, "probe", r#"{"Name":"ada"}"#)?;
+    let (status, reply) = invoke_json(&platform, "probe", r#"{"Name":"ada"}"#)?;
     ensure!(status == 200 && reply["hello"] == "ada", "{status} {reply}");
-    let (status, reply) = invoke(&platform, "probe", r#"{"Mode":"fail","Name":"ada"}"#)?;
+    let (status, reply) = invoke_json(&platform, "probe", r#"{"Mode":"fail","Name":"ada"}"#)?;
     ensure!(
         status == 500 && reply["detail"] == "no luck for ada",
         "{status} {reply}"
     );
     ensure!(reply["errorType"] == "*errors.errorString", "{reply}");
-    let (status, reply) = invoke(&platform, "probe", r#"{"Mode":"panic","Name":"ada"}"#)?;
+    let (status, reply) = invoke_json(&platform, "probe", r#"{"Mode":"panic","Name":"ada"}"#)?;
     ensure!(
         status == 500
             && reply["detail"]
@@ -126,14 +103,14 @@ fn go_functions_answer_fail_time_out_and_a_compile_error_keeps_the_serving_revis
                 .is_some_and(|d| d.contains("boom for ada")),
         "{status} {reply}"
     );
-    let (status, reply) = invoke(&platform, "probe", r#"{"Mode":"sleep"}"#)?;
+    let (status, reply) = invoke_json(&platform, "probe", r#"{"Mode":"sleep"}"#)?;
     ensure!(status == 504, "{status} {reply}");
 
     // Unchanged: the build record answers, nothing compiles, no new revision.
     let again = klambda(&platform, &["deploy", &dir])?;
     ensure!(again.status.success(), "{}", text(&again));
     ensure!(
-        latest(&platform, "probe", "build.completed")?["cached"] == true,
+        latest_event_data(&platform, "probe", "build.completed")?["cached"] == true,
         "{}",
         text(&again)
     );
@@ -148,14 +125,14 @@ fn go_functions_answer_fail_time_out_and_a_compile_error_keeps_the_serving_revis
         "{}",
         text(&failed)
     );
-    let data = latest(&platform, "probe", "build.failed")?;
+    let data = latest_event_data(&platform, "probe", "build.failed")?;
     ensure!(data["cause"] == "compileError", "{data}");
     ensure!(
         data["diagnostics"][0]
             == json!({"file": "handler.go", "line": 13, "column": 15, "message": "undefined: errr"}),
         "{data}"
     );
-    let (status, reply) = invoke(&platform, "probe", r#"{"Name":"still"}"#)?;
+    let (status, reply) = invoke_json(&platform, "probe", r#"{"Name":"still"}"#)?;
     ensure!(
         status == 200 && reply["hello"] == "still",
         "{status} {reply}"

@@ -10,9 +10,9 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context as _, Result, ensure};
-use common::{Up, klambda, text, up};
-use serde_json::{Value, json};
+use anyhow::{Result, ensure};
+use common::{invoke_json, klambda, latest_event_data, text, up};
+use serde_json::json;
 
 const CARGO_TOML: &str = r#"[package]
 name = "probe"
@@ -59,29 +59,6 @@ fn scratch() -> Result<PathBuf> {
     Ok(dir)
 }
 
-/// `klambda invoke NAME EVENT -o json`: the answer's status and reply.
-fn invoke(platform: &Up, name: &str, event: &str) -> Result<(u64, Value)> {
-    let called = klambda(platform, &["invoke", name, event, "-o", "json"])?;
-    let answer: Value = serde_json::from_slice(&called.stdout)
-        .with_context(|| format!("invoke {name}: {}", text(&called)))?;
-    Ok((
-        answer["status"].as_u64().unwrap_or_default(),
-        answer["reply"].clone(),
-    ))
-}
-
-/// The data of `name`'s latest event of `type` (`build.failed`), from `klambda events`.
-fn latest(platform: &Up, name: &str, ty: &str) -> Result<Value> {
-    let events = klambda(platform, &["events", name, "-o", "json"])?;
-    String::from_utf8_lossy(&events.stdout)
-        .lines()
-        .rev()
-        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-        .find(|e| e["event"]["type"].as_str().is_some_and(|t| t.ends_with(ty)))
-        .map(|e| e["event"]["data"].clone())
-        .with_context(|| format!("no {ty} for {name}: {}", text(&events)))
-}
-
 #[test]
 fn rust_functions_answer_fail_time_out_and_a_compile_error_keeps_the_serving_revision() -> Result<()>
 {
@@ -91,7 +68,7 @@ fn rust_functions_answer_fail_time_out_and_a_compile_error_keeps_the_serving_rev
     // The example, as the README deploys it: its reply carries the Lambda context's request id.
     let deployed = klambda(&platform, &["deploy", "examples/hello-rust"])?;
     ensure!(deployed.status.success(), "{}", text(&deployed));
-    let (status, reply) = invoke(&platform, "hello-rust", r#"{"name":"ferris"}"#)?;
+    let (status, reply) = invoke_json(&platform, "hello-rust", r#"{"name":"ferris"}"#)?;
     ensure!(status == 200, "{reply}");
     ensure!(reply["message"] == "Hello, ferris!", "{reply}");
     ensure!(
@@ -114,14 +91,14 @@ fn rust_functions_answer_fail_time_out_and_a_compile_error_keeps_the_serving_rev
     let dir = dir.to_string_lossy().into_owned();
     let deployed = klambda(&platform, &["deploy", &dir])?;
     ensure!(deployed.status.success(), "{}", text(&deployed));
-    let (status, reply) = invoke(&platform, "probe", r#"{"name":"ada"}"#)?;
+    let (status, reply) = invoke_json(&platform, "probe", r#"{"name":"ada"}"#)?;
     ensure!(status == 200 && reply["hello"] == "ada", "{status} {reply}");
-    let (status, reply) = invoke(&platform, "probe", r#"{"mode":"fail","name":"ada"}"#)?;
+    let (status, reply) = invoke_json(&platform, "probe", r#"{"mode":"fail","name":"ada"}"#)?;
     ensure!(
         status == 500 && reply["detail"] == "no luck for ada",
         "{status} {reply}"
     );
-    let (status, reply) = invoke(&platform, "probe", r#"{"mode":"panic","name":"ada"}"#)?;
+    let (status, reply) = invoke_json(&platform, "probe", r#"{"mode":"panic","name":"ada"}"#)?;
     ensure!(
         status == 500
             && reply["detail"]
@@ -129,17 +106,17 @@ fn rust_functions_answer_fail_time_out_and_a_compile_error_keeps_the_serving_rev
                 .is_some_and(|d| d.contains("boom for ada")),
         "{status} {reply}"
     );
-    let (status, reply) = invoke(&platform, "probe", r#"{"mode":"sleep"}"#)?;
+    let (status, reply) = invoke_json(&platform, "probe", r#"{"mode":"sleep"}"#)?;
     ensure!(status == 504, "{status} {reply}");
     // An event its type cannot take is the caller's mistake.
-    let (status, reply) = invoke(&platform, "probe", r#"{"name":7}"#)?;
+    let (status, reply) = invoke_json(&platform, "probe", r#"{"name":7}"#)?;
     ensure!(status == 400, "{status} {reply}");
 
     // Unchanged: the build record answers, nothing compiles, no new revision.
     let again = klambda(&platform, &["deploy", &dir])?;
     ensure!(again.status.success(), "{}", text(&again));
     ensure!(
-        latest(&platform, "probe", "build.completed")?["cached"] == true,
+        latest_event_data(&platform, "probe", "build.completed")?["cached"] == true,
         "{}",
         text(&again)
     );
@@ -152,7 +129,7 @@ fn rust_functions_answer_fail_time_out_and_a_compile_error_keeps_the_serving_rev
     std::fs::write(Path::new(&dir).join("src/lib.rs"), broken)?;
     let failed = klambda(&platform, &["deploy", &dir])?;
     ensure!(!failed.status.success(), "{}", text(&failed));
-    let data = latest(&platform, "probe", "build.failed")?;
+    let data = latest_event_data(&platform, "probe", "build.failed")?;
     ensure!(data["cause"] == "compileError", "{data}");
     let first = &data["diagnostics"][0];
     ensure!(
@@ -170,7 +147,7 @@ fn rust_functions_answer_fail_time_out_and_a_compile_error_keeps_the_serving_rev
         "{}",
         text(&failed)
     );
-    let (status, reply) = invoke(&platform, "probe", r#"{"name":"still"}"#)?;
+    let (status, reply) = invoke_json(&platform, "probe", r#"{"name":"still"}"#)?;
     ensure!(
         status == 200 && reply["hello"] == "still",
         "{status} {reply}"

@@ -133,3 +133,31 @@ pub(crate) fn metrics(platform: &Up) -> Result<String> {
     )))?;
     Ok(String::from_utf8_lossy(&metrics.body).into_owned())
 }
+
+/// `klambda invoke NAME EVENT -o json`: the answer's status and reply.
+pub(crate) fn invoke_json(
+    platform: &Up,
+    name: &str,
+    event: &str,
+) -> Result<(u64, serde_json::Value)> {
+    let called = klambda(platform, &["invoke", name, event, "-o", "json"])?;
+    let answer: serde_json::Value = serde_json::from_slice(&called.stdout)
+        .map_err(|e| anyhow::anyhow!("invoke {name}: {e}: {}", text(&called)))?;
+    Ok((
+        answer["status"].as_u64().unwrap_or_default(),
+        answer["reply"].clone(),
+    ))
+}
+
+/// The data of `name`'s latest event whose type ends with `ty` (`build.failed`), from
+/// `klambda events`.
+pub(crate) fn latest_event_data(platform: &Up, name: &str, ty: &str) -> Result<serde_json::Value> {
+    let events = klambda(platform, &["events", name, "-o", "json"])?;
+    String::from_utf8_lossy(&events.stdout)
+        .lines()
+        .rev()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .find(|e| e["event"]["type"].as_str().is_some_and(|t| t.ends_with(ty)))
+        .map(|e| e["event"]["data"].clone())
+        .ok_or_else(|| anyhow::anyhow!("no {ty} for {name}: {}", text(&events)))
+}
