@@ -1043,10 +1043,12 @@ async fn healthy(child: &mut Child, port: u16) -> Result<(), String> {
                 "no healthy answer on {url} within {READY_WITHIN:?}"
             ));
         }
-        let pause = if started.elapsed() < Duration::from_secs(2) {
-            Duration::from_millis(5)
-        } else {
-            Duration::from_millis(50)
+        // A refused connection on loopback costs microseconds, so the first second is polled
+        // every millisecond: a compiled function is listening a few milliseconds after exec.
+        let pause = match started.elapsed() {
+            waited if waited < Duration::from_secs(1) => Duration::from_millis(1),
+            waited if waited < Duration::from_secs(2) => Duration::from_millis(5),
+            _ => Duration::from_millis(50),
         };
         tokio::time::sleep(pause).await;
     }
