@@ -78,23 +78,15 @@ struct Booted {
 impl Booted {
     /// Kills the stage at once, as a node's failure would.
     fn kill(&mut self) -> Result<()> {
-        if let Some(container) = &self.container {
-            let _ = podman()
-                .args(["kill", "--signal", "KILL", container])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
-        } else {
-            self.child.kill()?;
-        }
+        self.remove_container();
+        self.child.kill()?;
         self.child.wait()?;
         Ok(())
     }
-}
 
-/// A test that fails part-way leaves no stage running: a container outlives its `podman run`.
-impl Drop for Booted {
-    fn drop(&mut self) {
+    /// Kills and removes the container at once, when started as an image (its `podman run`
+    /// then ends; a container outlives a killed `podman run`).
+    fn remove_container(&self) {
         if let Some(container) = &self.container {
             let _ = podman()
                 .args(["rm", "--force", "--time", "0", container])
@@ -102,6 +94,13 @@ impl Drop for Booted {
                 .stderr(Stdio::null())
                 .status();
         }
+    }
+}
+
+/// A test that fails part-way leaves no stage running: a container outlives its `podman run`.
+impl Drop for Booted {
+    fn drop(&mut self) {
+        self.remove_container();
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

@@ -240,9 +240,9 @@ fn the_release_workflow_passes_actionlint_which_catches_a_broken_one() -> Result
     Ok(())
 }
 
+/// A fresh directory for `name` (klambda_tests::data_dir, created).
 fn scratch(name: &str) -> Result<std::path::PathBuf> {
-    let dir = std::env::temp_dir().join(format!("klambda-images-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = klambda_tests::data_dir(&format!("images-{name}"));
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
 }
