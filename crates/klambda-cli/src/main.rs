@@ -78,7 +78,8 @@ enum Command {
         #[arg(long, env = "KLAMBDA_EVENT_KEYS", hide_env_values = true)]
         event_keys: Option<String>,
         /// Warm interpreters kept per runtime (Node.js, Python) so a cold start skips the
-        /// interpreter's start; 0: none (at most 32).
+        /// interpreter's start, and as many spare shells already in a cgroup for Go and Rust
+        /// functions (as root); 0: none (at most 32).
         #[arg(long, env = "KLAMBDA_WARM_POOL", default_value_t = service_deployer::deployer::pool::DEFAULT_SIZE,
               value_parser = |value: &str| service_deployer::deployer::pool::size_of(Some(value)))]
         warm_pool: usize,

@@ -222,22 +222,14 @@ exports.handler = async () => {
 /// The processes `platform`'s warm pool started (waiting or claimed since): its children whose
 /// environment at start, as `/proc` shows it, says `KLAMBDA_POOL=1`.
 fn pool_started(platform: &Up) -> BTreeSet<u32> {
-    let parent = platform.child.id();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return BTreeSet::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|entry| {
-            let pid = entry.file_name().to_str()?.parse::<u32>().ok()?;
-            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
-            // pid (comm) state ppid …: comm may hold spaces, so read after its ')'.
-            let ppid = stat.rsplit_once(')')?.1.split_whitespace().nth(1)?;
-            let environ = std::fs::read(entry.path().join("environ")).ok()?;
+    klambda_test_support::process::children(platform.child.id())
+        .into_iter()
+        .filter_map(|(pid, _)| {
+            let environ = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
             let pooled = environ
                 .split(|b| *b == 0)
                 .any(|var| var == b"KLAMBDA_POOL=1");
-            (ppid == parent.to_string() && pooled).then_some(pid)
+            pooled.then_some(pid)
         })
         .collect()
 }

@@ -93,3 +93,30 @@ pub fn function_processes() -> Vec<(u32, String)> {
         })
         .collect()
 }
+
+/// The processes whose parent is `parent` now, each with its command line (arguments joined by
+/// spaces), read from `/proc`.
+pub fn children(parent: u32) -> Vec<(u32, String)> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let pid = entry.file_name().to_str()?.parse::<u32>().ok()?;
+            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+            // pid (comm) state ppid …: comm may hold spaces, so read after its ')'.
+            let ppid = stat.rsplit_once(')')?.1.split_whitespace().nth(1)?;
+            if ppid != parent.to_string() {
+                return None;
+            }
+            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+            let words: Vec<String> = cmdline
+                .split(|b| *b == 0)
+                .filter(|word| !word.is_empty())
+                .map(|word| String::from_utf8_lossy(word).into_owned())
+                .collect();
+            Some((pid, words.join(" ")))
+        })
+        .collect()
+}

@@ -32,8 +32,15 @@ impl Drop for Up {
 
 /// `klambda up` on a free port over `data`, with `args` added, once it answers.
 pub(crate) fn up(data: &Path, args: &[&str]) -> Result<Up> {
+    up_in(&repo::root(), data, args)
+}
+
+/// [`up`] run in the directory `dir`, where a relative `data` is (as `klambda up`'s default,
+/// `.klambda`, is).
+pub(crate) fn up_in(dir: &Path, data: &Path, args: &[&str]) -> Result<Up> {
     let port = free_port()?;
     let child = Command::new(BIN)
+        .current_dir(dir)
         .args(["up", "--port", &port.to_string(), "--data-dir"])
         .arg(data)
         .arg("--eventing-dir")
@@ -55,7 +62,7 @@ pub(crate) fn up(data: &Path, args: &[&str]) -> Result<Up> {
     let started = Instant::now();
     loop {
         // The token is in the data directory once `klambda up` has started.
-        up.token = std::fs::read_to_string(data.join("api-token"))
+        up.token = std::fs::read_to_string(dir.join(data).join("api-token"))
             .map(|t| t.trim().to_owned())
             .unwrap_or_default();
         let answered = Command::new(BIN)

@@ -34,7 +34,7 @@ impl LocalBuilder {
     /// A builder reading contexts from `store` and building under `work`, its caches in
     /// `<work>/.cache`.
     pub fn new(store: Arc<dyn ObjectStore>, work: impl Into<PathBuf>) -> Self {
-        let work = work.into();
+        let work = absolute(work.into());
         Self {
             store,
             cache: work.join(".cache"),
@@ -46,7 +46,7 @@ impl LocalBuilder {
     /// per runtime id: builders sharing it (platforms on one machine, the tests) compile the
     /// standard library and shared dependencies once.
     pub fn with_cache_dir(mut self, dir: impl Into<PathBuf>) -> Self {
-        self.cache = dir.into();
+        self.cache = absolute(dir.into());
         self
     }
 
@@ -296,6 +296,12 @@ fn sources(root: &Path, extensions: &[String]) -> Vec<PathBuf> {
 
 /// The file in a build's directory holding every command it ran and their output.
 pub const BUILD_LOG: &str = "build.log";
+
+/// `path` from the root: builds run their commands in the build's own directory, where a
+/// relative path (the default data directory is `.klambda`) would mean something else.
+fn absolute(path: PathBuf) -> PathBuf {
+    std::path::absolute(&path).unwrap_or(path)
+}
 
 /// Runs `argv` in `dir`, appending the command and its output to `log`; on failure, a one-line
 /// reason and the last lines of output.

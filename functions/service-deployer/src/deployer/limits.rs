@@ -8,7 +8,8 @@
 //! machine delegates no cgroup), nothing is enforced and the function's output says so at start:
 //! rlimits are no substitute (an address-space limit breaks V8, which reserves far more than it
 //! uses). The process joins its cgroup before it executes the function's program (a `sh` wrapper
-//! writes its own pid, then `exec`s), so no allocation escapes the limit.
+//! writes its own pid, then `exec`s), so no allocation escapes the limit; or it waited in a group
+//! of its own ([`SpareCgroup`], the warm pool's) that takes the revision's name and limits.
 
 use std::path::{Path, PathBuf};
 
@@ -35,6 +36,124 @@ pub struct RevisionCgroup {
     pub oom_counter: PathBuf,
 }
 
+/// Where one group's directories are, in whichever hierarchy the machine has.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Layout {
+    /// cgroup v2: one directory, both controllers.
+    V2(PathBuf),
+    /// cgroup v1: a memory directory, and a cpu one where the runner can make it.
+    V1 {
+        memory: PathBuf,
+        cpu: Option<PathBuf>,
+    },
+}
+
+impl Layout {
+    /// Makes (or finds again) the directories of the group `name`, with no limits written.
+    fn make(root: &Path, name: &str) -> Option<Self> {
+        let v2 = root.join("cgroup.controllers");
+        if std::fs::read_to_string(&v2).is_ok_and(|c| c.split_whitespace().any(|c| c == "memory")) {
+            let parent = root.join(SUBTREE);
+            std::fs::create_dir_all(&parent).ok()?;
+            // Hand the memory and cpu controllers down to the groups below.
+            let _ = std::fs::write(parent.join("cgroup.subtree_control"), "+memory +cpu");
+            let dir = parent.join(name);
+            std::fs::create_dir_all(&dir).ok()?;
+            return Some(Self::V2(dir));
+        }
+        let memory = root.join("memory").join(SUBTREE).join(name);
+        std::fs::create_dir_all(&memory).ok()?;
+        let cpu = root.join("cpu").join(SUBTREE).join(name);
+        let cpu = std::fs::create_dir_all(&cpu).is_ok().then_some(cpu);
+        Some(Self::V1 { memory, cpu })
+    }
+
+    /// Writes the limits of `resources`; `None` when the memory limit cannot be set (the CPU
+    /// quota is best effort, as the swap limit is where the kernel accounts no swap).
+    fn limit(&self, resources: &Resources) -> Option<()> {
+        let memory = (u64::from(resources.memory_mib) * 1024 * 1024).to_string();
+        let quota = u64::from(resources.cpu_millis) * CPU_PERIOD_US / 1000;
+        match self {
+            Self::V2(dir) => {
+                std::fs::write(dir.join("memory.max"), &memory).ok()?;
+                let _ = std::fs::write(dir.join("memory.swap.max"), "0");
+                let _ = std::fs::write(dir.join("cpu.max"), format!("{quota} {CPU_PERIOD_US}"));
+            }
+            Self::V1 { memory: dir, cpu } => {
+                std::fs::write(dir.join("memory.limit_in_bytes"), &memory).ok()?;
+                // Swap counts against the limit too, where the kernel accounts it.
+                let _ = std::fs::write(dir.join("memory.memsw.limit_in_bytes"), &memory);
+                if let Some(cpu) = cpu {
+                    let _ =
+                        std::fs::write(cpu.join("cpu.cfs_period_us"), CPU_PERIOD_US.to_string())
+                            .and_then(|()| {
+                                std::fs::write(cpu.join("cpu.cfs_quota_us"), quota.to_string())
+                            });
+                }
+            }
+        }
+        Some(())
+    }
+
+    /// The same group under the name `name` (its processes stay in it; renaming takes
+    /// microseconds). A directory that cannot be renamed keeps its name.
+    fn renamed(&self, name: &str) -> Self {
+        let rename = |dir: &PathBuf| {
+            let to = dir.with_file_name(name);
+            match std::fs::rename(dir, &to) {
+                Ok(()) => to,
+                Err(_) => dir.clone(),
+            }
+        };
+        match self {
+            Self::V2(dir) => Self::V2(rename(dir)),
+            Self::V1 { memory, cpu } => Self::V1 {
+                memory: rename(memory),
+                cpu: cpu.as_ref().map(rename),
+            },
+        }
+    }
+
+    fn dirs(&self) -> Vec<PathBuf> {
+        match self {
+            Self::V2(dir) => vec![dir.clone()],
+            Self::V1 { memory, cpu } => std::iter::once(memory).chain(cpu).cloned().collect(),
+        }
+    }
+
+    fn oom_counter(&self) -> PathBuf {
+        match self {
+            Self::V2(dir) => dir.join("memory.events"),
+            Self::V1 { memory, .. } => memory.join("memory.oom_control"),
+        }
+    }
+
+    /// The group, limited for `revision`.
+    fn revision(&self, revision: &str, resources: &Resources) -> RevisionCgroup {
+        RevisionCgroup {
+            revision: revision.to_owned(),
+            resources: *resources,
+            dirs: self.dirs(),
+            oom_counter: self.oom_counter(),
+        }
+    }
+}
+
+/// Moves the process `pid` into every one of `dirs`.
+fn join(dirs: &[PathBuf], pid: u32) -> std::io::Result<()> {
+    for dir in dirs {
+        std::fs::write(dir.join("cgroup.procs"), pid.to_string())?;
+    }
+    Ok(())
+}
+
+/// Removes `dirs` (the kernel refuses while a process is in one).
+fn remove(dirs: &[PathBuf]) {
+    for dir in dirs {
+        let _ = std::fs::remove_dir(dir);
+    }
+}
+
 impl RevisionCgroup {
     /// Creates (or finds again) the cgroup of `revision` with the limits of `resources`; `None`
     /// when this machine lets the runner create none.
@@ -43,57 +162,23 @@ impl RevisionCgroup {
     }
 
     fn create_under(root: &Path, revision: &str, resources: &Resources) -> Option<Self> {
-        let memory = u64::from(resources.memory_mib) * 1024 * 1024;
-        let quota = u64::from(resources.cpu_millis) * CPU_PERIOD_US / 1000;
-        let v2 = root.join("cgroup.controllers");
-        if std::fs::read_to_string(&v2).is_ok_and(|c| c.split_whitespace().any(|c| c == "memory")) {
-            let parent = root.join(SUBTREE);
-            std::fs::create_dir_all(&parent).ok()?;
-            // Hand the memory and cpu controllers down to the revisions' groups.
-            let _ = std::fs::write(parent.join("cgroup.subtree_control"), "+memory +cpu");
-            let dir = parent.join(revision);
-            std::fs::create_dir_all(&dir).ok()?;
-            std::fs::write(dir.join("memory.max"), memory.to_string()).ok()?;
-            let _ = std::fs::write(dir.join("memory.swap.max"), "0");
-            let _ = std::fs::write(dir.join("cpu.max"), format!("{quota} {CPU_PERIOD_US}"));
-            return Some(Self {
-                revision: revision.to_owned(),
-                resources: *resources,
-                oom_counter: dir.join("memory.events"),
-                dirs: vec![dir],
-            });
-        }
-        let memory_dir = root.join("memory").join(SUBTREE).join(revision);
-        std::fs::create_dir_all(&memory_dir).ok()?;
-        std::fs::write(memory_dir.join("memory.limit_in_bytes"), memory.to_string()).ok()?;
-        // Swap counts against the limit too, where the kernel accounts it.
-        let _ = std::fs::write(
-            memory_dir.join("memory.memsw.limit_in_bytes"),
-            memory.to_string(),
-        );
-        let mut dirs = vec![memory_dir.clone()];
-        let cpu_dir = root.join("cpu").join(SUBTREE).join(revision);
-        if std::fs::create_dir_all(&cpu_dir).is_ok()
-            && std::fs::write(cpu_dir.join("cpu.cfs_period_us"), CPU_PERIOD_US.to_string()).is_ok()
-            && std::fs::write(cpu_dir.join("cpu.cfs_quota_us"), quota.to_string()).is_ok()
-        {
-            dirs.push(cpu_dir);
-        }
-        Some(Self {
-            revision: revision.to_owned(),
-            resources: *resources,
-            oom_counter: memory_dir.join("memory.oom_control"),
-            dirs,
-        })
+        let layout = Layout::make(root, revision)?;
+        layout.limit(resources)?;
+        Some(layout.revision(revision, resources))
     }
 
     /// A group of its own for one process of this revision (`<revision>.<n>`), with the same
     /// limits: a process started again never shares a group with one still leaving, nor loses
     /// its group to that one's cleanup. `None` when it cannot be created.
     pub fn fresh(&self) -> Option<Self> {
+        Self::create(&self.fresh_name(), &self.resources)
+    }
+
+    /// The name of a new group for one process of this revision.
+    fn fresh_name(&self) -> String {
         static STARTED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Self::create(&format!("{}.{n}", self.revision), &self.resources)
+        format!("{}.{n}", self.revision)
     }
 
     /// How many times the kernel killed a process of this group for its memory.
@@ -133,17 +218,64 @@ impl RevisionCgroup {
     /// before it runs any of the function's code). What it allocated before stays counted where
     /// it was: cgroup v2 does not move memory charges.
     pub fn adopt(&self, pid: u32) -> std::io::Result<()> {
-        for dir in &self.dirs {
-            std::fs::write(dir.join("cgroup.procs"), pid.to_string())?;
-        }
-        Ok(())
+        join(&self.dirs, pid)
     }
 
     /// Removes the group's directories (once its processes are gone).
     pub fn remove(&self) {
-        for dir in &self.dirs {
-            let _ = std::fs::remove_dir(dir);
+        remove(&self.dirs);
+    }
+}
+
+/// A group made ahead of need, with no limits yet, that a spare process (a warm one of the
+/// pool) waits in until a revision claims it and the group gets that revision's limits.
+///
+/// Why: on cgroup v1 the first move of a process into a group after a quiet moment waits for
+/// the kernel (an RCU grace period before the cgroup write lock is taken): about 10 ms, up to
+/// 19 ms, measured here (docs/BENCHMARKS.md). A process that is already in its group when it
+/// is claimed starts without that wait; writing limits into a group costs microseconds.
+#[derive(Debug)]
+pub struct SpareCgroup {
+    layout: Layout,
+}
+
+impl SpareCgroup {
+    /// A new group for one spare process; `None` when this machine lets the runner create none.
+    pub fn new() -> Option<Self> {
+        Self::new_under(Path::new(ROOT))
+    }
+
+    fn new_under(root: &Path) -> Option<Self> {
+        static MADE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = MADE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // Named for this runner too: two platforms on one machine never share a group.
+        let name = format!("spare.{}.{n}", std::process::id());
+        Some(Self {
+            layout: Layout::make(root, &name)?,
+        })
+    }
+
+    /// Moves the process `pid` into the group (blocking: this is the wait it takes ahead).
+    pub fn adopt(&self, pid: u32) -> std::io::Result<()> {
+        join(&self.layout.dirs(), pid)
+    }
+
+    /// The group made one process's group of `revision` (as [`RevisionCgroup::fresh`] names
+    /// one, so a serving process's group says whose it is), with the revision's limits; `None`
+    /// when the memory limit cannot be set (for one thing, the process already uses more).
+    pub fn claim(self, revision: &RevisionCgroup) -> Option<RevisionCgroup> {
+        let name = revision.fresh_name();
+        let layout = self.layout.renamed(&name);
+        if layout.limit(&revision.resources).is_none() {
+            remove(&layout.dirs());
+            return None;
         }
+        Some(layout.revision(&name, &revision.resources))
+    }
+
+    /// Removes the group's directories (once its process is gone).
+    pub fn remove(&self) {
+        remove(&self.layout.dirs());
     }
 }
 
@@ -240,8 +372,36 @@ mod tests {
     }
 
     #[test]
+    fn a_spare_group_has_no_limits_until_a_revision_claims_it() {
+        let root = std::env::temp_dir().join(format!("klambda-cg-spare-{}", std::process::id()));
+        std::fs::create_dir_all(root.join("memory")).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::create_dir_all(root.join("cpu")).unwrap_or_else(|e| panic!("{e}"));
+        let spare = SpareCgroup::new_under(&root).unwrap_or_else(|| panic!("no group"));
+        let dirs = spare.layout.dirs();
+        assert_eq!(dirs.len(), 2, "{dirs:?}");
+        assert!(dirs.iter().all(|dir| dir.is_dir()));
+        let limit = dirs[0].join("memory.limit_in_bytes");
+        assert!(!limit.exists(), "no limit before the claim");
+        let revision = RevisionCgroup::create_under(&root, "f-00001", &resources())
+            .unwrap_or_else(|| panic!("no group"));
+        let group = spare
+            .claim(&revision)
+            .unwrap_or_else(|| panic!("not limited"));
+        assert!(group.revision.starts_with("f-00001."), "{group:?}");
+        // Renamed for the revision: the spare's name is gone, the limits are in.
+        assert!(dirs.iter().all(|dir| !dir.exists()), "{dirs:?}");
+        let read =
+            |dir: &PathBuf, file: &str| std::fs::read_to_string(dir.join(file)).unwrap_or_default();
+        assert_eq!(read(&group.dirs[0], "memory.limit_in_bytes"), "134217728");
+        assert_eq!(read(&group.dirs[1], "cpu.cfs_quota_us"), "50000");
+        assert!(group.dirs.iter().all(|dir| dir.ends_with(&group.revision)));
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[test]
     fn no_writable_hierarchy_is_none() {
         let root = Path::new("/proc/klambda-no-cgroups-here");
         assert!(RevisionCgroup::create_under(root, "f-00001", &resources()).is_none());
+        assert!(SpareCgroup::new_under(root).is_none());
     }
 }

@@ -463,13 +463,7 @@ impl LocalRunner {
     /// Starts functions' processes from `pool` where one fits (see [`super::pool`]), those of
     /// revisions already serving included, and fills it. Later calls keep the first.
     pub fn with_warm_pool(self, pool: Arc<WarmPool>) -> Self {
-        if pool.size() > 0 {
-            let filling = Arc::clone(&pool);
-            tokio::task::spawn_blocking(move || {
-                filling.learn_interpreters();
-                filling.fill();
-            });
-        }
+        pool.begin(self.sandboxed);
         let _ = self.starts.pool.set(pool);
         self
     }
@@ -869,15 +863,56 @@ fn exec_of(launch: &Launch) -> Result<Exec, String> {
 }
 
 /// Starts a process for `launch`, keeping the last lines of its output in `tail`: a warm one
-/// from the pool where one fits (see [`super::pool`]), else a new one ([`spawn`]).
+/// from the pool where one fits (see [`super::pool`]), else a spare shell of the pool, already
+/// in a cgroup of its own, where the revision has limits ([`claim_shell`]), else a new one
+/// ([`spawn`]).
 async fn begin(launch: &Launch, tail: &Tail, starts: &Starts) -> Result<Running, String> {
     let exec = exec_of(launch)?;
-    if let Some(pool) = starts.pool.get()
-        && let Some(running) = claim(pool, launch, &exec, tail).await
-    {
-        return Ok(running);
+    if let Some(pool) = starts.pool.get() {
+        if let Some(running) = claim(pool, launch, &exec, tail).await {
+            return Ok(running);
+        }
+        if let Some(running) = claim_shell(pool, launch, &exec, tail).await {
+            return Ok(running);
+        }
     }
     spawn(launch, &exec, tail)
+}
+
+/// The group a claimed warm process runs in: its own spare group, limited for the revision,
+/// or (when it waited in none) a new one of the revision's it is moved into. `None` when it
+/// cannot have the revision's limits: it is then not claimed (dropped, it is killed; its group,
+/// left empty, is swept).
+fn group_for(
+    launch: &Launch,
+    spare: Option<super::limits::SpareCgroup>,
+    pid: u32,
+) -> Option<Option<super::limits::RevisionCgroup>> {
+    match (&launch.cgroup, spare) {
+        (None, None) => Some(None),
+        // A pool places its processes only for a runner whose revisions have limits.
+        (None, Some(_)) => None,
+        (Some(limits), Some(spare)) => {
+            let group = spare.claim(limits);
+            if group.is_none() {
+                tracing::warn!(
+                    "a warm process's group could not take the revision's limits; starting anew"
+                );
+            }
+            group.map(Some)
+        }
+        (Some(limits), None) => {
+            let group = limits.fresh()?;
+            match group.adopt(pid) {
+                Ok(()) => Some(Some(group)),
+                Err(error) => {
+                    tracing::warn!(%error, "a warm process could not join the revision's cgroup; starting anew");
+                    group.remove();
+                    None
+                }
+            }
+        }
+    }
 }
 
 /// A warm process of `pool` made `launch`'s process: moved into a cgroup of the revision's,
@@ -894,19 +929,10 @@ async fn claim(pool: &WarmPool, launch: &Launch, exec: &Exec, tail: &Tail) -> Op
     if starts_with_env {
         return None;
     }
-    let warm = pool.take(runtime, &exec.program, Path::new(launch.args.first()?))?;
+    let mut warm = pool.take(runtime, &exec.program, Path::new(launch.args.first()?))?;
     let pid = warm.pid()?;
-    let group = launch
-        .cgroup
-        .as_ref()
-        .and_then(super::limits::RevisionCgroup::fresh);
-    if let Some(group) = &group
-        && let Err(error) = group.adopt(pid)
-    {
-        tracing::warn!(%error, "a warm process could not join the revision's cgroup; starting anew");
-        group.remove();
-        return None;
-    }
+    let spare = warm.group();
+    let group = group_for(launch, spare, pid)?;
     let claim = Claim {
         env: exec
             .env
@@ -952,21 +978,8 @@ fn spawn(launch: &Launch, exec: &Exec, tail: &Tail) -> Result<Running, String> {
         }
         None => Command::new("setpriv"),
     };
-    if let Some(id) = launch.identity {
-        let id = id.to_string();
-        setpriv.args([
-            "--reuid",
-            &id,
-            "--regid",
-            &id,
-            "--clear-groups",
-            "--no-new-privs",
-        ]);
-    }
     let mut child = setpriv
-        .args(["--pdeathsig", "KILL", "--"])
-        .arg(&exec.program)
-        .args(&launch.args)
+        .args(setpriv_args(launch, exec))
         .env_clear()
         .envs(exec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .current_dir(&launch.dir)
@@ -982,6 +995,93 @@ fn spawn(launch: &Launch, exec: &Exec, tail: &Tail) -> Result<Running, String> {
         group,
         _stdin: None,
     })
+}
+
+/// What `setpriv` is told to run `launch`'s program with: the function's own user and group
+/// (where it has one), no new privileges, and death with the runner.
+fn setpriv_args(launch: &Launch, exec: &Exec) -> Vec<String> {
+    let mut args = Vec::new();
+    if let Some(id) = launch.identity {
+        let id = id.to_string();
+        args.extend(
+            [
+                "--reuid",
+                &id,
+                "--regid",
+                &id,
+                "--clear-groups",
+                "--no-new-privs",
+            ]
+            .map(str::to_owned),
+        );
+    }
+    args.extend(["--pdeathsig", "KILL", "--"].map(str::to_owned));
+    args.push(exec.program.display().to_string());
+    args.extend(launch.args.iter().cloned());
+    args
+}
+
+/// A spare shell of `pool`, waiting in a cgroup of its own, made `launch`'s process: its group
+/// gets the revision's limits, then its script runs what [`spawn`] runs, with the same
+/// environment, directory and `setpriv`. `None` where the revision has no limits (nothing to
+/// gain), no shell waits, or the environment cannot be a shell's (a name that is not one).
+async fn claim_shell(
+    pool: &WarmPool,
+    launch: &Launch,
+    exec: &Exec,
+    tail: &Tail,
+) -> Option<Running> {
+    let limits = launch.cgroup.as_ref()?;
+    let script = exec_script(launch, exec, pool.setpriv()?)?;
+    let mut shell = pool.take_shell()?;
+    let group = shell.group()?.claim(limits)?;
+    match shell.run(&script).await {
+        Ok(mut child) => {
+            follow_output(&mut child, tail);
+            Some(Running {
+                child,
+                group: Some(group),
+                _stdin: None,
+            })
+        }
+        Err(error) => {
+            tracing::warn!(%error, "a spare shell could not be handed its script; starting anew");
+            None
+        }
+    }
+}
+
+/// The script a spare shell runs for `launch`: into its directory, exactly [`Exec`]'s
+/// environment (the shell started with none), then `exec setpriv` as [`spawn`] runs it. Every
+/// word is single-quoted, so no value is ever read as shell syntax. `None` when a variable's
+/// name is not a shell name (the parser allows none such; a direct start can still run it).
+fn exec_script(launch: &Launch, exec: &Exec, setpriv: &Path) -> Option<String> {
+    let shell_name = |name: &str| {
+        let mut chars = name.chars();
+        chars
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+    };
+    if !exec.env.iter().all(|(name, _)| shell_name(name)) {
+        return None;
+    }
+    let quote = |word: &str| format!("'{}'", word.replace('\'', r"'\''"));
+    let mut script = format!(
+        "cd {} || exit 70\nunset PWD OLDPWD\n",
+        quote(&launch.dir.display().to_string())
+    );
+    for (name, value) in &exec.env {
+        script.push_str(&format!("export {}\n", quote(&format!("{name}={value}"))));
+    }
+    script.push_str("exec ");
+    script.push_str(&quote(&setpriv.display().to_string()));
+    for arg in setpriv_args(launch, exec) {
+        script.push(' ');
+        script.push_str(&quote(&arg));
+    }
+    script.push('\n');
+    Some(script)
 }
 
 /// Keeps the last lines the process writes (stdout and stderr) in `tail`.
@@ -1194,8 +1294,7 @@ async fn start(
     let health = healthy(&mut running.child, launch.port).await;
     // The pool is refilled once this start is over, not while it competes for the CPU.
     if let Some(pool) = starts.pool.get() {
-        let pool = Arc::clone(pool);
-        tokio::task::spawn_blocking(move || pool.fill());
+        pool.fill();
     }
     if let Err(problem) = health {
         running.end().await;
