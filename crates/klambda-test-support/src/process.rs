@@ -63,24 +63,17 @@ pub fn terminate(child: &mut Child, within: Duration) -> Result<ExitStatus> {
 /// `/klambda/<function>-<NNNNN>.<runner>.<n>`. Processes that end while this looks, or that
 /// this user cannot read, are not counted.
 pub fn function_processes() -> Vec<(u32, String)> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|entry| {
-            let pid = entry.file_name().to_str()?.parse::<u32>().ok()?;
-            let named = std::fs::read(entry.path().join("environ"))
-                .ok()
-                .and_then(|environ| {
-                    environ
-                        .split(|b| *b == 0)
-                        .filter_map(|var| std::str::from_utf8(var).ok())
-                        .find_map(|var| var.strip_prefix("KLAMBDA_FUNCTION_NAME="))
-                        .map(str::to_owned)
-                });
+    processes()
+        .filter_map(|(pid, dir)| {
+            let named = std::fs::read(dir.join("environ")).ok().and_then(|environ| {
+                environ
+                    .split(|b| *b == 0)
+                    .filter_map(|var| std::str::from_utf8(var).ok())
+                    .find_map(|var| var.strip_prefix("KLAMBDA_FUNCTION_NAME="))
+                    .map(str::to_owned)
+            });
             let function = named.or_else(|| {
-                let groups = std::fs::read_to_string(entry.path().join("cgroup")).ok()?;
+                let groups = std::fs::read_to_string(dir.join("cgroup")).ok()?;
                 groups.lines().find_map(|line| {
                     let group = line.splitn(3, ':').nth(2)?.strip_prefix("/klambda/")?;
                     let (revision, _) = group.split_once('.')?;
@@ -97,20 +90,15 @@ pub fn function_processes() -> Vec<(u32, String)> {
 /// The processes whose parent is `parent` now, each with its command line (arguments joined by
 /// spaces), read from `/proc`.
 pub fn children(parent: u32) -> Vec<(u32, String)> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|entry| {
-            let pid = entry.file_name().to_str()?.parse::<u32>().ok()?;
-            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+    processes()
+        .filter_map(|(pid, dir)| {
+            let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
             // pid (comm) state ppid …: comm may hold spaces, so read after its ')'.
             let ppid = stat.rsplit_once(')')?.1.split_whitespace().nth(1)?;
             if ppid != parent.to_string() {
                 return None;
             }
-            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+            let cmdline = std::fs::read(dir.join("cmdline")).ok()?;
             let words: Vec<String> = cmdline
                 .split(|b| *b == 0)
                 .filter(|word| !word.is_empty())
@@ -119,4 +107,18 @@ pub fn children(parent: u32) -> Vec<(u32, String)> {
             Some((pid, words.join(" ")))
         })
         .collect()
+}
+
+/// Every process on this machine now: its pid and its `/proc` directory.
+fn processes() -> impl Iterator<Item = (u32, std::path::PathBuf)> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            Some((
+                entry.file_name().to_str()?.parse::<u32>().ok()?,
+                entry.path(),
+            ))
+        })
 }
